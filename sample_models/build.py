@@ -1,0 +1,73 @@
+"""Build the sample models deterministically (fixed seeds) into a folder.
+
+    python sample_models/build.py [FOLDER]     (default: this script's folder)
+
+Writes:
+  vgg_small.keras   a small VGG-style model with VGG16's layer names, on 32x32 RGB images
+  transfer.keras    a transfer-learning model: vgg_small, frozen, nested as the layer
+                    `vgg16`, under a new classifier head (GlobalAveragePooling, Dense,
+                    BatchNormalization, Dropout, Dense softmax)
+  transfer.h5       the same model in Keras 3's HDF5 format
+  input.npy         4 sample images, float32 in [0, 255], shape (4, 32, 32, 3)
+"""
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+IMAGE_SHAPE = (32, 32, 3)
+CLASSES = 5
+
+
+def vgg_small(input_shape=IMAGE_SHAPE):
+    """VGG16's layer structure and names, without the top, at a size that fits in kilobytes."""
+    L = keras.layers
+    inputs = keras.Input(input_shape, name="input_layer")
+    x = inputs
+    for block, (filters, convs) in enumerate([(8, 2), (16, 2), (16, 3)], start=1):
+        for i in range(1, convs + 1):
+            x = L.Conv2D(filters, 3, padding="same", activation="relu", name=f"block{block}_conv{i}")(x)
+        x = L.MaxPooling2D(2, name=f"block{block}_pool")(x)
+    return keras.Model(inputs, x, name="vgg16")
+
+
+def transfer(base):
+    """A classifier head on a frozen base, called in inference mode, as in Keras' guide."""
+    L = keras.layers
+    base.trainable = False
+    inputs = keras.Input(base.inputs[0].shape[1:], name="image")
+    x = base(inputs, training=False)
+    x = L.GlobalAveragePooling2D(name="gap")(x)
+    x = L.Dense(12, activation="relu", name="fc1")(x)
+    x = L.BatchNormalization(name="bn")(x)
+    x = L.Dropout(0.5, name="dropout")(x)
+    outputs = L.Dense(CLASSES, activation="softmax", name="predictions")(x)
+    return keras.Model(inputs, outputs, name="transfer")
+
+
+def build(folder):
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(0)
+    base = vgg_small()
+    base.save(folder / "vgg_small.keras")
+    model = transfer(base)
+    # Non-trivial BatchNormalization statistics, so inference mode visibly matters.
+    bn = model.get_layer("bn")
+    rng = np.random.default_rng(0)
+    bn.moving_mean.assign(rng.normal(0, 0.5, 12).astype("float32"))
+    bn.moving_variance.assign(rng.uniform(0.5, 2.0, 12).astype("float32"))
+    model.save(folder / "transfer.keras")
+    model.save(folder / "transfer.h5")
+    images = rng.uniform(0, 255, (4, *IMAGE_SHAPE)).astype("float32")
+    np.save(folder / "input.npy", images)
+    return folder
+
+
+if __name__ == "__main__":
+    build(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent)

@@ -1,0 +1,3 @@
+from tensorprobe.cli import main
+
+main()

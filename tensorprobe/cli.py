@@ -1,0 +1,248 @@
+"""The command line: parse, call the core, render. No model logic lives here.
+
+TensorFlow and Keras are imported only inside commands that load a model, so `--help`,
+`--version` and usage errors stay fast.
+"""
+
+import os
+import signal
+import sys
+from datetime import datetime, timezone
+
+import click
+
+from tensorprobe import __version__, errors
+from tensorprobe.console import err, out, quiet_native_stderr
+
+
+class TensorprobeGroup(click.Group):
+    """Turns every failure into one `error:` line and an exit status a script can branch on:
+    0 ok, 1 run-time failure, 2 usage error, 130 interrupted. `--debug` (or
+    TENSORPROBE_DEBUG=1) shows the traceback instead."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        self.debug = _env_debug()
+        self.argv = list(sys.argv[1:] if args is None else args)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.Exit as e:
+            sys.exit(e.exit_code)
+        except click.exceptions.Abort:
+            _error("interrupted")
+            sys.exit(errors.INTERRUPTED)
+        except click.ClickException as e:
+            if self.debug:
+                raise
+            hint = f" (see '{e.ctx.command_path} --help')" if getattr(e, "ctx", None) else ""
+            _error(e.format_message() + hint)
+            sys.exit(e.exit_code)
+        except errors.TensorprobeError as e:
+            if self.debug:
+                raise
+            _error(str(e))
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            _error("interrupted")
+            sys.exit(errors.INTERRUPTED)
+        if isinstance(rv, int) and not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _env_debug():
+    return os.environ.get("TENSORPROBE_DEBUG", "") not in ("", "0")
+
+
+def _error(message):
+    err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+
+
+@click.group(cls=TensorprobeGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="tensorprobe")
+@click.option("--debug", is_flag=True, help="Show tracebacks and TensorFlow's own log lines.")
+@click.pass_context
+def cli(ctx, debug):
+    """Look inside Keras models: list their layers, dump any layer's activations to HDF5.
+
+    \b
+      tensorprobe layers model.keras
+      tensorprobe dump -m model.keras --layer block1_conv2 input.npy
+      tensorprobe dump -m model.h5 --layer vgg16/block1_conv2 -o acts.h5 *.npy
+    """
+    if debug:
+        ctx.command.debug = True
+
+
+def model_options(f):
+    f = click.option(
+        "--unsafe", is_flag=True,
+        help="Allow loading Lambda layers that hold Python code (runs that code; trusted files only).",
+    )(f)
+    return f
+
+
+def _debug():
+    return getattr(click.get_current_context().find_root().command, "debug", False)
+
+
+def _load(model_path, unsafe):
+    from tensorprobe.graph import unroll
+    from tensorprobe.models import load_model
+
+    loaded = load_model(model_path, unsafe=unsafe)
+    return loaded, unroll(loaded.model, loaded.keras)
+
+
+@cli.command()
+@click.argument("model", type=click.Path(exists=True))
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of layers to stdout.")
+@click.option("--filter", "pattern", metavar="REGEX", help="Keep layers whose path matches REGEX (re.search).")
+@model_options
+def layers(model, as_json, pattern, unsafe):
+    """List every layer of MODEL, nested models expanded into paths.
+
+    \b
+      tensorprobe layers model.keras
+      tensorprobe layers model.h5 --filter 'block1'
+      tensorprobe layers model.keras --json | jq '.[].path'
+    """
+    import re
+
+    from tensorprobe import report
+    from tensorprobe.layers import describe
+
+    try:
+        regex = re.compile(pattern) if pattern is not None else None
+    except re.error as e:
+        raise errors.UsageError(f"--filter '{pattern}': not a valid regular expression ({e})") from e
+    with quiet_native_stderr(not _debug()):
+        loaded, graph = _load(model, unsafe)
+        info = describe(loaded, graph)
+    if regex is not None:
+        info.layers = [layer for layer in info.layers if regex.search(layer.path)]
+    if as_json:
+        out.print(report.layers_json(info), markup=False, highlight=False)
+        return
+    report.print_table(out, report.layers_table(info, f"{model}: {info.name} ({loaded.loader})"))
+    for line in report.model_footer(info):
+        out.print(line, markup=False, highlight=False)
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option("-m", "--model", "model", envvar="TENSORPROBE_MODEL", show_envvar=True,
+              type=click.Path(exists=True), required=True, help="The model file (.keras, .h5).")
+@click.option("-l", "--layer", "layer_names", multiple=True, metavar="NAME",
+              help="A layer name, nested path (vgg16/block1_conv2) or index (3, 1.3). Repeatable.")
+@click.option("--match", metavar="REGEX", help="Also select every layer whose path matches REGEX.")
+@click.option("--all", "all_layers", is_flag=True, help="Select every layer (input layers aside).")
+@click.option("-o", "--output", default="activations.h5", show_default=True, type=click.Path(),
+              help="The HDF5 file to write.")
+@click.option("--overwrite", is_flag=True, help="Replace the output file if it exists.")
+@click.option("-b", "--batch-size", default=32, show_default=True, type=click.IntRange(min=1),
+              help="Samples per forward pass.")
+@click.option("--json", "as_json", is_flag=True, help="Print the dump summary as JSON to stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@model_options
+def dump(inputs, model, layer_names, match, all_layers, output, overwrite, batch_size, as_json,
+         quiet, unsafe):
+    """Compute the outputs of the chosen layers for INPUTS (.npy files) and write them to HDF5.
+
+    An array whose shape is the model's input shape is one sample; otherwise its first axis
+    is the batch. Files are concatenated in the order given.
+
+    \b
+      tensorprobe dump -m model.keras --layer block1_conv2 input.npy
+      TENSORPROBE_MODEL=model.h5 tensorprobe dump -l vgg16/block1_conv2 -l 3 a.npy b.npy
+      tensorprobe dump -m model.keras --match 'conv' -o convs.h5 --json input.npy | jq
+    """
+    from tensorprobe import report, runner, store
+
+    if not (layer_names or match or all_layers):
+        raise click.UsageError("no layer selected: give --layer NAME, --match REGEX or --all")
+    store.check_output(output, overwrite)
+    for path in inputs:
+        if not os.path.exists(path):
+            raise errors.UsageError(f"input '{path}' does not exist")
+    signal.signal(signal.SIGTERM, _terminate)
+
+    with quiet_native_stderr(not _debug()):
+        from tensorprobe import probe
+        from tensorprobe.inputs import InputSpec, NpyInputs
+
+        loaded, graph = _load(model, unsafe)
+        selected = probe.select(graph, layer_names, match, all_layers)
+        plan = probe.plan(graph, selected)
+        source = NpyInputs(inputs, _input_spec(graph, InputSpec))
+        extract = probe.extraction_function(loaded, graph, plan)
+        with store.DumpWriter(output, plan.specs, _root_attrs(loaded), overwrite) as writer:
+            with _progress(quiet or not err.is_terminal, source.rows) as advance:
+                runner.dump(extract, source, writer, batch_size, advance)
+            writer.finish()
+
+    summary = store.read_summary(output)
+    if as_json:
+        out.print(report.summary_json(summary, output), markup=False, highlight=False)
+    elif not quiet:
+        report.print_table(err, report.summary_table(summary, output))
+        err.print(f"wrote {output}", markup=False, highlight=False)
+
+
+def _input_spec(graph, InputSpec):
+    if len(graph.inputs) != 1:
+        raise errors.InputError(
+            f"the model has {len(graph.inputs)} inputs; .npy inputs feed a single-input model"
+        )
+    t = graph.inputs[0]
+    dtype = getattr(t.dtype, "name", None) or str(t.dtype)
+    name = getattr(t, "name", "input")
+    return InputSpec(name, tuple(None if d is None else int(d) for d in t.shape[1:]), dtype)
+
+
+def _root_attrs(loaded):
+    import tensorflow as tf
+
+    return {
+        "tensorprobe_version": __version__,
+        "model": loaded.path,
+        "model_sha256": loaded.sha256,
+        "model_format": loaded.format,
+        "loader": loaded.loader,
+        "tensorflow_version": tf.__version__,
+        "keras_version": loaded.keras.__version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": ["tensorprobe", *click.get_current_context().find_root().command.argv],
+    }
+
+
+class _progress:
+    """A progress bar on stderr for people at a terminal; nothing otherwise."""
+
+    def __init__(self, disabled, total):
+        self.disabled, self.total = disabled, total
+
+    def __enter__(self):
+        if self.disabled:
+            return None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+        self.progress = Progress(
+            "dumping", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            console=err, transient=True,
+        )
+        self.progress.start()
+        task = self.progress.add_task("dump", total=self.total)
+        return lambda n: self.progress.advance(task, n)
+
+    def __exit__(self, *exc):
+        if not self.disabled:
+            self.progress.stop()
+
+
+def _terminate(signum, frame):
+    """SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so the partial output is removed."""
+    raise KeyboardInterrupt
+
+
+def main():
+    cli(prog_name="tensorprobe")

@@ -1,0 +1,93 @@
+"""A model's layers, at every depth, as plain records: what `tensorprobe layers` shows."""
+
+from dataclasses import dataclass
+
+
+@dataclass
+class LayerInfo:
+    index: str
+    path: str
+    name: str
+    class_name: str
+    depth: int
+    output_shape: list | None  # one shape per output of the first call; None if never called
+    calls: int
+    params: int
+    trainable: bool
+
+    def to_json(self):
+        shapes = self.output_shape
+        return {
+            "index": self.index,
+            "path": self.path,
+            "name": self.name,
+            "class": self.class_name,
+            "depth": self.depth,
+            "output_shape": shapes[0] if shapes and len(shapes) == 1 else shapes,
+            "calls": self.calls,
+            "params": self.params,
+            "trainable": self.trainable,
+        }
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    inputs: list  # [(name, shape, dtype)]
+    outputs: list  # [(name, shape, dtype)]
+    params: int
+    trainable_params: int
+    layers: list  # [LayerInfo]
+
+
+def shape_of(tensor):
+    return [None if d is None else int(d) for d in tensor.shape]
+
+
+def describe(loaded, graph):
+    """ModelInfo for a LoadedModel and its unrolled Graph."""
+    model = loaded.model
+    layers = []
+    for entry in graph.entries.values():
+        layer = entry.layer
+        shapes = [shape_of(t) for t in entry.calls[0]] if entry.calls else None
+        layers.append(
+            LayerInfo(
+                index=entry.index,
+                path=entry.path,
+                name=entry.name,
+                class_name=entry.class_name,
+                depth=entry.depth,
+                output_shape=shapes,
+                calls=len(entry.calls),
+                params=int(layer.count_params()) if layer.built else 0,
+                trainable=bool(layer.trainable),
+            )
+        )
+    trainable = sum(_size(w.shape) for w in model.trainable_weights)
+    return ModelInfo(
+        name=model.name,
+        inputs=[_tensor_record(t) for t in graph.inputs],
+        outputs=[_tensor_record(t) for t in model.outputs],
+        params=int(model.count_params()),
+        trainable_params=trainable,
+        layers=layers,
+    )
+
+
+def _size(shape):
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def _tensor_record(tensor):
+    name = getattr(tensor, "name", "")
+    history = getattr(tensor, "_keras_history", None)
+    layer = getattr(history, "operation", None) or getattr(history, "layer", None)
+    return (layer.name if layer is not None else name, shape_of(tensor), _dtype_name(tensor.dtype))
+
+
+def _dtype_name(dtype):
+    return getattr(dtype, "name", None) or str(dtype)

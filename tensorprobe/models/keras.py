@@ -1,0 +1,56 @@
+"""Load Keras 3 files with Keras 3, and Keras 2 `.h5` files that Keras 3 cannot rebuild with tf_keras."""
+
+from dataclasses import dataclass
+from typing import Any
+
+from tensorprobe.errors import ModelLoadError
+from tensorprobe.models import formats
+
+
+@dataclass
+class LoadedModel:
+    path: str  # as the user gave it
+    model: Any  # a keras.Model or tf_keras.Model
+    keras: Any  # the module that built it: keras or tf_keras
+    loader: str  # "keras 3.x.y" or "tf_keras 2.x.y"
+    format: str  # "keras" or "h5"
+    sha256: str
+
+
+def load_model(path, unsafe=False):
+    """Load a Keras model file. Stored Python code (Lambda layers) is refused unless `unsafe`."""
+    path = str(path)
+    fmt = formats.detect_format(path)
+    if fmt == "savedmodel":
+        raise ModelLoadError(
+            f"{path}: SavedModel folders are not supported yet; "
+            "tensorprobe reads Keras model files (.keras, .h5)"
+        )
+    config, written_by = formats.read_config(path, fmt)
+    if not unsafe:
+        # tf_keras' .h5 loader has no safe mode, so the check is ours, for every format alike.
+        formats.refuse_code(path, config)
+    sha = formats.sha256_of(path)
+
+    import keras
+
+    try:
+        model = keras.saving.load_model(path, compile=False, safe_mode=not unsafe)
+        return LoadedModel(path, model, keras, f"keras {keras.__version__}", fmt, sha)
+    except Exception as e:  # any failure to rebuild the file is the file's problem, reported below
+        keras3_error = e
+    if fmt == "h5" and not written_by.startswith("3"):
+        import tf_keras
+
+        try:
+            model = tf_keras.models.load_model(path, compile=False)
+        except Exception as e:
+            raise ModelLoadError(f"{path}: cannot load this Keras 2 model: {_message(e)}") from e
+        return LoadedModel(path, model, tf_keras, f"tf_keras {tf_keras.__version__}", fmt, sha)
+    raise ModelLoadError(f"{path}: cannot load the model: {_message(keras3_error)}") from keras3_error
+
+
+def _message(exc):
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
