@@ -174,7 +174,7 @@ def dump(inputs, model, layer_names, match, all_layers, output, overwrite, batch
         selected = probe.select(graph, layer_names, match, all_layers)
         plan = probe.plan(graph, selected)
         source = NpyInputs(inputs, _input_spec(graph, InputSpec))
-        extract = probe.extraction_function(loaded, graph, plan)
+        extract = probe.extraction_function(graph, plan)
         with store.DumpWriter(output, plan.specs, _root_attrs(loaded), overwrite) as writer:
             with _progress(quiet or not err.is_terminal, source.rows) as advance:
                 runner.dump(extract, source, writer, batch_size, advance)

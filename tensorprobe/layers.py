@@ -50,7 +50,7 @@ def describe(loaded, graph):
     layers = []
     for entry in graph.entries.values():
         layer = entry.layer
-        shapes = [shape_of(t) for t in entry.calls[0]] if entry.calls else None
+        shapes = [shape_of(t) for t, _ in entry.calls[0]] if entry.calls else None
         layers.append(
             LayerInfo(
                 index=entry.index,

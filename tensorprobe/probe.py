@@ -14,7 +14,7 @@ CONTAINER_OUTPUT = "__output__"
 @dataclass
 class Plan:
     specs: list  # [DatasetSpec], one per extracted tensor
-    tensors: list  # the symbolic tensors, in the same order
+    origins: list  # where each value comes from in the graph (see graph.py), same order
 
 
 def select(graph, names=(), match=None, all_layers=False):
@@ -60,12 +60,21 @@ def resolve(graph, name):
         raise UnknownLayerError(
             f"--layer '{name}' is ambiguous: it names {', '.join(candidates)}; give the full path"
         )
-    names = list(entries) + sorted({e.name for e in entries.values()})
-    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
-    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     raise UnknownLayerError(
-        f"--layer '{name}': no such layer{hint} (`tensorprobe layers MODEL` lists them)"
+        f"--layer '{name}': no such layer{_did_you_mean(name, entries)} "
+        "(`tensorprobe layers MODEL` lists them)"
     )
+
+
+def _did_you_mean(name, entries):
+    """'; did you mean ...?' with the up to three paths whose path or own name is closest."""
+    def score(path):
+        leaf = entries[path].name
+        return max(difflib.SequenceMatcher(None, name, s).ratio() for s in (path, leaf))
+
+    scored = sorted(((score(p), p) for p in entries), key=lambda sp: -sp[0])
+    close = [p for s, p in scored[:3] if s >= 0.6]
+    return f"; did you mean {' or '.join(repr(p) for p in close)}?" if close else ""
 
 
 def plan(graph, selected):
@@ -77,7 +86,7 @@ def plan(graph, selected):
     model's own output goes to `<path>/__output__`, beside its layers' groups.
     """
     chosen = {e.path for e in selected}
-    specs, tensors = [], []
+    specs, origins = [], []
     for entry in selected:
         if not entry.calls:
             raise UsageError(
@@ -88,7 +97,7 @@ def plan(graph, selected):
             base = f"{base}/{CONTAINER_OUTPUT}"
         for k, outputs in enumerate(entry.calls):
             call_base = f"{base}/call_{k}" if len(entry.calls) > 1 else base
-            for i, tensor in enumerate(outputs):
+            for i, (_, origin) in enumerate(outputs):
                 name = f"{call_base}/output_{i}" if len(outputs) > 1 else call_base
                 extra = {}
                 if len(entry.calls) > 1:
@@ -96,23 +105,24 @@ def plan(graph, selected):
                 if len(outputs) > 1:
                     extra["output"] = i
                 specs.append(DatasetSpec(name, entry.path, entry.class_name, extra))
-                tensors.append(tensor)
-    return Plan(specs, tensors)
+                origins.append(origin)
+    return Plan(specs, origins)
 
 
 def _inside(path, container):
     return path.startswith(container + "/")
 
 
-def extraction_function(loaded, graph, plan):
+def extraction_function(graph, plan):
     """A compiled function: list of input batches -> list of arrays, one per plan spec.
 
-    It is a sub-model of the re-traced graph from the model's inputs to the selected tensors,
-    so it computes only what they need, with the model's own weights, in inference mode.
+    It calls only the layers the selected outputs depend on, with the model's own weights,
+    in inference mode. The batch axis is left open in its signature, so a last, smaller
+    batch runs the same compiled graph.
     """
     import tensorflow as tf
 
-    submodel = loaded.keras.Model(graph.inputs, plan.tensors)
+    needed = graph.needed(plan.origins)
     signature = [
         tf.TensorSpec(shape=tuple(t.shape), dtype=_dtype_name(t.dtype), name=f"input_{i}")
         for i, t in enumerate(graph.inputs)
@@ -120,8 +130,7 @@ def extraction_function(loaded, graph, plan):
 
     @tf.function(input_signature=signature)
     def extract(*inputs):
-        outputs = submodel(inputs[0] if len(inputs) == 1 else list(inputs), training=False)
-        return outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        return graph.evaluate(list(inputs), plan.origins, needed)
 
     def run(batch):
         return [t.numpy() for t in extract(*batch)]
