@@ -42,7 +42,7 @@ class NpyInputs:
         try:
             array = np.load(path, mmap_mode="r", allow_pickle=False)
         except ValueError as e:
-            if "allow_pickle" in str(e):
+            if "allow_pickle" in str(e) or "Python objects" in str(e):
                 raise InputError(f"{path}: holds Python objects, which are never unpickled") from e
             raise InputError(f"{path}: not a readable .npy file ({e})") from e
         except (OSError, EOFError) as e:

@@ -1,0 +1,175 @@
+"""The command line as users meet it: help, version, errors, exit codes, files left alone."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import error_line
+from tensorprobe import __version__
+
+BIN = Path(sys.executable).parent / "tensorprobe"
+
+
+def test_help_and_version_do_not_import_tensorflow():
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from tensorprobe.cli import cli\n"
+        "for args in (['--help'], ['--version'], ['dump', '--help'], ['layers', '--help'],\n"
+        "             ['dump', '--bogus'], ['dump', '-m', 'missing.keras', '-l', 'x', 'a.npy']):\n"
+        "    r = CliRunner().invoke(cli, args)\n"
+        "    assert r.exit_code in (0, 2), (args, r.output)\n"
+        "heavy = sorted(m for m in ('tensorflow', 'keras', 'tf_keras', 'h5py') if m in sys.modules)\n"
+        "print(heavy)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "[]"
+
+
+def test_version(cli):
+    r = cli("--version")
+    assert r.exit_code == 0 and r.stdout.strip() == f"tensorprobe, version {__version__}"
+
+
+def test_installed_script_dumps_with_model_from_environment(zoo, tmp_path):
+    """The README's example, run as written by the installed script, with a clean stderr."""
+    env = {**os.environ, "TENSORPROBE_MODEL": str(zoo["transfer.keras"])}
+    env.pop("TENSORPROBE_DEBUG", None)
+    r = subprocess.run([BIN, "dump", "--layer", "block1_conv2", str(zoo["input.npy"])],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == ""
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert lines[-1] == "wrote activations.h5"
+    for noise in ("oneDNN", "cuda", "absl", "I0000", "WARNING", "tensorflow"):
+        assert noise not in r.stderr, r.stderr
+    with h5py.File(tmp_path / "activations.h5", "r") as f:
+        assert f["activations/vgg16/block1_conv2"].shape == (4, 32, 32, 8)
+        assert bool(f.attrs["complete"])
+
+
+def test_debug_shows_the_traceback(zoo, tmp_path):
+    r = subprocess.run([BIN, "--debug", "dump", "-m", str(zoo["transfer.keras"]), "-l", "nope",
+                        str(zoo["input.npy"])], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert "Traceback" in r.stderr and "UnknownLayerError" in r.stderr
+
+
+def test_sigterm_leaves_no_output(zoo, tmp_path):
+    big = np.random.default_rng(0).uniform(0, 255, (3000, 32, 32, 3)).astype("float32")
+    np.save(tmp_path / "big.npy", big)
+    out = tmp_path / "out.h5"
+    out.write_bytes(b"precious")
+    p = subprocess.Popen([BIN, "dump", "-m", str(zoo["transfer.keras"]), "--all", "-b", "8",
+                          "--overwrite", "-o", str(out), str(tmp_path / "big.npy")],
+                         stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(p.name.endswith(".partial") for p in tmp_path.iterdir()):
+        time.sleep(0.05)
+    time.sleep(0.5)
+    p.send_signal(signal.SIGTERM)
+    _, stderr = p.communicate(timeout=60)
+    assert p.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == "error: interrupted"
+    assert out.read_bytes() == b"precious"
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["big.npy", "out.h5"]
+
+
+def _case_files(tmp):
+    """Bad inputs the error table uses, made fresh in `tmp`."""
+    (tmp / "random.h5").write_bytes(os.urandom(4096))
+    (tmp / "not_a_model.h5").write_bytes(b"")
+    with h5py.File(tmp / "not_a_model.h5", "w") as f:
+        f["x"] = np.arange(3)
+    (tmp / "folder").mkdir()
+    (tmp / "notes.txt").write_text("hello")
+    np.save(tmp / "objects.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    np.save(tmp / "complex.npy", np.zeros((2, 32, 32, 3), np.complex64))
+    np.save(tmp / "strings.npy", np.array(["a", "b"]))
+    np.save(tmp / "wrong_shape.npy", np.zeros((2, 28, 28, 3), np.float32))
+    np.save(tmp / "wrong_rank.npy", np.zeros((32, 32), np.float32))
+    np.save(tmp / "empty.npy", np.zeros((0, 32, 32, 3), np.float32))
+    good = np.zeros((2, 32, 32, 3), np.float32)
+    np.save(tmp / "good.npy", good)
+    data = (tmp / "good.npy").read_bytes()
+    (tmp / "truncated.npy").write_bytes(data[: len(data) // 2])
+    (tmp / "existing.h5").write_bytes(b"my old results")
+
+
+def _model(zoo, name):
+    return str(zoo[name])
+
+
+# (id, args with {tmp}/{zoo:<name>} placeholders, exit status, text the error line must contain)
+CASES = [
+    ("unknown-option", ["dump", "--bogus"], 2, "--bogus"),
+    ("unknown-command", ["dunp"], 2, "dunp"),
+    ("model-missing", ["dump", "-m", "{tmp}/missing.keras", "-l", "x", "{tmp}/good.npy"], 2, "missing.keras"),
+    ("model-option-missing", ["dump", "-l", "x", "{tmp}/good.npy"], 2, "--model"),
+    ("no-layer", ["dump", "-m", "{zoo:transfer.keras}", "{tmp}/good.npy"], 2, "--layer"),
+    ("unknown-layer", ["dump", "-m", "{zoo:transfer.keras}", "-l", "block9_conv1", "{tmp}/good.npy"], 2, "block9_conv1"),
+    ("layer-suggestion", ["dump", "-m", "{zoo:transfer.keras}", "-l", "blok1_conv2", "{tmp}/good.npy"], 2, "did you mean 'vgg16/block1_conv2'"),
+    ("duplicate-layer", ["dump", "-m", "{zoo:transfer.keras}", "-l", "fc1", "-l", "3", "{tmp}/good.npy"], 2, "already selected"),
+    ("bad-index", ["dump", "-m", "{zoo:transfer.keras}", "-l", "1.99", "{tmp}/good.npy"], 2, "1.99"),
+    ("bad-match", ["dump", "-m", "{zoo:transfer.keras}", "--match", "[", "{tmp}/good.npy"], 2, "--match"),
+    ("match-nothing", ["dump", "-m", "{zoo:transfer.keras}", "--match", "zzz", "{tmp}/good.npy"], 2, "--match 'zzz'"),
+    ("input-missing", ["dump", "-m", "{zoo:transfer.keras}", "-l", "fc1", "{tmp}/nope.npy"], 2, "nope.npy"),
+    ("batch-size-0", ["dump", "-m", "{zoo:transfer.keras}", "-l", "fc1", "-b", "0", "{tmp}/good.npy"], 2, "--batch-size"),
+    ("batch-size-negative", ["dump", "-m", "{zoo:transfer.keras}", "-l", "fc1", "-b", "-3", "{tmp}/good.npy"], 2, "--batch-size"),
+    ("output-exists", ["dump", "-m", "{zoo:transfer.keras}", "-l", "fc1", "-o", "{tmp}/existing.h5", "{tmp}/good.npy"], 2, "--overwrite"),
+    ("output-folder-missing", ["dump", "-m", "{zoo:transfer.keras}", "-l", "fc1", "-o", "{tmp}/no/such/out.h5", "{tmp}/good.npy"], 2, "does not exist"),
+    ("output-is-folder", ["dump", "-m", "{zoo:transfer.keras}", "-l", "fc1", "-o", "{tmp}/folder", "{tmp}/good.npy"], 2, "folder"),
+    ("random-bytes-h5", ["layers", "{tmp}/random.h5"], 1, "random.h5"),
+    ("hdf5-without-model", ["layers", "{tmp}/not_a_model.h5"], 1, "holds no model"),
+    ("text-as-model", ["layers", "{tmp}/notes.txt"], 1, "not a Keras model file"),
+    ("folder-as-model", ["layers", "{tmp}/folder"], 1, "no SavedModel"),
+    ("truncated-keras", ["layers", "{tmp}/truncated.keras"], 1, "truncated.keras"),
+    ("lambda-keras", ["layers", "{zoo:lambda.keras}"], 1, "--unsafe"),
+    ("lambda-keras2-h5", ["layers", "{zoo:keras2_lambda.h5}"], 1, "--unsafe"),
+    ("object-npy", ["dump", "-m", "{zoo:transfer.keras}", "-l", "fc1", "-o", "{tmp}/existing.h5", "--overwrite", "{tmp}/objects.npy"], 1, "never unpickled"),
+    ("complex-npy", ["dump", "-m", "{zoo:transfer.keras}", "-l", "fc1", "{tmp}/complex.npy"], 1, "complex64"),
+    ("string-npy", ["dump", "-m", "{zoo:transfer.keras}", "-l", "fc1", "{tmp}/strings.npy"], 1, "strings.npy"),
+    ("wrong-shape", ["dump", "-m", "{zoo:transfer.keras}", "-l", "fc1", "-o", "{tmp}/existing.h5", "--overwrite", "{tmp}/wrong_shape.npy"], 1, "(N, 32, 32, 3)"),
+    ("wrong-rank", ["dump", "-m", "{zoo:transfer.keras}", "-l", "fc1", "{tmp}/wrong_rank.npy"], 1, "wrong_rank.npy"),
+    ("zero-samples", ["dump", "-m", "{zoo:transfer.keras}", "-l", "fc1", "{tmp}/empty.npy"], 1, "no samples"),
+    ("truncated-npy", ["dump", "-m", "{zoo:transfer.keras}", "-l", "fc1", "{tmp}/good.npy", "{tmp}/truncated.npy"], 1, "truncated.npy"),
+]
+
+
+@pytest.mark.parametrize("args,status,text", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_gets_one_error_line_and_changes_nothing(cli, zoo, tmp_path, args, status, text):
+    _case_files(tmp_path)
+    keras_zip = zoo["transfer.keras"].read_bytes()
+    (tmp_path / "truncated.keras").write_bytes(keras_zip[: len(keras_zip) // 2])
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    model_before = {p: p.stat().st_mtime_ns for p in zoo.values()}
+    filled = []
+    for a in args:
+        a = a.replace("{tmp}", str(tmp_path))
+        if a.startswith("{zoo:"):
+            a = str(zoo[a[5:-1]])
+        filled.append(a)
+    r = cli(*filled, env={"TENSORPROBE_MODEL": None})
+    assert r.exit_code == status, r.stderr
+    assert text in error_line(r)
+    assert r.stdout == ""
+    after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before  # nothing changed, nothing new (no output, no leftover temporary)
+    assert {p: p.stat().st_mtime_ns for p in zoo.values()} == model_before
+
+
+def test_overwrite_replaces_an_existing_output(cli, zoo, tmp_path):
+    out = tmp_path / "acts.h5"
+    out.write_bytes(b"old")
+    r = cli("dump", "-m", zoo["transfer.keras"], "-l", "gap", "--overwrite", "-o", out, zoo["input.npy"])
+    assert r.exit_code == 0, r.stderr
+    with h5py.File(out, "r") as f:
+        assert f["activations/gap"].shape == (4, 16)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["acts.h5"]
