@@ -17,7 +17,7 @@ from tensorprobe.console import err, out, quiet_native_stderr
 
 class TensorprobeGroup(click.Group):
     """Turns every failure into one `error:` line and an exit status a script can branch on:
-    0 ok, 1 run-time failure, 2 usage error, 130 interrupted. `--debug` (or
+    0 ok, 1 run-time failure, 2 usage error, 130 interrupted, 143 terminated. `--debug` (or
     TENSORPROBE_DEBUG=1) shows the traceback instead."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
@@ -41,12 +41,20 @@ class TensorprobeGroup(click.Group):
                 raise
             _error(str(e))
             sys.exit(e.exit_code)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:  # outside a command (click's own parsing)
             _error("interrupted")
-            sys.exit(errors.INTERRUPTED)
+            sys.exit(errors.TERMINATED if isinstance(e, errors.Terminated) else errors.INTERRUPTED)
         if isinstance(rv, int) and not standalone_mode:
             return rv
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+    def invoke(self, ctx):
+        # Catch Ctrl-C here, before click turns it into Abort with a stray blank line.
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as e:
+            raise errors.Interrupted(isinstance(e, errors.Terminated)) from e
 
 
 def _env_debug():
@@ -241,7 +249,7 @@ class _progress:
 
 def _terminate(signum, frame):
     """SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so the partial output is removed."""
-    raise KeyboardInterrupt
+    raise errors.Terminated
 
 
 def main():

@@ -2,12 +2,17 @@
 
 Exit codes: 2 when the command line itself is wrong (unknown option, unknown layer, a path
 that does not exist, an output that exists), 1 when a well-formed command fails on the
-contents of a file or while running, 130 on Ctrl-C.
+contents of a file or while running, 130 on Ctrl-C, 143 on SIGTERM.
 """
 
 USAGE = 2
 FAILURE = 1
-INTERRUPTED = 130
+INTERRUPTED = 130  # Ctrl-C (SIGINT)
+TERMINATED = 143  # SIGTERM (kill, a CI timeout)
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised by the SIGTERM handler, so a dump unwinds and cleans up as on Ctrl-C."""
 
 
 class TensorprobeError(Exception):
@@ -44,3 +49,11 @@ class InputError(TensorprobeError):
 
 class WriteError(TensorprobeError):
     """The output could not be written."""
+
+
+class Interrupted(TensorprobeError):
+    """Ctrl-C or SIGTERM, after the command cleaned up."""
+
+    def __init__(self, terminated):
+        super().__init__("interrupted")
+        self.exit_code = TERMINATED if terminated else INTERRUPTED
