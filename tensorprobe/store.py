@@ -6,7 +6,8 @@ Layout (format_version 1), documented in the README:
                     command, batch_size, samples, complete
   /inputs/source    one UTF-8 string per sample row
   /activations/...  one dataset per selected layer output, (N, *sample_shape), with the
-                    attributes layer, layer_class, sample_shape and the statistics of stats.py
+                    attributes layer, layer_class, order (position in the model's layer
+                    order), sample_shape and the statistics of stats.py
 """
 
 import os
@@ -120,6 +121,7 @@ class DumpWriter:
         )
         ds.attrs["layer"] = spec.layer
         ds.attrs["layer_class"] = spec.layer_class
+        ds.attrs["order"] = i  # position in the model's layer order (HDF5 lists names sorted)
         ds.attrs["sample_shape"] = np.asarray(sample_shape, dtype=np.int64)
         for key, value in spec.extra.items():
             ds.attrs[key] = value
@@ -168,6 +170,7 @@ def read_summary(path):
                     {
                         "path": name,
                         "layer": _plain(obj.attrs.get("layer", "")),
+                        "order": _plain(obj.attrs.get("order", -1)),
                         "sample_shape": list(obj.shape[1:]),
                         "samples": obj.shape[0],
                         "dtype": str(obj.dtype),
@@ -178,6 +181,7 @@ def read_summary(path):
 
         if "activations" in f:
             f["activations"].visititems(visit)
+    datasets.sort(key=lambda d: d["order"])
     return {"attrs": attrs, "datasets": datasets}
 
 
