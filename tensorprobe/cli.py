@@ -4,6 +4,7 @@ TensorFlow and Keras are imported only inside commands that load a model, so `--
 `--version` and usage errors stay fast.
 """
 
+import functools
 import os
 import signal
 import sys
@@ -89,6 +90,40 @@ def model_options(f):
     return f
 
 
+def gradient_options(f):
+    """--gradients and its target; collected into one `gradients` argument (None without it)."""
+    options = [
+        click.option("--gradients", "want", is_flag=True,
+                     help="Also store the gradient of the target w.r.t. each selected output."),
+        click.option("--target", default="top", show_default=True, metavar="TARGET",
+                     help="class:K, top (the predicted class's score), sum, or loss:NAME (a Keras loss)."),
+        click.option("--labels", type=click.Path(exists=True, dir_okay=False),
+                     help="Labels .npy for --target loss:NAME, one row per sample."),
+        click.option("--target-output", metavar="NAME", help="The model output the target is taken from."),
+    ]
+
+    def collect(**kwargs):
+        want, target, labels, output = (kwargs.pop(k) for k in ("want", "target", "labels", "target_output"))
+        source = click.get_current_context().get_parameter_source
+        given = [f"--{n.replace('_', '-')}" for n in ("target", "labels", "target_output")
+                 if source(n) != click.core.ParameterSource.DEFAULT]
+        if not want:
+            if given:
+                raise click.UsageError(f"{given[0]} needs --gradients")
+            return f(gradients=None, **kwargs)
+        from tensorprobe.probe import parse_target
+
+        parsed = parse_target(target)
+        if (parsed.kind == "loss") != (labels is not None):
+            raise click.UsageError("--target loss:NAME and --labels go together")
+        return f(gradients=(parsed, labels, output), **kwargs)
+
+    functools.update_wrapper(collect, f)  # keeps the options already attached to f
+    for option in reversed(options):
+        collect = option(collect)
+    return collect
+
+
 def _debug():
     return getattr(click.get_current_context().find_root().command, "debug", False)
 
@@ -151,9 +186,12 @@ def layers(model, as_json, pattern, unsafe):
               help="Samples per forward pass.")
 @click.option("--json", "as_json", is_flag=True, help="Print the dump summary as JSON to stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@click.option("--fail-on-nonfinite", is_flag=True,
+              help="Exit 1 after the dump when any dataset holds NaN or Inf.")
+@gradient_options
 @model_options
 def dump(inputs, model, layer_names, match, all_layers, output, overwrite, batch_size, as_json,
-         quiet, unsafe):
+         quiet, fail_on_nonfinite, gradients, unsafe):
     """Compute the outputs of the chosen layers for INPUTS (.npy files) and write them to HDF5.
 
     An array whose shape is the model's input shape is one sample; otherwise its first axis
@@ -176,17 +214,27 @@ def dump(inputs, model, layer_names, match, all_layers, output, overwrite, batch
 
     with quiet_native_stderr(not _debug()):
         from tensorprobe import probe
-        from tensorprobe.inputs import InputSpec, NpyInputs
+        from tensorprobe.inputs import InputSpec, NpyInputs, open_labels
 
         loaded, graph = _load(model, unsafe)
         selected = probe.select(graph, layer_names, match, all_layers)
         plan = probe.plan(graph, selected)
         source = NpyInputs(inputs, _input_spec(graph, InputSpec))
-        extract = probe.extraction_function(graph, plan)
+        labels = target = target_origin = None
+        if gradients is None:
+            extract = probe.extraction_function(graph, plan)
+        else:
+            target, labels_path, output_name = gradients
+            target_origin, output_name = probe.output_origin(graph, output_name)
+            plan = probe.with_gradients(plan, target, output_name)
+            labels = open_labels(labels_path, source.rows) if labels_path else None
+            label_shape = labels.shape[1:] if labels is not None else None
+            extract = probe.extraction_function(graph, plan, target, target_origin, label_shape)
         with store.DumpWriter(output, plan.specs, _root_attrs(loaded), overwrite) as writer:
             with _progress(quiet or not err.is_terminal, source.rows) as advance:
-                runner.dump(extract, source, writer, batch_size, advance)
+                runner.dump(extract, source, writer, batch_size, advance, labels)
             writer.finish()
+        nonfinite = writer.nonfinite()
 
     summary = store.read_summary(output)
     if as_json:
@@ -194,6 +242,18 @@ def dump(inputs, model, layer_names, match, all_layers, output, overwrite, batch
     elif not quiet:
         report.print_table(err, report.summary_table(summary, output))
         err.print(f"wrote {output}", markup=False, highlight=False)
+    if fail_on_nonfinite and nonfinite:
+        sources = summary_sources(output, [row for *_, row in nonfinite])
+        for (path, nans, infs, row), source_name in zip(nonfinite, sources):
+            _error(f"{path} holds {nans} NaN and {infs} Inf values, first in sample {row} ({source_name})")
+        sys.exit(errors.FAILURE)
+
+
+def summary_sources(output, rows):
+    import h5py
+
+    with h5py.File(output, "r") as f:
+        return [f["inputs/source"].asstr()[row] for row in rows]
 
 
 def _input_spec(graph, InputSpec):

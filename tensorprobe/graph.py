@@ -52,8 +52,15 @@ class Graph:
     model: object
     keras: object  # the module that built the model: keras (3) or tf_keras
     inputs: list  # the outer model's symbolic inputs
+    outputs: list  # the origins of the model's outputs
     entries: dict  # path -> LayerEntry, in `.layers` order, parents before children
     reads: dict  # node key -> set of node keys whose outputs it reads
+    symbolic: dict  # origin -> symbolic tensor
+
+    def tensor(self, origin):
+        """The symbolic tensor at `origin` (its shape and dtype)."""
+        key, j = origin
+        return self.inputs[j] if key is None else self.symbolic[origin]
 
     def needed(self, origins):
         """The node keys that computing `origins` requires."""
@@ -66,10 +73,17 @@ class Graph:
                 todo.extend(self.reads.get(key, ()))
         return seen
 
-    def evaluate(self, inputs, origins, needed):
-        """The values at `origins` for real input tensors, calling only the `needed` nodes."""
-        walker = _Walker(self.keras, needed=needed)
-        walker.run(self.model, [(x, (None, i)) for i, x in enumerate(inputs)], "", ())
+    def evaluate(self, inputs, origins, needed, watch=None):
+        """The values at `origins` for real input tensors, calling only the `needed` nodes.
+
+        `watch(tensor)` is called on each value at `origins` as soon as it exists, before any
+        layer reads it (a GradientTape's watch, for gradients with respect to activations).
+        """
+        walker = _Walker(self.keras, needed=needed, watch=watch, watched=set(origins))
+        fed = [(x, (None, i)) for i, x in enumerate(inputs)]
+        for x, origin in fed:
+            walker.watch_if_wanted(x, origin)
+        walker.run(self.model, fed, "", ())
         return [inputs[j] if key is None else walker.values[(key, j)] for key, j in origins]
 
 
@@ -78,18 +92,24 @@ def unroll(model, keras):
     walker = _Walker(keras)
     walker.register(model, prefix="", index="", depth=0, parent=None)
     inputs = list(model.inputs)
-    walker.run(model, [(x, (None, i)) for i, x in enumerate(inputs)], "", ())
-    return Graph(model, keras, inputs, walker.entries, walker.reads)
+    outputs = walker.run(model, [(x, (None, i)) for i, x in enumerate(inputs)], "", ())
+    return Graph(model, keras, inputs, [o for _, o in outputs], walker.entries, walker.reads,
+                 walker.values)
 
 
 class _Walker:
-    def __init__(self, keras, needed=None):
+    def __init__(self, keras, needed=None, watch=None, watched=()):
         self.keras = keras
         self.legacy = not keras.__version__.startswith("3")
         self.needed = needed  # node keys to call; None calls every node
+        self.watch, self.watched = watch, watched
         self.entries = {}
         self.reads = {}
         self.values = {}  # origin -> tensor, for every node called
+
+    def watch_if_wanted(self, tensor, origin):
+        if self.watch is not None and origin in self.watched:
+            self.watch(tensor)
 
     def register(self, container, prefix, index, depth, parent):
         for i, layer in enumerate(container.layers):
@@ -119,7 +139,9 @@ class _Walker:
                 self.reads[node_key] = {origin[0] for _, origin in arguments if origin[0] is not None}
                 result = call({id(t): x for t, (x, _) in zip(node_inputs, arguments)})
                 outputs = [(x, (node_key, j)) for j, x in enumerate(self._flatten(result))]
-                self.values.update((origin, x) for x, origin in outputs)
+                for x, origin in outputs:
+                    self.values[origin] = x
+                    self.watch_if_wanted(x, origin)
             if path in self.entries and all(o is not None for o in outputs):
                 self.entries[path].calls.append(outputs)
             for t, v in zip(node_outputs, outputs):

@@ -5,7 +5,7 @@ import difflib
 import re
 from dataclasses import dataclass
 
-from tensorprobe.errors import UnknownLayerError, UsageError
+from tensorprobe.errors import InputError, UnknownLayerError, UsageError
 from tensorprobe.store import DatasetSpec
 
 CONTAINER_OUTPUT = "__output__"
@@ -99,7 +99,7 @@ def plan(graph, selected):
             call_base = f"{base}/call_{k}" if len(entry.calls) > 1 else base
             for i, (_, origin) in enumerate(outputs):
                 name = f"{call_base}/output_{i}" if len(outputs) > 1 else call_base
-                extra = {}
+                extra = {"order": len(specs)}  # model order; HDF5 lists names sorted
                 if len(entry.calls) > 1:
                     extra["call"] = k
                 if len(outputs) > 1:
@@ -113,29 +113,149 @@ def _inside(path, container):
     return path.startswith(container + "/")
 
 
-def extraction_function(graph, plan):
-    """A compiled function: list of input batches -> list of arrays, one per plan spec.
+@dataclass
+class Target:
+    """What --gradients differentiates, per sample: `class:K`, `top`, `sum` or `loss:NAME`."""
 
-    It calls only the layers the selected outputs depend on, with the model's own weights,
-    in inference mode. The batch axis is left open in its signature, so a last, smaller
-    batch runs the same compiled graph.
+    kind: str
+    value: object = None  # the class index, or the loss name
+
+    def __str__(self):
+        return self.kind if self.value is None else f"{self.kind}:{self.value}"
+
+
+def parse_target(text):
+    kind, _, value = text.partition(":")
+    if kind in ("top", "sum") and not value:
+        return Target(kind)
+    if kind == "class" and value.isdigit():
+        return Target(kind, int(value))
+    if kind == "loss" and value:
+        return Target(kind, value)
+    raise UsageError(f"--target '{text}': expected class:K, top, sum or loss:NAME")
+
+
+def with_gradients(plan, target, output_name):
+    """The plan plus one gradient dataset per activation, at the same path under /gradients."""
+    extra = {"target": str(target), "target_output": output_name}
+    grads = [DatasetSpec(s.name, s.layer, s.layer_class, {**s.extra, **extra}, "gradients")
+             for s in plan.specs]
+    return Plan(plan.specs + grads, plan.origins)
+
+
+def output_origin(graph, name):
+    """The origin of the model output that --target-output NAME picks (a name or an index);
+    with NAME None, the model's only output. Returns (origin, output name)."""
+    names = [_producer_name(t) for t in graph.model.outputs]
+    if name is None:
+        if len(names) > 1:
+            raise UsageError(
+                f"the model has {len(names)} outputs ({', '.join(names)}); "
+                "choose one with --target-output NAME"
+            )
+        return graph.outputs[0], names[0]
+    if name in names:
+        return graph.outputs[names.index(name)], name
+    if name.isdigit() and int(name) < len(names):
+        return graph.outputs[int(name)], names[int(name)]
+    raise UsageError(f"--target-output '{name}': the model's outputs are {', '.join(names)}")
+
+
+def _producer_name(tensor):
+    history = getattr(tensor, "_keras_history", None)
+    layer = getattr(history, "operation", None) or getattr(history, "layer", None)
+    return layer.name if layer is not None else getattr(tensor, "name", "output")
+
+
+def extraction_function(graph, plan, target=None, target_origin=None, label_shape=None):
+    """A compiled function: (list of input batches[, labels]) -> list of arrays, one per
+    plan spec.
+
+    Without a target it calls only the layers the selected outputs depend on, with the
+    model's own weights, in inference mode. With a target it runs one forward pass to the
+    chosen output under a GradientTape that watches each selected activation as it is
+    produced, and returns the activations and the gradients of the per-sample target with
+    respect to them (zeros for an activation the output does not depend on). The batch axis
+    is left open in the signature, so a last, smaller batch runs the same compiled graph.
     """
     import tensorflow as tf
 
-    needed = graph.needed(plan.origins)
     signature = [
         tf.TensorSpec(shape=tuple(t.shape), dtype=_dtype_name(t.dtype), name=f"input_{i}")
         for i, t in enumerate(graph.inputs)
     ]
+    count = len(graph.inputs)
+    if target is None:
+        needed = graph.needed(plan.origins)
 
-    @tf.function(input_signature=signature)
-    def extract(*inputs):
-        return graph.evaluate(list(inputs), plan.origins, needed)
+        @tf.function(input_signature=signature)
+        def extract(*inputs):
+            return graph.evaluate(list(inputs), plan.origins, needed)
 
-    def run(batch):
-        return [t.numpy() for t in extract(*batch)]
+    else:
+        origins = plan.origins + [target_origin]
+        needed = graph.needed(origins)
+        score = _score_function(graph, target, target_origin)
+        if target.kind == "loss":  # one label row per sample, of `label_shape`
+            signature.append(tf.TensorSpec(shape=(None, *label_shape), dtype=tf.float32, name="labels"))
+
+        @tf.function(input_signature=signature)
+        def extract(*args):
+            inputs, labels = list(args[:count]), (args[count] if len(args) > count else None)
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                values = graph.evaluate(inputs, origins, needed, watch=tape.watch)
+                activations, output = values[:-1], values[-1]
+                per_sample = score(output, labels)
+            grads = tape.gradient(per_sample, activations,
+                                  unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            return list(activations) + list(grads)
+
+    def run(batch, labels=None):
+        args = list(batch) + ([labels] if labels is not None else [])
+        try:
+            return [t.numpy() for t in extract(*args)]
+        except (ValueError, tf.errors.InvalidArgumentError) as e:
+            # shapes that do not fit the model (labels against the output, say) surface here
+            raise InputError(f"the model could not compute this batch: {_first_line(e)}") from e
 
     return run
+
+
+def _score_function(graph, target, origin):
+    """output (batch, ...) [, labels] -> one score per sample, as the model computes it."""
+    import tensorflow as tf
+
+    symbolic = graph.tensor(origin)
+    size = 1
+    for d in symbolic.shape[1:]:
+        size *= int(d) if d is not None else 1
+    if target.kind == "class":
+        if None not in tuple(symbolic.shape[1:]) and target.value >= size:
+            raise UsageError(f"--target {target}: the output has {size} values per sample")
+        return lambda out, labels: tf.reshape(out, (tf.shape(out)[0], -1))[:, target.value]
+    if target.kind == "top":
+        return lambda out, labels: tf.reduce_max(tf.reshape(out, (tf.shape(out)[0], -1)), axis=1)
+    if target.kind == "sum":
+        return lambda out, labels: tf.reduce_sum(tf.reshape(out, (tf.shape(out)[0], -1)), axis=1)
+    try:
+        loss = graph.keras.losses.get(target.value)
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"--target {target}: unknown Keras loss '{target.value}'") from e
+    if loss is None or isinstance(loss, type):
+        raise UsageError(f"--target {target}: unknown Keras loss '{target.value}'")
+
+    def per_sample_loss(out, labels):
+        value = tf.convert_to_tensor(loss(tf.cast(labels, out.dtype), out))
+        value = tf.reshape(value, (tf.shape(out)[0], -1))  # a loss per sample, or per position
+        return tf.reduce_mean(value, axis=1)
+
+    return per_sample_loss
+
+
+def _first_line(exc):
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    useful = [line for line in lines if "Error" in line] or lines or [type(exc).__name__]
+    return useful[-1][:300]
 
 
 def _dtype_name(dtype):

@@ -4,56 +4,105 @@ import numpy as np
 
 
 class RunningStats:
-    """min, max, mean and std (ddof 0) over the finite values, with zeros, NaN and Inf counted.
+    """Statistics over the finite values of an array seen a batch at a time: min, max, mean,
+    std (ddof 0), overall and per channel (the last axis), with zeros, NaN and Inf counted.
 
-    Batches are combined with Chan et al.'s parallel update of (count, mean, M2), in float64,
-    so the result does not depend on the batch size beyond rounding.
+    Each batch yields per-channel (count, mean, M2), combined with the earlier ones by Chan et
+    al.'s parallel update in float64; the overall figures combine the channels the same way.
+    So the result is exact up to rounding and does not depend on the batch size.
     """
 
     def __init__(self):
         self.size = 0  # every element seen
-        self.count = 0  # finite elements
-        self.mean = 0.0
-        self.m2 = 0.0
-        self.min = np.inf
-        self.max = -np.inf
+        self.rows = 0
         self.zeros = 0
         self.nan_count = 0
         self.inf_count = 0
+        self.first_nonfinite_row = None
+        self.count = self.mean = self.m2 = self.min = self.max = None  # per channel
 
     def update(self, batch):
         a = np.asarray(batch)
+        channels = a.shape[-1] if a.ndim >= 2 else 1
+        flat = a.reshape(-1, channels)
+        if self.count is None:
+            self.count = np.zeros(channels, np.int64)
+            self.mean = np.zeros(channels)
+            self.m2 = np.zeros(channels)
+            self.min = np.full(channels, np.inf)
+            self.max = np.full(channels, -np.inf)
         self.size += a.size
         self.zeros += int(np.count_nonzero(a == 0))
-        if a.dtype.kind in "fc":
-            nan = int(np.count_nonzero(np.isnan(a)))
-            inf = int(np.count_nonzero(np.isinf(a)))
-            self.nan_count += nan
-            self.inf_count += inf
-            if nan or inf:
-                a = a[np.isfinite(a)]
-        values = a.astype(np.float64, copy=False).ravel()
-        n = values.size
-        if n == 0:
-            return
-        mean = float(values.mean())
-        m2 = float(np.square(values - mean).sum())
-        self.min = min(self.min, float(values.min()))
-        self.max = max(self.max, float(values.max()))
-        total = self.count + n
-        delta = mean - self.mean
-        self.mean += delta * n / total
-        self.m2 += m2 + delta * delta * self.count * n / total
-        self.count = total
+        finite = None
+        if a.dtype.kind in "fc" and not np.isfinite(a).all():
+            finite = np.isfinite(flat)
+            self.nan_count += int(np.count_nonzero(np.isnan(a)))
+            self.inf_count += int(np.count_nonzero(np.isinf(a)))
+            if self.first_nonfinite_row is None:
+                bad_rows = ~np.isfinite(a.reshape(len(a), -1)).all(axis=1)
+                self.first_nonfinite_row = self.rows + int(np.flatnonzero(bad_rows)[0])
+        self.rows += len(a)
+        if finite is None:
+            n = np.full(channels, flat.shape[0], np.int64)
+            mean = flat.mean(axis=0, dtype=np.float64)
+            m2 = np.square(flat - mean).sum(axis=0)
+            low, high = flat.min(axis=0, initial=np.inf), flat.max(axis=0, initial=-np.inf)
+        else:
+            n = finite.sum(axis=0)
+            values = np.where(finite, flat, 0).astype(np.float64)
+            mean = values.sum(axis=0) / np.maximum(n, 1)
+            m2 = np.where(finite, np.square(values - mean), 0).sum(axis=0)
+            low = np.where(finite, flat, np.inf).min(axis=0)
+            high = np.where(finite, flat, -np.inf).max(axis=0)
+        self.min = np.minimum(self.min, low)
+        self.max = np.maximum(self.max, high)
+        self.count, self.mean, self.m2 = _combine(self.count, self.mean, self.m2, n, mean, m2)
 
     def result(self):
-        finite = self.count > 0
+        """Overall statistics; NaN where no finite value was seen."""
+        nan = float("nan")
+        total = int(self.count.sum()) if self.count is not None else 0
+        if total:
+            (count,), (mean,), (m2,) = _combine_all(self.count, self.mean, self.m2)
+            overall = {
+                "min": float(self.min.min()),
+                "max": float(self.max.max()),
+                "mean": float(mean),
+                "std": float(np.sqrt(m2 / count)),
+            }
+        else:
+            overall = dict.fromkeys(("min", "max", "mean", "std"), nan)
         return {
-            "min": self.min if finite else float("nan"),
-            "max": self.max if finite else float("nan"),
-            "mean": self.mean if finite else float("nan"),
-            "std": float(np.sqrt(self.m2 / self.count)) if finite else float("nan"),
-            "zeros_fraction": self.zeros / self.size if self.size else float("nan"),
+            **overall,
+            "zeros_fraction": self.zeros / self.size if self.size else nan,
             "nan_count": self.nan_count,
             "inf_count": self.inf_count,
         }
+
+    def channel_result(self):
+        """Per-channel min, max, mean, std (NaN for a channel without finite values)."""
+        seen = self.count > 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return {
+                "channel_min": np.where(seen, self.min, np.nan),
+                "channel_max": np.where(seen, self.max, np.nan),
+                "channel_mean": np.where(seen, self.mean, np.nan),
+                "channel_std": np.where(seen, np.sqrt(self.m2 / self.count), np.nan),
+            }
+
+
+def _combine(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
+    """Chan et al.: (count, mean, M2) of two parts -> of their union, element-wise."""
+    n = n_a + n_b
+    safe = np.maximum(n, 1)
+    delta = mean_b - mean_a
+    mean = mean_a + delta * n_b / safe
+    m2 = m2_a + m2_b + delta * delta * n_a * n_b / safe
+    return n, mean, m2
+
+
+def _combine_all(count, mean, m2):
+    """Combine every channel's (count, mean, M2) into one."""
+    n = count.sum()
+    overall = (count * mean).sum() / n
+    return [n], [overall], [m2.sum() + (count * np.square(mean - overall)).sum()]

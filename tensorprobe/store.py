@@ -8,6 +8,8 @@ Layout (format_version 1), documented in the README:
   /activations/...  one dataset per selected layer output, (N, *sample_shape), with the
                     attributes layer, layer_class, order (position in the model's layer
                     order), sample_shape and the statistics of stats.py
+  /gradients/...    with --gradients: the gradient of the target with respect to each
+                    activation, same paths and shapes, attribute target
 """
 
 import os
@@ -45,10 +47,11 @@ def check_output(path, overwrite):
 class DatasetSpec:
     """Where one computed output goes, and what it is."""
 
-    name: str  # path under /activations
+    name: str  # path under `group`
     layer: str  # the layer's path
     layer_class: str
-    extra: dict  # further attributes (call, output)
+    extra: dict  # further attributes (call, output, target)
+    group: str = "activations"  # or "gradients"
 
 
 class DumpWriter:
@@ -115,13 +118,12 @@ class DumpWriter:
         sample_shape = array.shape[1:]
         row_bytes = max(1, int(np.prod(sample_shape, dtype=np.int64)) * array.dtype.itemsize)
         rows_per_chunk = max(1, min(CHUNK_BYTES // row_bytes, max(1, array.shape[0])))
-        ds = self.file["activations"].create_dataset(
+        ds = self.file.require_group(spec.group).create_dataset(
             spec.name, shape=(0,) + sample_shape, maxshape=(None,) + sample_shape,
             chunks=(rows_per_chunk,) + sample_shape, dtype=array.dtype,
         )
         ds.attrs["layer"] = spec.layer
         ds.attrs["layer_class"] = spec.layer_class
-        ds.attrs["order"] = i  # position in the model's layer order (HDF5 lists names sorted)
         ds.attrs["sample_shape"] = np.asarray(sample_shape, dtype=np.int64)
         for key, value in spec.extra.items():
             ds.attrs[key] = value
@@ -136,6 +138,11 @@ class DumpWriter:
                     continue
                 for key, value in stats.result().items():
                     ds.attrs[key] = value
+                if len(ds.shape) >= 2:
+                    for key, value in stats.channel_result().items():
+                        ds.attrs[key] = value
+                if stats.first_nonfinite_row is not None:
+                    ds.attrs["first_nonfinite_sample"] = stats.first_nonfinite_row
             self.file.attrs["samples"] = self.rows
             self.file.attrs["complete"] = True
             self.file.close()
@@ -148,6 +155,15 @@ class DumpWriter:
         except BaseException:
             self.abort()
             raise
+
+    def nonfinite(self):
+        """(dataset path, nan count, inf count, first sample row) for each dataset holding
+        NaN or Inf."""
+        return [
+            (f"{spec.group}/{spec.name}", st.nan_count, st.inf_count, st.first_nonfinite_row)
+            for spec, st in zip(self.specs, self.stats)
+            if st.nan_count or st.inf_count
+        ]
 
     def abort(self):
         try:
