@@ -87,6 +87,11 @@ def model_options(f):
         "--unsafe", is_flag=True,
         help="Allow loading Lambda layers that hold Python code (runs that code; trusted files only).",
     )(f)
+    f = click.option(
+        "--custom-objects", "custom_objects", multiple=True, metavar="FILE.py",
+        type=click.Path(exists=True, dir_okay=False),
+        help="Import FILE.py (runs it) for the custom layers, models and functions the model uses. Repeatable.",
+    )(f)
     return f
 
 
@@ -128,11 +133,13 @@ def _debug():
     return getattr(click.get_current_context().find_root().command, "debug", False)
 
 
-def _load(model_path, unsafe):
+def _load(model_path, unsafe, custom_objects):
     from tensorprobe.graph import unroll
     from tensorprobe.models import load_model
+    from tensorprobe.models.custom import load_custom_objects
 
-    loaded = load_model(model_path, unsafe=unsafe)
+    objects = load_custom_objects(custom_objects)
+    loaded = load_model(model_path, unsafe=unsafe, custom_objects=objects)
     return loaded, unroll(loaded.model, loaded.keras)
 
 
@@ -141,7 +148,7 @@ def _load(model_path, unsafe):
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of layers to stdout.")
 @click.option("--filter", "pattern", metavar="REGEX", help="Keep layers whose path matches REGEX (re.search).")
 @model_options
-def layers(model, as_json, pattern, unsafe):
+def layers(model, as_json, pattern, unsafe, custom_objects):
     """List every layer of MODEL, nested models expanded into paths.
 
     \b
@@ -159,7 +166,7 @@ def layers(model, as_json, pattern, unsafe):
     except re.error as e:
         raise errors.UsageError(f"--filter '{pattern}': not a valid regular expression ({e})") from e
     with quiet_native_stderr(not _debug()):
-        loaded, graph = _load(model, unsafe)
+        loaded, graph = _load(model, unsafe, custom_objects)
         info = describe(loaded, graph)
     if regex is not None:
         info.layers = [layer for layer in info.layers if regex.search(layer.path)]
@@ -188,10 +195,12 @@ def layers(model, as_json, pattern, unsafe):
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("--fail-on-nonfinite", is_flag=True,
               help="Exit 1 after the dump when any dataset holds NaN or Inf.")
+@click.option("--training", is_flag=True,
+              help="Run in training mode (Dropout on, BatchNormalization on batch statistics).")
 @gradient_options
 @model_options
 def dump(inputs, model, layer_names, match, all_layers, output, overwrite, batch_size, as_json,
-         quiet, fail_on_nonfinite, gradients, unsafe):
+         quiet, fail_on_nonfinite, training, gradients, unsafe, custom_objects):
     """Compute the outputs of the chosen layers for INPUTS (.npy files) and write them to HDF5.
 
     An array whose shape is the model's input shape is one sample; otherwise its first axis
@@ -216,21 +225,22 @@ def dump(inputs, model, layer_names, match, all_layers, output, overwrite, batch
         from tensorprobe import probe
         from tensorprobe.inputs import InputSpec, NpyInputs, open_labels
 
-        loaded, graph = _load(model, unsafe)
+        loaded, graph = _load(model, unsafe, custom_objects)
         selected = probe.select(graph, layer_names, match, all_layers)
         plan = probe.plan(graph, selected)
         source = NpyInputs(inputs, _input_spec(graph, InputSpec))
         labels = target = target_origin = None
         if gradients is None:
-            extract = probe.extraction_function(graph, plan)
+            extract = probe.extraction_function(graph, plan, training=training)
         else:
             target, labels_path, output_name = gradients
             target_origin, output_name = probe.output_origin(graph, output_name)
             plan = probe.with_gradients(plan, target, output_name)
             labels = open_labels(labels_path, source.rows) if labels_path else None
             label_shape = labels.shape[1:] if labels is not None else None
-            extract = probe.extraction_function(graph, plan, target, target_origin, label_shape)
-        with store.DumpWriter(output, plan.specs, _root_attrs(loaded), overwrite) as writer:
+            extract = probe.extraction_function(graph, plan, target, target_origin, label_shape, training)
+        attrs = {**_root_attrs(loaded), "training": training}
+        with store.DumpWriter(output, plan.specs, attrs, overwrite) as writer:
             with _progress(quiet or not err.is_terminal, source.rows) as advance:
                 runner.dump(extract, source, writer, batch_size, advance, labels)
             writer.finish()

@@ -1,4 +1,5 @@
-"""Walk a model's layer graph, nested models included, as one graph from the outer inputs.
+"""Walk a model's layers, nested models and custom layers included, as one graph from the
+outer inputs.
 
 Keras cannot build `Model(outer.inputs, outer.get_layer("vgg16").get_layer("block1_conv2").output)`:
 that output belongs to the nested model's own graph, which is not connected to the outer
@@ -7,6 +8,12 @@ again, and a nested model (Functional or Sequential) is entered and its own node
 on the tensors that reach it. The same layer objects are called, so the weights are the
 model's own.
 
+Layers with no static graph (custom layers that call sub-layers in `call`, subclassed
+models) are called whole, as one node; the outputs of their sub-layers ("runtime" layers)
+are recorded while they run, by wrapping the chosen sub-layers' `call` for the duration of
+that node. A `call` decorated with `tf.function` is run as plain Python for that time, so
+the recorded tensors belong to the caller's graph and nothing symbolic escapes.
+
 The walk runs twice. `unroll` walks on symbolic tensors: it records every call of every
 layer at any depth (its output shapes, for `tensorprobe layers`) and which node each node
 reads from. `Graph.evaluate` walks on real tensors inside a compiled function and calls only
@@ -14,16 +21,20 @@ the nodes that the requested outputs depend on, so a shallow layer costs a fract
 forward pass. (A flattened `keras.Model` over the re-traced tensors cannot be built in
 general: Keras refuses two layers of the same name, and nested models often reuse names.)
 
-Walking a functional graph needs Keras internals (`_nodes_by_depth` and the node objects):
-they are kept to `_keras3_nodes` and `_tf_keras_nodes` below, and tests/test_graph.py fails
-loudly if a Keras upgrade changes them.
+Walking a functional graph needs Keras internals (`_nodes_by_depth` and the node objects,
+`_flatten_layers` for the sub-layers of a custom layer): they are kept to `_keras3_nodes`,
+`_tf_keras_nodes` and `_sublayers` below, and tests/test_graph.py fails loudly if a Keras
+upgrade changes them.
 """
 
+import contextlib
+import functools
 from dataclasses import dataclass, field
 
 # A node key is the tuple of node positions from the outer model down to the node, so that a
-# nested model called twice has distinct keys for its two calls. A value's origin is
-# (node key, output position); the model's own inputs have the origin (None, input position).
+# nested model called twice has distinct keys for its two calls; the k-th recorded call of the
+# runtime layer at `path` inside the node `key` has the key `key + (path, k)`. A value's
+# origin is (key, output position); the model's own inputs have the origin (None, position).
 
 
 @dataclass
@@ -31,12 +42,14 @@ class LayerEntry:
     """One layer of the model at any depth, and the outputs of each of its calls."""
 
     path: str  # "vgg16/block1_conv2"
-    index: str  # position in `.layers` at each level: "1.3" is model.layers[1].layers[3]
+    index: str  # position among its parent's layers at each level: "1.3"
     depth: int
     layer: object
     parent: str | None
+    reach: str  # "graph": a node of a static graph; "runtime": recorded while its parent runs
     children: list = field(default_factory=list)  # paths of the layers it contains
     calls: list = field(default_factory=list)  # per call: list of (symbolic tensor, origin)
+    output_names: list | None = None  # the keys, for a layer that returns a dict
 
     @property
     def name(self):
@@ -73,57 +86,80 @@ class Graph:
                 todo.extend(self.reads.get(key, ()))
         return seen
 
-    def evaluate(self, inputs, origins, needed, watch=None):
+    def evaluate(self, inputs, origins, needed, watch=None, training=False):
         """The values at `origins` for real input tensors, calling only the `needed` nodes.
 
         `watch(tensor)` is called on each value at `origins` as soon as it exists, before any
         layer reads it (a GradientTape's watch, for gradients with respect to activations).
         """
-        walker = _Walker(self.keras, needed=needed, watch=watch, watched=set(origins))
-        fed = [(x, (None, i)) for i, x in enumerate(inputs)]
-        for x, origin in fed:
-            walker.watch_if_wanted(x, origin)
-        walker.run(self.model, fed, "", ())
-        return [inputs[j] if key is None else walker.values[(key, j)] for key, j in origins]
+        walker = _Walker(self.keras, self.entries, needed, watch, set(origins), training)
+        walker.walk(self.model, inputs)
+        values = [inputs[j] if key is None else walker.values.get((key, j)) for key, j in origins]
+        if any(v is None for v in values):
+            raise RuntimeError("a layer recorded at run time was called fewer times than when traced")
+        return values
 
 
 def unroll(model, keras):
     """Walk `model` (built by the module `keras`: keras 3 or tf_keras) on symbolic tensors."""
-    walker = _Walker(keras)
-    walker.register(model, prefix="", index="", depth=0, parent=None)
-    inputs = list(model.inputs)
-    outputs = walker.run(model, [(x, (None, i)) for i, x in enumerate(inputs)], "", ())
-    return Graph(model, keras, inputs, [o for _, o in outputs], walker.entries, walker.reads,
-                 walker.values)
+    entries = {}
+    static = _nodes_of(keras, model) is not None
+    _register(keras, entries, model, "", "", 0, None, "graph" if static else "runtime")
+    if static:
+        inputs = list(model.inputs)
+    else:  # a subclassed model: inputs from the shape it was built with
+        shape = model.get_build_config()["input_shape"]
+        inputs = [keras.Input(batch_shape=(None, *shape[1:]), dtype=model.dtype, name="input")]
+    walker = _Walker(keras, entries)
+    outputs = walker.walk(model, inputs)
+    return Graph(model, keras, inputs, [o for _, o in outputs], entries, walker.reads, walker.values)
+
+
+def _register(keras, entries, container, prefix, index, depth, parent, reach):
+    for i, layer in enumerate(_children(keras, container)):
+        path = prefix + layer.name
+        entries[path] = LayerEntry(path, f"{index}{i}", depth, layer, parent, reach)
+        if parent is not None:
+            entries[parent].children.append(path)
+        inner = "graph" if reach == "graph" and _nodes_of(keras, layer) is not None else "runtime"
+        _register(keras, entries, layer, path + "/", f"{index}{i}.", depth + 1, path, inner)
+
+
+def _children(keras, layer):
+    if _nodes_of(keras, layer) is not None or isinstance(layer, keras.Model):
+        return list(layer.layers)
+    return _sublayers(layer)
 
 
 class _Walker:
-    def __init__(self, keras, needed=None, watch=None, watched=()):
+    def __init__(self, keras, entries, needed=None, watch=None, watched=(), training=False):
         self.keras = keras
-        self.legacy = not keras.__version__.startswith("3")
+        self.entries = entries
+        self.symbolic = needed is None  # the first walk: record everything
         self.needed = needed  # node keys to call; None calls every node
         self.watch, self.watched = watch, watched
-        self.entries = {}
+        self.training = training
         self.reads = {}
         self.values = {}  # origin -> tensor, for every node called
 
-    def watch_if_wanted(self, tensor, origin):
+    def walk(self, model, inputs):
+        """Call the model on `inputs`; return its flat outputs as (tensor, origin)."""
+        fed = [(x, (None, i)) for i, x in enumerate(inputs)]
+        for x, origin in fed:
+            self._watch(x, origin)
+        if _nodes_of(self.keras, model) is not None:
+            return self.run(model, fed, "", ())
+        outputs, _ = self._call_leaf(model, "", (0,), fed, lambda: model(*inputs, training=self.training))
+        return outputs
+
+    def _watch(self, tensor, origin):
         if self.watch is not None and origin in self.watched:
             self.watch(tensor)
-
-    def register(self, container, prefix, index, depth, parent):
-        for i, layer in enumerate(container.layers):
-            path = prefix + layer.name
-            self.entries[path] = LayerEntry(path, f"{index}{i}", depth, layer, parent)
-            if parent is not None:
-                self.entries[parent].children.append(path)
-            if self._nodes_of(layer) is not None:
-                self.register(layer, path + "/", f"{index}{i}.", depth + 1, path)
 
     def run(self, container, inputs, prefix, key):
         """Call `container`'s nodes on `inputs`, a flat list of (tensor, origin); return its
         flat outputs as (tensor, origin), None where an output was not needed."""
-        nodes, container_inputs, container_outputs = self._nodes_of(container)
+        nodes, container_inputs, container_outputs = _nodes_of(self.keras, container)
         values = {id(t): v for t, v in zip(container_inputs, inputs)}
         for position, (layer, node_inputs, call, node_outputs) in enumerate(nodes):
             if any(id(t) not in values for t in node_inputs):
@@ -131,27 +167,95 @@ class _Walker:
             path = prefix + layer.name
             node_key = key + (position,)
             arguments = [values[id(t)] for t in node_inputs]
-            if self._nodes_of(layer) is not None:
+            names = None
+            if _nodes_of(self.keras, layer) is not None:
                 outputs = self.run(layer, arguments, path + "/", node_key)
             else:
-                if self.needed is not None and node_key not in self.needed:
-                    continue
-                self.reads[node_key] = {origin[0] for _, origin in arguments if origin[0] is not None}
-                result = call({id(t): x for t, (x, _) in zip(node_inputs, arguments)})
-                outputs = [(x, (node_key, j)) for j, x in enumerate(self._flatten(result))]
-                for x, origin in outputs:
-                    self.values[origin] = x
-                    self.watch_if_wanted(x, origin)
-            if path in self.entries and all(o is not None for o in outputs):
-                self.entries[path].calls.append(outputs)
+                tensors = {id(t): x for t, (x, _) in zip(node_inputs, arguments)}
+                outputs, names = self._call_leaf(
+                    layer, path + "/", node_key, arguments, lambda: call(tensors, self.training)
+                )
+                if outputs is None:
+                    continue  # not needed
+            entry = self.entries.get(path)
+            if self.symbolic and entry is not None and all(o is not None for o in outputs):
+                entry.calls.append(outputs)
+                entry.output_names = names
             for t, v in zip(node_outputs, outputs):
                 if v is not None:
                     values[id(t)] = v
-        for t, v in zip(container_inputs, inputs):  # an input layer's output is what reaches it
-            entry = self._input_layer_entry(prefix, t)
-            if entry is not None:
-                entry.calls.append([v])
+        if self.symbolic:
+            for t, v in zip(container_inputs, inputs):  # an input layer's output: what reaches it
+                entry = self._input_layer_entry(prefix, t)
+                if entry is not None:
+                    entry.calls.append([v])
         return [values.get(id(t)) for t in container_outputs]
+
+    def _call_leaf(self, layer, children_prefix, node_key, arguments, invoke):
+        """Call one node with no graph of its own, recording the runtime layers under it.
+        Returns (outputs as (tensor, origin), dict keys if it returned a dict)."""
+        if not self.symbolic and node_key not in self.needed:
+            return None, None
+        self.reads[node_key] = {origin[0] for _, origin in arguments if origin[0] is not None}
+        with self._recording(layer, children_prefix, node_key):
+            result = invoke()
+        outputs = [(x, (node_key, j)) for j, x in enumerate(self._flatten(result))]
+        for x, origin in outputs:
+            self.values[origin] = x
+            self._watch(x, origin)
+        names = sorted(result) if isinstance(result, dict) else None
+        return outputs, names
+
+    @contextlib.contextmanager
+    def _recording(self, layer, prefix, node_key):
+        """While the node runs: its runtime layers' calls run as plain Python (tf.function
+        unwrapped) and the chosen ones record their outputs under `node_key + (path, k)`."""
+        inside = [e for p, e in self.entries.items() if p.startswith(prefix) and e.reach == "runtime"]
+        if self.symbolic:
+            chosen = {e.path for e in inside}
+        else:
+            n = len(node_key)
+            chosen = {k[n] for k in self.needed if len(k) == n + 2 and k[:n] == node_key}
+        if not inside and not _is_tf_function(type(layer).call):
+            yield
+            return
+        patched = [(layer, None)] + [(e.layer, e.path if e.path in chosen else None) for e in inside]
+        originals = []
+        try:
+            for target, path in patched:
+                originals.append((target, target.__dict__.get("call")))
+                target.call = self._recorder(target, path, node_key)
+            yield
+        finally:
+            for target, original in reversed(originals):
+                if original is None:
+                    del target.call
+                else:
+                    target.call = original
+
+    def _recorder(self, layer, path, node_key):
+        method = type(layer).call
+        plain = functools.partial(method.python_function if _is_tf_function(method) else method, layer)
+        if path is None:
+            return plain
+        entry = self.entries[path]
+        count = [0]
+
+        def record(*args, **kwargs):
+            result = plain(*args, **kwargs)
+            key = node_key + (path, count[0])
+            count[0] += 1
+            outputs = [(x, (key, j)) for j, x in enumerate(self._flatten(result))]
+            self.reads[key] = {node_key}
+            for x, origin in outputs:
+                self.values[origin] = x
+                self._watch(x, origin)
+            if self.symbolic:
+                entry.calls.append(outputs)
+                entry.output_names = sorted(result) if isinstance(result, dict) else None
+            return result
+
+        return record
 
     def _input_layer_entry(self, prefix, tensor):
         history = getattr(tensor, "_keras_history", None)
@@ -160,27 +264,34 @@ class _Walker:
         return entry if entry is not None and entry.layer is layer else None
 
     def _flatten(self, outputs):
-        if self.legacy:
+        if _legacy(self.keras):
             import tensorflow as tf
 
             return tf.nest.flatten(outputs)
         return self.keras.tree.flatten(outputs)
 
-    def _nodes_of(self, layer):
-        """(nodes, inputs, outputs) of a layer that holds a graph of layers, else None."""
-        if not isinstance(layer, self.keras.Model):
-            return None
-        if self.legacy:
-            return _tf_keras_nodes(layer)
-        functional = getattr(layer, "_functional", None)  # a Keras 3 Sequential wraps one
-        return _keras3_nodes(functional if functional is not None else layer)
+
+def _legacy(keras):
+    return not keras.__version__.startswith("3")
 
 
-def _inference(kwargs):
-    """Layers are called in inference mode, whatever `training=` the model was built with."""
-    if "training" in kwargs:
-        kwargs = {**kwargs, "training": False}
-    return kwargs
+def _is_tf_function(method):
+    return hasattr(method, "python_function")
+
+
+def _nodes_of(keras, layer):
+    """(nodes, inputs, outputs) of a layer that holds a static graph of layers, else None."""
+    if not isinstance(layer, keras.Model):
+        return None
+    if _legacy(keras):
+        return _tf_keras_nodes(layer)
+    functional = getattr(layer, "_functional", None)  # a Keras 3 Sequential wraps one
+    return _keras3_nodes(functional if functional is not None else layer)
+
+
+def _sublayers(layer):
+    """Keras internals: the layers a custom layer tracks as attributes (Keras 3 and tf_keras)."""
+    return list(layer._flatten_layers(include_self=False, recursive=False))
 
 
 def _keras3_nodes(model):
@@ -194,9 +305,9 @@ def _keras3_nodes(model):
             if node.operation is None or node.is_input:
                 continue
 
-            def call(tensors, node=node):
+            def call(tensors, training, node=node):
                 args, kwargs = node.arguments.fill_in(tensors)
-                return node.operation(*args, **_inference(kwargs))
+                return node.operation(*args, **{**kwargs, "training": training})
 
             nodes.append((node.operation, list(node.input_tensors), call, list(node.outputs)))
     return nodes, list(model.inputs), list(model.outputs)
@@ -215,12 +326,12 @@ def _tf_keras_nodes(model):
                 continue
             node_inputs = list(node.keras_inputs)
 
-            def call(tensors, node=node, node_inputs=node_inputs):
+            def call(tensors, training, node=node, node_inputs=node_inputs):
                 # map_arguments pops one value per use of each input, keyed by str(id())
                 ids = [str(id(t)) for t in node_inputs]
                 feed = {i: [tensors[id(t)]] * ids.count(i) for i, t in zip(ids, node_inputs)}
                 args, kwargs = node.map_arguments(feed)
-                return node.layer(*args, **_inference(kwargs))
+                return node.layer(*args, **{**kwargs, "training": training})
 
             nodes.append((node.layer, node_inputs, call, tf.nest.flatten(node.outputs)))
     return nodes, list(model.inputs), list(model.outputs)

@@ -14,6 +14,7 @@ class LayerInfo:
     calls: int
     params: int
     trainable: bool
+    reach: str  # "graph" or "runtime"
 
     def to_json(self):
         shapes = self.output_shape
@@ -27,6 +28,7 @@ class LayerInfo:
             "calls": self.calls,
             "params": self.params,
             "trainable": self.trainable,
+            "reach": self.reach,
         }
 
 
@@ -62,13 +64,14 @@ def describe(loaded, graph):
                 calls=len(entry.calls),
                 params=int(layer.count_params()) if layer.built else 0,
                 trainable=bool(layer.trainable),
+                reach=entry.reach,
             )
         )
     trainable = sum(_size(w.shape) for w in model.trainable_weights)
     return ModelInfo(
         name=model.name,
         inputs=[_tensor_record(t) for t in graph.inputs],
-        outputs=[_tensor_record(t) for t in model.outputs],
+        outputs=[_tensor_record(graph.tensor(origin)) for origin in graph.outputs],
         params=int(model.count_params()),
         trainable_params=trainable,
         layers=layers,

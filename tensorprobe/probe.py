@@ -82,7 +82,7 @@ def plan(graph, selected):
 
     `<path>` for a layer called once with one output; `<path>/call_K` per call of a layer
     called several times (shared weights); `<path>/output_I` per output of a layer with
-    several outputs. When a nested model and layers inside it are both selected, the nested
+    several outputs, or `<path>/<key>` for a layer that returns a dict. When a nested model and layers inside it are both selected, the nested
     model's own output goes to `<path>/__output__`, beside its layers' groups.
     """
     chosen = {e.path for e in selected}
@@ -98,7 +98,10 @@ def plan(graph, selected):
         for k, outputs in enumerate(entry.calls):
             call_base = f"{base}/call_{k}" if len(entry.calls) > 1 else base
             for i, (_, origin) in enumerate(outputs):
-                name = f"{call_base}/output_{i}" if len(outputs) > 1 else call_base
+                if entry.output_names is not None:  # a dict: its keys name the datasets
+                    name = f"{call_base}/{entry.output_names[i]}"
+                else:
+                    name = f"{call_base}/output_{i}" if len(outputs) > 1 else call_base
                 extra = {"order": len(specs)}  # model order; HDF5 lists names sorted
                 if len(entry.calls) > 1:
                     extra["call"] = k
@@ -146,7 +149,7 @@ def with_gradients(plan, target, output_name):
 def output_origin(graph, name):
     """The origin of the model output that --target-output NAME picks (a name or an index);
     with NAME None, the model's only output. Returns (origin, output name)."""
-    names = [_producer_name(t) for t in graph.model.outputs]
+    names = [_producer_name(graph.tensor(origin)) for origin in graph.outputs]
     if name is None:
         if len(names) > 1:
             raise UsageError(
@@ -167,12 +170,13 @@ def _producer_name(tensor):
     return layer.name if layer is not None else getattr(tensor, "name", "output")
 
 
-def extraction_function(graph, plan, target=None, target_origin=None, label_shape=None):
+def extraction_function(graph, plan, target=None, target_origin=None, label_shape=None,
+                        training=False):
     """A compiled function: (list of input batches[, labels]) -> list of arrays, one per
     plan spec.
 
     Without a target it calls only the layers the selected outputs depend on, with the
-    model's own weights, in inference mode. With a target it runs one forward pass to the
+    model's own weights, in inference mode (or training mode). With a target it runs one forward pass to the
     chosen output under a GradientTape that watches each selected activation as it is
     produced, and returns the activations and the gradients of the per-sample target with
     respect to them (zeros for an activation the output does not depend on). The batch axis
@@ -190,7 +194,7 @@ def extraction_function(graph, plan, target=None, target_origin=None, label_shap
 
         @tf.function(input_signature=signature)
         def extract(*inputs):
-            return graph.evaluate(list(inputs), plan.origins, needed)
+            return graph.evaluate(list(inputs), plan.origins, needed, training=training)
 
     else:
         origins = plan.origins + [target_origin]
@@ -203,7 +207,7 @@ def extraction_function(graph, plan, target=None, target_origin=None, label_shap
         def extract(*args):
             inputs, labels = list(args[:count]), (args[count] if len(args) > count else None)
             with tf.GradientTape(watch_accessed_variables=False) as tape:
-                values = graph.evaluate(inputs, origins, needed, watch=tape.watch)
+                values = graph.evaluate(inputs, origins, needed, watch=tape.watch, training=training)
                 activations, output = values[:-1], values[-1]
                 per_sample = score(output, labels)
             grads = tape.gradient(per_sample, activations,

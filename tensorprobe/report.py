@@ -40,9 +40,12 @@ def layers_table(info, title):
             shape = ", ".join(shape_text(s) for s in layer.output_shape)
             if layer.calls > 1:
                 shape += f" ×{layer.calls} calls"
+        path = Text(guide, style="dim") + Text(layer.path, style="bold" if layer.depth == 0 else "")
+        if layer.reach == "runtime":
+            path += Text(" [runtime]", style="yellow")
         table.add_row(
             layer.index,
-            Text(guide, style="dim") + Text(layer.path, style="bold" if layer.depth == 0 else ""),
+            path,
             layer.class_name,
             shape,
             f"{layer.params:,}",
@@ -80,7 +83,9 @@ def model_footer(info):
     def tensors(records):
         return ", ".join(f"{name} {shape_text(shape)} {dtype}" for name, shape, dtype in records)
 
-    return [
+    runtime = ["[runtime]: no static graph reaches this layer; dump records its output while "
+               "its parent runs"] if any(layer.reach == "runtime" for layer in info.layers) else []
+    return runtime + [
         f"inputs:  {tensors(info.inputs)}",
         f"outputs: {tensors(info.outputs)}",
         f"params:  {info.params:,} total, {info.trainable_params:,} trainable, "

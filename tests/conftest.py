@@ -72,6 +72,8 @@ def zoo(tmp_path_factory):
     z = L.GlobalAveragePooling2D(name="gap")(base(app_in, training=False))
     keras.Model(app_in, L.Dense(3, name="predictions")(z), name="app").save(folder / "app.keras")
 
+    _custom_models(folder, rng_seed=4)
+
     subprocess.run(
         [sys.executable, str(ROOT / "tests" / "make_keras2_models.py"), str(folder)],
         check=True, capture_output=True, env={**os.environ, "TF_USE_LEGACY_KERAS": "1"},
@@ -88,6 +90,44 @@ def zoo(tmp_path_factory):
     return {p.name: p for p in folder.iterdir()}
 
 
+CUSTOM = ROOT / "tests" / "custom_layers.py"
+
+
+def custom_module():
+    """tests/custom_layers.py under a name Keras cannot import by itself."""
+    spec = importlib.util.spec_from_file_location("tp_unimportable_custom", CUSTOM)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _custom_models(folder, rng_seed):
+    import keras
+
+    c = custom_module()
+    L = keras.layers
+    keras.utils.set_random_seed(rng_seed)
+    sub = c.Subclassed(5, name="subclassed")
+    sub(np.zeros((1, 6), "float32"))
+    sub.save(folder / "subclassed.keras")
+
+    x = keras.Input((6,), name="x")
+    h = c.GraphBlock(3, name="graph_block")(x)
+    d = c.DictBlock(name="dict_block")(h)
+    out = L.Concatenate(name="cat")([d["sum"], d["prod"]])
+    keras.Model(x, L.Dense(2, name="head")(out), name="custom_functional").save(folder / "custom_functional.keras")
+
+    x = keras.Input((6,), name="x")
+    y = L.Dense(8, name="pre")(x)
+    y = L.BatchNormalization(name="bn")(y)
+    y = L.Dropout(0.5, name="drop")(y)
+    model = keras.Model(x, L.Dense(2, name="head")(y), name="modes")
+    bn = model.get_layer("bn")
+    bn.moving_mean.assign(np.linspace(-1, 1, 8).astype("float32"))
+    bn.moving_variance.assign(np.linspace(0.5, 2, 8).astype("float32"))
+    model.save(folder / "modes.keras")
+
+
 @pytest.fixture(scope="session")
 def keras_model():
     """Load a model file with Keras itself, for independent computations (cached)."""
@@ -95,9 +135,11 @@ def keras_model():
 
     cache = {}
 
-    def load(path, safe_mode=True):
+    def load(path, safe_mode=True, custom=False):
         if path not in cache:
-            cache[path] = keras.saving.load_model(path, compile=False, safe_mode=safe_mode)
+            objects = {k: v for k, v in vars(custom_module()).items() if isinstance(v, type)} if custom else None
+            cache[path] = keras.saving.load_model(path, custom_objects=objects, compile=False,
+                                                  safe_mode=safe_mode)
         return cache[path]
 
     return load

@@ -24,7 +24,7 @@ def test_tf_keras_node_walk_sees_every_layer_call_in_order(zoo):
     x = np.zeros((1, 16, 16, 3), "float32")
     layer, node_inputs, call, _ = nodes[0]
     assert layer.name == "vgg16" and len(node_inputs) == 1
-    got = call({id(node_inputs[0]): x})
+    got = call({id(node_inputs[0]): x}, False)
     np.testing.assert_allclose(np.asarray(got), model.get_layer("vgg16")(x).numpy(), atol=1e-6)
 
 

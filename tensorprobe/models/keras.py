@@ -1,5 +1,6 @@
 """Load Keras 3 files with Keras 3, and Keras 2 `.h5` files that Keras 3 cannot rebuild with tf_keras."""
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,8 +18,12 @@ class LoadedModel:
     sha256: str
 
 
-def load_model(path, unsafe=False):
-    """Load a Keras model file. Stored Python code (Lambda layers) is refused unless `unsafe`."""
+def load_model(path, unsafe=False, custom_objects=None):
+    """Load a Keras model file. Stored Python code (Lambda layers) is refused unless `unsafe`.
+
+    `custom_objects` ({name: class or function}) are the user's classes the file refers to.
+    """
+    custom_objects = custom_objects or {}
     path = str(path)
     fmt = formats.detect_format(path)
     if fmt == "savedmodel":
@@ -35,7 +40,9 @@ def load_model(path, unsafe=False):
     import keras
 
     try:
-        model = keras.saving.load_model(path, compile=False, safe_mode=not unsafe)
+        model = keras.saving.load_model(
+            path, custom_objects=custom_objects, compile=False, safe_mode=not unsafe
+        )
         return LoadedModel(path, model, keras, f"keras {keras.__version__}", fmt, sha)
     except Exception as e:  # any failure to rebuild the file is the file's problem, reported below
         keras3_error = e
@@ -43,11 +50,23 @@ def load_model(path, unsafe=False):
         import tf_keras
 
         try:
-            model = tf_keras.models.load_model(path, compile=False)
+            model = tf_keras.models.load_model(path, custom_objects=custom_objects, compile=False)
         except Exception as e:
-            raise ModelLoadError(f"{path}: cannot load this Keras 2 model: {_message(e)}") from e
+            raise _load_error(path, "cannot load this Keras 2 model", e) from e
         return LoadedModel(path, model, tf_keras, f"tf_keras {tf_keras.__version__}", fmt, sha)
-    raise ModelLoadError(f"{path}: cannot load the model: {_message(keras3_error)}") from keras3_error
+    raise _load_error(path, "cannot load the model", keras3_error) from keras3_error
+
+
+def _load_error(path, what, exc):
+    """A ModelLoadError; a missing custom class is named, with the option that supplies it."""
+    text = str(exc)
+    missing = re.search(r"(?:Could not locate|Unknown) (?:class|layer|function|object)[^'`]*['`]([\w.>]+)['`]", text)
+    if missing:
+        return ModelLoadError(
+            f"{path}: the model needs the custom class or function '{missing.group(1)}'; "
+            "pass --custom-objects FILE.py with its definition"
+        )
+    return ModelLoadError(f"{path}: {what}: {_message(exc)}")
 
 
 def _message(exc):
