@@ -9,8 +9,11 @@ Writes:
                     BatchNormalization, Dropout, Dense softmax)
   transfer.h5       the same model in Keras 3's HDF5 format
   input.npy         4 sample images, float32 in [0, 255], shape (4, 32, 32, 3)
+  subclassed.keras  a subclassed model of custom_layers.py (load with --custom-objects)
+  vectors.npy       3 sample vectors for it, shape (3, 6)
 """
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -66,7 +69,22 @@ def build(folder):
     model.save(folder / "transfer.h5")
     images = rng.uniform(0, 255, (4, *IMAGE_SHAPE)).astype("float32")
     np.save(folder / "input.npy", images)
+    custom = _custom_layers()
+    keras.utils.set_random_seed(0)
+    sub = custom.Subclassed(5, name="subclassed")
+    sub(np.zeros((1, 6), "float32"))
+    sub.save(folder / "subclassed.keras")
+    np.save(folder / "vectors.npy", rng.normal(size=(3, 6)).astype("float32"))
     return folder
+
+
+def _custom_layers():
+    """custom_layers.py, under a module name Keras cannot import by itself, so that the saved
+    model needs --custom-objects as a user's model would."""
+    spec = importlib.util.spec_from_file_location("sample_custom_layers", Path(__file__).parent / "custom_layers.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 if __name__ == "__main__":

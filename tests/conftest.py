@@ -90,7 +90,7 @@ def zoo(tmp_path_factory):
     return {p.name: p for p in folder.iterdir()}
 
 
-CUSTOM = ROOT / "tests" / "custom_layers.py"
+CUSTOM = ROOT / "sample_models" / "custom_layers.py"
 
 
 def custom_module():

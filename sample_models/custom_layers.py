@@ -1,6 +1,7 @@
-"""Custom layers and models for the tests, loaded by tensorprobe with --custom-objects.
+"""Custom layers and models for the README example and the tests, loaded by tensorprobe with
+--custom-objects.
 
-The test fixtures import this file under a module name that is not importable, so a saved
+build.py and the test fixtures import this file under a module name that is not importable, so a saved
 model that uses these classes cannot be loaded without --custom-objects."""
 
 import keras
