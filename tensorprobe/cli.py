@@ -95,6 +95,33 @@ def model_options(f):
     return f
 
 
+def storage_options(f):
+    """--dtype, --reduce, --compression; collected into one `storage` argument."""
+    options = [
+        click.option("--dtype", "store_dtype", type=click.Choice(["float16", "float32"]),
+                     help="Store floating-point values in this dtype (default: as computed)."),
+        click.option("--reduce", "reduce_", type=click.Choice(["none", "mean", "max"]), default="none",
+                     show_default=True, help="Pool each output over its spatial axes: one value per channel."),
+        click.option("--compression", default="none", show_default=True, metavar="gzip[:LEVEL]|lzf|none",
+                     help="HDF5 compression of the datasets."),
+    ]
+
+    def collect(store_dtype, reduce_, compression, **kwargs):
+        from tensorprobe.probe import Storage, parse_compression
+
+        storage = Storage(store_dtype, None if reduce_ == "none" else reduce_, parse_compression(compression))
+        return f(storage=storage, **kwargs)
+
+    return _with_options(collect, f, options)
+
+
+def _with_options(collect, f, options):
+    functools.update_wrapper(collect, f)  # keeps the options already attached to f
+    for option in reversed(options):
+        collect = option(collect)
+    return collect
+
+
 def gradient_options(f):
     """--gradients and its target; collected into one `gradients` argument (None without it)."""
     options = [
@@ -123,10 +150,7 @@ def gradient_options(f):
             raise click.UsageError("--target loss:NAME and --labels go together")
         return f(gradients=(parsed, labels, output), **kwargs)
 
-    functools.update_wrapper(collect, f)  # keeps the options already attached to f
-    for option in reversed(options):
-        collect = option(collect)
-    return collect
+    return _with_options(collect, f, options)
 
 
 def _debug():
@@ -197,10 +221,13 @@ def layers(model, as_json, pattern, unsafe, custom_objects):
               help="Exit 1 after the dump when any dataset holds NaN or Inf.")
 @click.option("--training", is_flag=True,
               help="Run in training mode (Dropout on, BatchNormalization on batch statistics).")
+@click.option("--jit", is_flag=True, help="Compile the extraction with XLA.")
+@click.option("--max-bytes", metavar="SIZE", help="Refuse a dump larger than SIZE (e.g. 500M, 2G).")
+@storage_options
 @gradient_options
 @model_options
 def dump(inputs, model, layer_names, match, all_layers, output, overwrite, batch_size, as_json,
-         quiet, fail_on_nonfinite, training, gradients, unsafe, custom_objects):
+         quiet, fail_on_nonfinite, training, jit, max_bytes, storage, gradients, unsafe, custom_objects):
     """Compute the outputs of the chosen layers for INPUTS (.npy files) and write them to HDF5.
 
     An array whose shape is the model's input shape is one sample; otherwise its first axis
@@ -216,6 +243,7 @@ def dump(inputs, model, layer_names, match, all_layers, output, overwrite, batch
     if not (layer_names or match or all_layers):
         raise click.UsageError("no layer selected: give --layer NAME, --match REGEX or --all")
     store.check_output(output, overwrite)
+    limit = parse_size(max_bytes) if max_bytes is not None else None
     for path in inputs:
         if not os.path.exists(path):
             raise errors.UsageError(f"input '{path}' does not exist")
@@ -231,16 +259,24 @@ def dump(inputs, model, layer_names, match, all_layers, output, overwrite, batch
         source = NpyInputs(inputs, _input_spec(graph, InputSpec))
         labels = target = target_origin = None
         if gradients is None:
-            extract = probe.extraction_function(graph, plan, training=training)
+            extract = probe.extraction_function(graph, plan, training=training, storage=storage, jit=jit)
         else:
             target, labels_path, output_name = gradients
             target_origin, output_name = probe.output_origin(graph, output_name)
             plan = probe.with_gradients(plan, target, output_name)
             labels = open_labels(labels_path, source.rows) if labels_path else None
             label_shape = labels.shape[1:] if labels is not None else None
-            extract = probe.extraction_function(graph, plan, target, target_origin, label_shape, training)
-        attrs = {**_root_attrs(loaded), "training": training}
-        with store.DumpWriter(output, plan.specs, attrs, overwrite) as writer:
+            extract = probe.extraction_function(graph, plan, target, target_origin, label_shape,
+                                                training, storage, jit)
+        needed = probe.estimate_bytes(graph, plan, storage, source.rows)
+        if needed is not None:
+            free = store.check_room(output, needed, limit)
+            if not (quiet or as_json):
+                err.print(f"writing about {store.mib(needed)} to {output} ({store.mib(free)} free)",
+                          markup=False, highlight=False)
+        attrs = {**_root_attrs(loaded), "training": training, "reduce": storage.reduce or "none",
+                 "dtype": storage.dtype or "as computed", "compression": compression_text(storage)}
+        with store.DumpWriter(output, plan.specs, attrs, overwrite, storage.compression) as writer:
             with _progress(quiet or not err.is_terminal, source.rows) as advance:
                 runner.dump(extract, source, writer, batch_size, advance, labels)
             writer.finish()
@@ -257,6 +293,22 @@ def dump(inputs, model, layer_names, match, all_layers, output, overwrite, batch
         for (path, nans, infs, row), source_name in zip(nonfinite, sources):
             _error(f"{path} holds {nans} NaN and {infs} Inf values, first in sample {row} ({source_name})")
         sys.exit(errors.FAILURE)
+
+
+def parse_size(text):
+    """'1500', '500K', '2M', '1.5G', '3GiB' -> bytes (binary multiples)."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text, re.IGNORECASE)
+    if not m:
+        raise errors.UsageError(f"--max-bytes '{text}': expected a size such as 500M or 2G")
+    scale = 1024 ** " kmgt".index(m.group(2).lower() or " ")
+    return int(float(m.group(1)) * scale)
+
+
+def compression_text(storage):
+    name, level = storage.compression
+    return "none" if name is None else name if level is None else f"{name}:{level}"
 
 
 def summary_sources(output, rows):
@@ -323,4 +375,13 @@ def _terminate(signum, frame):
 
 
 def main():
-    cli(prog_name="tensorprobe")
+    try:
+        cli(prog_name="tensorprobe")
+    except SystemExit as e:
+        store = sys.modules.get("tensorprobe.store")
+        if store is not None and store.hdf5_damaged():
+            # HDF5 would crash while shutting down after a failed write: leave without it
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(e.code if isinstance(e.code, int) else 1)
+        raise

@@ -170,8 +170,29 @@ def _producer_name(tensor):
     return layer.name if layer is not None else getattr(tensor, "name", "output")
 
 
+@dataclass
+class Storage:
+    """How values are stored: --dtype (None keeps the computed dtype), --reduce (None, "mean"
+    or "max" over the spatial axes), --compression (h5py's name and options)."""
+
+    dtype: str | None = None
+    reduce: str | None = None
+    compression: tuple = (None, None)
+
+
+def parse_compression(text):
+    name, _, level = text.partition(":")
+    if name == "none" and not level:
+        return (None, None)
+    if name == "lzf" and not level:
+        return ("lzf", None)
+    if name == "gzip" and (not level or (level.isdigit() and 0 <= int(level) <= 9)):
+        return ("gzip", int(level) if level else 4)
+    raise UsageError(f"--compression '{text}': expected gzip[:LEVEL 0-9], lzf or none")
+
+
 def extraction_function(graph, plan, target=None, target_origin=None, label_shape=None,
-                        training=False):
+                        training=False, storage=None, jit=False):
     """A compiled function: (list of input batches[, labels]) -> list of arrays, one per
     plan spec.
 
@@ -184,6 +205,7 @@ def extraction_function(graph, plan, target=None, target_origin=None, label_shap
     """
     import tensorflow as tf
 
+    finish = _finisher(storage or Storage())
     signature = [
         tf.TensorSpec(shape=tuple(t.shape), dtype=_dtype_name(t.dtype), name=f"input_{i}")
         for i, t in enumerate(graph.inputs)
@@ -192,9 +214,9 @@ def extraction_function(graph, plan, target=None, target_origin=None, label_shap
     if target is None:
         needed = graph.needed(plan.origins)
 
-        @tf.function(input_signature=signature)
+        @tf.function(input_signature=signature, jit_compile=jit or None)
         def extract(*inputs):
-            return graph.evaluate(list(inputs), plan.origins, needed, training=training)
+            return [finish(v) for v in graph.evaluate(list(inputs), plan.origins, needed, training=training)]
 
     else:
         origins = plan.origins + [target_origin]
@@ -203,7 +225,7 @@ def extraction_function(graph, plan, target=None, target_origin=None, label_shap
         if target.kind == "loss":  # one label row per sample, of `label_shape`
             signature.append(tf.TensorSpec(shape=(None, *label_shape), dtype=tf.float32, name="labels"))
 
-        @tf.function(input_signature=signature)
+        @tf.function(input_signature=signature, jit_compile=jit or None)
         def extract(*args):
             inputs, labels = list(args[:count]), (args[count] if len(args) > count else None)
             with tf.GradientTape(watch_accessed_variables=False) as tape:
@@ -212,9 +234,10 @@ def extraction_function(graph, plan, target=None, target_origin=None, label_shap
                 per_sample = score(output, labels)
             grads = tape.gradient(per_sample, activations,
                                   unconnected_gradients=tf.UnconnectedGradients.ZERO)
-            return list(activations) + list(grads)
+            return [finish(v) for v in list(activations) + list(grads)]
 
     def run(batch, labels=None):
+        """One batch: a list of input arrays (and labels) -> a list of arrays."""
         args = list(batch) + ([labels] if labels is not None else [])
         try:
             return [t.numpy() for t in extract(*args)]
@@ -222,7 +245,45 @@ def extraction_function(graph, plan, target=None, target_origin=None, label_shap
             # shapes that do not fit the model (labels against the output, say) surface here
             raise InputError(f"the model could not compute this batch: {_first_line(e)}") from e
 
+    run.function = extract  # the compiled tf.function, for inspection
     return run
+
+
+def estimate_bytes(graph, plan, storage, rows):
+    """The bytes the datasets will hold for `rows` samples, from the symbolic shapes; None
+    when a sample shape is not known before running."""
+    import numpy as np
+
+    total = 0
+    for i, _ in enumerate(plan.specs):
+        tensor = graph.tensor(plan.origins[i % len(plan.origins)])
+        shape = list(tensor.shape[1:])
+        if storage.reduce is not None and len(shape) >= 2:
+            shape = shape[-1:]
+        if any(d is None for d in shape):
+            return None
+        dtype = np.dtype(_dtype_name(tensor.dtype))
+        if storage.dtype is not None and dtype.kind == "f":
+            dtype = np.dtype(storage.dtype)
+        total += int(np.prod(shape, dtype=np.int64)) * dtype.itemsize * rows
+    return total
+
+
+def _finisher(storage):
+    """The last step inside the compiled function: pool over the spatial axes (--reduce),
+    then cast floating values to the storage dtype (--dtype)."""
+    import tensorflow as tf
+
+    def finish(value):
+        if storage.reduce is not None and value.shape.rank is not None and value.shape.rank >= 3:
+            axes = list(range(1, value.shape.rank - 1))
+            pool = tf.reduce_mean if storage.reduce == "mean" else tf.reduce_max
+            value = pool(value, axis=axes)
+        if storage.dtype is not None and value.dtype.is_floating:
+            value = tf.cast(value, storage.dtype)
+        return value
+
+    return finish
 
 
 def _score_function(graph, target, origin):

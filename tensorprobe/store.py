@@ -23,9 +23,38 @@ import numpy as np
 from tensorprobe.errors import OutputExistsError, TensorprobeError, UsageError, WriteError
 from tensorprobe.stats import RunningStats
 
+import shutil
+
 FORMAT = "tensorprobe"
 FORMAT_VERSION = 1
 CHUNK_BYTES = 1 << 20  # aim for about 1 MiB per chunk
+SPACE_MARGIN = 4 << 20  # room kept free for HDF5's own metadata when the data is written
+_damaged = False  # HDF5 failed to write and could not close a file cleanly: see hdf5_damaged()
+
+
+def hdf5_damaged():
+    """Whether a failed write left the HDF5 library holding a file it cannot close. The
+    library then crashes when the process exits normally; the CLI ends such a process
+    with os._exit after reporting the error."""
+    return _damaged
+
+
+def check_room(output, needed_bytes, max_bytes=None):
+    """Refuse a dump that cannot fit: more than --max-bytes, or than the free space."""
+    free = shutil.disk_usage(Path(output).parent).free
+    if max_bytes is not None and needed_bytes > max_bytes:
+        raise UsageError(
+            f"--output '{output}': the dump needs about {mib(needed_bytes)}, more than --max-bytes {mib(max_bytes)}"
+        )
+    if needed_bytes + SPACE_MARGIN > free:
+        raise WriteError(
+            f"--output '{output}': the dump needs about {mib(needed_bytes)} but only {mib(free)} are free"
+        )
+    return free
+
+
+def mib(n):
+    return f"{n / (1 << 20):,.1f} MiB"
 STAT_KEYS = ("min", "max", "mean", "std", "zeros_fraction", "nan_count", "inf_count")
 
 
@@ -59,10 +88,11 @@ class DumpWriter:
     `finish()`. Leaving the `with` block without `finish()` (an error, Ctrl-C) deletes it, so
     nothing ever appears at the output path half-written and a file that was there survives."""
 
-    def __init__(self, output, specs, attrs, overwrite=False):
+    def __init__(self, output, specs, attrs, overwrite=False, compression=(None, None)):
         self.output = Path(output)
         self.specs = specs
         self.overwrite = overwrite
+        self.compression = compression  # (h5py filter name or None, its options)
         check_output(self.output, overwrite)
         fd, tmp = tempfile.mkstemp(prefix=f".{self.output.name}.", suffix=".partial", dir=self.output.parent)
         os.close(fd)
@@ -97,6 +127,13 @@ class DumpWriter:
         """Append one batch: its row sources and one array per spec, first axis the batch."""
         n = len(sources)
         start, stop = self.rows, self.rows + n
+        needed = sum(a.nbytes for a in arrays) + SPACE_MARGIN
+        free = shutil.disk_usage(self.tmp.parent).free
+        if free < needed:  # fail before HDF5 does: a failed HDF5 write cannot be cleaned up
+            raise WriteError(
+                f"--output '{self.output}': no space left on the device ({mib(free)} free, "
+                f"the next batch needs {mib(needed)})"
+            )
         try:
             self.sources.resize((stop,))
             self.sources[start:stop] = sources
@@ -109,8 +146,8 @@ class DumpWriter:
                 ds.resize((stop,) + ds.shape[1:])
                 ds[start:stop] = array
                 self.stats[i].update(array)
-        except OSError as e:
-            raise WriteError(f"--output '{self.output}': write failed: {e}") from e
+        except (OSError, RuntimeError) as e:  # h5py reports failed writes as either
+            raise WriteError(f"--output '{self.output}': write failed: {_reason(e)}") from e
         self.rows = stop
 
     def _create(self, i, array):
@@ -121,6 +158,7 @@ class DumpWriter:
         ds = self.file.require_group(spec.group).create_dataset(
             spec.name, shape=(0,) + sample_shape, maxshape=(None,) + sample_shape,
             chunks=(rows_per_chunk,) + sample_shape, dtype=array.dtype,
+            compression=self.compression[0], compression_opts=self.compression[1],
         )
         ds.attrs["layer"] = spec.layer
         ds.attrs["layer_class"] = spec.layer_class
@@ -149,9 +187,9 @@ class DumpWriter:
             if self.output.exists() and not self.overwrite:  # appeared while we worked
                 raise OutputExistsError(f"--output '{self.output}' exists; pass --overwrite to replace it")
             os.replace(self.tmp, self.output)
-        except OSError as e:
+        except (OSError, RuntimeError) as e:
             self.abort()
-            raise WriteError(f"--output '{self.output}': write failed: {e}") from e
+            raise WriteError(f"--output '{self.output}': write failed: {_reason(e)}") from e
         except BaseException:
             self.abort()
             raise
@@ -166,12 +204,32 @@ class DumpWriter:
         ]
 
     def abort(self):
+        """Delete the temporary file. After a failed write (a full disk) HDF5 still holds
+        unwritten data that closing would try to flush, and fail on again: the unlinked file is
+        truncated first, which frees its space, so that the close succeeds."""
+        self.tmp.unlink(missing_ok=True)
+        file = getattr(self, "file", None)
+        if file is None or not file.id.valid:
+            return
         try:
-            file = getattr(self, "file", None)
-            if file is not None and file.id.valid:
-                file.close()
-        finally:
-            self.tmp.unlink(missing_ok=True)
+            os.ftruncate(file.id.get_vfd_handle(), 0)
+        except (OSError, RuntimeError, ValueError):
+            pass  # nothing to free
+        try:
+            file.close()
+        except (OSError, RuntimeError):
+            global _damaged
+            _damaged = True  # the file is already deleted; nothing of it is kept
+
+
+def _reason(exc):
+    """The useful part of an HDF5 write error ("No space left on device")."""
+    text = str(exc)
+    for marker in ("error message = '", "errno = "):
+        if marker in text:
+            start = text.index(marker) + len(marker)
+            return text[start:].split("'")[0].split(",")[0]
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def read_summary(path):
