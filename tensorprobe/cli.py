@@ -271,9 +271,9 @@ def dump(inputs, model, layer_names, match, all_layers, output, overwrite, batch
         needed = probe.estimate_bytes(graph, plan, storage, source.rows)
         if needed is not None:
             free = store.check_room(output, needed, limit)
-            if not (quiet or as_json):
+            if not quiet and err.is_terminal:  # beside the progress bar; CI logs stay clean
                 err.print(f"writing about {store.mib(needed)} to {output} ({store.mib(free)} free)",
-                          markup=False, highlight=False)
+                          markup=False, highlight=False, soft_wrap=True)
         attrs = {**_root_attrs(loaded), "training": training, "reduce": storage.reduce or "none",
                  "dtype": storage.dtype or "as computed", "compression": compression_text(storage)}
         with store.DumpWriter(output, plan.specs, attrs, overwrite, storage.compression) as writer:
