@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= $(or $(TMPDIR),/tmp)/tensorprobe-demo
 
-.PHONY: demo test sample-models clean
+.PHONY: demo test bench sample-models clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Time and memory of a dump against the naive recipe and the compute and write floors.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 
 # Rebuild the committed sample models (deterministic: fixed seeds).
 sample-models: $(STAMP)

@@ -42,7 +42,10 @@ class GraphBlock(keras.layers.Layer):
 
     @tf.function
     def call(self, x):
-        return self.dense(x) * 2.0
+        y = self.dense(x)
+        if tf.reduce_sum(y) > 1e9:  # tensor-dependent Python control flow: needs AutoGraph
+            y = y * 0.0
+        return y * 2.0
 
     def get_config(self):
         return {**super().get_config(), "units": self.units}

@@ -235,7 +235,11 @@ class _Walker:
 
     def _recorder(self, layer, path, node_key):
         method = type(layer).call
-        plain = functools.partial(method.python_function if _is_tf_function(method) else method, layer)
+        if _is_tf_function(method):  # its Python, converted by AutoGraph as tf.function would
+            import tensorflow as tf
+
+            method = tf.autograph.to_graph(method.python_function)
+        plain = functools.partial(method, layer)
         if path is None:
             return plain
         entry = self.entries[path]
