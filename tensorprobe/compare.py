@@ -92,9 +92,9 @@ def diff_dumps(path_a, path_b, rtol=1e-5, atol=1e-8, only=None, allow_incomplete
     pattern = _compile(only)
     with store.open_dump(path_a, allow_incomplete) as fa, store.open_dump(path_b, allow_incomplete) as fb:
         with store.reading(path_a):
-            records_a, attrs_a = store.datasets(fa), store.root_attrs(fa)
+            records_a, attrs_a = store.datasets(fa, all_attributes=False), store.root_attrs(fa)
         with store.reading(path_b):
-            records_b, attrs_b = store.datasets(fb), store.root_attrs(fb)
+            records_b, attrs_b = store.datasets(fb, all_attributes=False), store.root_attrs(fb)
         by_name_a = {r["name"]: r for r in records_a}
         by_name_b = {r["name"]: r for r in records_b}
         names = list(by_name_a) + [n for n in by_name_b if n not in by_name_a]

@@ -21,10 +21,11 @@ def print_table(console, table):
     if console.is_terminal:
         console.print(table)
     else:
-        natural = console.measure(table, options=console.options.update(max_width=1 << 16)).maximum
-        wide = Console(file=console.file, width=max(console.width, natural))
+        # A table does not expand, so on a console this wide it takes its natural width.
+        # Cells are plain text: no markup or emoji codes to parse (and none to misread).
+        wide = Console(file=console.file, width=1 << 16, markup=False, emoji=False, highlight=False)
         if table.title is not None:  # rich wraps a title to the table's width: print it apart
-            wide.print(table.title, markup=False, highlight=False, soft_wrap=True)
+            wide.print(table.title, soft_wrap=True)
             table = copy.copy(table)
             table.title = None
         wide.print(table)

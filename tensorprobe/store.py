@@ -253,20 +253,25 @@ def data_groups(f):
     return known + sorted(n for n in names if n not in GROUP_ORDER)
 
 
-def datasets(f):
-    """One record per dataset in every data group, in model order (see `in_model_order`)."""
+def datasets(f, all_attributes=True):
+    """One record per dataset in every data group, in model order (see `in_model_order`).
+    Without `all_attributes`, only `layer` and `order` are read (HDF5 attributes cost about
+    0.1 ms each, which adds up over hundreds of datasets)."""
     records = []
     for group in data_groups(f):
         def visit(name, obj, group=group):
             if isinstance(obj, h5py.Dataset):
-                records.append(_dataset_record(group, name, obj))
+                records.append(_dataset_record(group, name, obj, all_attributes))
 
         f[group].visititems(visit)
     return in_model_order(records)
 
 
-def _dataset_record(group, name, ds):
-    attrs = {k: _plain(v) for k, v in ds.attrs.items()}
+def _dataset_record(group, name, ds, all_attributes=True):
+    if all_attributes:
+        attrs = {k: _plain(v) for k, v in ds.attrs.items()}
+    else:
+        attrs = {k: _plain(ds.attrs[k]) for k in ("layer", "order") if k in ds.attrs}
     attrs.pop("sample_shape", None)  # the dataset's own shape says it
     record = {
         "path": name,
