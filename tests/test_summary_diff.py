@@ -334,6 +334,20 @@ def test_shape_mismatch_missing_datasets_and_different_inputs(zoo, tmp_path):
     assert f"note: the inputs differ: row 0 is {sources[0]!r} in A, {sources[1]!r} in B" in text
 
 
+def test_different_input_sources_alone_do_not_fail(tmp_path):
+    x = np.arange(6.0).reshape(3, 2)
+    fa = write_dump(tmp_path / "a.h5", {"d": x}, sources=["ci/batch.npy[0]", "ci/batch.npy[1]", "ci/batch.npy[2]"])
+    fb = write_dump(tmp_path / "b.h5", {"d": x.copy()}, sources=["ci/batch.npy[0]", "/home/me/batch.npy[1]", "x"])
+    r = run("diff", fa, fb)
+    assert r.exit_code == 0, r.stdout
+    assert ("note: the inputs differ: row 1 is 'ci/batch.npy[1]' in A, '/home/me/batch.npy[1]' in B "
+            "(/inputs/source; the values were compared anyway)") in r.stdout.splitlines()
+    d = json.loads(run("diff", "--json", fa, fb).stdout)
+    assert d["match"] is True and d["inputs"] == {
+        "same": False, "rows_a": 3, "rows_b": 3,
+        "first_difference": {"row": 1, "a": "ci/batch.npy[1]", "b": "/home/me/batch.npy[1]"}}
+
+
 def test_only_selects_datasets_by_path(dumps):
     r = run("diff", "--json", "--only", "^vgg16/block1_", dumps["golden"], dumps["changed"])
     assert r.exit_code == 0, r.stdout
