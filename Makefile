@@ -18,6 +18,7 @@ demo: $(STAMP)
 	$(BIN)/tensorprobe layers sample_models/transfer.keras
 	$(BIN)/tensorprobe dump -m sample_models/transfer.keras --layer block1_conv2 --layer predictions \
 		-o $(DEMO_DIR)/activations.h5 --overwrite sample_models/input.npy
+	$(BIN)/tensorprobe summary $(DEMO_DIR)/activations.h5
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

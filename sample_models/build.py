@@ -8,6 +8,9 @@ Writes:
                     `vgg16`, under a new classifier head (GlobalAveragePooling, Dense,
                     BatchNormalization, Dropout, Dense softmax)
   transfer.h5       the same model in Keras 3's HDF5 format
+  transfer_tweaked.keras
+                    transfer.keras with one weight moved (a kernel value of the nested
+                    layer vgg16/block2_conv1, +0.5), for `tensorprobe diff`'s examples
   input.npy         4 sample images, float32 in [0, 255], shape (4, 32, 32, 3)
   subclassed.keras  a subclassed model of custom_layers.py (load with --custom-objects)
   vectors.npy       3 sample vectors for it, shape (3, 6)
@@ -69,6 +72,11 @@ def build(folder):
     model.save(folder / "transfer.h5")
     images = rng.uniform(0, 255, (4, *IMAGE_SHAPE)).astype("float32")
     np.save(folder / "input.npy", images)
+    conv = model.get_layer("vgg16").get_layer("block2_conv1")
+    kernel, bias = conv.get_weights()
+    kernel[1, 1, 0, 0] += 0.5
+    conv.set_weights([kernel, bias])
+    model.save(folder / "transfer_tweaked.keras")
     custom = _custom_layers()
     keras.utils.set_random_seed(0)
     sub = custom.Subclassed(5, name="subclassed")

@@ -71,12 +71,15 @@ def _error(message):
 @click.option("--debug", is_flag=True, help="Show tracebacks and TensorFlow's own log lines.")
 @click.pass_context
 def cli(ctx, debug):
-    """Look inside Keras models: list their layers, dump any layer's activations to HDF5.
+    """Look inside Keras models: list their layers, dump any layer's activations to HDF5,
+    summarise and compare dumps.
 
     \b
       tensorprobe layers model.keras
       tensorprobe dump -m model.keras --layer block1_conv2 input.npy
       tensorprobe dump -m model.h5 --layer vgg16/block1_conv2 -o acts.h5 *.npy
+      tensorprobe summary acts.h5
+      tensorprobe diff golden.h5 acts.h5 --atol 1e-4
     """
     if debug:
         ctx.command.debug = True
@@ -238,7 +241,7 @@ def dump(inputs, model, layer_names, match, all_layers, output, overwrite, batch
       TENSORPROBE_MODEL=model.h5 tensorprobe dump -l vgg16/block1_conv2 -l 3 a.npy b.npy
       tensorprobe dump -m model.keras --match 'conv' -o convs.h5 --json input.npy | jq
     """
-    from tensorprobe import report, runner, store
+    from tensorprobe import runner, store
 
     if not (layer_names or match or all_layers):
         raise click.UsageError("no layer selected: give --layer NAME, --match REGEX or --all")
@@ -282,12 +285,10 @@ def dump(inputs, model, layer_names, match, all_layers, output, overwrite, batch
             writer.finish()
         nonfinite = writer.nonfinite()
 
-    summary = store.read_summary(output)
-    if as_json:
-        out.print(report.summary_json(summary, output), markup=False, highlight=False)
-    elif not quiet:
-        report.print_table(err, report.summary_table(summary, output))
-        err.print(f"wrote {output}", markup=False, highlight=False)
+    if as_json or not quiet:
+        _print_summary(store.read_summary(output), output, as_json, console=err, provenance=False)
+        if not as_json:
+            err.print(f"wrote {output}", markup=False, highlight=False)
     if fail_on_nonfinite and nonfinite:
         sources = summary_sources(output, [row for *_, row in nonfinite])
         for (path, nans, infs, row), source_name in zip(nonfinite, sources):
@@ -316,6 +317,93 @@ def summary_sources(output, rows):
 
     with h5py.File(output, "r") as f:
         return [f["inputs/source"].asstr()[row] for row in rows]
+
+
+def dump_file_options(f):
+    """Options shared by the commands that read dumps."""
+    f = click.option(
+        "--allow-incomplete", is_flag=True,
+        help="Read a dump whose 'complete' attribute is not true (an interrupted or running dump), flagged as such.",
+    )(f)
+    return f
+
+
+@cli.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object to stdout.")
+@dump_file_options
+def summary(file, as_json, allow_incomplete):
+    """Show what a dump holds: where it comes from, then every dataset in model order with its
+    shape, dtype, size and statistics. Reads only attributes and metadata, so it is fast.
+
+    \b
+      tensorprobe summary activations.h5
+      tensorprobe summary acts.h5 --json | jq '.datasets[] | {path, max}'
+      tensorprobe summary --allow-incomplete .acts.h5.x1y2z3.partial
+    """
+    from tensorprobe import store
+
+    result = store.read_summary(file, allow_incomplete)
+    if not store.is_complete(result["attrs"]):
+        _warn_incomplete(file)
+    _print_summary(result, file, as_json, console=out, provenance=True)
+
+
+def _print_summary(summary, path, as_json, console, provenance):
+    from tensorprobe import report
+
+    if as_json:
+        out.print(report.summary_json(summary, path), markup=False, highlight=False)
+    else:
+        report.print_summary(console, summary, path, provenance)
+
+
+def _warn_incomplete(path):
+    err.print(f"warning: '{path}' is an incomplete dump, read because of --allow-incomplete",
+              markup=False, highlight=False, soft_wrap=True)
+
+
+def _tolerance(ctx, param, value):
+    import math
+
+    if not math.isfinite(value) or value < 0:
+        raise click.BadParameter(f"{value!r} is not a finite number >= 0", ctx, param)
+    return value
+
+
+@cli.command()
+@click.argument("a", type=click.Path(exists=True, dir_okay=False))
+@click.argument("b", type=click.Path(exists=True, dir_okay=False))
+@click.option("--rtol", default=1e-5, show_default=True, type=float, callback=_tolerance,
+              help="Relative tolerance: values match when |a - b| <= atol + rtol * |b|.")
+@click.option("--atol", default=1e-8, show_default=True, type=float, callback=_tolerance,
+              help="Absolute tolerance (numpy.allclose's default and rule).")
+@click.option("--only", metavar="REGEX", help="Compare only the datasets whose path matches REGEX (re.search).")
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as one JSON object to stdout.")
+@dump_file_options
+@click.pass_context
+def diff(ctx, a, b, rtol, atol, only, as_json, allow_incomplete):
+    """Compare two dumps dataset by dataset and name the first dataset, in model order, that
+    differs. Exit status 0 when everything matches, 1 when anything differs or is missing.
+
+    Values match when |a - b| <= atol + rtol * |b| (B is the reference, as in numpy.allclose),
+    or when both are NaN, or the same infinity. Datasets are read a block of rows at a time.
+
+    \b
+      tensorprobe diff golden.h5 new.h5 --atol 1e-4
+      tensorprobe diff a.h5 b.h5 --only '^vgg16/' --json | jq .first_difference
+    """
+    from tensorprobe import compare, report
+
+    result = compare.diff_dumps(a, b, rtol, atol, only, allow_incomplete)
+    for path, side in ((a, "a"), (b, "b")):
+        if not result["complete"][side]:
+            _warn_incomplete(path)
+    if as_json:
+        out.print(report.diff_json(result), markup=False, highlight=False)
+    else:
+        report.print_diff(out, result)
+    ctx.exit(0 if result["match"] else errors.FAILURE)
 
 
 def _input_spec(graph, InputSpec):

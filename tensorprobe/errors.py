@@ -51,6 +51,16 @@ class WriteError(TensorprobeError):
     """The output could not be written."""
 
 
+class DumpReadError(TensorprobeError):
+    """A file given to `summary` or `diff` is not a readable tensorprobe dump: not HDF5,
+    damaged or truncated, another program's HDF5 file, or a newer format."""
+
+
+class IncompleteDumpError(DumpReadError):
+    """A dump whose `complete` attribute is not true (an interrupted or running dump), read
+    without --allow-incomplete."""
+
+
 class Interrupted(TensorprobeError):
     """Ctrl-C or SIGTERM, after the command cleaned up."""
 

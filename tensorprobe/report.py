@@ -1,5 +1,6 @@
-"""Tables and JSON for people and pipelines: layer listings and dump summaries."""
+"""Tables and JSON for people and pipelines: layer listings, dump summaries and diffs."""
 
+import copy
 import json
 import math
 
@@ -16,12 +17,18 @@ def shape_text(shape):
 
 def print_table(console, table):
     """Print a table at its natural width when the console is not a terminal (a pipe, a file),
-    so that long layer paths are never cut or wrapped for grep."""
+    so that long layer paths and titles are never cut or wrapped for grep."""
     if console.is_terminal:
         console.print(table)
     else:
-        natural = console.measure(table, options=console.options.update(max_width=1 << 16)).maximum
-        Console(file=console.file, width=max(console.width, natural)).print(table)
+        # A table does not expand, so on a console this wide it takes its natural width.
+        # Cells are plain text: no markup or emoji codes to parse (and none to misread).
+        wide = Console(file=console.file, width=1 << 16, markup=False, emoji=False, highlight=False)
+        if table.title is not None:  # rich wraps a title to the table's width: print it apart
+            wide.print(table.title, soft_wrap=True)
+            table = copy.copy(table)
+            table.title = None
+        wide.print(table)
 
 
 def layers_table(info, title):
@@ -97,18 +104,79 @@ def layers_json(info):
     return json.dumps([layer.to_json() for layer in info.layers], indent=2)
 
 
+PROVENANCE_KEYS = (
+    "model", "model_sha256", "model_format", "loader", "tensorflow_version", "keras_version",
+    "tensorprobe_version", "command", "created", "samples", "complete",
+)
+CHANNEL_KEYS = ("channel_min", "channel_max", "channel_mean", "channel_std")
+
+
+def print_summary(console, summary, path, provenance=True):
+    """What `summary` prints, and `dump` at its end (without the provenance)."""
+    if provenance:
+        for line in provenance_lines(summary, path):
+            console.print(line, markup=False, highlight=False)
+        console.print()
+    print_table(console, summary_table(summary, path))
+    with_channels = sum(any(k in d for k in CHANNEL_KEYS) for d in summary["datasets"])
+    if with_channels:
+        console.print(
+            f"per-channel statistics ({', '.join(CHANNEL_KEYS)}) of {with_channels} "
+            f"dataset{'s' if with_channels > 1 else ''}: see --json",
+            markup=False, highlight=False, soft_wrap=True,
+        )
+
+
+def provenance_lines(summary, path):
+    """`key  value` lines: the root attributes, the usual ones first, then whatever else the
+    file holds, with the input files after the command."""
+    attrs = summary["attrs"]
+    keys = [k for k in PROVENANCE_KEYS if k in attrs] + sorted(k for k in attrs if k not in PROVENANCE_KEYS)
+    rows = []
+    for key in keys:
+        rows.append((key, _attr_text(key, attrs[key])))
+        if key == "command":
+            rows.append(("inputs", _inputs_text(summary["inputs"])))
+    if "command" not in attrs:
+        rows.append(("inputs", _inputs_text(summary["inputs"])))
+    if "complete" not in attrs:
+        rows.append(("complete", _attr_text("complete", None)))
+    width = max(len(key) for key, _ in rows)
+    return [Text(f"{path}", style="bold")] + [Text(f"  {key:<{width}}  ") + value for key, value in rows]
+
+
+def _attr_text(key, value):
+    if key == "complete":
+        if value is True:
+            return Text("yes")
+        return Text("NO: an incomplete dump (interrupted or still running); rows and statistics "
+                    "may be missing", style="bold red")
+    if key == "command" and isinstance(value, list):
+        import shlex
+
+        return Text(shlex.join(str(v) for v in value))
+    return Text(str(value))
+
+
+def _inputs_text(inputs, shown=3):
+    parts = [f"{i['file']} ({i['rows']} row{'s' if i['rows'] != 1 else ''})" for i in inputs[:shown]]
+    if len(inputs) > shown:
+        parts.append(f"and {len(inputs) - shown} more files (see --json)")
+    return ", ".join(parts) or "-"
+
+
 def summary_table(summary, output):
     attrs = summary["attrs"]
-    table = Table(
-        title=f"{output}: {attrs.get('samples', 0)} samples from {attrs.get('model', '?')}",
-        box=box.SIMPLE_HEAD,
-        title_justify="left",
-    )
+    samples = attrs.get("samples", sum(i["rows"] for i in summary.get("inputs", ())))
+    title = f"{output}: {samples} samples from {attrs.get('model', '?')}"
+    if attrs.get("complete") is not True:
+        title += " (INCOMPLETE)"
+    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
     for name in ("dataset", "sample shape", "dtype", "MiB", "min", "max", "mean", "std", "zeros", "NaN", "Inf"):
         table.add_column(name, justify="left" if name in ("dataset", "sample shape", "dtype") else "right")
     for d in summary["datasets"]:
         table.add_row(
-            d["path"],
+            d["name"],
             shape_text(d["sample_shape"]),
             d["dtype"],
             f"{d['mib']:.2f}",
@@ -116,7 +184,7 @@ def summary_table(summary, output):
             _number(d.get("max")),
             _number(d.get("mean")),
             _number(d.get("std")),
-            f"{100 * d.get('zeros_fraction', math.nan):.1f}%",
+            _percent(d.get("zeros_fraction"), digits=None),
             str(d.get("nan_count", "")),
             str(d.get("inf_count", "")),
         )
@@ -124,8 +192,104 @@ def summary_table(summary, output):
 
 
 def summary_json(summary, output):
-    record = {"output": str(output), **summary["attrs"], "datasets": summary["datasets"]}
+    record = {"output": str(output), **summary["attrs"], "inputs": summary["inputs"],
+              "datasets": summary["datasets"]}
     return json.dumps(_finite_or_none(record), indent=2)
+
+
+STATUS = {"match": "ok", "values": "DIFFERS", "shape": "SHAPE", "dtype": "DTYPE"}
+
+
+def print_diff(console, result):
+    print_table(console, diff_table(result))
+    for line in diff_footer(result):
+        console.print(line, markup=False, highlight=False)
+
+
+def diff_table(result):
+    a, b = result["a"], result["b"]
+    table = Table(title=f"A = {a}, B = {b}: rtol {result['rtol']:g}, atol {result['atol']:g}",
+                  box=box.SIMPLE_HEAD, title_justify="left")
+    for name in ("dataset", "shape", "dtype", "max abs err", "max rel err", "outside tol",
+                 "worst at (sample, position)", "A", "B", "status"):
+        table.add_column(name, justify="right" if name in ("max abs err", "max rel err", "outside tol", "A", "B") else "left")
+    for d in result["datasets"]:
+        if d["status"] in ("only_a", "only_b"):
+            side = "A" if d["status"] == "only_a" else "B"
+            table.add_row(d["name"], shape_text(d[f"shape_{side.lower()}"]), d[f"dtype_{side.lower()}"],
+                          "", "", "", "", "", "", Text(f"only in {side}", style="bold red"))
+            continue
+        worst = d.get("worst")
+        table.add_row(
+            d["name"],
+            _pair(shape_text(d["shape_a"]), shape_text(d["shape_b"])),
+            _pair(d["dtype_a"], d["dtype_b"]),
+            _number(d.get("max_abs_error")),
+            _number(d.get("max_rel_error")),
+            _percent(d.get("outside_fraction")),
+            _location(worst) if worst else "",
+            _number(worst["a"]) if worst else "",
+            _number(worst["b"]) if worst else "",
+            Text(STATUS[d["status"]], style="green" if d["status"] == "match" else "bold red"),
+        )
+    return table
+
+
+def diff_footer(result):
+    lines = []
+    first = result["first_difference"]
+    if first is not None:
+        d = next(d for d in result["datasets"] if d["name"] == first)
+        if d["status"] == "shape":
+            why = f"shape {shape_text(d['shape_a'])} in A, {shape_text(d['shape_b'])} in B"
+        elif d["status"] == "dtype":
+            why = f"dtype {d['dtype_a']} in A, {d['dtype_b']} in B"
+        else:
+            why = f"{_percent(d['outside_fraction'])} of values outside tolerance"
+        if d.get("worst"):
+            w = d["worst"]
+            why += f"; worst at {_location(w)}: {_number(w['a'])} in A, {_number(w['b'])} in B"
+        lines.append(f"first difference: {first} ({why})")
+    for side in ("a", "b"):
+        if result[f"only_in_{side}"]:
+            lines.append(f"only in {side.upper()}: {', '.join(result[f'only_in_{side}'])}")
+    inputs = result["inputs"]
+    if inputs["first_difference"] is not None:
+        f = inputs["first_difference"]
+        lines.append(f"note: the inputs differ: row {f['row']} is {f['a']!r} in A, {f['b']!r} in B "
+                     "(/inputs/source; the values were compared anyway)")
+    elif inputs["rows_a"] != inputs["rows_b"]:
+        lines.append(f"note: A has {inputs['rows_a']} input rows, B has {inputs['rows_b']}")
+    for side in ("a", "b"):
+        if not result["complete"][side]:
+            lines.append(f"note: {side.upper()} is an incomplete dump (read with --allow-incomplete)")
+    compared = result["compared"]
+    if result["match"]:
+        lines.append(f"match: {compared} of {compared} datasets")
+    else:
+        counts = [f"{result['differing']} of {compared} datasets differ"]
+        counts += [f"{len(result[f'only_in_{s}'])} only in {s.upper()}" for s in ("a", "b") if result[f"only_in_{s}"]]
+        lines.append(f"differ: {', '.join(counts)}")
+    return lines
+
+
+def diff_json(result):
+    return json.dumps(_finite_or_none(result), indent=2)
+
+
+def _pair(a, b):
+    return a if a == b else f"{a} ≠ {b}"
+
+
+def _location(worst):
+    sample = "" if worst["sample"] is None else str(worst["sample"])
+    return f"{sample}, {shape_text(worst['position'])}" if worst["position"] else sample
+
+
+def _percent(fraction, digits=3):
+    if fraction is None or (isinstance(fraction, float) and not math.isfinite(fraction)):
+        return ""
+    return f"{100 * fraction:.1f}%" if digits is None else f"{100 * fraction:.{digits}g}%"
 
 
 def _finite_or_none(value):

@@ -17,20 +17,31 @@ from tensorprobe import __version__
 BIN = Path(sys.executable).parent / "tensorprobe"
 
 
-def test_help_and_version_do_not_import_tensorflow():
+def test_help_version_summary_and_diff_do_not_import_tensorflow(cli, zoo, tmp_path):
+    dump = tmp_path / "acts.h5"
+    r = cli("dump", "-q", "-m", zoo["transfer.keras"], "--all", "-o", dump, zoo["input.npy"])
+    assert r.exit_code == 0, r.stderr
     code = (
         "import sys\n"
         "from click.testing import CliRunner\n"
         "from tensorprobe.cli import cli\n"
+        "def heavy(names):\n"
+        "    return sorted(m for m in names if m in sys.modules)\n"
         "for args in (['--help'], ['--version'], ['dump', '--help'], ['layers', '--help'],\n"
+        "             ['summary', '--help'], ['diff', '--help'],\n"
         "             ['dump', '--bogus'], ['dump', '-m', 'missing.keras', '-l', 'x', 'a.npy']):\n"
         "    r = CliRunner().invoke(cli, args)\n"
         "    assert r.exit_code in (0, 2), (args, r.output)\n"
-        "heavy = sorted(m for m in ('tensorflow', 'keras', 'tf_keras', 'h5py') if m in sys.modules)\n"
-        "print(heavy)\n"
+        "print(heavy(('tensorflow', 'keras', 'tf_keras', 'h5py')))\n"
+        f"dump = {str(dump)!r}\n"
+        "for args in (['summary', dump], ['summary', '--json', dump], ['diff', dump, dump],\n"
+        "             ['diff', '--json', dump, dump]):\n"
+        "    r = CliRunner().invoke(cli, args)\n"
+        "    assert r.exit_code == 0 and 'vgg16/block1_conv1' in r.stdout, (args, r.output)\n"
+        "print(heavy(('tensorflow', 'keras', 'tf_keras', 'h5py')))\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert r.stdout.strip() == "[]"
+    assert r.stdout.splitlines() == ["[]", "['h5py']"]
 
 
 def test_version(cli):
