@@ -155,7 +155,7 @@ def test_dump_prints_its_summary_through_the_same_code(zoo, tmp_path):
     assert r.stderr == table + f"wrote {out}\n"
     rows = [line.split()[0] for line in table.splitlines()[4:] if line.strip()]
     assert rows[:3] == ["vgg16/block3_conv3", "vgg16/__output__", "fc1"]
-    assert rows[3:] == ["per-channel", "wrote"]
+    assert rows[3:] == ["per-channel"]
 
 
 def incomplete_copy(golden, path):
