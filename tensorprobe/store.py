@@ -12,6 +12,7 @@ Layout (format_version 1), documented in the README:
                     activation, same paths and shapes, attribute target
 """
 
+import contextlib
 import os
 import tempfile
 from dataclasses import dataclass
@@ -43,6 +44,51 @@ def check_output(path, overwrite):
         raise UsageError(f"--output '{path}': folder '{parent}' is not writable")
 
 
+def partial_path(output):
+    """A new, empty file beside `output` under a hidden temporary name (`.NAME.*.partial`),
+    to write to and then `move_into_place`. It gets the permissions a new file would (mkstemp
+    makes it private)."""
+    output = Path(output)
+    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+    finally:
+        os.close(fd)
+    return Path(tmp)
+
+
+def _umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def move_into_place(tmp, output, overwrite):
+    """Rename the finished `tmp` to `output` (atomic within a folder). Refuses an output that
+    appeared meanwhile unless `overwrite`."""
+    if Path(output).exists() and not overwrite:
+        raise OutputExistsError(f"--output '{output}' exists; pass --overwrite to replace it")
+    os.replace(tmp, output)
+
+
+@contextlib.contextmanager
+def atomic_output(output, overwrite):
+    """Yield a temporary path to write the whole output to; on success move it to `output`,
+    on any failure (or Ctrl-C) delete it, so `output` is never half-written and a file that
+    was there survives a failure. An OSError inside the block is reported as a failed write,
+    so the block should only write. For outputs written in one go (pictures); DumpWriter
+    does the same for dumps written batch by batch."""
+    check_output(output, overwrite)
+    tmp = partial_path(output)
+    try:
+        yield tmp
+        move_into_place(tmp, output, overwrite)
+    except OSError as e:
+        raise WriteError(f"--output '{output}': write failed: {e}") from e
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 @dataclass
 class DatasetSpec:
     """Where one computed output goes, and what it is."""
@@ -64,9 +110,7 @@ class DumpWriter:
         self.specs = specs
         self.overwrite = overwrite
         check_output(self.output, overwrite)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.output.name}.", suffix=".partial", dir=self.output.parent)
-        os.close(fd)
-        self.tmp = Path(tmp)
+        self.tmp = partial_path(self.output)
         self.rows = 0
         self.stats = [RunningStats() for _ in specs]
         self.datasets = [None] * len(specs)
@@ -146,9 +190,7 @@ class DumpWriter:
             self.file.attrs["samples"] = self.rows
             self.file.attrs["complete"] = True
             self.file.close()
-            if self.output.exists() and not self.overwrite:  # appeared while we worked
-                raise OutputExistsError(f"--output '{self.output}' exists; pass --overwrite to replace it")
-            os.replace(self.tmp, self.output)
+            move_into_place(self.tmp, self.output, self.overwrite)
         except OSError as e:
             self.abort()
             raise WriteError(f"--output '{self.output}': write failed: {e}") from e

@@ -23,7 +23,8 @@ def test_help_and_version_do_not_import_tensorflow():
         "from click.testing import CliRunner\n"
         "from tensorprobe.cli import cli\n"
         "for args in (['--help'], ['--version'], ['dump', '--help'], ['layers', '--help'],\n"
-        "             ['dump', '--bogus'], ['dump', '-m', 'missing.keras', '-l', 'x', 'a.npy']):\n"
+        "             ['dump', '--bogus'], ['dump', '-m', 'missing.keras', '-l', 'x', 'a.npy'],\n"
+        "             ['plot', '--help'], ['plot', 'missing.h5', '-l', 'x', '-o', 'o.png']):\n"
         "    r = CliRunner().invoke(cli, args)\n"
         "    assert r.exit_code in (0, 2), (args, r.output)\n"
         "heavy = sorted(m for m in ('tensorflow', 'keras', 'tf_keras', 'h5py') if m in sys.modules)\n"
@@ -31,6 +32,26 @@ def test_help_and_version_do_not_import_tensorflow():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "[]"
+
+
+def test_plot_reads_a_dump_without_tensorflow(tmp_path):
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        f.attrs.update({"format": "tensorprobe", "format_version": 1, "complete": True})
+        f["inputs/source"] = np.array([b"a.npy[0]"], dtype=h5py.string_dtype())
+        f["activations/conv"] = np.arange(2 * 4 * 4 * 3, dtype=np.float32).reshape(2, 4, 4, 3)
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from tensorprobe.cli import cli\n"
+        "for extra in ([], ['--hist']):\n"
+        f"    r = CliRunner().invoke(cli, ['plot', {str(tmp_path / 'd.h5')!r}, '-l', 'conv', '-o', "
+        f"{str(tmp_path / 'o.png')!r}, '--overwrite', *extra])\n"
+        "    assert r.exit_code == 0, r.output\n"
+        "print(sorted(m for m in ('tensorflow', 'keras', 'tf_keras') if m in sys.modules))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "[]"
+    assert (tmp_path / "o.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_version(cli):
