@@ -292,6 +292,7 @@ def plot(dump_file, layer, samples, channels, hist, heatmap, bins, dpi, output, 
         raise click.UsageError("--hist and --heatmap draw different pictures; give one")
     kind = "hist" if hist else "heatmap" if heatmap else None
     request = Request(dump_file, layer, samples, channels, kind, bins, dpi, output, overwrite)
+    signal.signal(signal.SIGTERM, _terminate)
     for note in render(request):
         err.print(note, markup=False, highlight=False)
     err.print(f"wrote {output}", markup=False, highlight=False)

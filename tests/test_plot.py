@@ -278,7 +278,8 @@ def test_heatmap_reads_image_files_back(plot, tmp_path):
     ramp = np.tile(np.linspace(60, 200, 40).astype(np.uint8), (30, 1))
     Image.fromarray(np.stack([ramp] * 3, axis=-1)).save(tmp_path / "photo.png")
     dump = cam_dump(tmp_path, str(tmp_path / "photo.png"))
-    plot(dump, "-l", "conv", "--heatmap", "-s", "1", "-o", tmp_path / "cam.png")
+    r = plot(dump, "-l", "conv", "--heatmap", "-s", "1", "-o", tmp_path / "cam.png")
+    assert "note" not in r.stderr
     cam, image = decode_cam(pixels(tmp_path / "cam.png"))
     h, w = cam.shape
     assert abs(w / h - 40 / 30) < 0.02
@@ -288,6 +289,14 @@ def test_heatmap_reads_image_files_back(plot, tmp_path):
     assert abs(image[h // 2, 1].mean() - 60) <= 3 and abs(image[h // 2, -2].mean() - 200) <= 3
 
 
+def test_heatmap_notes_images_the_dump_cropped(plot, tmp_path):
+    dump = cam_dump(tmp_path, f"{gray_image(tmp_path)}[1]")
+    with h5py.File(dump, "a") as f:
+        f.attrs["resize"] = "crop"
+    r = plot(dump, "-l", "conv", "--heatmap", "-s", "1", "-o", tmp_path / "cam.png")
+    assert r.stderr.splitlines()[0].startswith("note: the dump fitted images to the model with --resize crop")
+
+
 # -- errors ------------------------------------------------------------------------------------
 
 def error_files(tmp):
@@ -295,7 +304,8 @@ def error_files(tmp):
     gray_image(tmp)
     cam_dump(tmp, str(tmp / "gone.npy") + "[3]")
     write_dump(tmp / "ambiguous.h5", {"a/conv": np.ones((1, 2, 2, 1)), "b/conv": np.ones((1, 2, 2, 1)),
-                                      "seq": np.ones((1, 3, 4)), "fc": np.ones((1, 3))}, ["v.npy"])
+                                      "seq": np.ones((1, 3, 4)), "fc": np.ones((1, 3)),
+                                      "score": np.ones((1,))}, ["v.npy"])
     (tmp / "random.h5").write_bytes(os.urandom(2048))
     with h5py.File(tmp / "other.h5", "w") as f:
         f["activations/x"] = np.ones((1, 2))
@@ -319,6 +329,7 @@ CASES = [
     ("output-folder", ["{t}/grid.h5", "-l", "conv", "-o", "{t}/no/o.png"], 2, "does not exist"),
     ("dump-missing", ["{t}/nope.h5", "-l", "conv", "-o", "{t}/o.png"], 2, "nope.h5"),
     ("rank-3", ["{t}/ambiguous.h5", "-l", "seq", "-o", "{t}/o.png"], 2, "(N, 3, 4)"),
+    ("rank-1", ["{t}/ambiguous.h5", "-l", "score", "-o", "{t}/o.png"], 2, "(N,)"),
     ("heatmap-2d", ["{t}/ambiguous.h5", "-l", "fc", "--heatmap", "-o", "{t}/o.png"], 2, "--heatmap"),
     ("not-hdf5", ["{t}/random.h5", "-l", "conv", "-o", "{t}/o.png"], 1, "not an HDF5 file"),
     ("not-a-dump", ["{t}/other.h5", "-l", "x", "-o", "{t}/o.png"], 1, "not a tensorprobe dump"),

@@ -56,14 +56,14 @@ def render(request):
     with Dump(request.dump) as dump, dump.reading():
         path = dump.resolve(request.layer)
         ds = dump.activations(path)
-        if ds.dtype.kind not in "biuf" or ds.ndim < 2 or ds.shape[0] == 0:
+        if ds.dtype.kind not in "biuf" or ds.ndim < 1 or ds.shape[0] == 0:
             raise InputError(f"'{dump.path}': /activations/{path} holds {ds.shape} {ds.dtype}, "
                              "not numeric values with a sample axis")
         _check_samples(dump, ds, request.samples)
         if request.kind == "hist":
             draw = _hist(ds, path, request)
         elif request.kind == "heatmap":
-            draw = _heatmap(dump, ds, path, request)
+            draw = _heatmap(dump, ds, path, request, notes)
         elif ds.ndim == 4:
             draw = _grid(dump, ds, path, request, choose, notes)
         elif ds.ndim == 2:
@@ -199,7 +199,7 @@ def _hist(ds, path, request):
     return functools.partial(figures.histogram, h, title)
 
 
-def _heatmap(dump, ds, path, request):
+def _heatmap(dump, ds, path, request, notes):
     from tensorprobe.plot import figures
     from tensorprobe.plot.gradcam import grad_cam, upsample
     from tensorprobe.plot.sources import read_image
@@ -220,6 +220,10 @@ def _heatmap(dump, ds, path, request):
                          f"sample {sample}")
     source = dump.source(sample)
     image = read_image(source, sample)
+    resize = dump.attr("resize")
+    if resize in ("crop", "pad"):  # the model saw a cropped or padded image, not all of it
+        notes.append(f"note: the dump fitted images to the model with --resize {resize}; the map is "
+                     "stretched over the whole image, so it is only roughly aligned")
     big = upsample(cam, image.shape[:2])
     peak = big.max()
     shown = big / peak if peak > 0 else np.zeros_like(big)
@@ -232,7 +236,7 @@ def _heatmap(dump, ds, path, request):
 
 
 def _shape(shape):
-    return "(" + ", ".join(["N", *map(str, shape[1:])]) + ")"
+    return "(" + ", ".join(["N", *map(str, shape[1:])]) + ("," if len(shape) == 1 else "") + ")"
 
 
 def _short(text, limit=70):
