@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= $(or $(TMPDIR),/tmp)/tensorprobe-demo
 
-.PHONY: demo test bench sample-models clean
+.PHONY: demo test bench sample-models pictures clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,17 @@ bench: $(STAMP)
 # Rebuild the committed sample models (deterministic: fixed seeds).
 sample-models: $(STAMP)
 	$(BIN)/python sample_models/build.py sample_models
+
+# Regenerate the README's pictures (sample_models/pictures/) from a dump of the sample model.
+PICTURES := sample_models/pictures
+pictures: $(STAMP)
+	mkdir -p $(DEMO_DIR) $(PICTURES)
+	$(BIN)/tensorprobe dump -q -m sample_models/transfer.keras -l block1_conv2 -l block3_conv3 -l fc1 \
+		--gradients -o $(DEMO_DIR)/pictures.h5 --overwrite sample_models/input.npy
+	$(BIN)/tensorprobe plot $(DEMO_DIR)/pictures.h5 -l block1_conv2 -o $(PICTURES)/feature_maps.png --overwrite
+	$(BIN)/tensorprobe plot $(DEMO_DIR)/pictures.h5 -l fc1 -s 0 -s 1 -o $(PICTURES)/units.png --overwrite
+	$(BIN)/tensorprobe plot $(DEMO_DIR)/pictures.h5 -l block1_conv2 --hist -o $(PICTURES)/histogram.png --overwrite
+	$(BIN)/tensorprobe plot $(DEMO_DIR)/pictures.h5 -l block3_conv3 --heatmap -o $(PICTURES)/gradcam.png --overwrite
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -311,6 +311,44 @@ def compression_text(storage):
     name, level = storage.compression
     return "none" if name is None else name if level is None else f"{name}:{level}"
 
+@cli.command()
+@click.argument("dump_file", metavar="FILE.h5", type=click.Path(exists=True, dir_okay=False))
+@click.option("-l", "--layer", required=True, metavar="PATH",
+              help="The dataset under /activations (vgg16/block1_conv2), or a unique suffix (block1_conv2).")
+@click.option("-s", "--sample", "samples", multiple=True, type=click.IntRange(min=0), metavar="I",
+              help="The sample row (default 0). Repeatable for (N, C) layers: one bar chart each.")
+@click.option("--channels", metavar="SLICE", help="Channels (units) to show, as a Python slice: 0:16, ::4, 5.")
+@click.option("--hist", is_flag=True, help="A histogram of every value of the layer, all samples.")
+@click.option("--heatmap", is_flag=True, help="Grad-CAM over the input image (needs a dump made with --gradients).")
+@click.option("--bins", default=100, show_default=True, type=click.IntRange(1, 100_000), help="Bins of --hist.")
+@click.option("--dpi", default=100, show_default=True, type=click.IntRange(20, 1200), help="Pixels per inch.")
+@click.option("-o", "--output", required=True, type=click.Path(),
+              help="The picture to write: .png, .svg or .pdf (by extension; none means PNG).")
+@click.option("--overwrite", is_flag=True, help="Replace the output file if it exists.")
+def plot(dump_file, layer, samples, channels, hist, heatmap, bins, dpi, output, overwrite):
+    """Draw one layer of a dump: its feature maps, units, a histogram or a Grad-CAM heatmap.
+
+    (N, H, W, C) layers give a grid of the channel maps of one sample, each scaled to its own
+    range; (N, C) layers a bar chart of the units per sample. Needs the `plot` extra:
+    pip install 'tensorprobe[plot]'.
+
+    \b
+      tensorprobe plot acts.h5 --layer block1_conv2 --sample 1 -o maps.png
+      tensorprobe plot acts.h5 --layer fc1 -s 0 -s 1 -o units.svg
+      tensorprobe plot acts.h5 --layer block1_conv2 --hist -o hist.png
+      tensorprobe plot acts.h5 --layer block3_conv3 --heatmap -o cam.pdf
+    """
+    from tensorprobe.plot import Request, render
+
+    if hist and heatmap:
+        raise click.UsageError("--hist and --heatmap draw different pictures; give one")
+    kind = "hist" if hist else "heatmap" if heatmap else None
+    request = Request(dump_file, layer, samples, channels, kind, bins, dpi, output, overwrite)
+    signal.signal(signal.SIGTERM, _terminate)
+    for note in render(request):
+        err.print(note, markup=False, highlight=False)
+    err.print(f"wrote {output}", markup=False, highlight=False)
+
 
 def summary_sources(output, rows):
     import h5py

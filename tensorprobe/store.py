@@ -85,6 +85,51 @@ def check_output(path, overwrite):
         raise UsageError(f"--output '{path}': folder '{parent}' is not writable")
 
 
+def partial_path(output):
+    """A new, empty file beside `output` under a hidden temporary name (`.NAME.*.partial`),
+    to write to and then `move_into_place`. It gets the permissions a new file would (mkstemp
+    makes it private)."""
+    output = Path(output)
+    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+    finally:
+        os.close(fd)
+    return Path(tmp)
+
+
+def _umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def move_into_place(tmp, output, overwrite):
+    """Rename the finished `tmp` to `output` (atomic within a folder). Refuses an output that
+    appeared meanwhile unless `overwrite`."""
+    if Path(output).exists() and not overwrite:
+        raise OutputExistsError(f"--output '{output}' exists; pass --overwrite to replace it")
+    os.replace(tmp, output)
+
+
+@contextlib.contextmanager
+def atomic_output(output, overwrite):
+    """Yield a temporary path to write the whole output to; on success move it to `output`,
+    on any failure (or Ctrl-C) delete it, so `output` is never half-written and a file that
+    was there survives a failure. An OSError inside the block is reported as a failed write,
+    so the block should only write. For outputs written in one go (pictures); DumpWriter
+    does the same for dumps written batch by batch."""
+    check_output(output, overwrite)
+    tmp = partial_path(output)
+    try:
+        yield tmp
+        move_into_place(tmp, output, overwrite)
+    except OSError as e:
+        raise WriteError(f"--output '{output}': write failed: {e}") from e
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 @dataclass
 class DatasetSpec:
     """Where one computed output goes, and what it is."""
@@ -107,9 +152,7 @@ class DumpWriter:
         self.overwrite = overwrite
         self.compression = compression  # (h5py filter name or None, its options)
         check_output(self.output, overwrite)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.output.name}.", suffix=".partial", dir=self.output.parent)
-        os.close(fd)
-        self.tmp = Path(tmp)
+        self.tmp = partial_path(self.output)
         self.rows = 0
         self.stats = [RunningStats() for _ in specs]
         self.datasets = [None] * len(specs)
@@ -160,7 +203,7 @@ class DumpWriter:
                 ds[start:stop] = array
                 self.stats[i].update(array)
         except (OSError, RuntimeError) as e:  # h5py reports failed writes as either
-            raise WriteError(f"--output '{self.output}': write failed: {_reason(e)}") from e
+            raise WriteError(f"--output '{self.output}': write failed: {_write_reason(e)}") from e
         self.rows = stop
 
     def _create(self, i, array):
@@ -197,12 +240,10 @@ class DumpWriter:
             self.file.attrs["samples"] = self.rows
             self.file.attrs["complete"] = True
             self.file.close()
-            if self.output.exists() and not self.overwrite:  # appeared while we worked
-                raise OutputExistsError(f"--output '{self.output}' exists; pass --overwrite to replace it")
-            os.replace(self.tmp, self.output)
+            move_into_place(self.tmp, self.output, self.overwrite)
         except (OSError, RuntimeError) as e:
             self.abort()
-            raise WriteError(f"--output '{self.output}': write failed: {_reason(e)}") from e
+            raise WriteError(f"--output '{self.output}': write failed: {_write_reason(e)}") from e
         except BaseException:
             self.abort()
             raise
@@ -235,7 +276,7 @@ class DumpWriter:
             _damaged = True  # the file is already deleted; nothing of it is kept
 
 
-def _reason(exc):
+def _write_reason(exc):
     """The useful part of an HDF5 write error ("No space left on device")."""
     text = str(exc)
     for marker in ("error message = '", "errno = "):
@@ -258,7 +299,7 @@ def open_dump(path, allow_incomplete=False):
     except OSError as e:
         if not _is_hdf5(path):
             raise DumpReadError(f"'{path}' is not an HDF5 file") from e
-        raise DumpReadError(f"'{path}' is a damaged or truncated HDF5 file ({_reason(e)})") from e
+        raise DumpReadError(f"'{path}' is a damaged or truncated HDF5 file ({_one_line(e)})") from e
     try:
         with reading(path):
             _check_dump(f, path, allow_incomplete)
@@ -276,7 +317,7 @@ def reading(path):
     try:
         yield
     except (OSError, KeyError, RuntimeError) as e:
-        raise DumpReadError(f"'{path}' is a damaged or truncated dump ({_reason(e)})") from e
+        raise DumpReadError(f"'{path}' is a damaged or truncated dump ({_one_line(e)})") from e
 
 
 def _check_dump(f, path, allow_incomplete):
@@ -422,7 +463,7 @@ def _is_hdf5(path):
         return False
 
 
-def _reason(e):
+def _one_line(e):
     """h5py's message, on one line."""
     return " ".join(str(e).split()) or type(e).__name__
 

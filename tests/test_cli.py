@@ -29,7 +29,8 @@ def test_help_version_summary_and_diff_do_not_import_tensorflow(cli, zoo, tmp_pa
         "    return sorted(m for m in names if m in sys.modules)\n"
         "for args in (['--help'], ['--version'], ['dump', '--help'], ['layers', '--help'],\n"
         "             ['summary', '--help'], ['diff', '--help'],\n"
-        "             ['dump', '--bogus'], ['dump', '-m', 'missing.keras', '-l', 'x', 'a.npy']):\n"
+        "             ['dump', '--bogus'], ['dump', '-m', 'missing.keras', '-l', 'x', 'a.npy'],\n"
+        "             ['plot', '--help'], ['plot', 'missing.h5', '-l', 'x', '-o', 'o.png']):\n"
         "    r = CliRunner().invoke(cli, args)\n"
         "    assert r.exit_code in (0, 2), (args, r.output)\n"
         "print(heavy(('tensorflow', 'keras', 'tf_keras', 'h5py')))\n"
@@ -42,6 +43,26 @@ def test_help_version_summary_and_diff_do_not_import_tensorflow(cli, zoo, tmp_pa
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.splitlines() == ["[]", "['h5py']"]
+
+
+def test_plot_reads_a_dump_without_tensorflow(tmp_path):
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        f.attrs.update({"format": "tensorprobe", "format_version": 1, "complete": True})
+        f["inputs/source"] = np.array([b"a.npy[0]"], dtype=h5py.string_dtype())
+        f["activations/conv"] = np.arange(2 * 4 * 4 * 3, dtype=np.float32).reshape(2, 4, 4, 3)
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from tensorprobe.cli import cli\n"
+        "for extra in ([], ['--hist']):\n"
+        f"    r = CliRunner().invoke(cli, ['plot', {str(tmp_path / 'd.h5')!r}, '-l', 'conv', '-o', "
+        f"{str(tmp_path / 'o.png')!r}, '--overwrite', *extra])\n"
+        "    assert r.exit_code == 0, r.output\n"
+        "print(sorted(m for m in ('tensorflow', 'keras', 'tf_keras') if m in sys.modules))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "[]"
+    assert (tmp_path / "o.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_version(cli):

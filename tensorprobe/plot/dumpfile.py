@@ -1,0 +1,144 @@
+"""A dump, read for pictures: which dataset `--layer` names, one sample's rows, the source of a
+row, and every value of a dataset streamed in blocks of bounded size (pure h5py/NumPy).
+"""
+
+import contextlib
+import difflib
+
+import h5py
+import numpy as np
+
+from tensorprobe.errors import InputError, UnknownLayerError
+from tensorprobe.store import FORMAT, FORMAT_VERSION
+
+READ_BYTES = 16 << 20  # at most this much of a dataset in memory at once when streaming it
+
+
+class Dump:
+    """An open tensorprobe dump. Use as a context manager; every failure to read it is an
+    InputError naming the file."""
+
+    def __init__(self, path):
+        self.path = str(path)
+        try:
+            self.file = h5py.File(self.path, "r")
+        except OSError as e:
+            kind = "a damaged HDF5 file" if _is_hdf5(self.path) else "not an HDF5 file"
+            raise InputError(f"'{self.path}' is {kind} ({_reason(e)})") from e
+        try:
+            self._check()
+        except BaseException:
+            self.file.close()
+            raise
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+
+    def _check(self):
+        fmt = _text(self.file.attrs.get("format"))
+        if fmt != FORMAT or "activations" not in self.file:
+            raise InputError(f"'{self.path}' is an HDF5 file but not a tensorprobe dump "
+                             "(`tensorprobe dump` writes them)")
+        version = self.file.attrs.get("format_version")
+        if not isinstance(version, (int, np.integer)) or not 1 <= version <= FORMAT_VERSION:
+            raise InputError(f"'{self.path}' has format_version {version!r}; this tensorprobe reads "
+                             f"format_version {FORMAT_VERSION}")
+
+    @contextlib.contextmanager
+    def reading(self):
+        """HDF5 read errors (a truncated or damaged file) as one InputError naming the file."""
+        try:
+            yield
+        except OSError as e:
+            raise InputError(f"'{self.path}' is a damaged dump ({_reason(e)})") from e
+
+    def dataset_paths(self, group="activations"):
+        paths = []
+        if group in self.file:
+            self.file[group].visititems(
+                lambda name, obj: paths.append(name) if isinstance(obj, h5py.Dataset) else None
+            )
+        return paths
+
+    def resolve(self, name):
+        """The dataset path under /activations that --layer NAME means: the path itself
+        (`vgg16/block1_conv2`, a leading `activations/` allowed), or a unique suffix of whole
+        path components (`block1_conv2`)."""
+        paths = self.dataset_paths()
+        wanted = name.strip("/")
+        wanted = wanted[len("activations/"):] if wanted.startswith("activations/") else wanted
+        if wanted in paths:
+            return wanted
+        candidates = [p for p in paths if p.endswith("/" + wanted)]
+        if len(candidates) == 1:
+            return candidates[0]
+        if candidates:
+            raise UnknownLayerError(f"--layer '{name}' is ambiguous in '{self.path}': it names "
+                                    f"{', '.join(candidates)}; give the full path")
+        inside = [p for p in paths if p.startswith(wanted + "/") or f"/{wanted}/" in f"/{p}"]
+        if inside:
+            raise UnknownLayerError(f"--layer '{name}' is a group in '{self.path}'; pick one of its "
+                                    f"datasets: {', '.join(inside)}")
+        raise UnknownLayerError(f"--layer '{name}': '{self.path}' has no such dataset"
+                                f"{_did_you_mean(wanted, paths)}")
+
+    def activations(self, path):
+        return self.file["activations"][path]
+
+    def gradients(self, path):
+        """The gradient dataset beside activation `path`, or None when the dump has none."""
+        group = self.file.get("gradients")
+        ds = group.get(path) if group is not None else None
+        return ds if isinstance(ds, h5py.Dataset) else None
+
+    def source(self, row):
+        """The /inputs/source string of sample `row` (the input file it came from)."""
+        sources = self.file.get("inputs/source")
+        if not isinstance(sources, h5py.Dataset) or sources.ndim != 1 or row >= sources.shape[0]:
+            raise InputError(f"'{self.path}' records no input source for sample {row} (/inputs/source)")
+        return _text(sources[row])
+
+    def attr(self, name, default=None):
+        return _text(self.file.attrs.get(name, default))
+
+
+def stream(ds, max_bytes=None):
+    """Yield a dataset's values in blocks of whole sample rows (whole HDF5 chunks where they
+    fit), each block at most `max_bytes` (READ_BYTES by default; one row at the least)."""
+    max_bytes = READ_BYTES if max_bytes is None else max_bytes
+    row_bytes = max(1, int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize)
+    rows = max(1, max_bytes // row_bytes)
+    if ds.chunks and ds.chunks[0] <= rows:
+        rows -= rows % ds.chunks[0]
+    for start in range(0, ds.shape[0], rows):
+        yield ds[start : start + rows]
+
+
+def _did_you_mean(name, paths):
+    def score(path):
+        return max(difflib.SequenceMatcher(None, name, s).ratio() for s in (path, path.rsplit("/", 1)[-1]))
+
+    close = [p for s, p in sorted(((score(p), p) for p in paths), key=lambda sp: -sp[0])[:3] if s >= 0.6]
+    if close:
+        return f"; did you mean {' or '.join(repr(p) for p in close)}?"
+    if paths and len(paths) <= 8:
+        return f"; it holds {', '.join(paths)}"
+    return ""
+
+
+def _text(value):
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _is_hdf5(path):
+    try:
+        return h5py.is_hdf5(path)
+    except OSError:
+        return False
+
+
+def _reason(e):
+    return " ".join(str(e).split()) or type(e).__name__

@@ -1,0 +1,162 @@
+"""The pictures themselves, drawn with matplotlib's object API (no pyplot, no global state).
+
+Every figure has a size fixed in inches (whole tenths) from the data's shape, never measured
+from its contents, so the picture's pixel size is that size times --dpi. Colours are fixed so that
+tests and readers can rely on them: channel maps in viridis, bars and histogram bins in
+blue (#1f77b4), exact zeros in orange (#ff7f0e), values piled up at the minimum or maximum in
+red (#d62728), Grad-CAM in jet at 50% opacity over the input.
+"""
+
+import math
+
+import numpy as np
+
+from tensorprobe.errors import TensorprobeError
+
+BLUE, ORANGE, RED = "#1f77b4", "#ff7f0e", "#d62728"
+CAM_ALPHA = 0.5
+TITLE_INCHES = 0.65  # room for a two-line title at the top
+
+
+def matplotlib_figure():
+    """matplotlib's Figure class, imported on first use; a clear error naming the extra when
+    matplotlib or Pillow is missing."""
+    try:
+        import PIL  # noqa: F401  (read by --heatmap and by matplotlib itself)
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as e:
+        raise TensorprobeError(
+            f"plot needs matplotlib and Pillow ({e.name or e} is missing): pip install 'tensorprobe[plot]'"
+        ) from e
+
+    def new(width, height, dpi):
+        fig = Figure(figsize=(width, height), dpi=dpi)
+        FigureCanvasAgg(fig)
+        return fig
+
+    return new
+
+
+def channel_grid(maps, labels, title, dpi):
+    """One panel per channel map, `maps` (H, W, K) already scaled to [0, 1] (NaN shown red)."""
+    new = matplotlib_figure()
+    import matplotlib
+
+    h, w, k = maps.shape
+    cols = math.ceil(math.sqrt(k))
+    rows = math.ceil(k / cols)
+    side = min(3.0, max(1.1, max(h, w) / dpi))  # inches for a map's longer side
+    pw, ph = side * w / max(h, w), side * h / max(h, w)
+    gap, label = 0.12, 0.22
+    width = _tenths(max(6.0, cols * (pw + gap) + 0.3))
+    height = _tenths(TITLE_INCHES + rows * (ph + label) + 0.15)
+    fig = new(width, height, dpi)
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad=RED)
+    left0 = (width - cols * (pw + gap) + gap) / 2
+    for i in range(k):
+        r, c = divmod(i, cols)
+        left = left0 + c * (pw + gap)
+        bottom = height - TITLE_INCHES - (r + 1) * (ph + label) + 0.05
+        ax = fig.add_axes((left / width, bottom / height, pw / width, ph / height))
+        ax.imshow(maps[:, :, i], cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+        ax.set_axis_off()
+        ax.set_title(labels[i], fontsize=7, pad=2)
+    _title(fig, title, height)
+    return fig
+
+
+def unit_bars(rows, units, title, dpi):
+    """A bar chart of the units' values per sample: `rows` is [(label, values)], one axes
+    each, sharing both axes."""
+    new = matplotlib_figure()
+    from matplotlib.ticker import MaxNLocator
+
+    width = _tenths(min(16.0, max(6.0, 0.12 * len(units) + 1.5)))
+    height = _tenths(TITLE_INCHES + 1.9 * len(rows) + 0.5)
+    fig = new(width, height, dpi)
+    axes = fig.subplots(len(rows), 1, sharex=True, sharey=True, squeeze=False)[:, 0]
+    fig.subplots_adjust(left=0.9 / width, right=1 - 0.25 / width, top=1 - TITLE_INCHES / height,
+                        bottom=0.5 / height, hspace=0.35)
+    for ax, (label, values) in zip(axes, rows):
+        ax.bar(units, values, width=0.8, color=BLUE)
+        ax.axhline(0.0, color="black", linewidth=0.6)
+        ax.set_title(label, fontsize=8, loc="left")
+        ax.margins(x=0.01)
+        ax.tick_params(labelsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[-1].set_xlabel("unit", fontsize=8)
+    _title(fig, title, height)
+    return fig
+
+
+def histogram(h, title, dpi):
+    """The bins of a `Histogram` on a log count scale: other values blue, exact zeros orange,
+    pile-ups at the minimum or maximum red, each with its count in the legend."""
+    new = matplotlib_figure()
+    width, height = 8.0, 4.8
+    fig = new(width, height, dpi)
+    ax = fig.add_axes((0.9 / width, 0.55 / height, 1 - 1.15 / width, 1 - (TITLE_INCHES + 0.7) / height))
+    total = max(1, h.total)
+    ax.bar(h.edges[:-1], h.counts, width=np.diff(h.edges), align="edge", color=BLUE, linewidth=0,
+           label=f"other values: {int(h.counts.sum()):,}")
+    mark = max(h.edges[-1] - h.edges[0], 1e-12) / 150  # a visible width however narrow the bins
+    bar_width = max(mark, h.edges[1] - h.edges[0])
+    if h.zeros:
+        ax.bar([0.0], [h.zeros], width=bar_width, color=ORANGE, linewidth=0,
+               label=f"exact zeros: {h.zeros:,} ({100 * h.zeros / total:.1f}%)")
+    for name, value, count in (("min", h.low, h.at_low), ("max", h.high, h.at_high)):
+        if count:
+            ax.bar([value], [count], width=bar_width, color=RED, linewidth=0,
+                   label=f"at the {name} {value:.4g}: {count:,} ({100 * count / total:.1f}%)")
+    ax.set_yscale("log")
+    ax.set_ylim(bottom=0.7)
+    ax.set_xlabel("value", fontsize=8)
+    ax.set_ylabel("count (log scale)", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7, loc="upper right", frameon=False)
+    _title(fig, title, height)
+    return fig
+
+
+def heatmap(image, cam, title, dpi):
+    """The input image, and beside it the same with the Grad-CAM map (H, W, in [0, 1]) over
+    it in jet."""
+    new = matplotlib_figure()
+    h, w = cam.shape
+    side = 3.2
+    pw, ph = side * w / max(h, w), side * h / max(h, w)
+    gap, label = 0.3, 0.3
+    width = _tenths(2 * pw + gap + 0.4)
+    height = _tenths(TITLE_INCHES + ph + label + 0.15)
+    fig = new(width, height, dpi)
+    bottom = 0.15 / height
+    for i, name in enumerate(("input", "Grad-CAM")):
+        ax = fig.add_axes(((0.2 + i * (pw + gap)) / width, bottom, pw / width, ph / height))
+        ax.imshow(image, interpolation="nearest")
+        if i:
+            ax.imshow(cam, cmap="jet", alpha=CAM_ALPHA, vmin=0.0, vmax=1.0, interpolation="nearest")
+        ax.set_axis_off()
+        ax.set_title(name, fontsize=8, pad=3)
+    _title(fig, title, height)
+    return fig
+
+
+def save(fig, path, fmt):
+    """Write `fig` as `fmt` (png, svg, pdf), without a creation date, so the same data gives
+    the same file. SVG keeps its text as text (searchable, and smaller than glyph outlines)."""
+    import matplotlib
+
+    metadata = {"svg": {"Date": None}, "pdf": {"CreationDate": None}}.get(fmt)
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "tensorprobe"}):
+        fig.savefig(path, format=fmt, metadata=metadata)
+
+
+def _tenths(inches):
+    """Round a figure's side up to a tenth of an inch: whole pixels at the usual dpi values,
+    so a picture's size is exactly proportional to --dpi."""
+    return math.ceil(round(inches * 10, 6)) / 10
+
+
+def _title(fig, lines, height):
+    fig.text(0.5, 1 - 0.12 / height, "\n".join(lines), ha="center", va="top", fontsize=9)
