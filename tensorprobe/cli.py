@@ -71,12 +71,14 @@ def _error(message):
 @click.option("--debug", is_flag=True, help="Show tracebacks and TensorFlow's own log lines.")
 @click.pass_context
 def cli(ctx, debug):
-    """Look inside Keras models: list their layers, dump any layer's activations to HDF5.
+    """Look inside Keras models and SavedModels: list their layers and tensors, dump any
+    layer's activations or any graph tensor to HDF5.
 
     \b
       tensorprobe layers model.keras
       tensorprobe dump -m model.keras --layer block1_conv2 input.npy
       tensorprobe dump -m model.h5 --layer vgg16/block1_conv2 -o acts.h5 *.npy
+      tensorprobe tensors saved_model_dir --op Relu
     """
     if debug:
         ctx.command.debug = True
@@ -88,6 +90,13 @@ def model_options(f):
         help="Allow loading Lambda layers that hold Python code (runs that code; trusted files only).",
     )(f)
     return f
+
+
+def signature_option(f):
+    return click.option(
+        "--signature", metavar="NAME",
+        help="The SavedModel signature to use (default: serving_default, or the only one).",
+    )(f)
 
 
 def gradient_options(f):
@@ -128,26 +137,39 @@ def _debug():
     return getattr(click.get_current_context().find_root().command, "debug", False)
 
 
-def _load(model_path, unsafe):
+def _load(model_path, unsafe, signature=None):
     from tensorprobe.graph import unroll
     from tensorprobe.models import load_model
 
-    loaded = load_model(model_path, unsafe=unsafe)
+    loaded = load_model(model_path, signature=signature, unsafe=unsafe)
+    if loaded.model is None:  # a SavedModel that holds only a graph: its layers are name scopes
+        from tensorprobe import scopes, tensors
+
+        return loaded, scopes.scope_graph(tensors.tensor_graph(loaded))
     return loaded, unroll(loaded.model, loaded.keras)
+
+
+def _is_scope_graph(graph):
+    from tensorprobe.scopes import ScopeGraph
+
+    return isinstance(graph, ScopeGraph)
 
 
 @cli.command()
 @click.argument("model", type=click.Path(exists=True))
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of layers to stdout.")
 @click.option("--filter", "pattern", metavar="REGEX", help="Keep layers whose path matches REGEX (re.search).")
+@signature_option
 @model_options
-def layers(model, as_json, pattern, unsafe):
-    """List every layer of MODEL, nested models expanded into paths.
+def layers(model, as_json, pattern, signature, unsafe):
+    """List every layer of MODEL, nested models expanded into paths. MODEL is a .keras or
+    .h5 file or a SavedModel folder (layers of a graph-only SavedModel are its name scopes).
 
     \b
       tensorprobe layers model.keras
       tensorprobe layers model.h5 --filter 'block1'
       tensorprobe layers model.keras --json | jq '.[].path'
+      tensorprobe layers saved_model_dir --signature serving_default
     """
     import re
 
@@ -159,15 +181,78 @@ def layers(model, as_json, pattern, unsafe):
     except re.error as e:
         raise errors.UsageError(f"--filter '{pattern}': not a valid regular expression ({e})") from e
     with quiet_native_stderr(not _debug()):
-        loaded, graph = _load(model, unsafe)
-        info = describe(loaded, graph)
+        loaded, graph = _load(model, unsafe, signature)
+        if _is_scope_graph(graph):
+            from tensorprobe import scopes
+
+            info = scopes.describe(graph)
+        else:
+            info = describe(loaded, graph)
+    if not info.layers:
+        err.print(f"{model}: no layer structure: the graph's name scopes hold no Keras layers "
+                  f"(`tensorprobe tensors {model}` lists its tensors)", markup=False, highlight=False,
+                  soft_wrap=True)
+        if as_json:
+            out.print("[]", markup=False, highlight=False)
+        return
     if regex is not None:
         info.layers = [layer for layer in info.layers if regex.search(layer.path)]
     if as_json:
         out.print(report.layers_json(info), markup=False, highlight=False)
         return
-    report.print_table(out, report.layers_table(info, f"{model}: {info.name} ({loaded.loader})"))
+    report.print_table(out, report.layers_table(info, f"{model}: {_title(info.name, loaded)}"))
     for line in report.model_footer(info):
+        out.print(line, markup=False, highlight=False)
+
+
+def _title(name, loaded):
+    """'transfer (keras 3.x)'; for a graph, 'transfer, signature serving_default (tensorflow 2.x)'."""
+    parts = [name] if name else []
+    if loaded.model is None:
+        parts.append(f"signature {loaded.signature.name}")
+    return f"{', '.join(parts)} ({loaded.loader})" if parts else loaded.loader
+
+
+@cli.command()
+@click.argument("model", type=click.Path(exists=True))
+@click.option("--filter", "pattern", metavar="REGEX", help="Keep tensors whose name matches REGEX (re.search).")
+@click.option("--op", "op_types", multiple=True, metavar="TYPE",
+              help="Keep tensors made by ops of this type (Relu, BiasAdd, ...; any case). Repeatable.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of tensors to stdout.")
+@signature_option
+@model_options
+def tensors(model, pattern, op_types, as_json, signature, unsafe):
+    """List the tensors of MODEL's graph in topological order: name, op type, dtype, shape.
+
+    For a SavedModel folder, the signature's graph with functions inlined and variables
+    frozen; for a .keras or .h5 file, the model's forward pass traced in inference mode.
+    `dump --tensor NAME` stores any of them.
+
+    \b
+      tensorprobe tensors saved_model_dir
+      tensorprobe tensors model.keras --op BiasAdd --op Relu
+      tensorprobe tensors saved_model_dir --filter 'block1_conv2' --json | jq '.[].name'
+    """
+    import re
+
+    from tensorprobe import report
+
+    try:
+        regex = re.compile(pattern) if pattern is not None else None
+    except re.error as e:
+        raise errors.UsageError(f"--filter '{pattern}': not a valid regular expression ({e})") from e
+    with quiet_native_stderr(not _debug()):
+        from tensorprobe.models import load_model
+        from tensorprobe.tensors import filter_tensors, tensor_graph
+
+        loaded = load_model(model, signature=signature, keras_model=False, unsafe=unsafe)
+        graph = tensor_graph(loaded)
+    shown = filter_tensors(graph, regex, op_types)
+    if as_json:
+        out.print(report.tensors_json(shown), markup=False, highlight=False)
+        return
+    report.print_table(out, report.tensors_table(shown, f"{model}: {graph.source}"))
+    for line in report.tensors_footer(graph, len(shown)):
         out.print(line, markup=False, highlight=False)
 
 
@@ -179,6 +264,9 @@ def layers(model, as_json, pattern, unsafe):
               help="A layer name, nested path (vgg16/block1_conv2) or index (3, 1.3). Repeatable.")
 @click.option("--match", metavar="REGEX", help="Also select every layer whose path matches REGEX.")
 @click.option("--all", "all_layers", is_flag=True, help="Select every layer (input layers aside).")
+@click.option("-t", "--tensor", "tensor_names", multiple=True, metavar="NAME",
+              help="A graph tensor (`tensorprobe tensors` lists them), stored under /tensors. Repeatable.")
+@click.option("--tensor-match", metavar="REGEX", help="Also select every graph tensor whose name matches REGEX.")
 @click.option("-o", "--output", default="activations.h5", show_default=True, type=click.Path(),
               help="The HDF5 file to write.")
 @click.option("--overwrite", is_flag=True, help="Replace the output file if it exists.")
@@ -189,10 +277,12 @@ def layers(model, as_json, pattern, unsafe):
 @click.option("--fail-on-nonfinite", is_flag=True,
               help="Exit 1 after the dump when any dataset holds NaN or Inf.")
 @gradient_options
+@signature_option
 @model_options
-def dump(inputs, model, layer_names, match, all_layers, output, overwrite, batch_size, as_json,
-         quiet, fail_on_nonfinite, gradients, unsafe):
-    """Compute the outputs of the chosen layers for INPUTS (.npy files) and write them to HDF5.
+def dump(inputs, model, layer_names, match, all_layers, tensor_names, tensor_match, output, overwrite,
+         batch_size, as_json, quiet, fail_on_nonfinite, gradients, signature, unsafe):
+    """Compute the outputs of the chosen layers (or graph tensors) for INPUTS (.npy files) and
+    write them to HDF5. The model is a .keras or .h5 file or a SavedModel folder.
 
     An array whose shape is the model's input shape is one sample; otherwise its first axis
     is the batch. Files are concatenated in the order given.
@@ -201,11 +291,18 @@ def dump(inputs, model, layer_names, match, all_layers, output, overwrite, batch
       tensorprobe dump -m model.keras --layer block1_conv2 input.npy
       TENSORPROBE_MODEL=model.h5 tensorprobe dump -l vgg16/block1_conv2 -l 3 a.npy b.npy
       tensorprobe dump -m model.keras --match 'conv' -o convs.h5 --json input.npy | jq
+      tensorprobe dump -m saved_model_dir --tensor-match 'block1_conv2_1/BiasAdd' input.npy
     """
     from tensorprobe import report, runner, store
 
-    if not (layer_names or match or all_layers):
-        raise click.UsageError("no layer selected: give --layer NAME, --match REGEX or --all")
+    wants_layers = bool(layer_names or match or all_layers)
+    wants_tensors = bool(tensor_names or tensor_match)
+    if not (wants_layers or wants_tensors):
+        raise click.UsageError(
+            "nothing selected: give --layer NAME, --match REGEX, --all, --tensor NAME or --tensor-match REGEX"
+        )
+    if gradients is not None and wants_tensors:
+        raise click.UsageError("--gradients works with --layer, --match and --all, not with --tensor")
     store.check_output(output, overwrite)
     for path in inputs:
         if not os.path.exists(path):
@@ -216,12 +313,27 @@ def dump(inputs, model, layer_names, match, all_layers, output, overwrite, batch
         from tensorprobe import probe
         from tensorprobe.inputs import InputSpec, NpyInputs, open_labels
 
-        loaded, graph = _load(model, unsafe)
-        selected = probe.select(graph, layer_names, match, all_layers)
-        plan = probe.plan(graph, selected)
-        source = NpyInputs(inputs, _input_spec(graph, InputSpec))
+        if wants_layers:
+            loaded, graph = _load(model, unsafe, signature)
+            selected = probe.select(graph, layer_names, match, all_layers)
+            plan = probe.plan(graph, selected)
+        else:  # graph tensors only: no Keras graph walk, no tf_keras for a Keras 2 SavedModel
+            from tensorprobe.models import load_model
+
+            loaded = load_model(model, signature=signature, keras_model=False, unsafe=unsafe)
+            graph, plan = None, probe.Plan([], [])
+        tensor_part = _tensor_part(loaded, graph, tensor_names, tensor_match, len(plan.specs)) if wants_tensors else None
+        source = NpyInputs(inputs, _input_spec(graph if wants_layers else tensor_part[0], InputSpec))
         labels = target = target_origin = None
-        if gradients is None:
+        if not wants_layers:
+            extract = None
+        elif _is_scope_graph(graph):
+            if gradients is not None:
+                raise errors.UsageError(f"--gradients needs a Keras model; {model} holds only a graph")
+            from tensorprobe.tensors import extraction_function
+
+            extract = extraction_function(graph.tensor_graph, plan.origins)
+        elif gradients is None:
             extract = probe.extraction_function(graph, plan)
         else:
             target, labels_path, output_name = gradients
@@ -230,6 +342,8 @@ def dump(inputs, model, layer_names, match, all_layers, output, overwrite, batch
             labels = open_labels(labels_path, source.rows) if labels_path else None
             label_shape = labels.shape[1:] if labels is not None else None
             extract = probe.extraction_function(graph, plan, target, target_origin, label_shape)
+        if tensor_part is not None:
+            plan, extract = _with_tensors(plan, extract, tensor_part)
         with store.DumpWriter(output, plan.specs, _root_attrs(loaded), overwrite) as writer:
             with _progress(quiet or not err.is_terminal, source.rows) as advance:
                 runner.dump(extract, source, writer, batch_size, advance, labels)
@@ -247,6 +361,34 @@ def dump(inputs, model, layer_names, match, all_layers, output, overwrite, batch
         for (path, nans, infs, row), source_name in zip(nonfinite, sources):
             _error(f"{path} holds {nans} NaN and {infs} Inf values, first in sample {row} ({source_name})")
         sys.exit(errors.FAILURE)
+
+
+def _tensor_part(loaded, graph, names, match, start):
+    """(tensor graph, plan, extraction function) for --tensor/--tensor-match; datasets are
+    numbered from `start`, after the layer datasets."""
+    from tensorprobe import scopes, tensors
+
+    if graph is not None and _is_scope_graph(graph):
+        tgraph, layer_of = graph.tensor_graph, graph.layer_of
+    else:
+        tgraph = tensors.tensor_graph(loaded)
+        layer_of = scopes.scope_graph(tgraph).layer_of
+    selected = tensors.select(tgraph, names, match)
+    plan = tensors.plan(tgraph, selected, layer_of, start)
+    return tgraph, plan, tensors.extraction_function(tgraph, plan.origins)
+
+
+def _with_tensors(plan, extract, tensor_part):
+    """One plan and one extraction function for layers and graph tensors together."""
+    from tensorprobe.probe import Plan
+
+    _, tensor_plan, tensor_extract = tensor_part
+
+    def run(batch, labels=None):
+        first = extract(batch, labels) if extract is not None else []
+        return first + tensor_extract(batch)
+
+    return Plan(plan.specs + tensor_plan.specs, plan.origins + tensor_plan.origins), run
 
 
 def summary_sources(output, rows):
@@ -277,7 +419,7 @@ def _root_attrs(loaded):
         "model_format": loaded.format,
         "loader": loaded.loader,
         "tensorflow_version": tf.__version__,
-        "keras_version": loaded.keras.__version__,
+        "keras_version": loaded.keras.__version__ if loaded.keras is not None else "",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": ["tensorprobe", *click.get_current_context().find_root().command.argv],
     }

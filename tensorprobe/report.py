@@ -21,6 +21,9 @@ def print_table(console, table):
         console.print(table)
     else:
         natural = console.measure(table, options=console.options.update(max_width=1 << 16)).maximum
+        title = len(str(table.title or ""))
+        if title > natural:  # nor the title, which a table wraps at its own width
+            table.min_width = natural = title
         Console(file=console.file, width=max(console.width, natural)).print(table)
 
 
@@ -46,7 +49,7 @@ def layers_table(info, title):
             layer.class_name,
             shape,
             f"{layer.params:,}",
-            "yes" if layer.trainable else "no",
+            "-" if layer.trainable is None else "yes" if layer.trainable else "no",
         )
     return table
 
@@ -80,16 +83,44 @@ def model_footer(info):
     def tensors(records):
         return ", ".join(f"{name} {shape_text(shape)} {dtype}" for name, shape, dtype in records)
 
-    return [
-        f"inputs:  {tensors(info.inputs)}",
-        f"outputs: {tensors(info.outputs)}",
-        f"params:  {info.params:,} total, {info.trainable_params:,} trainable, "
-        f"{info.params - info.trainable_params:,} non-trainable",
-    ]
+    if info.trainable_params is None:  # a frozen graph does not say what was trainable
+        params = f"params:  {info.params:,} total (frozen variables)"
+    else:
+        params = (f"params:  {info.params:,} total, {info.trainable_params:,} trainable, "
+                  f"{info.params - info.trainable_params:,} non-trainable")
+    return [f"inputs:  {tensors(info.inputs)}", f"outputs: {tensors(info.outputs)}", params]
 
 
 def layers_json(info):
     return json.dumps([layer.to_json() for layer in info.layers], indent=2)
+
+
+def tensors_table(tensors, title):
+    """`tensorprobe tensors`: position in topological order, name, op type, dtype, shape."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
+    table.add_column("#", justify="right", style="dim")
+    table.add_column("tensor")
+    table.add_column("op", style="cyan")
+    table.add_column("dtype")
+    table.add_column("shape")
+    for t in tensors:
+        table.add_row(str(t.position), t.name, t.op, t.dtype, "?" if t.shape is None else shape_text(t.shape))
+    return table
+
+
+def tensors_footer(graph, shown):
+    """Which tensors the graph is fed at and which it returns, and how many were listed."""
+    def spec_text(spec):
+        shape = "?" if spec.shape.rank is None else shape_text(spec.shape.as_list())
+        return f"{spec.name} {shape} {spec.dtype.name}"
+
+    inputs = ", ".join(f"{spec_text(s)} -> {t}" for s, t in zip(graph.inputs, graph.input_tensors))
+    outputs = ", ".join(f"{name} <- {t}" for name, t in graph.outputs)
+    return [f"inputs:  {inputs}", f"outputs: {outputs}", f"tensors: {shown} of {len(graph.tensors)} shown"]
+
+
+def tensors_json(tensors):
+    return json.dumps([t.to_json() for t in tensors], indent=2)
 
 
 def summary_table(summary, output):

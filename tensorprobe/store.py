@@ -197,6 +197,8 @@ def read_summary(path):
 
         if "activations" in f:
             f["activations"].visititems(visit)
+        if "tensors" in f:  # graph tensors: paths keep their group, as tensor names are long
+            f["tensors"].visititems(lambda name, obj: visit(f"tensors/{name}", obj))
     datasets.sort(key=lambda d: d["order"])
     return {"attrs": attrs, "datasets": datasets}
 
