@@ -137,11 +137,15 @@ def _debug():
     return getattr(click.get_current_context().find_root().command, "debug", False)
 
 
-def _load(model_path, unsafe, signature=None):
+def _load(model_path, unsafe, signature=None, layers=True):
+    """(LoadedModel, its graph of layers); the graph is None when `layers` is False (then a
+    Keras 2 SavedModel is not rebuilt with tf_keras either)."""
     from tensorprobe.graph import unroll
     from tensorprobe.models import load_model
 
-    loaded = load_model(model_path, signature=signature, unsafe=unsafe)
+    loaded = load_model(model_path, signature=signature, keras_model=layers, unsafe=unsafe)
+    if not layers:
+        return loaded, None
     if loaded.model is None:  # a SavedModel that holds only a graph: its layers are name scopes
         from tensorprobe import scopes, tensors
 
@@ -313,26 +317,19 @@ def dump(inputs, model, layer_names, match, all_layers, tensor_names, tensor_mat
         from tensorprobe import probe
         from tensorprobe.inputs import InputSpec, NpyInputs, open_labels
 
-        if wants_layers:
-            loaded, graph = _load(model, unsafe, signature)
-            selected = probe.select(graph, layer_names, match, all_layers)
-            plan = probe.plan(graph, selected)
-        else:  # graph tensors only: no Keras graph walk, no tf_keras for a Keras 2 SavedModel
-            from tensorprobe.models import load_model
+        from tensorprobe.tensors import TensorPart
 
-            loaded = load_model(model, signature=signature, keras_model=False, unsafe=unsafe)
-            graph, plan = None, probe.Plan([], [])
-        tensor_part = _tensor_part(loaded, graph, tensor_names, tensor_match, len(plan.specs)) if wants_tensors else None
-        source = NpyInputs(inputs, _input_spec(graph if wants_layers else tensor_part[0], InputSpec))
+        loaded, graph = _load(model, unsafe, signature, layers=wants_layers)
+        plan = probe.plan(graph, probe.select(graph, layer_names, match, all_layers)) if wants_layers else None
+        tensor_part = TensorPart.build(loaded, graph, tensor_names, tensor_match, plan) if wants_tensors else None
+        source = NpyInputs(inputs, _input_spec(graph if wants_layers else tensor_part.graph, InputSpec))
         labels = target = target_origin = None
         if not wants_layers:
             extract = None
         elif _is_scope_graph(graph):
             if gradients is not None:
                 raise errors.UsageError(f"--gradients needs a Keras model; {model} holds only a graph")
-            from tensorprobe.tensors import extraction_function
-
-            extract = extraction_function(graph.tensor_graph, plan.origins)
+            extract = graph.extraction_function(plan)
         elif gradients is None:
             extract = probe.extraction_function(graph, plan)
         else:
@@ -343,7 +340,7 @@ def dump(inputs, model, layer_names, match, all_layers, tensor_names, tensor_mat
             label_shape = labels.shape[1:] if labels is not None else None
             extract = probe.extraction_function(graph, plan, target, target_origin, label_shape)
         if tensor_part is not None:
-            plan, extract = _with_tensors(plan, extract, tensor_part)
+            plan, extract = tensor_part.after(plan, extract)
         with store.DumpWriter(output, plan.specs, _root_attrs(loaded), overwrite) as writer:
             with _progress(quiet or not err.is_terminal, source.rows) as advance:
                 runner.dump(extract, source, writer, batch_size, advance, labels)
@@ -361,34 +358,6 @@ def dump(inputs, model, layer_names, match, all_layers, tensor_names, tensor_mat
         for (path, nans, infs, row), source_name in zip(nonfinite, sources):
             _error(f"{path} holds {nans} NaN and {infs} Inf values, first in sample {row} ({source_name})")
         sys.exit(errors.FAILURE)
-
-
-def _tensor_part(loaded, graph, names, match, start):
-    """(tensor graph, plan, extraction function) for --tensor/--tensor-match; datasets are
-    numbered from `start`, after the layer datasets."""
-    from tensorprobe import scopes, tensors
-
-    if graph is not None and _is_scope_graph(graph):
-        tgraph, layer_of = graph.tensor_graph, graph.layer_of
-    else:
-        tgraph = tensors.tensor_graph(loaded)
-        layer_of = scopes.scope_graph(tgraph).layer_of
-    selected = tensors.select(tgraph, names, match)
-    plan = tensors.plan(tgraph, selected, layer_of, start)
-    return tgraph, plan, tensors.extraction_function(tgraph, plan.origins)
-
-
-def _with_tensors(plan, extract, tensor_part):
-    """One plan and one extraction function for layers and graph tensors together."""
-    from tensorprobe.probe import Plan
-
-    _, tensor_plan, tensor_extract = tensor_part
-
-    def run(batch, labels=None):
-        first = extract(batch, labels) if extract is not None else []
-        return first + tensor_extract(batch)
-
-    return Plan(plan.specs + tensor_plan.specs, plan.origins + tensor_plan.origins), run
 
 
 def summary_sources(output, rows):

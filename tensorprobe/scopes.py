@@ -70,6 +70,12 @@ class ScopeGraph:
     def layer_of(self, tensor_name):
         return self.layer_of_op.get(tensor_name.rpartition(":")[0], "")
 
+    def extraction_function(self, plan):
+        """probe.extraction_function's counterpart: the plan's origins are tensor names."""
+        from tensorprobe.tensors import extraction_function
+
+        return extraction_function(self.tensor_graph, plan.origins)
+
 
 @dataclass
 class _Scope:

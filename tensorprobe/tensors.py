@@ -294,6 +294,40 @@ def plan(graph, selected, layer_of=None, start=0):
     return Plan(specs, [info.name for info in selected])
 
 
+@dataclass
+class TensorPart:
+    """The --tensor/--tensor-match part of a dump: its graph, plan and extraction function."""
+
+    graph: TensorGraph
+    plan: Plan
+    run: object
+
+    @classmethod
+    def build(cls, loaded, layer_graph, names, match, layer_plan=None):
+        """Select tensors in `loaded`'s graph (the scope graph's own, for a graph-only
+        SavedModel); their datasets follow `layer_plan`'s in the `order` attribute."""
+        from tensorprobe import scopes
+
+        if isinstance(layer_graph, scopes.ScopeGraph):
+            graph, layer_of = layer_graph.tensor_graph, layer_graph.layer_of
+        else:
+            graph = tensor_graph(loaded)
+            layer_of = scopes.scope_graph(graph).layer_of
+        start = len(layer_plan.specs) if layer_plan is not None else 0
+        tensor_plan = plan(graph, select(graph, names, match), layer_of, start)
+        return cls(graph, tensor_plan, extraction_function(graph, tensor_plan.origins))
+
+    def after(self, layer_plan, layer_extract):
+        """One plan and one extraction function: the layers' datasets, then these."""
+        if layer_plan is None:
+            return self.plan, self.run
+
+        def run(batch, labels=None):
+            return layer_extract(batch, labels) + self.run(batch)
+
+        return Plan(layer_plan.specs + self.plan.specs, layer_plan.origins + self.plan.origins), run
+
+
 def extraction_function(graph, names):
     """A function: list of input batches (in `graph.inputs` order) -> one array per name.
 
