@@ -48,6 +48,7 @@ class OpInfo:
     type: str
     inputs: list  # names of the tensors it reads (data inputs, not control dependencies)
     outputs: list  # names of the tensors it produces
+    loop_depth: int = 0  # how many (lowered) while loops it runs inside
 
 
 @dataclass
@@ -63,9 +64,11 @@ class TensorGraph:
     source: str  # what the graph is: "signature 'serving_default'", "traced forward pass"
     by_name: dict = field(default_factory=dict)
     fed: set = field(default_factory=set)  # names of the tensors that depend on the inputs
+    in_loop: set = field(default_factory=set)  # names of the tensors made inside a while loop
 
     def __post_init__(self):
         self.by_name = {t.name: t for t in self.tensors}
+        self.in_loop = {name for op in self.ops if op.loop_depth for name in op.outputs}
         fed = set(self.input_tensors)
         for op in self.ops:
             if any(name in fed for name in op.inputs):
@@ -136,23 +139,27 @@ def freeze(function, what):
 
 def _build(graph, specs, placeholders, outputs, source):
     ops = _topological(graph.get_operations())
-    infos, tensors = [], []
+    infos, tensors, depth = [], [], {}
     for op in ops:
         for t in op.outputs:
             shape = None if t.shape.rank is None else [None if d is None else int(d) for d in t.shape.as_list()]
             tensors.append(TensorInfo(t.name, op.type, _dtype_name(t.dtype), shape, len(tensors)))
-        infos.append(OpInfo(op.name, op.type, [t.name for t in op.inputs], [t.name for t in op.outputs]))
+        depth[op.name] = _loop_depth(op, depth)
+        infos.append(OpInfo(op.name, op.type, [t.name for t in op.inputs], [t.name for t in op.outputs],
+                            depth[op.name]))
     return TensorGraph(graph.as_graph_def(), infos, tensors, list(specs), placeholders, outputs, source)
 
 
 def _topological(operations):
     """Ops in an order where every op follows its inputs (data and control), as close to the
-    graph's own order as that allows."""
+    graph's own order as that allows. A lowered while loop's back edge (NextIteration into
+    Merge) is the one cycle a TensorFlow graph may hold; it is left out of the order."""
     position = {op.name: i for i, op in enumerate(operations)}
     waiting = {}
     users = {op.name: [] for op in operations}
     for op in operations:
-        sources = {t.op.name for t in op.inputs} | {c.name for c in op.control_inputs}
+        sources = {t.op.name for t in op.inputs if t.op.type not in ("NextIteration", "RefNextIteration")}
+        sources |= {c.name for c in op.control_inputs}
         waiting[op.name] = len(sources)
         for name in sources:
             users[name].append(op)
@@ -166,7 +173,22 @@ def _topological(operations):
             waiting[user.name] -= 1
             if waiting[user.name] == 0:
                 heapq.heappush(ready, (position[user.name], user))
+    if len(order) != len(operations):  # a cycle TensorFlow itself would refuse to run
+        raise ModelLoadError("the graph holds a cycle outside a while loop, so it has no topological order")
     return order
+
+
+def _loop_depth(op, depth):
+    """Frames of lowered while loops an op runs in: Enter opens one, Exit closes one, any
+    other op runs in the deepest frame of its inputs (control inputs included, which puts a
+    loop body's constants inside it)."""
+    sources = [t.op.name for t in op.inputs] + [c.name for c in op.control_inputs]
+    inner = max((depth.get(name, 0) for name in sources), default=0)
+    if op.type in ("Enter", "RefEnter"):
+        return inner + 1
+    if op.type in ("Exit", "RefExit"):
+        return max(inner - 1, 0)
+    return inner
 
 
 def filter_tensors(graph, pattern=None, op_types=()):
@@ -201,7 +223,8 @@ def select(graph, names=(), match=None):
             raise UsageError(f"--tensor '{name}' selects '{info.name}', which is already selected")
         problem = _not_dumpable(graph, info)
         if problem:
-            raise UsageError(f"--tensor '{name}': {problem}")
+            which = f" ({info.name})" if name != info.name else ""
+            raise UsageError(f"--tensor '{name}'{which}: {problem}")
         chosen[info.name] = info
     if match is not None:
         try:
@@ -270,13 +293,15 @@ def _did_you_mean(name, tensors):
 def _not_dumpable(graph, info):
     """Why a tensor cannot be dumped per sample (None when it can)."""
     if info.name not in graph.fed:
-        return f"'{info.name}' does not depend on the inputs (a constant), so it has no batch axis"
+        return "does not depend on the inputs (a constant), so it has no batch axis"
+    if info.name in graph.in_loop:
+        return "is computed inside a while loop, once per iteration; only values that leave the loop can be fetched"
     if info.dtype in ("resource", "variant", "string"):
-        return f"'{info.name}' holds {info.dtype} values, which cannot be stored as an array"
+        return f"holds {info.dtype} values, which cannot be stored as an array"
     if info.shape is not None:
         batch_open = all(spec.shape.rank and spec.shape[0] is None for spec in graph.inputs)
         if not info.shape or (batch_open and info.shape[0] is not None):
-            return f"'{info.name}' has static shape {_shape_text(info.shape)}, which has no batch axis"
+            return f"has static shape {_shape_text(info.shape)}, which has no batch axis"
     return None
 
 
@@ -345,7 +370,10 @@ def extraction_function(graph, names):
 
     wrapped = tf.compat.v1.wrap_function(imports, [])
     element = wrapped.graph.as_graph_element
-    pruned = wrapped.prune([element(n) for n in graph.input_tensors], [element(n) for n in names])
+    try:
+        pruned = wrapped.prune([element(n) for n in graph.input_tensors], [element(n) for n in names])
+    except (KeyError, ValueError) as e:  # a fetch TensorFlow cannot reach from the inputs
+        raise ModelLoadError(f"cannot prune the graph to {', '.join(names)}: {_first_line(e)}") from e
     specs = graph.inputs
 
     def run(batch, labels=None):

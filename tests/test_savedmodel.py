@@ -274,6 +274,20 @@ def test_keras_file_pre_activation_by_tracing(cli, zoo, keras_model, tmp_path):
         assert f["tensors/transfer_1/fc1_1/BiasAdd:0"].attrs["order"] == 1
 
 
+def test_keras_file_with_a_while_loop(cli, zoo, keras_model, tmp_path):
+    """An LSTM runs in a while loop: the loop's output is reachable, its body per step is not."""
+    out = tmp_path / "l.h5"
+    r = cli("dump", "-m", zoo["multi.keras"], "--tensor", "multi_1/cat_1/concat:0", "-o", out, zoo["seq54.npy"])
+    assert r.exit_code == 0, r.stderr
+    x = np.load(zoo["seq54.npy"])
+    np.testing.assert_allclose(datasets(out)["tensors/multi_1/cat_1/concat:0"],
+                               keras_model(zoo["multi.keras"])(x, training=False), **TOL)
+    r = cli("tensors", zoo["multi.keras"], "--filter", "while/.*lstm_cell_1/Tanh", "--json")
+    inside = json.loads(r.stdout)[0]["name"]
+    r = cli("dump", "-m", zoo["multi.keras"], "--tensor", inside, "-o", tmp_path / "m.h5", zoo["seq54.npy"])
+    assert r.exit_code == 2 and "inside a while loop" in error_line(r)
+
+
 # A tf.Module with two inputs and a variable
 
 def test_module_tensors_and_no_layer_structure(cli, saved):
