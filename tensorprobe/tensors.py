@@ -283,7 +283,12 @@ def _did_you_mean(name, tensors):
 
     def score(full):
         tail = "/".join(full.split("/")[-depth:])
-        return max(difflib.SequenceMatcher(None, name, s).ratio() for s in (full, tail))
+        best = 0.0
+        for candidate in (full, tail):
+            matcher = difflib.SequenceMatcher(None, name, candidate)
+            if matcher.quick_ratio() > max(best, 0.6):  # an upper bound: skip the slow ratio
+                best = max(best, matcher.ratio())
+        return best
 
     scored = sorted(((score(t.name), t.name) for t in tensors), key=lambda sn: -sn[0])
     close = [n for s, n in scored[:3] if s >= 0.6]

@@ -422,6 +422,7 @@ def test_tensor_selection_errors(cli, zoo, saved, tmp_path):
         (["--tensor", "unknown:0"], "does not depend on the inputs"),
         (["--tensor-match", "zzz"], "matches no tensor"),
         (["--tensor", "image:0", "--gradients"], "--gradients"),
+        (["-l", "fc1", "--gradients"], "holds only a graph"),
     ]
     for args, message in cases:
         r = cli("dump", "-m", model, *args, "-o", out, zoo["input.npy"])
