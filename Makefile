@@ -19,6 +19,12 @@ demo: $(STAMP)
 	$(BIN)/tensorprobe dump -m sample_models/transfer.keras --layer block1_conv2 --layer predictions \
 		-o $(DEMO_DIR)/activations.h5 --overwrite sample_models/input.npy
 	$(BIN)/tensorprobe summary $(DEMO_DIR)/activations.h5
+	# a SavedModel (Keras 3 export of transfer.keras), built here rather than committed
+	$(BIN)/python sample_models/build.py --savedmodel $(DEMO_DIR)/transfer_savedmodel
+	$(BIN)/tensorprobe layers $(DEMO_DIR)/transfer_savedmodel
+	$(BIN)/tensorprobe tensors $(DEMO_DIR)/transfer_savedmodel --op BiasAdd
+	$(BIN)/tensorprobe dump -m $(DEMO_DIR)/transfer_savedmodel --tensor-match 'block1_conv2_1/BiasAdd' \
+		-o $(DEMO_DIR)/tensors.h5 --overwrite sample_models/input.npy
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

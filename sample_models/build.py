@@ -1,6 +1,8 @@
 """Build the sample models deterministically (fixed seeds) into a folder.
 
     python sample_models/build.py [FOLDER]     (default: this script's folder)
+    python sample_models/build.py --savedmodel DIR
+
 
 Writes:
   vgg_small.keras   a small VGG-style model with VGG16's layer names, on 32x32 RGB images
@@ -14,6 +16,10 @@ Writes:
   input.npy         4 sample images, float32 in [0, 255], shape (4, 32, 32, 3)
   subclassed.keras  a subclassed model of custom_layers.py (load with --custom-objects)
   vectors.npy       3 sample vectors for it, shape (3, 6)
+
+With --savedmodel, exports transfer.keras (from this script's folder) with Keras 3's
+`model.export()` as the SavedModel folder DIR: a graph with a `serving_default` signature.
+It is not committed; `make demo` builds it in a temporary folder.
 """
 
 import importlib.util
@@ -95,5 +101,15 @@ def _custom_layers():
     return module
 
 
+def savedmodel(folder):
+    """Export the committed transfer.keras as a SavedModel folder (Keras 3 `model.export()`)."""
+    model = keras.saving.load_model(Path(__file__).parent / "transfer.keras", compile=False)
+    model.export(str(folder), verbose=False)
+    return Path(folder)
+
+
 if __name__ == "__main__":
-    build(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent)
+    if len(sys.argv) == 3 and sys.argv[1] == "--savedmodel":
+        savedmodel(sys.argv[2])
+    else:
+        build(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent)

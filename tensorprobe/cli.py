@@ -71,13 +71,14 @@ def _error(message):
 @click.option("--debug", is_flag=True, help="Show tracebacks and TensorFlow's own log lines.")
 @click.pass_context
 def cli(ctx, debug):
-    """Look inside Keras models: list their layers, dump any layer's activations to HDF5,
-    summarise and compare dumps.
+    """Look inside Keras models and SavedModels: list their layers and tensors, dump any
+    layer's activations or any graph tensor to HDF5, summarise, compare and plot dumps.
 
     \b
       tensorprobe layers model.keras
       tensorprobe dump -m model.keras --layer block1_conv2 input.npy
       tensorprobe dump -m model.h5 --layer vgg16/block1_conv2 -o acts.h5 *.npy
+      tensorprobe tensors saved_model_dir --op Relu
       tensorprobe summary acts.h5
       tensorprobe diff golden.h5 acts.h5 --atol 1e-4
     """
@@ -125,6 +126,13 @@ def _with_options(collect, f, options):
     return collect
 
 
+def signature_option(f):
+    return click.option(
+        "--signature", metavar="NAME",
+        help="The SavedModel signature to use (default: serving_default, or the only one).",
+    )(f)
+
+
 def gradient_options(f):
     """--gradients and its target; collected into one `gradients` argument (None without it)."""
     options = [
@@ -160,28 +168,46 @@ def _debug():
     return getattr(click.get_current_context().find_root().command, "debug", False)
 
 
-def _load(model_path, unsafe, custom_objects):
+def _load(model_path, unsafe, custom_objects=(), signature=None, layers=True):
+    """(LoadedModel, its graph of layers); the graph is None when `layers` is False (then a
+    Keras 2 SavedModel is not rebuilt with tf_keras either)."""
     from tensorprobe.graph import unroll
     from tensorprobe.models import load_model
     from tensorprobe.models.custom import load_custom_objects
 
     objects = load_custom_objects(custom_objects)
-    loaded = load_model(model_path, unsafe=unsafe, custom_objects=objects)
+    loaded = load_model(model_path, signature=signature, keras_model=layers, unsafe=unsafe,
+                        custom_objects=objects)
+    if not layers:
+        return loaded, None
+    if loaded.model is None:  # a SavedModel that holds only a graph: its layers are name scopes
+        from tensorprobe import scopes, tensors
+
+        return loaded, scopes.scope_graph(tensors.tensor_graph(loaded))
     return loaded, unroll(loaded.model, loaded.keras)
+
+
+def _is_scope_graph(graph):
+    from tensorprobe.scopes import ScopeGraph
+
+    return isinstance(graph, ScopeGraph)
 
 
 @cli.command()
 @click.argument("model", type=click.Path(exists=True))
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of layers to stdout.")
 @click.option("--filter", "pattern", metavar="REGEX", help="Keep layers whose path matches REGEX (re.search).")
+@signature_option
 @model_options
-def layers(model, as_json, pattern, unsafe, custom_objects):
-    """List every layer of MODEL, nested models expanded into paths.
+def layers(model, as_json, pattern, signature, unsafe, custom_objects):
+    """List every layer of MODEL, nested models expanded into paths. MODEL is a .keras or
+    .h5 file or a SavedModel folder (layers of a graph-only SavedModel are its name scopes).
 
     \b
       tensorprobe layers model.keras
       tensorprobe layers model.h5 --filter 'block1'
       tensorprobe layers model.keras --json | jq '.[].path'
+      tensorprobe layers saved_model_dir --signature serving_default
     """
     import re
 
@@ -193,15 +219,77 @@ def layers(model, as_json, pattern, unsafe, custom_objects):
     except re.error as e:
         raise errors.UsageError(f"--filter '{pattern}': not a valid regular expression ({e})") from e
     with quiet_native_stderr(not _debug()):
-        loaded, graph = _load(model, unsafe, custom_objects)
-        info = describe(loaded, graph)
+        loaded, graph = _load(model, unsafe, custom_objects, signature)
+        if _is_scope_graph(graph):
+            from tensorprobe import scopes
+
+            info = scopes.describe(graph)
+        else:
+            info = describe(loaded, graph)
+    if not info.layers:
+        err.print(f"{model}: no layer structure: the graph's name scopes hold no Keras layers "
+                  f"(`tensorprobe tensors {model}` lists its tensors)", markup=False, highlight=False,
+                  soft_wrap=True)
+        if as_json:
+            out.print("[]", markup=False, highlight=False)
+        return
     if regex is not None:
         info.layers = [layer for layer in info.layers if regex.search(layer.path)]
     if as_json:
         out.print(report.layers_json(info), markup=False, highlight=False)
         return
-    report.print_table(out, report.layers_table(info, f"{model}: {info.name} ({loaded.loader})"))
+    report.print_table(out, report.layers_table(info, f"{model}: {_title(info.name, loaded)}"))
     for line in report.model_footer(info):
+        out.print(line, markup=False, highlight=False)
+
+
+def _title(name, loaded):
+    """'transfer (keras 3.x)'; for a graph, 'transfer, signature serving_default (tensorflow 2.x)'."""
+    parts = [name] if name else []
+    if loaded.model is None:
+        parts.append(f"signature {loaded.signature.name}")
+    return f"{', '.join(parts)} ({loaded.loader})" if parts else loaded.loader
+
+
+@cli.command()
+@click.argument("model", type=click.Path(exists=True))
+@click.option("--filter", "pattern", metavar="REGEX", help="Keep tensors whose name matches REGEX (re.search).")
+@click.option("--op", "op_types", multiple=True, metavar="TYPE",
+              help="Keep tensors made by ops of this type (Relu, BiasAdd, ...; any case). Repeatable.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of tensors to stdout.")
+@signature_option
+@model_options
+def tensors(model, pattern, op_types, as_json, signature, unsafe, custom_objects):
+    """List the tensors of MODEL's graph in topological order: name, op type, dtype, shape.
+
+    For a SavedModel folder, the signature's graph with functions inlined and variables
+    frozen; for a .keras or .h5 file, the model's forward pass traced in inference mode.
+    `dump --tensor NAME` stores any of them.
+
+    \b
+      tensorprobe tensors saved_model_dir
+      tensorprobe tensors model.keras --op BiasAdd --op Relu
+      tensorprobe tensors saved_model_dir --filter 'block1_conv2' --json | jq '.[].name'
+    """
+    import re
+
+    from tensorprobe import report
+
+    try:
+        regex = re.compile(pattern) if pattern is not None else None
+    except re.error as e:
+        raise errors.UsageError(f"--filter '{pattern}': not a valid regular expression ({e})") from e
+    with quiet_native_stderr(not _debug()):
+        from tensorprobe.tensors import filter_tensors, tensor_graph
+
+        loaded, _ = _load(model, unsafe, custom_objects, signature, layers=False)
+        graph = tensor_graph(loaded)
+    shown = filter_tensors(graph, regex, op_types)
+    if as_json:
+        out.print(report.tensors_json(shown), markup=False, highlight=False)
+        return
+    report.print_table(out, report.tensors_table(shown, f"{model}: {graph.source}"))
+    for line in report.tensors_footer(graph, len(shown)):
         out.print(line, markup=False, highlight=False)
 
 
@@ -213,6 +301,9 @@ def layers(model, as_json, pattern, unsafe, custom_objects):
               help="A layer name, nested path (vgg16/block1_conv2) or index (3, 1.3). Repeatable.")
 @click.option("--match", metavar="REGEX", help="Also select every layer whose path matches REGEX.")
 @click.option("--all", "all_layers", is_flag=True, help="Select every layer (input layers aside).")
+@click.option("-t", "--tensor", "tensor_names", multiple=True, metavar="NAME",
+              help="A graph tensor (`tensorprobe tensors` lists them), stored under /tensors. Repeatable.")
+@click.option("--tensor-match", metavar="REGEX", help="Also select every graph tensor whose name matches REGEX.")
 @click.option("-o", "--output", default="activations.h5", show_default=True, type=click.Path(),
               help="The HDF5 file to write.")
 @click.option("--overwrite", is_flag=True, help="Replace the output file if it exists.")
@@ -228,10 +319,13 @@ def layers(model, as_json, pattern, unsafe, custom_objects):
 @click.option("--max-bytes", metavar="SIZE", help="Refuse a dump larger than SIZE (e.g. 500M, 2G).")
 @storage_options
 @gradient_options
+@signature_option
 @model_options
-def dump(inputs, model, layer_names, match, all_layers, output, overwrite, batch_size, as_json,
-         quiet, fail_on_nonfinite, training, jit, max_bytes, storage, gradients, unsafe, custom_objects):
-    """Compute the outputs of the chosen layers for INPUTS (.npy files) and write them to HDF5.
+def dump(inputs, model, layer_names, match, all_layers, tensor_names, tensor_match, output, overwrite,
+         batch_size, as_json, quiet, fail_on_nonfinite, training, jit, max_bytes, storage, gradients,
+         signature, unsafe, custom_objects):
+    """Compute the outputs of the chosen layers (or graph tensors) for INPUTS (.npy files) and
+    write them to HDF5. The model is a .keras or .h5 file or a SavedModel folder.
 
     An array whose shape is the model's input shape is one sample; otherwise its first axis
     is the batch. Files are concatenated in the order given.
@@ -240,11 +334,18 @@ def dump(inputs, model, layer_names, match, all_layers, output, overwrite, batch
       tensorprobe dump -m model.keras --layer block1_conv2 input.npy
       TENSORPROBE_MODEL=model.h5 tensorprobe dump -l vgg16/block1_conv2 -l 3 a.npy b.npy
       tensorprobe dump -m model.keras --match 'conv' -o convs.h5 --json input.npy | jq
+      tensorprobe dump -m saved_model_dir --tensor-match 'block1_conv2_1/BiasAdd' input.npy
     """
     from tensorprobe import runner, store
 
-    if not (layer_names or match or all_layers):
-        raise click.UsageError("no layer selected: give --layer NAME, --match REGEX or --all")
+    wants_layers = bool(layer_names or match or all_layers)
+    wants_tensors = bool(tensor_names or tensor_match)
+    if not (wants_layers or wants_tensors):
+        raise click.UsageError(
+            "nothing selected: give --layer NAME, --match REGEX, --all, --tensor NAME or --tensor-match REGEX"
+        )
+    if gradients is not None and wants_tensors:
+        raise click.UsageError("--gradients works with --layer, --match and --all, not with --tensor")
     store.check_output(output, overwrite)
     limit = parse_size(max_bytes) if max_bytes is not None else None
     for path in inputs:
@@ -255,13 +356,21 @@ def dump(inputs, model, layer_names, match, all_layers, output, overwrite, batch
     with quiet_native_stderr(not _debug()):
         from tensorprobe import probe
         from tensorprobe.inputs import InputSpec, NpyInputs, open_labels
+        from tensorprobe.tensors import TensorPart
 
-        loaded, graph = _load(model, unsafe, custom_objects)
-        selected = probe.select(graph, layer_names, match, all_layers)
-        plan = probe.plan(graph, selected)
-        source = NpyInputs(inputs, _input_spec(graph, InputSpec))
+        loaded, graph = _load(model, unsafe, custom_objects, signature, layers=wants_layers)
+        plan = probe.plan(graph, probe.select(graph, layer_names, match, all_layers)) if wants_layers else None
+        tensor_part = TensorPart.build(loaded, graph, tensor_names, tensor_match, plan) if wants_tensors else None
+        source = NpyInputs(inputs, _input_spec(graph if wants_layers else tensor_part.graph, InputSpec))
         labels = target = target_origin = None
-        if gradients is None:
+        keras_graph = wants_layers and not _is_scope_graph(graph)
+        if not wants_layers:
+            extract = None
+        elif not keras_graph:
+            if gradients is not None:
+                raise errors.UsageError(f"--gradients needs a Keras model; {model} holds only a graph")
+            extract = graph.extraction_function(plan)
+        elif gradients is None:
             extract = probe.extraction_function(graph, plan, training=training, storage=storage, jit=jit)
         else:
             target, labels_path, output_name = gradients
@@ -271,12 +380,14 @@ def dump(inputs, model, layer_names, match, all_layers, output, overwrite, batch
             label_shape = labels.shape[1:] if labels is not None else None
             extract = probe.extraction_function(graph, plan, target, target_origin, label_shape,
                                                 training, storage, jit)
-        needed = probe.estimate_bytes(graph, plan, storage, source.rows)
+        needed = probe.estimate_bytes(graph, plan, storage, source.rows) if keras_graph else None
         if needed is not None:
             free = store.check_room(output, needed, limit)
             if not quiet and err.is_terminal:  # beside the progress bar; CI logs stay clean
                 err.print(f"writing about {store.mib(needed)} to {output} ({store.mib(free)} free)",
                           markup=False, highlight=False, soft_wrap=True)
+        if tensor_part is not None:
+            plan, extract = tensor_part.after(plan, extract)
         attrs = {**_root_attrs(loaded), "training": training, "reduce": storage.reduce or "none",
                  "dtype": storage.dtype or "as computed", "compression": compression_text(storage)}
         with store.DumpWriter(output, plan.specs, attrs, overwrite, storage.compression) as writer:
@@ -465,7 +576,7 @@ def _root_attrs(loaded):
         "model_format": loaded.format,
         "loader": loaded.loader,
         "tensorflow_version": tf.__version__,
-        "keras_version": loaded.keras.__version__,
+        "keras_version": loaded.keras.__version__ if loaded.keras is not None else "",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": ["tensorprobe", *click.get_current_context().find_root().command.argv],
     }

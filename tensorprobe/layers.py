@@ -13,8 +13,8 @@ class LayerInfo:
     output_shape: list | None  # one shape per output of the first call; None if never called
     calls: int
     params: int
-    trainable: bool
-    reach: str  # "graph" or "runtime"
+    trainable: bool | None  # None where a frozen graph does not say
+    reach: str  # "graph", or "runtime" (recorded while its parent runs)
 
     def to_json(self):
         shapes = self.output_shape
@@ -38,7 +38,7 @@ class ModelInfo:
     inputs: list  # [(name, shape, dtype)]
     outputs: list  # [(name, shape, dtype)]
     params: int
-    trainable_params: int
+    trainable_params: int | None  # None for a frozen graph
     layers: list  # [LayerInfo]
 
 

@@ -56,7 +56,7 @@ def layers_table(info, title):
             layer.class_name,
             shape,
             f"{layer.params:,}",
-            "yes" if layer.trainable else "no",
+            "-" if layer.trainable is None else "yes" if layer.trainable else "no",
         )
     return table
 
@@ -92,12 +92,12 @@ def model_footer(info):
 
     runtime = ["[runtime]: no static graph reaches this layer; dump records its output while "
                "its parent runs"] if any(layer.reach == "runtime" for layer in info.layers) else []
-    return runtime + [
-        f"inputs:  {tensors(info.inputs)}",
-        f"outputs: {tensors(info.outputs)}",
-        f"params:  {info.params:,} total, {info.trainable_params:,} trainable, "
-        f"{info.params - info.trainable_params:,} non-trainable",
-    ]
+    if info.trainable_params is None:  # a frozen graph does not say what was trainable
+        params = f"params:  {info.params:,} total (frozen variables)"
+    else:
+        params = (f"params:  {info.params:,} total, {info.trainable_params:,} trainable, "
+                  f"{info.params - info.trainable_params:,} non-trainable")
+    return runtime + [f"inputs:  {tensors(info.inputs)}", f"outputs: {tensors(info.outputs)}", params]
 
 
 def layers_json(info):
@@ -163,6 +163,34 @@ def _inputs_text(inputs, shown=3):
     if len(inputs) > shown:
         parts.append(f"and {len(inputs) - shown} more files (see --json)")
     return ", ".join(parts) or "-"
+
+
+def tensors_table(tensors, title):
+    """`tensorprobe tensors`: position in topological order, name, op type, dtype, shape."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
+    table.add_column("#", justify="right", style="dim")
+    table.add_column("tensor")
+    table.add_column("op", style="cyan")
+    table.add_column("dtype")
+    table.add_column("shape")
+    for t in tensors:
+        table.add_row(str(t.position), t.name, t.op, t.dtype, "?" if t.shape is None else shape_text(t.shape))
+    return table
+
+
+def tensors_footer(graph, shown):
+    """Which tensors the graph is fed at and which it returns, and how many were listed."""
+    def spec_text(spec):
+        shape = "?" if spec.shape.rank is None else shape_text(spec.shape.as_list())
+        return f"{spec.name} {shape} {spec.dtype.name}"
+
+    inputs = ", ".join(f"{spec_text(s)} -> {t}" for s, t in zip(graph.inputs, graph.input_tensors))
+    outputs = ", ".join(f"{name} <- {t}" for name, t in graph.outputs)
+    return [f"inputs:  {inputs}", f"outputs: {outputs}", f"tensors: {shown} of {len(graph.tensors)} shown"]
+
+
+def tensors_json(tensors):
+    return json.dumps([t.to_json() for t in tensors], indent=2)
 
 
 def summary_table(summary, output):

@@ -10,6 +10,8 @@ Layout (format_version 1), documented in the README:
                     order), sample_shape and the statistics of stats.py
   /gradients/...    with --gradients: the gradient of the target with respect to each
                     activation, same paths and shapes, attribute target
+  /tensors/...      with --tensor: one dataset per graph tensor at its name unchanged
+                    ("a/b/Relu:0": groups a, b), attributes tensor and op_type
   /<group>/...      readers treat every top-level group but /inputs alike
 
 Reading (`summary`, `diff`) goes through open_dump, which refuses anything but a complete

@@ -1,0 +1,185 @@
+"""SavedModel directories: hash the folder, choose a signature, load Keras 2 ones with tf_keras.
+
+A SavedModel written by Keras 2 (`model.save(dir, save_format="tf")`) holds
+`keras_metadata.pb` next to `saved_model.pb`: tf_keras rebuilds it as a Keras model, so the
+layer-level features work on it. Every other SavedModel (Keras 3's `model.export()`,
+`tf.saved_model.save` of a `tf.Module`) is a graph: its signatures are all there is, and
+`tensorprobe.tensors` and `tensorprobe.scopes` read them.
+"""
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tensorprobe.errors import ModelLoadError, UsageError
+from tensorprobe.models import formats
+from tensorprobe.models.keras import LoadedModel
+
+KERAS_METADATA = "keras_metadata.pb"
+DEFAULT_SIGNATURE = "serving_default"
+
+
+@dataclass
+class Signature:
+    """One signature of a SavedModel, as a function of positional inputs.
+
+    A signature takes keyword arguments; its concrete function takes them positionally in
+    the order of their sorted names (the order `tf.nest.flatten` gives a dict, and the
+    order `saved_model_cli show` lists them). `inputs` and `outputs` are in that order.
+    """
+
+    name: str
+    function: Any  # the tf.types.experimental.ConcreteFunction
+    inputs: list  # [tf.TensorSpec], named after the signature's keyword arguments
+    outputs: list  # [(output name, tf.TensorSpec)]
+
+
+@dataclass
+class LoadedSavedModel(LoadedModel):
+    """A LoadedModel for a SavedModel folder. `model` and `keras` are the tf_keras model and
+    module for a Keras 2 SavedModel (when asked for), None for a graph."""
+
+    signature: Signature = None
+    keras2: bool = False  # the folder holds keras_metadata.pb
+    signatures: list = field(default_factory=list)  # every signature name, sorted
+    saved_object: Any = None  # the restored object; keeps the signature's variables alive
+
+
+def is_savedmodel(path):
+    return Path(path).is_dir() and (Path(path) / "saved_model.pb").is_file()
+
+
+def directory_sha256(path):
+    """SHA-256 over a folder's files, independent of the order the file system lists them.
+
+    For every regular file under `path` (recursively, symbolic links followed) one line
+    `<hex SHA-256 of its bytes>  <path relative to the folder, '/'-separated>\\n`, the lines
+    sorted by relative path (bytewise, UTF-8), hashed together. This is what
+
+        cd DIR && find -L . -type f | sed 's|^\\./||' | LC_ALL=C sort | xargs -d '\\n' sha256sum | sha256sum
+
+    prints for names without newlines or backslashes.
+    """
+    root = Path(path)
+    files = []
+    for folder, _, names in os.walk(root, followlinks=True):
+        for name in names:
+            full = Path(folder) / name
+            if full.is_file():
+                files.append((full.relative_to(root).as_posix(), full))
+    total = hashlib.sha256()
+    for rel, full in sorted(files, key=lambda item: item[0].encode("utf-8", "surrogateescape")):
+        line = f"{formats.sha256_of(full)}  {rel}\n"
+        total.update(line.encode("utf-8", "surrogateescape"))
+    return total.hexdigest()
+
+
+def load_savedmodel(path, signature=None, unsafe=False, keras_model=True):
+    """Load the SavedModel folder `path` and pick its signature (`signature`, else
+    serving_default, else the only one). With `keras_model`, a Keras 2 SavedModel is also
+    rebuilt with tf_keras (refusing Lambda layers that hold Python code unless `unsafe`);
+    the graph alone never runs stored Python code."""
+    path = str(path)
+    keras2 = (Path(path) / KERAS_METADATA).is_file()
+    if keras2 and keras_model and not unsafe:
+        # keras_metadata.pb holds the model's config and each layer's again: check them all once
+        formats.refuse_code(path, {"layers": _unique_lambdas(_keras_metadata_configs(path))})
+    sha = directory_sha256(path)
+
+    import tensorflow as tf
+
+    try:
+        obj = tf.saved_model.load(path)
+    except Exception as e:  # a damaged folder fails in many ways; all are the file's problem
+        raise ModelLoadError(f"{path}: cannot load the SavedModel: {_message(e)}") from e
+    names = sorted(obj.signatures.keys())
+    chosen = _choose_signature(path, names, signature)
+    sig = _signature(chosen, obj.signatures[chosen])
+    loaded = LoadedSavedModel(
+        path, None, None, f"tensorflow {tf.__version__}", "savedmodel", sha,
+        signature=sig, keras2=keras2, signatures=names, saved_object=obj,
+    )
+    if keras2 and keras_model:
+        import tf_keras
+
+        try:
+            loaded.model = tf_keras.models.load_model(path, compile=False)
+        except Exception as e:
+            raise ModelLoadError(f"{path}: cannot load this Keras 2 SavedModel: {_message(e)}") from e
+        loaded.keras = tf_keras
+        loaded.loader = f"tf_keras {tf_keras.__version__}"
+    return loaded
+
+
+def _choose_signature(path, names, wanted):
+    listed = ", ".join(names)
+    if not names:
+        raise ModelLoadError(f"{path}: the SavedModel has no signatures, so there is no graph to run")
+    if wanted is None:
+        if DEFAULT_SIGNATURE in names:
+            return DEFAULT_SIGNATURE
+        if len(names) == 1:
+            return names[0]
+        raise UsageError(
+            f"{path}: has no '{DEFAULT_SIGNATURE}' signature; choose one with --signature NAME "
+            f"({listed})"
+        )
+    if wanted not in names:
+        raise UsageError(f"--signature '{wanted}': {path} has no such signature; it has {listed}")
+    return wanted
+
+
+def _signature(name, function):
+    import tensorflow as tf
+
+    args, kwargs = function.structured_input_signature
+    if args:  # signatures take keyword arguments only; kept for functions that do not
+        raise ModelLoadError(f"signature '{name}' takes positional arguments, which tensorprobe cannot name")
+    inputs = [tf.TensorSpec(spec.shape, spec.dtype, name=key) for key, spec in sorted(kwargs.items())]
+    structured = function.structured_outputs
+    if isinstance(structured, dict):
+        outputs = sorted(structured.items())
+    else:
+        flat = tf.nest.flatten(structured)
+        outputs = [(f"output_{i}", spec) for i, spec in enumerate(flat)]
+    return Signature(name, function, inputs, outputs)
+
+
+def _keras_metadata_configs(path):
+    """The config of every object in keras_metadata.pb (JSON per saved Keras object)."""
+    from google.protobuf.message import DecodeError
+    from tf_keras.protobuf import saved_metadata_pb2
+
+    meta = saved_metadata_pb2.SavedMetadata()
+    try:
+        meta.ParseFromString((Path(path) / KERAS_METADATA).read_bytes())
+        return [json.loads(node.metadata) for node in meta.nodes if node.metadata]
+    except (OSError, ValueError, DecodeError) as e:
+        raise ModelLoadError(f"{path}: damaged {KERAS_METADATA} ({_message(e)})") from e
+
+
+def _unique_lambdas(configs):
+    """The configs of the Lambda layers holding code found in `configs`, one per name."""
+    found = {}
+
+    def visit(node):
+        if isinstance(node, dict):
+            if formats.lambda_layers_with_code(node) and node.get("class_name") == "Lambda":
+                found.setdefault(node["config"].get("name", "?"), node)
+            for value in node.values():
+                visit(value)
+        elif isinstance(node, list):
+            for value in node:
+                visit(value)
+
+    visit(configs)
+    return list(found.values())
+
+
+def _message(exc):
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."

@@ -1,0 +1,450 @@
+"""A model's computation as one frozen TensorFlow graph: every tensor by name, and a function
+that computes exactly the chosen tensors.
+
+The graph is a SavedModel signature, or a Keras model's forward pass traced in inference mode
+(`model(x, training=False)` in a `tf.function` over the model's input signature). Either way
+its functions are inlined and its variables frozen into constants, so every op, down to the
+pre-activation `BiasAdd` of a layer or a value a custom layer computes in `call` and never
+returns, is a node with a name. Extraction imports that graph and prunes it to the chosen
+tensors: only the ops they depend on run.
+
+Tensor names are TensorFlow's: `<op name>:<output index>`. Their HDF5 datasets are
+`/tensors/<tensor name>`, the name unchanged: each '/' opens a group, and the last component
+always ends in `:K`, which no op (hence no group) name contains, so two tensors never map to
+the same path.
+"""
+
+import difflib
+import heapq
+import re
+from dataclasses import dataclass, field
+
+from tensorprobe.errors import InputError, ModelLoadError, UsageError
+from tensorprobe.probe import Plan
+from tensorprobe.store import DatasetSpec
+
+GROUP = "tensors"
+
+
+@dataclass
+class TensorInfo:
+    name: str  # "StatefulPartitionedCall/model_1/dense_1/BiasAdd:0"
+    op: str  # the op type: "BiasAdd"
+    dtype: str
+    shape: list | None  # static shape, None for an unknown dimension; None for unknown rank
+    position: int  # in the topological order of the graph's tensors
+
+    @property
+    def op_name(self):
+        return self.name.rpartition(":")[0]
+
+    def to_json(self):
+        return {"name": self.name, "op": self.op, "dtype": self.dtype, "shape": self.shape}
+
+
+@dataclass
+class OpInfo:
+    name: str
+    type: str
+    inputs: list  # names of the tensors it reads (data inputs, not control dependencies)
+    outputs: list  # names of the tensors it produces
+    loop_depth: int = 0  # how many (lowered) while loops it runs inside
+
+
+@dataclass
+class TensorGraph:
+    """A frozen graph, its ops in topological order, and how to feed it."""
+
+    graph_def: object  # tf.compat.v1.GraphDef
+    ops: list  # [OpInfo], topological order
+    tensors: list  # [TensorInfo], topological order
+    inputs: list  # [tf.TensorSpec] in feed order, named after the model's inputs
+    input_tensors: list  # the placeholders' tensor names, same order
+    outputs: list  # [(output name, tensor name)]
+    source: str  # what the graph is: "signature 'serving_default'", "traced forward pass"
+    by_name: dict = field(default_factory=dict)
+    fed: set = field(default_factory=set)  # names of the tensors that depend on the inputs
+    in_loop: set = field(default_factory=set)  # names of the tensors made inside a while loop
+
+    def __post_init__(self):
+        self.by_name = {t.name: t for t in self.tensors}
+        self.in_loop = {name for op in self.ops if op.loop_depth for name in op.outputs}
+        fed = set(self.input_tensors)
+        for op in self.ops:
+            if any(name in fed for name in op.inputs):
+                fed.update(op.outputs)
+        self.fed = fed
+
+    def op_types(self):
+        return sorted({t.op for t in self.tensors})
+
+
+def tensor_graph(loaded):
+    """The TensorGraph of a LoadedModel: its signature's graph for a SavedModel, else the
+    Keras model's traced forward pass."""
+    signature = getattr(loaded, "signature", None)
+    if signature is not None:
+        return from_signature(signature)
+    return from_keras(loaded.model)
+
+
+def from_signature(signature):
+    frozen = freeze(signature.function, f"signature '{signature.name}'")
+    count = len(signature.inputs)
+    placeholders = [t.name for t in frozen.inputs[:count]]
+    outputs = [(name, t.name) for (name, _), t in zip(signature.outputs, frozen.outputs)]
+    return _build(frozen.graph, signature.inputs, placeholders, outputs, f"signature '{signature.name}'")
+
+
+def from_keras(model):
+    """Trace `model` (Keras 3 or tf_keras) in inference mode over its input signature."""
+    import tensorflow as tf
+
+    inputs = getattr(model, "inputs", None)
+    if not inputs:
+        raise ModelLoadError(
+            f"model '{model.name}' has no symbolic inputs, so its forward pass cannot be traced"
+        )
+    specs = [
+        tf.TensorSpec(tuple(t.shape), _dtype_name(t.dtype), name=_input_name(t, i))
+        for i, t in enumerate(inputs)
+    ]
+
+    @tf.function(input_signature=specs, autograph=False)
+    def forward(*xs):
+        return model(xs[0] if len(xs) == 1 else list(xs), training=False)
+
+    frozen = freeze(forward.get_concrete_function(), "the traced forward pass")
+    placeholders = [t.name for t in frozen.inputs[: len(specs)]]
+    names = list(getattr(model, "output_names", None) or [])
+    if len(names) != len(frozen.outputs):
+        names = [f"output_{i}" for i in range(len(frozen.outputs))]
+    outputs = [(name, t.name) for name, t in zip(names, frozen.outputs)]
+    return _build(frozen.graph, specs, placeholders, outputs, "traced forward pass (inference mode)")
+
+
+def freeze(function, what):
+    """The function with variables turned into constants and its calls inlined.
+
+    TensorFlow has no public API for this in TF 2 (tf.compat.v1.graph_util works on
+    sessions only); convert_variables_to_constants_v2 is the one TensorFlow's own tools use.
+    """
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    try:
+        return convert_variables_to_constants_v2(function)
+    except (ValueError, TypeError) as e:
+        raise ModelLoadError(f"cannot freeze {what} into one graph: {_first_line(e)}") from e
+
+
+def _build(graph, specs, placeholders, outputs, source):
+    ops = _topological(graph.get_operations())
+    infos, tensors, depth = [], [], {}
+    for op in ops:
+        for t in op.outputs:
+            shape = None if t.shape.rank is None else [None if d is None else int(d) for d in t.shape.as_list()]
+            tensors.append(TensorInfo(t.name, op.type, _dtype_name(t.dtype), shape, len(tensors)))
+        depth[op.name] = _loop_depth(op, depth)
+        infos.append(OpInfo(op.name, op.type, [t.name for t in op.inputs], [t.name for t in op.outputs],
+                            depth[op.name]))
+    return TensorGraph(graph.as_graph_def(), infos, tensors, list(specs), placeholders, outputs, source)
+
+
+def _topological(operations):
+    """Ops in an order where every op follows its inputs (data and control), as close to the
+    graph's own order as that allows. A lowered while loop's back edge (NextIteration into
+    Merge) is the one cycle a TensorFlow graph may hold; it is left out of the order."""
+    position = {op.name: i for i, op in enumerate(operations)}
+    waiting = {}
+    users = {op.name: [] for op in operations}
+    for op in operations:
+        sources = {t.op.name for t in op.inputs if t.op.type not in ("NextIteration", "RefNextIteration")}
+        sources |= {c.name for c in op.control_inputs}
+        waiting[op.name] = len(sources)
+        for name in sources:
+            users[name].append(op)
+    ready = [(position[op.name], op) for op in operations if waiting[op.name] == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        _, op = heapq.heappop(ready)
+        order.append(op)
+        for user in users[op.name]:
+            waiting[user.name] -= 1
+            if waiting[user.name] == 0:
+                heapq.heappush(ready, (position[user.name], user))
+    if len(order) != len(operations):  # a cycle TensorFlow itself would refuse to run
+        raise ModelLoadError("the graph holds a cycle outside a while loop, so it has no topological order")
+    return order
+
+
+def _loop_depth(op, depth):
+    """Frames of lowered while loops an op runs in: Enter opens one, Exit closes one, any
+    other op runs in the deepest frame of its inputs (control inputs included, which puts a
+    loop body's constants inside it)."""
+    sources = [t.op.name for t in op.inputs] + [c.name for c in op.control_inputs]
+    inner = max((depth.get(name, 0) for name in sources), default=0)
+    if op.type in ("Enter", "RefEnter"):
+        return inner + 1
+    if op.type in ("Exit", "RefExit"):
+        return max(inner - 1, 0)
+    return inner
+
+
+def filter_tensors(graph, pattern=None, op_types=()):
+    """The tensors whose name matches `pattern` (re.search) and whose op type is one of
+    `op_types` (case-insensitive; all when empty). An op type the graph does not hold is a
+    usage error with suggestions."""
+    known = {t.lower(): t for t in graph.op_types()}
+    wanted = set()
+    for op_type in op_types:
+        if op_type.lower() not in known:
+            close = difflib.get_close_matches(op_type, list(known.values()), n=3, cutoff=0.6)
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise UsageError(f"--op '{op_type}': no op of this type in the graph{hint}")
+        wanted.add(op_type.lower())
+    return [
+        t for t in graph.tensors
+        if (not wanted or t.op.lower() in wanted) and (pattern is None or pattern.search(t.name))
+    ]
+
+
+def select(graph, names=(), match=None):
+    """The tensors chosen by --tensor NAME... and --tensor-match REGEX, in topological order.
+
+    A NAME is a tensor name (`.../Relu:0`), an op name with one output (`.../Relu`), or a
+    unique suffix of either after a '/'. Named tensors must depend on the inputs and have a
+    batch axis; --tensor-match keeps the matching tensors that do and skips the others.
+    """
+    chosen = {}
+    for name in names:
+        info = resolve(graph, name)
+        if info.name in chosen:
+            raise UsageError(f"--tensor '{name}' selects '{info.name}', which is already selected")
+        problem = _not_dumpable(graph, info)
+        if problem:
+            which = f" ({info.name})" if name != info.name else ""
+            raise UsageError(f"--tensor '{name}'{which}: {problem}")
+        chosen[info.name] = info
+    if match is not None:
+        try:
+            pattern = re.compile(match)
+        except re.error as e:
+            raise UsageError(f"--tensor-match '{match}': not a valid regular expression ({e})") from e
+        found = [t for t in graph.tensors if pattern.search(t.name)]
+        if not found:
+            raise UsageError(f"--tensor-match '{match}' matches no tensor name")
+        usable = [t for t in found if not _not_dumpable(graph, t)]
+        if not usable:
+            raise UsageError(
+                f"--tensor-match '{match}' matches {len(found)} tensors, none of which depends on "
+                "the inputs with a batch axis"
+            )
+        chosen.update((t.name, t) for t in usable)
+    return sorted(chosen.values(), key=lambda t: t.position)
+
+
+def resolve(graph, name):
+    """The TensorInfo that NAME means (see `select`)."""
+    by_name = graph.by_name
+    if name in by_name:
+        return by_name[name]
+    single = _op_output(graph, name)
+    if single is not None:
+        return single
+    candidates = {t.name for t in graph.tensors if t.name.endswith("/" + name)}
+    candidates |= {t.name for t in graph.tensors if t.op_name.endswith("/" + name) and _op_output(graph, t.op_name)}
+    if len(candidates) == 1:
+        return by_name[candidates.pop()]
+    if candidates:
+        listed = ", ".join(sorted(candidates)[:5]) + (", ..." if len(candidates) > 5 else "")
+        raise UsageError(f"--tensor '{name}' is ambiguous: it names {listed}; give the full name")
+    raise UsageError(
+        f"--tensor '{name}': no such tensor{_did_you_mean(name, graph.tensors)} "
+        "(`tensorprobe tensors MODEL` lists them)"
+    )
+
+
+def _op_output(graph, op_name):
+    """The tensor of op `op_name` when the op has exactly one output; else None (an op with
+    several outputs is an error: the user must say which)."""
+    outputs = [t for t in (graph.by_name.get(f"{op_name}:{i}") for i in range(2)) if t is not None]
+    if not outputs:
+        return None
+    if len(outputs) > 1:
+        raise UsageError(f"--tensor '{op_name}': the op has several outputs; name one ({op_name}:0, {op_name}:1, ...)")
+    return outputs[0]
+
+
+def _did_you_mean(name, tensors):
+    """'; did you mean ...?' with the up to three tensor names closest to `name`, comparing
+    it with each whole name and with the name's last components (as many as `name` has)."""
+    depth = name.count("/") + 1
+
+    def score(full):
+        tail = "/".join(full.split("/")[-depth:])
+        best = 0.0
+        for candidate in (full, tail):
+            matcher = difflib.SequenceMatcher(None, name, candidate)
+            if matcher.quick_ratio() > max(best, 0.6):  # an upper bound: skip the slow ratio
+                best = max(best, matcher.ratio())
+        return best
+
+    scored = sorted(((score(t.name), t.name) for t in tensors), key=lambda sn: -sn[0])
+    close = [n for s, n in scored[:3] if s >= 0.6]
+    return f"; did you mean {' or '.join(repr(n) for n in close)}?" if close else ""
+
+
+def _not_dumpable(graph, info):
+    """Why a tensor cannot be dumped per sample (None when it can)."""
+    if info.name not in graph.fed:
+        return "does not depend on the inputs (a constant), so it has no batch axis"
+    if info.name in graph.in_loop:
+        return "is computed inside a while loop, once per iteration; only values that leave the loop can be fetched"
+    if info.dtype in ("resource", "variant", "string"):
+        return f"holds {info.dtype} values, which cannot be stored as an array"
+    if info.shape is not None:
+        batch_open = all(spec.shape.rank and spec.shape[0] is None for spec in graph.inputs)
+        if not info.shape or (batch_open and info.shape[0] is not None):
+            return f"has static shape {_shape_text(info.shape)}, which has no batch axis"
+    return None
+
+
+def plan(graph, selected, layer_of=None, start=0):
+    """One DatasetSpec per selected tensor, at `tensors/<tensor name>`. `layer_of(name)`
+    gives the layer path a tensor's name scope belongs to ("" when none); `start` is the
+    `order` of the first one (after any layer datasets)."""
+    specs = []
+    for i, info in enumerate(selected):
+        if any(part in (".", "..") for part in info.name.split("/")):
+            raise UsageError(f"--tensor '{info.name}': a name component '.' or '..' cannot be an HDF5 path")
+        layer = layer_of(info.name) if layer_of is not None else ""
+        extra = {"tensor": info.name, "op_type": info.op, "order": start + i}
+        specs.append(DatasetSpec(info.name, layer or "", "", extra, GROUP))
+    return Plan(specs, [info.name for info in selected])
+
+
+@dataclass
+class TensorPart:
+    """The --tensor/--tensor-match part of a dump: its graph, plan and extraction function."""
+
+    graph: TensorGraph
+    plan: Plan
+    run: object
+
+    @classmethod
+    def build(cls, loaded, layer_graph, names, match, layer_plan=None):
+        """Select tensors in `loaded`'s graph (the scope graph's own, for a graph-only
+        SavedModel); their datasets follow `layer_plan`'s in the `order` attribute."""
+        from tensorprobe import scopes
+
+        if isinstance(layer_graph, scopes.ScopeGraph):
+            graph, layer_of = layer_graph.tensor_graph, layer_graph.layer_of
+        else:
+            graph = tensor_graph(loaded)
+            layer_of = scopes.scope_graph(graph).layer_of
+        start = len(layer_plan.specs) if layer_plan is not None else 0
+        tensor_plan = plan(graph, select(graph, names, match), layer_of, start)
+        return cls(graph, tensor_plan, extraction_function(graph, tensor_plan.origins))
+
+    def after(self, layer_plan, layer_extract):
+        """One plan and one extraction function: the layers' datasets, then these."""
+        if layer_plan is None:
+            return self.plan, self.run
+
+        def run(batch, labels=None):
+            return layer_extract(batch, labels) + self.run(batch)
+
+        return Plan(layer_plan.specs + self.plan.specs, layer_plan.origins + self.plan.origins), run
+
+
+def extraction_function(graph, names):
+    """A function: list of input batches (in `graph.inputs` order) -> one array per name.
+
+    The frozen graph is imported once and pruned to `names`, so only the ops they depend on
+    run; the batch axis stays open. It has the interface of probe.extraction_function's
+    `run(batch_list)`.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    graph_def = graph.graph_def
+
+    def imports():
+        tf.compat.v1.import_graph_def(graph_def, name="")
+
+    wrapped = tf.compat.v1.wrap_function(imports, [])
+    element = wrapped.graph.as_graph_element
+    try:
+        pruned = wrapped.prune([element(n) for n in graph.input_tensors], [element(n) for n in names])
+    except (KeyError, ValueError) as e:  # a fetch TensorFlow cannot reach from the inputs
+        raise ModelLoadError(f"cannot prune the graph to {', '.join(names)}: {_first_line(e)}") from e
+    specs = graph.inputs
+
+    def run(batch, labels=None):
+        if len(batch) != len(specs):
+            raise InputError(f"the graph takes {len(specs)} inputs ({_inputs_text(specs)}), got {len(batch)}")
+        feeds = [tf.convert_to_tensor(_checked(spec, np.asarray(x))) for spec, x in zip(specs, batch)]
+        try:
+            values = pruned(*feeds)
+        except (ValueError, tf.errors.InvalidArgumentError) as e:
+            raise InputError(f"the graph could not compute this batch: {_first_line(e)}") from e
+        arrays = [v.numpy() for v in values]
+        rows = len(batch[0]) if batch else 0
+        for name, array in zip(names, arrays):
+            if array.ndim == 0 or array.shape[0] != rows:
+                raise InputError(
+                    f"tensor '{name}' has shape {tuple(array.shape)} for a batch of {rows}: "
+                    "it has no batch axis"
+                )
+        return arrays
+
+    return run
+
+
+def _checked(spec, array):
+    """`array` as input `spec` takes it, or an InputError naming the input."""
+    import numpy as np
+
+    shape = spec.shape
+    if shape.rank is not None and (
+        array.ndim != shape.rank
+        or any(d is not None and d != s for d, s in zip(shape.as_list(), array.shape))
+    ):
+        raise InputError(
+            f"input '{spec.name}': array of shape {tuple(array.shape)} does not fit "
+            f"{_shape_text(shape.as_list())}"
+        )
+    dtype = np.dtype(spec.dtype.as_numpy_dtype)
+    if array.dtype != dtype:
+        if array.dtype.kind not in "biuf" or (dtype.kind != "f" and not np.can_cast(array.dtype, dtype, "safe")):
+            raise InputError(f"input '{spec.name}': dtype {array.dtype} cannot be fed as {dtype}")
+        array = array.astype(dtype)
+    return array
+
+
+def _inputs_text(specs):
+    return ", ".join(f"{s.name} {_shape_text(s.shape.as_list())} {s.dtype.name}" for s in specs)
+
+
+def _shape_text(shape):
+    dims = ["?" if d is None else str(d) for d in shape]
+    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+
+
+def _input_name(tensor, i):
+    name = getattr(tensor, "name", "") or ""
+    name = re.sub(r"[^A-Za-z0-9_.\-]", "_", name.split(":")[0])
+    return name if re.match(r"[A-Za-z0-9.]", name) else f"input_{i}"
+
+
+def _dtype_name(dtype):
+    return getattr(dtype, "name", None) or str(dtype)
+
+
+def _first_line(exc):
+    """The line of a TensorFlow error that says what went wrong (not where)."""
+    noise = ("Graph execution error", "Detected at node", "File ", "[[", "Traceback")
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(noise)] or lines or [type(exc).__name__]
+    return useful[-1][:300]
