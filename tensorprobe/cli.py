@@ -136,8 +136,65 @@ def layers(model, as_json, pattern, unsafe):
         out.print(line, markup=False, highlight=False)
 
 
+def _parsed(parse):
+    """A click callback that parses an option's value with `parse`, a usage error otherwise."""
+
+    def callback(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            if isinstance(value, tuple):
+                return tuple(parse(v) for v in value)
+            return parse(value)
+        except ValueError as e:
+            raise click.BadParameter(f"'{value}': {e}", ctx, param) from None
+
+    return callback
+
+
+def input_options(f):
+    """How inputs are found and prepared (dump's input options)."""
+    from tensorprobe.inputs import options as o
+
+    for decorator in reversed([
+        click.option("--input", "named_inputs", multiple=True, metavar="NAME=PATH",
+                     callback=_parsed(o.parse_named),
+                     help="Feed the model input NAME from PATH (a file, folder, glob or @list). Repeatable."),
+        click.option("--resize", type=click.Choice(o.RESIZE_MODES), default="stretch", show_default=True,
+                     help="Fit images to the input's size: stretch, crop (cover, cut the centre) or "
+                          "pad (fit inside, zero border)."),
+        click.option("--no-resize", is_flag=True, help="Refuse images whose size is not the input's."),
+        click.option("--interpolation", type=click.Choice(o.INTERPOLATIONS), default="bilinear",
+                     show_default=True, help="The tf.image.resize method."),
+        click.option("--size", metavar="HxW", callback=_parsed(o.parse_size),
+                     help="Resize images to HxW for an input that takes any size."),
+        click.option("--preprocess", metavar="NAME",
+                     help="keras.applications preprocessing: vgg16, resnet50, mobilenet_v2, ..."),
+        click.option("--scale", metavar="FACTOR", callback=_parsed(o.parse_number),
+                     help="Multiply inputs by FACTOR (e.g. 1/255), before --offset and --preprocess."),
+        click.option("--offset", metavar="VALUE", callback=_parsed(o.parse_number),
+                     help="Add VALUE to inputs, after --scale."),
+        click.option("--skip-bad", is_flag=True,
+                     help="Pass over images that cannot be read, listing them in /inputs/skipped."),
+    ]):
+        f = decorator(f)
+    return f
+
+
+def _input_settings(named_inputs, resize, no_resize, interpolation, size, preprocess, scale, offset,
+                    skip_bad):
+    from tensorprobe.inputs.options import Options
+
+    options = Options(
+        resize="none" if no_resize else resize, interpolation=interpolation, size=size,
+        preprocess=preprocess, scale=1.0 if scale is None else scale,
+        offset=0.0 if offset is None else offset, skip_bad=skip_bad,
+    )
+    return options, named_inputs
+
+
 @cli.command()
-@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.argument("inputs", nargs=-1, type=click.Path())
 @click.option("-m", "--model", "model", envvar="TENSORPROBE_MODEL", show_envvar=True,
               type=click.Path(exists=True), required=True, help="The model file (.keras, .h5).")
 @click.option("-l", "--layer", "layer_names", multiple=True, metavar="NAME",
@@ -149,46 +206,62 @@ def layers(model, as_json, pattern, unsafe):
 @click.option("--overwrite", is_flag=True, help="Replace the output file if it exists.")
 @click.option("-b", "--batch-size", default=32, show_default=True, type=click.IntRange(min=1),
               help="Samples per forward pass.")
+@input_options
 @click.option("--json", "as_json", is_flag=True, help="Print the dump summary as JSON to stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @model_options
 def dump(inputs, model, layer_names, match, all_layers, output, overwrite, batch_size, as_json,
-         quiet, unsafe):
-    """Compute the outputs of the chosen layers for INPUTS (.npy files) and write them to HDF5.
+         quiet, unsafe, **input_settings):
+    """Compute the outputs of the chosen layers for INPUTS and write them to HDF5.
 
-    An array whose shape is the model's input shape is one sample; otherwise its first axis
-    is the batch. Files are concatenated in the order given.
+    INPUTS are .npy, .npz and image files (PNG, JPEG, BMP, GIF), folders (searched
+    recursively), quoted glob patterns, @LIST files (one path a line) and - (a .npy on
+    stdin). An array whose shape is the model's input shape is one sample; otherwise its
+    first axis is the batch. Images are resized to the model's input size. A model with
+    several inputs takes .npz files whose keys are its input names, or --input NAME=PATH.
 
     \b
       tensorprobe dump -m model.keras --layer block1_conv2 input.npy
+      tensorprobe dump -m model.keras -l block1_conv2 --preprocess vgg16 photos/
+      tensorprobe dump -m model.keras -l fc1 --scale 1/255 'photos/**/*.jpg' @more.txt
+      tensorprobe dump -m two_inputs.keras -l concat --input image=photos/ --input meta=meta.npy
       TENSORPROBE_MODEL=model.h5 tensorprobe dump -l vgg16/block1_conv2 -l 3 a.npy b.npy
       tensorprobe dump -m model.keras --match 'conv' -o convs.h5 --json input.npy | jq
     """
     from tensorprobe import report, runner, store
+    from tensorprobe.inputs import sources
 
     if not (layer_names or match or all_layers):
         raise click.UsageError("no layer selected: give --layer NAME, --match REGEX or --all")
+    prep, named_inputs = _input_settings(**input_settings)
     store.check_output(output, overwrite)
-    for path in inputs:
-        if not os.path.exists(path):
-            raise errors.UsageError(f"input '{path}' does not exist")
+    positional = sources.expand(inputs)
+    named = [(name, sources.expand([path], f"--input {name}")) for name, path in named_inputs]
+    if sum(s.path == sources.STDIN for _, found in named for s in found) + sum(
+            s.path == sources.STDIN for s in positional) > 1:
+        raise errors.UsageError("'-' given twice: standard input can be read only once")
     signal.signal(signal.SIGTERM, _terminate)
 
     with quiet_native_stderr(not _debug()):
         from tensorprobe import probe
-        from tensorprobe.inputs import InputSpec, NpyInputs
+        from tensorprobe.inputs import feed, preprocess, spec
 
+        function = preprocess.lookup(prep.preprocess) if prep.preprocess else None
         loaded, graph = _load(model, unsafe)
         selected = probe.select(graph, layer_names, match, all_layers)
         plan = probe.plan(graph, selected)
-        source = NpyInputs(inputs, _input_spec(graph, InputSpec))
+        source = feed.open_feed(spec.from_graph(graph), positional, named, prep,
+                                click.get_binary_stream("stdin"), function)
         extract = probe.extraction_function(graph, plan)
-        with store.DumpWriter(output, plan.specs, _root_attrs(loaded), overwrite) as writer:
+        with store.DumpWriter(output, plan.specs, _root_attrs(loaded, prep), overwrite) as writer:
             with _progress(quiet or not err.is_terminal, source.rows) as advance:
-                runner.dump(extract, source, writer, batch_size, advance)
+                skipped = runner.dump(extract, source.batches(batch_size), writer, advance)
             writer.finish()
 
     summary = store.read_summary(output)
+    if not quiet:
+        for path, reason in skipped:
+            err.print(f"skipped {path}: {reason}", markup=False, highlight=False, soft_wrap=True)
     if as_json:
         out.print(report.summary_json(summary, output), markup=False, highlight=False)
     elif not quiet:
@@ -196,21 +269,11 @@ def dump(inputs, model, layer_names, match, all_layers, output, overwrite, batch
         err.print(f"wrote {output}", markup=False, highlight=False)
 
 
-def _input_spec(graph, InputSpec):
-    if len(graph.inputs) != 1:
-        raise errors.InputError(
-            f"the model has {len(graph.inputs)} inputs; .npy inputs feed a single-input model"
-        )
-    t = graph.inputs[0]
-    dtype = getattr(t.dtype, "name", None) or str(t.dtype)
-    name = getattr(t, "name", "input")
-    return InputSpec(name, tuple(None if d is None else int(d) for d in t.shape[1:]), dtype)
-
-
-def _root_attrs(loaded):
+def _root_attrs(loaded, prep):
     import tensorflow as tf
 
     return {
+        **prep.attrs(),
         "tensorprobe_version": __version__,
         "model": loaded.path,
         "model_sha256": loaded.sha256,
@@ -224,7 +287,8 @@ def _root_attrs(loaded):
 
 
 class _progress:
-    """A progress bar on stderr for people at a terminal; nothing otherwise."""
+    """A progress bar on stderr for people at a terminal (samples done, samples per second,
+    time left); nothing otherwise."""
 
     def __init__(self, disabled, total):
         self.disabled, self.total = disabled, total
@@ -232,10 +296,17 @@ class _progress:
     def __enter__(self):
         if self.disabled:
             return None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn,
+                                   TimeRemainingColumn)
+        from rich.text import Text
+
+        class Rate(ProgressColumn):
+            def render(self, task):
+                speed = task.finished_speed or task.speed
+                return Text("" if speed is None else f"{speed:,.1f} samples/s", style="progress.data.speed")
 
         self.progress = Progress(
-            "dumping", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            "dumping", BarColumn(), MofNCompleteColumn(), Rate(), TimeRemainingColumn(),
             console=err, transient=True,
         )
         self.progress.start()
