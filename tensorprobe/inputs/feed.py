@@ -11,9 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from tensorprobe.errors import InputError, UsageError
-from tensorprobe.inputs import npy
+from tensorprobe.inputs import npy, preprocess
 from tensorprobe.inputs.images import BadImage, ImageReader
-from tensorprobe.inputs.preprocess import Preparation
 from tensorprobe.inputs.sources import STDIN
 from tensorprobe.inputs.spec import describe_all
 
@@ -93,8 +92,9 @@ def open_feed(specs, positional, named, options, stdin=None, preprocess_function
         raise UsageError("give inputs either as arguments or with --input NAME=PATH, not both")
     if not positional and not named:
         raise UsageError("no input given: give INPUT... or --input NAME=PATH")
-    _check_preparation(specs, options)
-    streams = [_Stream(spec, options, Preparation(spec, options, preprocess_function)) for spec in specs]
+    preprocess.check(specs, options)
+    streams = [_Stream(spec, options, preprocess.Preparation(spec, options, preprocess_function, active))
+               for spec, active in zip(specs, preprocess.applies_to(specs))]
     if named:
         by_name = {stream.spec.name: stream for stream in streams}
         for name, sources in named:
@@ -120,19 +120,6 @@ def open_feed(specs, positional, named, options, stdin=None, preprocess_function
         raise InputError("the inputs hold different numbers of samples: "
                          + ", ".join(f"{name} {n}" for name, n in counts.items()))
     return Feed(streams)
-
-
-def _check_preparation(specs, options):
-    if not options.prepares:
-        return
-    for spec in specs:
-        if np.dtype(spec.dtype).kind != "f":
-            raise UsageError(f"--scale, --offset and --preprocess need floating-point inputs; "
-                             f"input {spec.describe()} is not")
-        if options.preprocess is not None and (spec.image_axes is None or len(spec.shape) != 3
-                                               or spec.channels != 3):
-            raise UsageError(f"--preprocess {options.preprocess}: keras.applications' preprocessing "
-                             f"takes RGB images, and input {spec.describe()} does not")
 
 
 def _add(stream, source, stdin):
@@ -325,25 +312,27 @@ class _ImagePart:
 
 class _ImageRows:
     def __init__(self, part, images, skip_bad):
-        self.paths, self.images, self.skip_bad = part.paths, images, skip_bad
+        self.paths, self.skip_bad = part.paths, skip_bad
+        self.samples = images.samples(part.paths)
         self.row = 0
 
     def read(self, count):
         paths = self.paths[self.row : self.row + count]
         self.row += count
         pieces, bad = [], {}
-        for i, path in enumerate(paths):
-            try:
-                pieces.append(self.images.load(path)[np.newaxis])
-            except BadImage as e:
+        for i, (path, sample) in enumerate(zip(paths, self.samples)):
+            if isinstance(sample, BadImage):
                 if not self.skip_bad:
-                    raise
-                bad[i] = str(e)[len(path) + 2 :] if str(e).startswith(f"{path}: ") else str(e)
+                    raise sample
+                message = str(sample)
+                bad[i] = message[len(path) + 2 :] if message.startswith(f"{path}: ") else message
                 pieces.append(None)
+            else:
+                pieces.append(sample[np.newaxis])
         return list(paths), pieces, bad
 
     def close(self):
-        pass
+        self.samples.close()
 
 
 def _check_dtype(array, spec):

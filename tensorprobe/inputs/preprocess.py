@@ -41,16 +41,18 @@ def lookup(name):
 
 
 class Preparation:
-    """The value changes for one model input, applied to a batch (a NumPy array)."""
+    """The value changes for one model input, applied to a batch (a NumPy array). An input
+    the options do not apply to (`active` false) only gets its dtype."""
 
-    def __init__(self, spec, options, function=None):
+    def __init__(self, spec, options, function=None, active=True):
         self.spec = spec
-        self.scale, self.offset = options.scale, options.offset
-        self.function = function
+        self.scale, self.offset = (options.scale, options.offset) if active else (1.0, 0.0)
+        self.function = function if active else None
         self.dtype = np.dtype(spec.dtype)
-        self.work_dtype = np.result_type(self.dtype, np.float32) if options.prepares else self.dtype
+        changes = self.function is not None or self.scale != 1.0 or self.offset != 0.0
+        self.work_dtype = np.result_type(self.dtype, np.float32) if changes else self.dtype
         self.kwargs = {}
-        if function is not None and "data_format" in inspect.signature(function).parameters:
+        if self.function is not None and "data_format" in inspect.signature(self.function).parameters:
             self.kwargs["data_format"] = spec.data_format
 
     def __call__(self, batch):
@@ -64,3 +66,32 @@ class Preparation:
                 x = x.copy()
             x = np.asarray(self.function(x, **self.kwargs))
         return x.astype(self.dtype, copy=False)
+
+
+def applies_to(specs):
+    """The inputs --scale, --offset and --preprocess change: the only input of a single-input
+    model; the image inputs (one sample of rank 3: height, width, channels in either order)
+    of a model with several inputs, whose other inputs (vectors, sequences) pass unchanged."""
+    if len(specs) == 1:
+        return [True]
+    return [len(spec.shape) == 3 for spec in specs]
+
+
+def check(specs, options):
+    """Usage errors for preprocessing options that cannot apply to this model's inputs."""
+    if not options.prepares:
+        return
+    active = applies_to(specs)
+    if not any(active):
+        raise UsageError("--scale, --offset and --preprocess apply to image inputs (height, width, "
+                         "channels), and this model has none: "
+                         + ", ".join(spec.describe() for spec in specs))
+    for spec, on in zip(specs, active):
+        if not on:
+            continue
+        if np.dtype(spec.dtype).kind != "f":
+            raise UsageError(f"--scale, --offset and --preprocess need floating-point inputs; "
+                             f"input {spec.describe()} is not")
+        if options.preprocess is not None and (len(spec.shape) != 3 or spec.channels != 3):
+            raise UsageError(f"--preprocess {options.preprocess}: keras.applications' preprocessing "
+                             f"takes RGB images, and input {spec.describe()} does not")
