@@ -5,6 +5,7 @@ computed and written (`prefetched`): the queue between them holds at most PREFET
 so memory stays bounded whatever the number of inputs.
 """
 
+import contextlib
 import queue
 import threading
 
@@ -17,14 +18,15 @@ def dump(extract, batches, writer, on_batch=None, prefetch=PREFETCH):
     """Compute and write every batch (Batch records of tensorprobe.inputs.feed); return the
     (path, reason) of every input skipped as bad. Only a few batches are in memory at once."""
     skipped = []
-    for batch in prefetched(batches, prefetch) if prefetch else batches:
-        if batch.skipped:
-            writer.skip(batch.skipped)
-            skipped.extend(batch.skipped)
-        if batch.sources:
-            writer.append(batch.sources, extract(batch.arrays))
-        if on_batch is not None:
-            on_batch(batch.consumed)
+    with contextlib.closing(prefetched(batches, prefetch) if prefetch else batches) as ready:
+        for batch in ready:
+            if batch.skipped:
+                writer.skip(batch.skipped)
+                skipped.extend(batch.skipped)
+            if batch.sources:
+                writer.append(batch.sources, extract(batch.arrays))
+            if on_batch is not None:
+                on_batch(batch.consumed)
     if writer.rows == 0:
         raise InputError(f"no input could be read: all {len(skipped)} were skipped as bad")
     return skipped

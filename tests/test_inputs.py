@@ -394,6 +394,23 @@ def test_folder_with_arrays_and_images(cli, models, photos, tmp_path):
     np.testing.assert_allclose(read(out, "ident"), expected, atol=1e-4, rtol=1e-6)
 
 
+def test_array_layouts_and_byte_orders(cli, models, tmp_path):
+    rng = np.random.default_rng(14)
+    x = rng.uniform(0, 255, (5, 32, 32, 3))
+    np.save(tmp_path / "fortran.npy", np.asfortranarray(x.astype(np.float32)))
+    np.savez_compressed(tmp_path / "fortran.npz", image=np.asfortranarray(x[:2].astype(np.float64)))
+    np.save(tmp_path / "big_endian.npy", x[0].astype(">f4"))  # one sample
+    np.save(tmp_path / "u8.npy", x[:3].astype(np.uint8))
+    out = tmp_path / "acts.h5"
+    r = cli("dump", "-m", models["rgb32"], "-l", "ident", "-b", "2", "-o", out, tmp_path / "fortran.npy",
+            tmp_path / "fortran.npz", tmp_path / "big_endian.npy", tmp_path / "u8.npy")
+    assert r.exit_code == 0, r.stderr
+    expected = np.concatenate([x, x[:2], x[:1], x[:3].astype(np.uint8)]).astype(np.float32)
+    np.testing.assert_array_equal(read(out, "ident"), expected)
+    assert sources_of(out)[5:8] == [f"{tmp_path / 'fortran.npz'}[0]", f"{tmp_path / 'fortran.npz'}[1]",
+                                    str(tmp_path / "big_endian.npy")]
+
+
 # ------------------------------------------------------- several inputs
 
 
@@ -513,6 +530,9 @@ def _error_files(tmp, photos):
     np.save(tmp / "seq2.npy", np.zeros((2, 4, 2), np.float32))
     np.save(tmp / "img2.npy", np.zeros((2, 16, 16, 3), np.float32))
     np.save(tmp / "vec.npy", np.zeros((2, 6), np.float32))
+    np.savez(tmp / "whole.npz", image=np.zeros((2, 32, 32, 3), np.float32))
+    data = (tmp / "whole.npz").read_bytes()
+    (tmp / "cut.npz").write_bytes(data[: len(data) // 2])
 
 
 THREE = "image (None, 16, 16, 3) float32, meta (None, 5) float32, seq (None, 4, 2) float32"
@@ -538,6 +558,7 @@ ERROR_CASES = [
     ("unknown-file-kind", R + ["{tmp}/notes.txt"], 1, "{tmp}/notes.txt: not a .npy, .npz or image file"),
     ("object-npy-in-folder", R + ["{tmp}/objects"], 1, "o.npy: holds Python objects, which are never unpickled"),
     ("images-to-vector-model", ["-m", "{zoo:seq.keras}", "-l", "d1", "{photo:a.png}"], 1, "images cannot feed input"),
+    ("truncated-npz", R + ["{tmp}/cut.npz"], 1, "{tmp}/cut.npz: not a readable .npz file"),
     ("no-resize-mismatch", R + ["--no-resize", "{photo:a.png}"], 1, "a.png: image is 40x48 (height x width)"),
     ("npz-wrong-keys", T + ["{tmp}/wrong_keys.npz"], 1, THREE),
     ("npz-uneven-rows", T + ["{tmp}/uneven.npz"], 1, "uneven.npz: its arrays hold different numbers"),
