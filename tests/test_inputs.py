@@ -385,12 +385,16 @@ def test_folder_with_arrays_and_images(cli, models, photos, tmp_path):
     np.save(folder / "m_one.npy", one)
     np.savez(folder / "z" / "pair.npz", image=np.stack([one * 0.5, one * 0.25]))
     (folder / "a.png").write_bytes((photos / "a.png").read_bytes())
+    (folder / "n.jpg").write_bytes((photos / "c.jpg").read_bytes())
+    (folder / "z" / "q.bmp").write_bytes((photos / "B.bmp").read_bytes())
     out = tmp_path / "acts.h5"
-    r = cli("dump", "-m", models["rgb32"], "-l", "ident", "-o", out, folder)
+    r = cli("dump", "-m", models["rgb32"], "-l", "ident", "-b", "2", "-o", out, folder)
     assert r.exit_code == 0, r.stderr
-    assert sources_of(out) == [str(folder / "a.png"), str(folder / "m_one.npy"),
-                               f"{folder / 'z' / 'pair.npz'}[0]", f"{folder / 'z' / 'pair.npz'}[1]"]
-    expected = np.concatenate([prepared([photos / "a.png"], 3, (32, 32)), [one, one * 0.5, one * 0.25]])
+    assert sources_of(out) == [str(folder / "a.png"), str(folder / "m_one.npy"), str(folder / "n.jpg"),
+                               f"{folder / 'z' / 'pair.npz'}[0]", f"{folder / 'z' / 'pair.npz'}[1]",
+                               str(folder / "z" / "q.bmp")]
+    a, n, q = prepared([photos / "a.png", photos / "c.jpg", photos / "B.bmp"], 3, (32, 32))
+    expected = np.stack([a, one, n, one * 0.5, one * 0.25, q])
     np.testing.assert_allclose(read(out, "ident"), expected, atol=1e-4, rtol=1e-6)
 
 

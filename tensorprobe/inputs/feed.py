@@ -173,6 +173,7 @@ class _Stream:
         self.parts = []
         self.rows = 0
         self.images = None  # the ImageReader, once finish() knows the images' size
+        self.samples = None  # its iterator over all of this input's images, once reading starts
 
     def add_array(self, array):
         part = _ArrayPart(array, self.spec)
@@ -227,25 +228,37 @@ class _Stream:
         """Yield (sources, pieces, bad) with `batch_size` rows (the last may have fewer):
         pieces are arrays of rows, None for a bad image; bad maps row -> reason."""
         sources, pieces, bad, have = [], [], {}, 0
-        for part in self.parts:
-            reader = part.open(self)
-            try:
-                left = part.rows
-                while left:
-                    take = min(batch_size - have, left)
-                    s, p, b = reader.read(take)
-                    bad.update({have + i: reason for i, reason in b.items()})
-                    sources += s
-                    pieces += p
-                    have += take
-                    left -= take
-                    if have == batch_size:
-                        yield sources, pieces, bad
-                        sources, pieces, bad, have = [], [], {}, 0
-            finally:
-                reader.close()
-        if have:
-            yield sources, pieces, bad
+        try:
+            for part in self.parts:
+                reader = part.open(self)
+                try:
+                    left = part.rows
+                    while left:
+                        take = min(batch_size - have, left)
+                        s, p, b = reader.read(take)
+                        bad.update({have + i: reason for i, reason in b.items()})
+                        sources += s
+                        pieces += p
+                        have += take
+                        left -= take
+                        if have == batch_size:
+                            yield sources, pieces, bad
+                            sources, pieces, bad, have = [], [], {}, 0
+                finally:
+                    reader.close()
+            if have:
+                yield sources, pieces, bad
+        finally:
+            if self.samples is not None:
+                self.samples.close()
+
+    def image_samples(self):
+        """One decoding pipeline for all of this input's images, however arrays interleave
+        with them (its function is traced once, and it reads ahead across runs)."""
+        if self.samples is None:
+            paths = [path for part in self.parts if isinstance(part, _ImagePart) for path in part.paths]
+            self.samples = self.images.samples(paths)
+        return self.samples
 
 
 class _ArrayPart:
@@ -307,13 +320,14 @@ class _ImagePart:
         return len(self.paths)
 
     def open(self, stream):
-        return _ImageRows(self, stream.images, stream.options.skip_bad)
+        return _ImageRows(self, stream.image_samples(), stream.options.skip_bad)
 
 
 class _ImageRows:
-    def __init__(self, part, images, skip_bad):
-        self.paths, self.skip_bad = part.paths, skip_bad
-        self.samples = images.samples(part.paths)
+    """This run's images, taken in order from the input's one decoding pipeline."""
+
+    def __init__(self, part, samples, skip_bad):
+        self.paths, self.samples, self.skip_bad = part.paths, samples, skip_bad
         self.row = 0
 
     def read(self, count):
@@ -332,7 +346,7 @@ class _ImageRows:
         return list(paths), pieces, bad
 
     def close(self):
-        self.samples.close()
+        pass  # the pipeline belongs to the input's stream, which closes it
 
 
 def _check_dtype(array, spec):
