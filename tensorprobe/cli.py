@@ -181,16 +181,14 @@ def input_options(f):
     return f
 
 
-def _input_settings(named_inputs, resize, no_resize, interpolation, size, preprocess, scale, offset,
-                    skip_bad):
+def _preparation(resize, no_resize, interpolation, size, preprocess, scale, offset, skip_bad):
     from tensorprobe.inputs.options import Options
 
-    options = Options(
+    return Options(
         resize="none" if no_resize else resize, interpolation=interpolation, size=size,
         preprocess=preprocess, scale=1.0 if scale is None else scale,
         offset=0.0 if offset is None else offset, skip_bad=skip_bad,
     )
-    return options, named_inputs
 
 
 @cli.command()
@@ -233,13 +231,10 @@ def dump(inputs, model, layer_names, match, all_layers, output, overwrite, batch
 
     if not (layer_names or match or all_layers):
         raise click.UsageError("no layer selected: give --layer NAME, --match REGEX or --all")
-    prep, named_inputs = _input_settings(**input_settings)
+    named_inputs = input_settings.pop("named_inputs")
+    prep = _preparation(**input_settings)
     store.check_output(output, overwrite)
-    positional = sources.expand(inputs)
-    named = [(name, sources.expand([path], f"--input {name}")) for name, path in named_inputs]
-    if sum(s.path == sources.STDIN for _, found in named for s in found) + sum(
-            s.path == sources.STDIN for s in positional) > 1:
-        raise errors.UsageError("'-' given twice: standard input can be read only once")
+    positional, named = sources.gather(inputs, named_inputs)
     signal.signal(signal.SIGTERM, _terminate)
 
     with quiet_native_stderr(not _debug()):

@@ -43,14 +43,23 @@ class Source:
     kind: str  # "npy", "npz" or "image"
 
 
+def gather(arguments, named):
+    """([Source] for the positional `arguments`, [(input name, [Source])] for the
+    (name, path) pairs of --input NAME=PATH)."""
+    positional = expand(arguments)
+    by_name = [(name, expand([path], f"--input {name}")) for name, path in named]
+    everything = positional + [s for _, found in by_name for s in found]
+    if sum(1 for s in everything if s.path == STDIN) > 1:
+        raise UsageError("'-' given twice: standard input can be read only once")
+    return positional, by_name
+
+
 def expand(arguments, what="input"):
     """The files that `arguments` name, in order. `what` names the argument in errors
     ("input", "--input image")."""
     found = []
     for argument in arguments:
         found.extend(_expand_one(argument, what))
-    if sum(1 for s in found if s.path == STDIN) > 1:
-        raise UsageError(f"{what} '-' given twice: standard input can be read only once")
     return found
 
 
