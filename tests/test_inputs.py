@@ -179,7 +179,9 @@ def resized(x, size, mode="stretch", method="bilinear"):
 
 
 def prepared(paths, channels, size, mode="stretch", method="bilinear"):
-    return np.stack([resized(to_channels(stored_pixels(p), channels), size, mode, method) for p in paths])
+    """The README's steps: decode, size (each channel on its own), channels."""
+    return np.stack([to_channels(resized(stored_pixels(p).astype(np.float32), size, mode, method), channels)
+                     for p in paths])
 
 
 def read(path, name):
@@ -252,7 +254,7 @@ def test_channel_conversions(cli, models, photos, tmp_path, model, channels, siz
     if channels == 4:  # an image without alpha gets an opaque one; RGBA keeps its own
         names = [p.name for p in listed(photos)]
         assert np.all(got[names.index("a.png"), ..., 3] == 255)
-        rgba = stored_pixels(photos / "e_rgba.png")
+        rgba = stored_pixels(photos / "e_rgba.png").astype(np.float32)
         np.testing.assert_allclose(got[names.index("e_rgba.png"), ..., 3],
                                    resized(rgba, size)[..., 3], atol=1e-3)
 

@@ -4,12 +4,8 @@ The steps, in order (the README documents them):
 1. decode: JPEG with `tf.io.decode_jpeg(dct_method="INTEGER_ACCURATE")`, the exact inverse DCT
    that libjpeg (and so Pillow and `keras.utils.load_img`) uses by default; PNG, BMP and GIF
    (its first frame) with `tf.io.decode_image(expand_animations=False)`. Values are the raw
-   pixel values 0..255 (16-bit PNGs are reduced to 8 bits by TensorFlow's decoder), as float32.
-2. channels: an alpha channel the input has no room for is dropped (RGBA -> RGB, gray+alpha ->
-   gray); gray -> RGB repeats the value (`tf.image.grayscale_to_rgb`); RGB -> gray is
-   `tf.image.rgb_to_grayscale` (0.2989 R + 0.5870 G + 0.1140 B); an alpha channel the input
-   wants but the image lacks is opaque (255).
-3. size: to the input's height and width with `--resize`:
+   pixel values 0..255 (16-bit PNGs are reduced to 8 bits by TensorFlow's decoder).
+2. size: to the input's height and width with `--resize`, each channel on its own:
    stretch  `tf.image.resize` to exactly H x W (aspect ratio not kept);
    crop     scale by max(H/h, W/w) (rounded to whole pixels) so the image covers H x W, then
             cut out the centre (`tf.image.resize_with_crop_or_pad`);
@@ -17,7 +13,12 @@ The steps, in order (the README documents them):
             border with zeros (black, before any preprocessing) around the centred image;
    none     (--no-resize) an image of another size is an error.
    An image that already has the size is not resampled. The interpolation is any method of
-   `tf.image.resize` (--interpolation, default bilinear; no antialiasing).
+   `tf.image.resize` (--interpolation, default bilinear; no antialiasing). Values become
+   float32 here, at the input's size: a large photo is never held as floats at full size.
+3. channels: an alpha channel the input has no room for is dropped (RGBA -> RGB, gray+alpha ->
+   gray); gray -> RGB repeats the value (`tf.image.grayscale_to_rgb`); RGB -> gray is
+   `tf.image.rgb_to_grayscale` (0.2989 R + 0.5870 G + 0.1140 B); an alpha channel the input
+   wants but the image lacks is opaque (255).
 4. layout and dtype: channels-first inputs get (C, H, W), an input of rank 2 takes (H, W);
    an integer input gets the values rounded.
 
@@ -101,21 +102,24 @@ class ImageReader:
                 lambda: tf.io.decode_jpeg(data, channels=0, dct_method="INTEGER_ACCURATE"),
                 lambda: tf.io.decode_image(data, channels=0, expand_animations=False),
             )
-            image = self._convert_channels(tf.cast(image, tf.float32))
+            # Resize the 8-bit image as decoded: a full-size float copy of a large photo would
+            # cost four times its decoded size. Every channel is resized on its own, so the
+            # channel conversion can come after.
             h, w = tf.shape(image)[0], tf.shape(image)[1]
             same = tf.logical_and(tf.equal(h, th), tf.equal(w, tw))
+            as_is = lambda: tf.cast(image, tf.float32)  # noqa: E731
             if mode == "none":
-                image = tf.ensure_shape(image, (th, tw, self.channels))
+                image = tf.cast(tf.ensure_shape(image, (th, tw, None)), tf.float32)
             elif mode == "stretch":
-                image = tf.cond(same, lambda: image, lambda: tf.image.resize(image, (th, tw), method=method))
+                image = tf.cond(same, as_is, lambda: tf.image.resize(image, (th, tw), method=method))
             elif mode == "crop":
-                image = tf.cond(same, lambda: image, lambda: self._cover_and_crop(image, h, w))
+                image = tf.cond(same, as_is, lambda: self._cover_and_crop(image, h, w))
             elif mode == "pad":
-                image = tf.cond(same, lambda: image,
-                                lambda: tf.image.resize_with_pad(image, th, tw, method=method))
+                image = tf.cond(same, as_is, lambda: tf.image.resize_with_pad(image, th, tw, method=method))
             else:
                 raise ValueError(f"unknown resize mode {mode!r}")
-            image = tf.ensure_shape(image, (th, tw, self.channels))
+            image = tf.cast(tf.ensure_shape(image, (th, tw, None)), tf.float32)
+            image = tf.ensure_shape(self._convert_channels(image), (th, tw, self.channels))
             if self.axes[2] is None:
                 image = image[..., 0]
             elif self.axes[2] == 0:
@@ -157,7 +161,7 @@ class ImageReader:
         cover_h = tf.maximum(th, tf.cast(tf.floor(hf * scale + 0.5), tf.int32))
         cover_w = tf.maximum(tw, tf.cast(tf.floor(wf * scale + 0.5), tf.int32))
         resized = tf.image.resize(image, tf.stack([cover_h, cover_w]), method=self.options.interpolation)
-        return tf.image.resize_with_crop_or_pad(resized, th, tw)
+        return tf.image.resize_with_crop_or_pad(tf.cast(resized, tf.float32), th, tw)
 
     def _decode(self, path):
         """The decoded image, eagerly (for diagnosis and the first image's size)."""
