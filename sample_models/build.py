@@ -17,6 +17,14 @@ Writes:
   subclassed.keras  a subclassed model of custom_layers.py (load with --custom-objects)
   vectors.npy       3 sample vectors for it, shape (3, 6)
 
+  images/           5 small images of known content for the input examples: PNG (RGB, gray,
+                    RGBA), JPEG and BMP, of sizes other than 32x32, one in a subfolder
+  two_inputs.keras  a model with two inputs: `image` (32, 32, 3) and `meta` (4,)
+  two_inputs.npz    3 samples for it, keys `image` and `meta`
+  meta.npy          5 `meta` rows, one per file in images/
+
+    python sample_models/build.py FOLDER --inputs-only   writes only the input examples
+
 With --savedmodel, exports transfer.keras (from this script's folder) with Keras 3's
 `model.export()` as the SavedModel folder DIR: a graph with a `serving_default` signature.
 It is not committed; `make demo` builds it in a temporary folder.
@@ -89,6 +97,7 @@ def build(folder):
     sub(np.zeros((1, 6), "float32"))
     sub.save(folder / "subclassed.keras")
     np.save(folder / "vectors.npy", rng.normal(size=(3, 6)).astype("float32"))
+    build_input_examples(folder)
     return folder
 
 
@@ -108,8 +117,77 @@ def savedmodel(folder):
     return Path(folder)
 
 
+
+
+def build_input_examples(folder):
+    """The sample images, the two-input model and its inputs (deterministic)."""
+    folder = Path(folder)
+    sample_images(folder / "images")
+    keras.utils.set_random_seed(4)
+    two_inputs().save(folder / "two_inputs.keras")
+    rng = np.random.default_rng(4)
+    np.savez(folder / "two_inputs.npz", image=rng.uniform(0, 255, (3, *IMAGE_SHAPE)).astype("float32"),
+             meta=rng.normal(size=(3, 4)).astype("float32"))
+    np.save(folder / "meta.npy", rng.normal(size=(5, 4)).astype("float32"))
+
+
+def sample_images(folder):
+    """Patterns, not noise (they compress to a few KB), written with TensorFlow's encoders and,
+    for BMP, which TensorFlow cannot write, by hand."""
+    import tensorflow as tf
+
+    (folder / "more").mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[0:48, 0:64]
+    gradient = np.stack([xx * 4, yy * 5, (xx + yy) * 2], -1).astype(np.uint8)
+    (folder / "gradient.png").write_bytes(tf.io.encode_png(gradient).numpy())
+    yy, xx = np.mgrid[0:40, 0:40]
+    r = np.hypot(yy - 20, xx - 20)
+    rings = np.stack([(np.sin(r / 2) + 1) * 127.5, (np.cos(r / 3) + 1) * 127.5, 255 - r * 6], -1)
+    (folder / "rings.jpg").write_bytes(tf.io.encode_jpeg(rings.clip(0, 255).astype(np.uint8), quality=90).numpy())
+    yy, xx = np.mgrid[0:32, 0:32]
+    checker = (((yy // 4 + xx // 4) % 2) * 255).astype(np.uint8)[..., None]
+    (folder / "checker_gray.png").write_bytes(tf.io.encode_png(checker).numpy())
+    yy, xx = np.mgrid[0:24, 0:36]
+    stripes = np.stack([(xx % 6 < 3) * 255, yy * 10, np.full_like(xx, 90)], -1).astype(np.uint8)
+    (folder / "stripes.bmp").write_bytes(_bmp(stripes))
+    yy, xx = np.mgrid[0:36, 0:28]
+    dots = np.stack([xx * 9, yy * 7, np.full_like(xx, 200), ((yy % 9 < 5) & (xx % 7 < 4)) * 255], -1)
+    (folder / "more" / "dots.png").write_bytes(tf.io.encode_png(dots.astype(np.uint8)).numpy())
+
+
+def _bmp(rgb):
+    """A 24-bit BMP: bottom-up rows of BGR pixels, each row padded to 4 bytes."""
+    height, width, _ = rgb.shape
+    row = width * 3 + (-width * 3) % 4
+    pixels = b"".join(
+        rgb[y, :, ::-1].tobytes() + b"\0" * (row - width * 3) for y in range(height - 1, -1, -1)
+    )
+    header = b"BM" + (54 + len(pixels)).to_bytes(4, "little") + b"\0" * 4 + (54).to_bytes(4, "little")
+    info = b"".join(v.to_bytes(4, "little", signed=True) for v in (40, width, height))
+    info += (1).to_bytes(2, "little") + (24).to_bytes(2, "little")
+    info += b"".join(v.to_bytes(4, "little") for v in (0, len(pixels), 2835, 2835, 0, 0))
+    return header + info + pixels
+
+
+def two_inputs():
+    """An image and a vector of 4 measurements, merged before the classifier."""
+    L = keras.layers
+    image = keras.Input(IMAGE_SHAPE, name="image")
+    meta = keras.Input((4,), name="meta")
+    x = L.Conv2D(4, 3, activation="relu", name="conv")(image)
+    x = L.GlobalAveragePooling2D(name="gap")(x)
+    m = L.Dense(4, activation="relu", name="meta_fc")(meta)
+    merged = L.Concatenate(name="merged")([x, m])
+    return keras.Model([image, meta], L.Dense(3, name="out")(merged), name="two_inputs")
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--savedmodel":
         savedmodel(sys.argv[2])
     else:
-        build(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent)
+        args = [a for a in sys.argv[1:] if a != "--inputs-only"]
+        target = args[0] if args else Path(__file__).parent
+        if "--inputs-only" in sys.argv:
+            build_input_examples(target)
+        else:
+            build(target)

@@ -63,7 +63,8 @@ def _env_debug():
 
 
 def _error(message):
-    err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    """One line, whatever the message holds (library messages often span several)."""
+    err.print(f"error: {' '.join(str(message).split())}", markup=False, highlight=False, soft_wrap=True)
 
 
 @click.group(cls=TensorprobeGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -293,8 +294,63 @@ def tensors(model, pattern, op_types, as_json, signature, unsafe, custom_objects
         out.print(line, markup=False, highlight=False)
 
 
+def _parsed(parse):
+    """A click callback that parses an option's value with `parse`, a usage error otherwise."""
+
+    def callback(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            if isinstance(value, tuple):
+                return tuple(parse(v) for v in value)
+            return parse(value)
+        except ValueError as e:
+            raise click.BadParameter(f"'{value}': {e}", ctx, param) from None
+
+    return callback
+
+
+def input_options(f):
+    """How inputs are found and prepared (dump's input options)."""
+    from tensorprobe.inputs import options as o
+
+    for decorator in reversed([
+        click.option("--input", "named_inputs", multiple=True, metavar="NAME=PATH",
+                     callback=_parsed(o.parse_named),
+                     help="Feed the model input NAME from PATH (a file, folder, glob or @list). Repeatable."),
+        click.option("--resize", type=click.Choice(o.RESIZE_MODES), default="stretch", show_default=True,
+                     help="Fit images to the input's size: stretch, crop (cover, cut the centre) or "
+                          "pad (fit inside, zero border)."),
+        click.option("--no-resize", is_flag=True, help="Refuse images whose size is not the input's."),
+        click.option("--interpolation", type=click.Choice(o.INTERPOLATIONS), default="bilinear",
+                     show_default=True, help="The tf.image.resize method."),
+        click.option("--size", metavar="HxW", callback=_parsed(o.parse_size),
+                     help="Resize images to HxW for an input that takes any size."),
+        click.option("--preprocess", metavar="NAME",
+                     help="keras.applications preprocessing: vgg16, resnet50, mobilenet_v2, ..."),
+        click.option("--scale", metavar="FACTOR", callback=_parsed(o.parse_number),
+                     help="Multiply inputs by FACTOR (e.g. 1/255), before --offset and --preprocess."),
+        click.option("--offset", metavar="VALUE", callback=_parsed(o.parse_number),
+                     help="Add VALUE to inputs, after --scale."),
+        click.option("--skip-bad", is_flag=True,
+                     help="Pass over images that cannot be read, listing them in /inputs/skipped."),
+    ]):
+        f = decorator(f)
+    return f
+
+
+def _preparation(resize, no_resize, interpolation, size, preprocess, scale, offset, skip_bad):
+    from tensorprobe.inputs.options import Options
+
+    return Options(
+        resize="none" if no_resize else resize, interpolation=interpolation, size=size,
+        preprocess=preprocess, scale=1.0 if scale is None else scale,
+        offset=0.0 if offset is None else offset, skip_bad=skip_bad,
+    )
+
+
 @cli.command()
-@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.argument("inputs", nargs=-1, type=click.Path())
 @click.option("-m", "--model", "model", envvar="TENSORPROBE_MODEL", show_envvar=True,
               type=click.Path(exists=True), required=True, help="The model file (.keras, .h5).")
 @click.option("-l", "--layer", "layer_names", multiple=True, metavar="NAME",
@@ -309,6 +365,7 @@ def tensors(model, pattern, op_types, as_json, signature, unsafe, custom_objects
 @click.option("--overwrite", is_flag=True, help="Replace the output file if it exists.")
 @click.option("-b", "--batch-size", default=32, show_default=True, type=click.IntRange(min=1),
               help="Samples per forward pass.")
+@input_options
 @click.option("--json", "as_json", is_flag=True, help="Print the dump summary as JSON to stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("--fail-on-nonfinite", is_flag=True,
@@ -323,20 +380,27 @@ def tensors(model, pattern, op_types, as_json, signature, unsafe, custom_objects
 @model_options
 def dump(inputs, model, layer_names, match, all_layers, tensor_names, tensor_match, output, overwrite,
          batch_size, as_json, quiet, fail_on_nonfinite, training, jit, max_bytes, storage, gradients,
-         signature, unsafe, custom_objects):
-    """Compute the outputs of the chosen layers (or graph tensors) for INPUTS (.npy files) and
-    write them to HDF5. The model is a .keras or .h5 file or a SavedModel folder.
+         signature, unsafe, custom_objects, **input_settings):
+    """Compute the outputs of the chosen layers (or graph tensors) for INPUTS and write them
+    to HDF5. The model is a .keras or .h5 file or a SavedModel folder.
 
-    An array whose shape is the model's input shape is one sample; otherwise its first axis
-    is the batch. Files are concatenated in the order given.
+    INPUTS are .npy, .npz and image files (PNG, JPEG, BMP, GIF), folders (searched
+    recursively), quoted glob patterns, @LIST files (one path a line) and - (a .npy on
+    stdin). An array whose shape is the model's input shape is one sample; otherwise its
+    first axis is the batch. Images are resized to the model's input size. A model with
+    several inputs takes .npz files whose keys are its input names, or --input NAME=PATH.
 
     \b
       tensorprobe dump -m model.keras --layer block1_conv2 input.npy
+      tensorprobe dump -m model.keras -l block1_conv2 --preprocess vgg16 photos/
+      tensorprobe dump -m model.keras -l fc1 --scale 1/255 'photos/**/*.jpg' @more.txt
+      tensorprobe dump -m two_inputs.keras -l concat --input image=photos/ --input meta=meta.npy
       TENSORPROBE_MODEL=model.h5 tensorprobe dump -l vgg16/block1_conv2 -l 3 a.npy b.npy
       tensorprobe dump -m model.keras --match 'conv' -o convs.h5 --json input.npy | jq
       tensorprobe dump -m saved_model_dir --tensor-match 'block1_conv2_1/BiasAdd' input.npy
     """
     from tensorprobe import runner, store
+    from tensorprobe.inputs import sources
 
     wants_layers = bool(layer_names or match or all_layers)
     wants_tensors = bool(tensor_names or tensor_match)
@@ -346,22 +410,26 @@ def dump(inputs, model, layer_names, match, all_layers, tensor_names, tensor_mat
         )
     if gradients is not None and wants_tensors:
         raise click.UsageError("--gradients works with --layer, --match and --all, not with --tensor")
+    named_inputs = input_settings.pop("named_inputs")
+    prep = _preparation(**input_settings)
+    if gradients is not None and gradients[1] is not None and prep.skip_bad:
+        raise click.UsageError("--labels cannot be combined with --skip-bad: the rows would no longer match")
     store.check_output(output, overwrite)
     limit = parse_size(max_bytes) if max_bytes is not None else None
-    for path in inputs:
-        if not os.path.exists(path):
-            raise errors.UsageError(f"input '{path}' does not exist")
+    positional, named = sources.gather(inputs, named_inputs)
     signal.signal(signal.SIGTERM, _terminate)
 
     with quiet_native_stderr(not _debug()):
         from tensorprobe import probe
-        from tensorprobe.inputs import InputSpec, NpyInputs, open_labels
+        from tensorprobe.inputs import feed, open_labels, preprocess, spec
         from tensorprobe.tensors import TensorPart
 
+        function = preprocess.lookup(prep.preprocess) if prep.preprocess else None
         loaded, graph = _load(model, unsafe, custom_objects, signature, layers=wants_layers)
         plan = probe.plan(graph, probe.select(graph, layer_names, match, all_layers)) if wants_layers else None
         tensor_part = TensorPart.build(loaded, graph, tensor_names, tensor_match, plan) if wants_tensors else None
-        source = NpyInputs(inputs, _input_spec(graph if wants_layers else tensor_part.graph, InputSpec))
+        source = feed.open_feed(spec.from_graph(graph if wants_layers else tensor_part.graph), positional,
+                                named, prep, click.get_binary_stream("stdin"), function)
         labels = target = target_origin = None
         keras_graph = wants_layers and not _is_scope_graph(graph)
         if not wants_layers:
@@ -388,14 +456,17 @@ def dump(inputs, model, layer_names, match, all_layers, tensor_names, tensor_mat
                           markup=False, highlight=False, soft_wrap=True)
         if tensor_part is not None:
             plan, extract = tensor_part.after(plan, extract)
-        attrs = {**_root_attrs(loaded), "training": training, "reduce": storage.reduce or "none",
+        attrs = {**_root_attrs(loaded, prep), "training": training, "reduce": storage.reduce or "none",
                  "dtype": storage.dtype or "as computed", "compression": compression_text(storage)}
         with store.DumpWriter(output, plan.specs, attrs, overwrite, storage.compression) as writer:
             with _progress(quiet or not err.is_terminal, source.rows) as advance:
-                runner.dump(extract, source, writer, batch_size, advance, labels)
+                skipped = runner.dump(extract, source.batches(batch_size), writer, advance, labels)
             writer.finish()
         nonfinite = writer.nonfinite()
 
+    if not quiet:
+        for path, reason in skipped:
+            err.print(f"skipped {path}: {reason}", markup=False, highlight=False, soft_wrap=True)
     if as_json or not quiet:
         _print_summary(store.read_summary(output), output, as_json, console=err, provenance=False)
         if not as_json:
@@ -555,21 +626,11 @@ def diff(ctx, a, b, rtol, atol, only, as_json, allow_incomplete):
     ctx.exit(0 if result["match"] else errors.FAILURE)
 
 
-def _input_spec(graph, InputSpec):
-    if len(graph.inputs) != 1:
-        raise errors.InputError(
-            f"the model has {len(graph.inputs)} inputs; .npy inputs feed a single-input model"
-        )
-    t = graph.inputs[0]
-    dtype = getattr(t.dtype, "name", None) or str(t.dtype)
-    name = getattr(t, "name", "input")
-    return InputSpec(name, tuple(None if d is None else int(d) for d in t.shape[1:]), dtype)
-
-
-def _root_attrs(loaded):
+def _root_attrs(loaded, prep):
     import tensorflow as tf
 
     return {
+        **prep.attrs(),
         "tensorprobe_version": __version__,
         "model": loaded.path,
         "model_sha256": loaded.sha256,
@@ -583,7 +644,8 @@ def _root_attrs(loaded):
 
 
 class _progress:
-    """A progress bar on stderr for people at a terminal; nothing otherwise."""
+    """A progress bar on stderr for people at a terminal (samples done, samples per second,
+    time left); nothing otherwise."""
 
     def __init__(self, disabled, total):
         self.disabled, self.total = disabled, total
@@ -591,10 +653,17 @@ class _progress:
     def __enter__(self):
         if self.disabled:
             return None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn,
+                                   TimeRemainingColumn)
+        from rich.text import Text
+
+        class Rate(ProgressColumn):
+            def render(self, task):
+                speed = task.finished_speed or task.speed
+                return Text("" if speed is None else f"{speed:,.1f} samples/s", style="progress.data.speed")
 
         self.progress = Progress(
-            "dumping", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            "dumping", BarColumn(), MofNCompleteColumn(), Rate(), TimeRemainingColumn(),
             console=err, transient=True,
         )
         self.progress.start()

@@ -1,29 +1,51 @@
 """Run an extraction function over batches of inputs and hand the results to the writer.
 
-Computing and writing overlap: a writer thread takes finished batches from a bounded queue
-(TensorFlow releases the GIL while it computes the next batch), so a dump takes about the
-longer of the two, and at most `depth` batches wait in memory.
+Three stages overlap: a reader thread reads and decodes the next batches (`prefetched`), the
+main thread computes the current one, and a writer thread writes the previous one (TensorFlow
+releases the GIL while it computes). Each queue between them holds at most two batches, so a
+dump takes about the longest of the three, and memory stays bounded whatever the number of
+inputs.
 """
 
+import contextlib
 import queue
 import threading
+
+from tensorprobe.errors import InputError
+
+PREFETCH = 2  # batches read ahead
+WRITE_BEHIND = 2  # computed batches waiting to be written
+
+
+def dump(extract, batches, writer, on_batch=None, labels=None, prefetch=PREFETCH):
+    """Compute and write every batch (Batch records of tensorprobe.inputs.feed); return the
+    (path, reason) of every input skipped as bad. `labels`, for a loss target, is an array
+    with one row per sample."""
+    skipped = []
+    rows = 0
+    with contextlib.closing(prefetched(batches, prefetch) if prefetch else batches) as ready, \
+            _BackgroundWriter(writer, WRITE_BEHIND, on_batch) as background:
+        for batch in ready:
+            skipped.extend(batch.skipped)
+            arrays = None
+            if batch.sources:
+                stop = rows + len(batch.sources)
+                label_rows = None if labels is None else labels[rows:stop].astype("float32")
+                arrays = extract(batch.arrays, label_rows)
+                rows = stop
+            background.put(batch, arrays)
+    if rows == 0:
+        raise InputError(f"no input could be read: all {len(skipped)} were skipped as bad")
+    return skipped
+
 
 _DONE = object()
 
 
-def dump(extract, inputs, writer, batch_size, on_batch=None, labels=None, depth=2):
-    """Compute and write every batch. `labels`, for a loss target, is an array (memory-mapped)
-    with one row per sample."""
-    start = 0
-    with _BackgroundWriter(writer, depth, on_batch) as background:
-        for sources, batch in inputs.batches(batch_size):
-            stop = start + len(sources)
-            label_rows = None if labels is None else labels[start:stop].astype("float32")
-            background.put(sources, extract([batch], label_rows))
-            start = stop
-
-
 class _BackgroundWriter:
+    """The writer thread: takes (batch, computed arrays) from a bounded queue; an error in it
+    is raised in the main thread at its next put or when the block ends."""
+
     def __init__(self, writer, depth, on_batch):
         self.writer = writer
         self.on_batch = on_batch
@@ -35,11 +57,11 @@ class _BackgroundWriter:
         self.thread.start()
         return self
 
-    def put(self, sources, arrays):
+    def put(self, batch, arrays):
         while True:
             self._raise_if_failed()
             try:
-                self.queue.put((sources, arrays), timeout=0.1)
+                self.queue.put((batch, arrays), timeout=0.1)
                 return
             except queue.Full:
                 continue
@@ -60,10 +82,13 @@ class _BackgroundWriter:
             if self.error is not None:
                 continue  # keep draining so that put() never blocks forever
             try:
-                sources, arrays = item
-                self.writer.append(sources, arrays)
+                batch, arrays = item
+                if batch.skipped:
+                    self.writer.skip(batch.skipped)
+                if arrays is not None:
+                    self.writer.append(batch.sources, arrays)
                 if self.on_batch is not None:
-                    self.on_batch(len(sources))
+                    self.on_batch(batch.consumed)
             except BaseException as e:  # handed to the main thread, which re-raises it
                 self.error = e
 
@@ -85,3 +110,59 @@ class _BackgroundWriter:
                 return
             except queue.Full:
                 self._drain()
+
+
+_END = object()
+
+
+class _Failed:
+    def __init__(self, error):
+        self.error = error
+
+
+def prefetched(iterator, depth):
+    """Yield the items of `iterator`, produced by a background thread up to `depth` ahead.
+
+    An exception in the producer is raised here, in the consumer. When the consumer stops
+    early (an error, Ctrl-C), the producer is told to stop, and its iterator is closed in its
+    own thread once the item it is working on is done.
+    """
+    items = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item):
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce():
+        try:
+            for item in iterator:
+                if not put(item):
+                    break
+            else:
+                put(_END)
+        except BaseException as e:  # handed to the consumer, which raises it
+            put(_Failed(e))
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, name="tensorprobe-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = items.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=10)

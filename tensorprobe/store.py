@@ -3,8 +3,11 @@
 Layout (format_version 1), documented in the README:
   root attributes   format, format_version, tensorprobe_version, model, model_sha256,
                     model_format, loader, tensorflow_version, keras_version, created,
-                    command, training, reduce, dtype, compression, samples, complete
+                    command, training, reduce, dtype, compression, samples, complete, and
+                    how inputs were prepared: preprocess, scale, offset, resize, interpolation
   /inputs/source    one UTF-8 string per sample row
+  /inputs/skipped   (K, 2) UTF-8 strings [path, reason], inputs passed over by --skip-bad
+                    (present only when one was)
   /activations/...  one dataset per selected layer output, (N, *sample_shape), with the
                     attributes layer, layer_class, order (position in the model's layer
                     order), sample_shape and the statistics of stats.py
@@ -207,6 +210,20 @@ class DumpWriter:
         except (OSError, RuntimeError) as e:  # h5py reports failed writes as either
             raise WriteError(f"--output '{self.output}': write failed: {_write_reason(e)}") from e
         self.rows = stop
+
+    def skip(self, entries):
+        """Record inputs passed over as bad (--skip-bad): /inputs/skipped gets one row
+        [path, reason] each; the dataset appears with the first one."""
+        if "inputs/skipped" not in self.file:
+            self.file.create_dataset("inputs/skipped", shape=(0, 2), maxshape=(None, 2), chunks=(256, 2),
+                                     dtype=h5py.string_dtype("utf-8"))
+        ds = self.file["inputs/skipped"]
+        start = ds.shape[0]
+        try:
+            ds.resize((start + len(entries), 2))
+            ds[start:] = [list(entry) for entry in entries]
+        except OSError as e:
+            raise WriteError(f"--output '{self.output}': write failed: {e}") from e
 
     def _create(self, i, array):
         spec = self.specs[i]

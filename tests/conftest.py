@@ -150,8 +150,9 @@ def cli():
     """Run `tensorprobe ARGS...` in-process; stdout and stderr are kept apart."""
     from tensorprobe.cli import cli as command
 
-    def invoke(*args, env=None):
-        return CliRunner().invoke(command, [str(a) for a in args], env=env, catch_exceptions=True)
+    def invoke(*args, env=None, input=None):
+        return CliRunner().invoke(command, [str(a) for a in args], env=env, input=input,
+                                  catch_exceptions=True)
 
     return invoke
 

@@ -1,0 +1,205 @@
+""".npy files, .npz members and .npy on standard input: the header first, then rows read a
+slice at a time.
+
+Rows are read with plain reads, never through a memory map: pages of a map that stay mapped
+count in the process's resident memory, so mapping a large file grows the process as it is
+read. (An array stored in Fortran order has no contiguous rows; a .npy file of that kind is
+mapped for each slice and unmapped at once, and one inside an .npz or on stdin is read whole.)
+The header is parsed with NumPy's own reader, and an array of Python objects is refused from
+the header alone: nothing is ever unpickled.
+"""
+
+import os
+import tokenize
+import zipfile
+import zlib
+
+import numpy as np
+
+from tensorprobe.errors import InputError
+from tensorprobe.inputs.sources import STDIN_LABEL
+
+
+class ArrayFile:
+    """One stored array: `label` (its path, as /inputs/source records it), `key` (the member
+    of an .npz, else None), `shape`, `dtype`.
+
+    `reader()` returns an object whose `read(count, rows_shape)` returns the next `count` rows
+    of shape `rows_shape` (the file's own dtype) and whose `close()` releases the file.
+    """
+
+    __slots__ = ("label", "key", "shape", "dtype", "fortran", "_open", "_stream")
+
+    def __init__(self, label, shape, dtype, fortran, opener=None, stream=None, key=None):
+        self.label, self.shape, self.dtype, self.fortran = label, shape, dtype, fortran
+        self._open, self._stream, self.key = opener, stream, key
+
+    @property
+    def name(self):
+        """How errors name it: the path, and the key of an .npz member."""
+        return self.label if self.key is None else f"{self.label} (array '{self.key}')"
+
+    def reader(self):
+        if self._stream is not None:  # standard input: read once, in order
+            stream, self._stream = self._stream, None
+            return _StreamReader(self, stream, owned=False)
+        return self._open(self)
+
+
+def open_npy(path):
+    """The header of the .npy file at `path`; the file is closed again until it is read."""
+    try:
+        with open(path, "rb") as f:
+            shape, fortran, dtype = read_header(f, path)
+            offset = f.tell()
+            size = os.fstat(f.fileno()).st_size
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror or e})") from e
+    _check_size(path, shape, dtype, size - offset)
+
+    def opener(array):
+        if array.fortran:
+            return _MapReader(array, path)
+        f = open(path, "rb")
+        f.seek(offset)
+        return _StreamReader(array, f, owned=True)
+
+    return ArrayFile(path, shape, dtype, fortran, opener=opener)
+
+
+def open_stdin(stream):
+    """The .npy on standard input (a binary stream); its rows are then read once, in order."""
+    shape, fortran, dtype = read_header(stream, STDIN_LABEL)
+    return ArrayFile(STDIN_LABEL, shape, dtype, fortran, stream=stream)
+
+
+def open_npz(path):
+    """{key: ArrayFile} for every array in the .npz at `path` (keys without `.npy`)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            arrays = {}
+            for info in z.infolist():
+                if info.is_dir():
+                    continue
+                key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+                with z.open(info) as member:
+                    label = f"{path} (array '{key}')"
+                    shape, fortran, dtype = read_header(member, label)
+                    header_size = member.tell()
+                _check_size(label, shape, dtype, info.file_size - header_size)
+                arrays[key] = ArrayFile(path, shape, dtype, fortran, key=key,
+                                        opener=_npz_opener(path, info.filename))
+    except zipfile.BadZipFile as e:
+        raise InputError(f"{path}: not a readable .npz file ({e})") from e
+    except (OSError, EOFError, zipfile.LargeZipFile, NotImplementedError) as e:
+        raise InputError(f"{path}: not a readable .npz file ({getattr(e, 'strerror', None) or e})") from e
+    if not arrays:
+        raise InputError(f"{path}: the .npz file holds no array")
+    return arrays
+
+
+def _npz_opener(path, member_name):
+    def opener(array):
+        z = zipfile.ZipFile(path)
+        member = z.open(member_name)
+        read_header(member, path)
+        return _StreamReader(array, member, owned=True, also_close=z)
+
+    return opener
+
+
+def read_header(stream, label):
+    """(shape, fortran_order, dtype) from a .npy header, refusing Python objects."""
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise InputError(f"{label}: .npy format version {version[0]}.{version[1]} is not supported")
+    except (ValueError, EOFError, SyntaxError, tokenize.TokenError) as e:  # a damaged header
+        raise InputError(f"{label}: not a readable .npy file ({e})") from e
+    except (OSError, zipfile.BadZipFile) as e:
+        raise InputError(f"{label}: cannot read ({getattr(e, 'strerror', None) or e})") from e
+    if dtype.hasobject:
+        raise InputError(f"{label}: holds Python objects, which are never unpickled")
+    return tuple(shape), fortran, dtype
+
+
+def _check_size(label, shape, dtype, data_bytes):
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if data_bytes < expected:
+        raise InputError(
+            f"{label}: truncated: an array of shape {tuple(shape)} {dtype} needs {expected} bytes "
+            f"of data, the file holds {max(data_bytes, 0)}"
+        )
+
+
+class _StreamReader:
+    """Rows read in order from a binary stream positioned after the header."""
+
+    def __init__(self, array, stream, owned, also_close=None):
+        self.array, self.stream, self.owned, self.also_close = array, stream, owned, also_close
+        self.whole = None  # a Fortran-order array, read whole on first use
+        self.row = 0
+
+    def read(self, count, rows_shape):
+        array = self.array
+        if array.fortran:
+            if self.whole is None:
+                data = self._read_bytes(int(np.prod(array.shape, dtype=np.int64)) * array.dtype.itemsize)
+                self.whole = np.frombuffer(data, array.dtype).reshape(array.shape, order="F")
+            rows = _rows(self.whole, self.row, count, rows_shape)
+            self.row += count
+            return rows
+        row_items = int(np.prod(rows_shape, dtype=np.int64))
+        data = self._read_bytes(count * row_items * array.dtype.itemsize)
+        return np.frombuffer(data, array.dtype).reshape((count, *rows_shape))
+
+    def _read_bytes(self, size):
+        chunks, have = [], 0
+        try:
+            while have < size:
+                chunk = self.stream.read(size - have)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                have += len(chunk)
+        except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            raise InputError(f"{self.array.name}: read failed ({getattr(e, 'strerror', None) or e})") from e
+        if have < size:
+            raise InputError(f"{self.array.name}: truncated: the data ends early")
+        return b"".join(chunks) if len(chunks) != 1 else chunks[0]
+
+    def close(self):
+        if self.owned:
+            self.stream.close()
+        if self.also_close is not None:
+            self.also_close.close()
+
+
+class _MapReader:
+    """Rows of a Fortran-order .npy file: mapped for each slice, copied, unmapped."""
+
+    def __init__(self, array, path):
+        self.array, self.path = array, path
+        self.row = 0
+
+    def read(self, count, rows_shape):
+        mapped = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        rows = np.array(_rows(mapped, self.row, count, rows_shape), order="C")
+        del mapped  # the last reference: the map is closed and its pages leave the process
+        self.row += count
+        return rows
+
+    def close(self):
+        pass
+
+
+def _rows(array, start, count, rows_shape):
+    """Rows [start, start + count) of `array`, whose rows have `rows_shape`: the array itself
+    as one row when it holds a single sample."""
+    if tuple(rows_shape) == tuple(array.shape):
+        return array[np.newaxis]
+    return array[start : start + count]

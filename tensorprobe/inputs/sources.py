@@ -1,0 +1,159 @@
+"""Command-line arguments -> the input files they name, in order, before anything is read.
+
+An argument is a file, a folder (every supported file inside, recursively, sorted by relative
+path; other files and hidden names are passed over), a glob pattern the shell did not expand
+(`'images/*.png'`, `**` for any depth), `@LIST` (a text file with one path a line; blank lines
+and lines starting with `#` are ignored; relative paths are taken from the current folder, as
+`find` writes them) or `-` (one .npy read from standard input).
+
+A path that does not exist, a pattern that matches nothing and a folder with nothing to read
+are usage errors (exit status 2): the command line is wrong, not a file.
+"""
+
+import glob
+import os
+import re
+from dataclasses import dataclass
+
+from tensorprobe.errors import InputError, UsageError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+ARRAY_SUFFIXES = (".npy", ".npz")
+STDIN = "-"
+STDIN_LABEL = "<stdin>"
+KINDS = "a .npy, .npz or image file (PNG, JPEG, BMP, GIF)"
+
+_MAGIC = (
+    (b"\x93NUMPY", "npy"),
+    (b"PK\x03\x04", "npz"),
+    (b"\x89PNG\r\n\x1a\n", "image"),
+    (b"\xff\xd8\xff", "image"),
+    (b"GIF87a", "image"),
+    (b"GIF89a", "image"),
+    (b"BM", "image"),
+)
+_GLOB_CHARS = re.compile(r"[*?[]")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One file to read. `path` is what /inputs/source records (the path as it was reached)."""
+
+    path: str
+    kind: str  # "npy", "npz" or "image"
+
+
+def gather(arguments, named):
+    """([Source] for the positional `arguments`, [(input name, [Source])] for the
+    (name, path) pairs of --input NAME=PATH)."""
+    positional = expand(arguments)
+    by_name = [(name, expand([path], f"--input {name}")) for name, path in named]
+    everything = positional + [s for _, found in by_name for s in found]
+    if sum(1 for s in everything if s.path == STDIN) > 1:
+        raise UsageError("'-' given twice: standard input can be read only once")
+    return positional, by_name
+
+
+def expand(arguments, what="input"):
+    """The files that `arguments` name, in order. `what` names the argument in errors
+    ("input", "--input image")."""
+    found = []
+    for argument in arguments:
+        found.extend(_expand_one(argument, what))
+    return found
+
+
+def _expand_one(argument, what, from_list=None):
+    where = f" (line {from_list[1]} of {from_list[0]})" if from_list else ""
+    if argument == STDIN and not from_list:
+        return [Source(STDIN, "npy")]
+    if argument.startswith("@") and not from_list and not os.path.exists(argument):
+        return _expand_list(argument[1:], what)
+    if os.path.isdir(argument):
+        return _expand_folder(argument, what)
+    if os.path.exists(argument):
+        return [Source(argument, _kind_of_file(argument))]
+    if not from_list and _GLOB_CHARS.search(argument):
+        return _expand_glob(argument, what)
+    raise UsageError(f"{what} '{argument}'{where} does not exist")
+
+
+def _expand_list(list_path, what):
+    try:
+        with open(list_path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        raise UsageError(f"{what} '@{list_path}': list file '{list_path}' does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"{what} '@{list_path}': cannot read the list ({_reason(e)})") from e
+    found = []
+    for number, line in enumerate(lines, start=1):
+        path = line.strip()
+        if path and not path.startswith("#"):
+            found.extend(_expand_one(path, what, from_list=(list_path, number)))
+    if not found:
+        raise UsageError(f"{what} '@{list_path}': the list names no file")
+    return found
+
+
+def _expand_folder(folder, what):
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            kind = _kind_by_suffix(name)
+            if kind is not None and not name.startswith("."):
+                found.append(Source(os.path.join(root, name), kind))
+    if not found:
+        raise UsageError(f"{what} '{folder}': the folder holds no .npy, .npz or image file "
+                         "(PNG, JPEG, BMP, GIF)")
+    return sorted(found, key=lambda s: _parts(os.path.relpath(s.path, folder)))
+
+
+def _expand_glob(pattern, what):
+    matches = sorted(glob.glob(pattern, recursive=True), key=_parts)
+    if not matches:
+        raise UsageError(f"{what} '{pattern}': no file matches the pattern")
+    found = []
+    for path in matches:
+        if os.path.isdir(path):
+            found.extend(_expand_folder(path, what))
+        elif _kind_by_suffix(path) is not None:
+            found.append(Source(path, _kind_by_suffix(path)))
+    if not found:
+        raise UsageError(f"{what} '{pattern}': the pattern matches no .npy, .npz or image file")
+    return found
+
+
+def _parts(path):
+    """Sort key: a path component by component, so a folder's files stay together."""
+    return tuple(os.path.normpath(path).split(os.sep))
+
+
+def _kind_by_suffix(name):
+    suffix = os.path.splitext(name)[1].lower()
+    if suffix in ARRAY_SUFFIXES:
+        return suffix[1:]
+    if suffix in IMAGE_SUFFIXES:
+        return "image"
+    return None
+
+
+def _kind_of_file(path):
+    """By suffix; a file named explicitly with another suffix is recognised by its first bytes."""
+    kind = _kind_by_suffix(path)
+    if kind is not None:
+        return kind
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({_reason(e)})") from e
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    raise InputError(f"{path}: not {KINDS}")
+
+
+def _reason(exc):
+    return getattr(exc, "strerror", None) or str(exc)

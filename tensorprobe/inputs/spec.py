@@ -1,0 +1,87 @@
+"""What each model input takes: its name, one sample's shape, its dtype and, for images, where
+the channel axis is."""
+
+from dataclasses import dataclass
+
+LAYOUTS = ("channels_last", "channels_first")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One model input. `shape` is one sample's shape (None where any size goes)."""
+
+    name: str
+    shape: tuple
+    dtype: str
+    data_format: str = "channels_last"
+
+    def describe(self):
+        """'image (None, 32, 32, 3) float32', as `tensorprobe layers` shows inputs."""
+        return f"{self.name} {shape_text((None, *self.shape))} {self.dtype}"
+
+    @property
+    def image_axes(self):
+        """(height axis, width axis, channel axis or None) of one sample, or None when the input
+        does not take images: (H, W, C), (C, H, W) channels-first, or (H, W) for one channel."""
+        if len(self.shape) == 2:
+            return 0, 1, None
+        if len(self.shape) != 3:
+            return None
+        return (1, 2, 0) if self.data_format == "channels_first" else (0, 1, 2)
+
+    @property
+    def channels(self):
+        """The channel count images are converted to (3 when the input leaves it open)."""
+        axes = self.image_axes
+        if axes is None:
+            return None
+        if axes[2] is None:
+            return 1
+        return self.shape[axes[2]] or 3
+
+    @property
+    def height_width(self):
+        """(height, width); either may be None when the input takes any size."""
+        h, w, _ = self.image_axes
+        return self.shape[h], self.shape[w]
+
+
+def describe_all(specs):
+    return ", ".join(s.describe() for s in specs)
+
+
+def from_graph(graph):
+    """One InputSpec per model input, in the model's order.
+
+    The channel axis comes from the model's own layers: the first layer with a `data_format`
+    (Conv2D, pooling...) says where it is. A model without one (a Dense net on images) is
+    taken as channels-last unless its input shape only makes sense channels-first.
+    """
+    data_format = _model_data_format(graph) if hasattr(graph, "entries") else None
+    specs = []
+    for i, t in enumerate(graph.inputs):
+        shape = tuple(None if d is None else int(d) for d in t.shape[1:])
+        dtype = getattr(t.dtype, "name", None) or str(t.dtype)
+        name = str(getattr(t, "name", None) or f"input_{i}").split(":")[0]
+        fmt = data_format or _guess_data_format(shape)
+        specs.append(InputSpec(name, shape, dtype, fmt))
+    return specs
+
+
+def _model_data_format(graph):
+    for entry in graph.entries.values():
+        fmt = getattr(entry.layer, "data_format", None)
+        if fmt in LAYOUTS:
+            return fmt
+    return None
+
+
+def _guess_data_format(shape):
+    if len(shape) == 3 and shape[-1] not in (1, 2, 3, 4) and shape[0] in (1, 2, 3, 4):
+        return "channels_first"
+    return "channels_last"
+
+
+def shape_text(shape):
+    dims = ["None" if d is None else str(d) for d in shape]
+    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
