@@ -230,7 +230,8 @@ def test_decoded_pixels_match_pillow(cli, models, photos, tmp_path):
 
 
 @pytest.mark.parametrize("mode,method", [("crop", "bilinear"), ("pad", "bilinear"), ("crop", "nearest"),
-                                         ("pad", "bicubic"), ("stretch", "area")])
+                                         ("pad", "nearest"), ("stretch", "nearest"), ("pad", "bicubic"),
+                                         ("stretch", "area"), ("stretch", "lanczos3")])
 def test_resize_modes(cli, models, photos, tmp_path, mode, method):
     files = [photos / "a.png", photos / "c.jpg", photos / "d_gray.png"]  # 40x48, 50x30, 20x30
     out = tmp_path / "acts.h5"
