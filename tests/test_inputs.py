@@ -559,6 +559,7 @@ ERROR_CASES = [
     ("arguments-and-input", R + ["--input", "image={photo:a.png}", "{photo:a.png}"], 2, "not both"),
     ("no-input", R, 2, "no input given"),
     ("stdin-twice", R + ["-", "-"], 2, "standard input can be read only once"),
+    ("device-as-input", R + ["/dev/null"], 2, "input '/dev/null' is not a regular file"),
     ("preprocess-non-image-input", ["-m", "{zoo:seq.keras}", "-l", "d1", "--preprocess", "vgg16", "{tmp}/vec.npy"],
      2, "--preprocess vgg16"),
     ("truncated-image", R + ["{tmp}/trunc.png"], 1, "{tmp}/trunc.png: not a readable image"),
