@@ -230,7 +230,8 @@ def test_decoded_pixels_match_pillow(cli, models, photos, tmp_path):
 
 
 @pytest.mark.parametrize("mode,method", [("crop", "bilinear"), ("pad", "bilinear"), ("crop", "nearest"),
-                                         ("pad", "bicubic"), ("stretch", "area")])
+                                         ("pad", "nearest"), ("stretch", "nearest"), ("pad", "bicubic"),
+                                         ("stretch", "area"), ("stretch", "lanczos3")])
 def test_resize_modes(cli, models, photos, tmp_path, mode, method):
     files = [photos / "a.png", photos / "c.jpg", photos / "d_gray.png"]  # 40x48, 50x30, 20x30
     out = tmp_path / "acts.h5"
@@ -558,6 +559,7 @@ ERROR_CASES = [
     ("arguments-and-input", R + ["--input", "image={photo:a.png}", "{photo:a.png}"], 2, "not both"),
     ("no-input", R, 2, "no input given"),
     ("stdin-twice", R + ["-", "-"], 2, "standard input can be read only once"),
+    ("device-as-input", R + ["/dev/null"], 2, "input '/dev/null' is not a regular file"),
     ("preprocess-non-image-input", ["-m", "{zoo:seq.keras}", "-l", "d1", "--preprocess", "vgg16", "{tmp}/vec.npy"],
      2, "--preprocess vgg16"),
     ("truncated-image", R + ["{tmp}/trunc.png"], 1, "{tmp}/trunc.png: not a readable image"),

@@ -107,15 +107,18 @@ class ImageReader:
             # channel conversion can come after.
             h, w = tf.shape(image)[0], tf.shape(image)[1]
             same = tf.logical_and(tf.equal(h, th), tf.equal(w, tw))
-            as_is = lambda: tf.cast(image, tf.float32)  # noqa: E731
+
+            def sized(resize):  # float32 either way (`nearest` keeps the 8-bit dtype)
+                return tf.cond(same, lambda: tf.cast(image, tf.float32), lambda: tf.cast(resize(), tf.float32))
+
             if mode == "none":
-                image = tf.cast(tf.ensure_shape(image, (th, tw, None)), tf.float32)
+                image = tf.ensure_shape(image, (th, tw, None))
             elif mode == "stretch":
-                image = tf.cond(same, as_is, lambda: tf.image.resize(image, (th, tw), method=method))
+                image = sized(lambda: tf.image.resize(image, (th, tw), method=method))
             elif mode == "crop":
-                image = tf.cond(same, as_is, lambda: self._cover_and_crop(image, h, w))
+                image = sized(lambda: self._cover_and_crop(image, h, w))
             elif mode == "pad":
-                image = tf.cond(same, as_is, lambda: tf.image.resize_with_pad(image, th, tw, method=method))
+                image = sized(lambda: tf.image.resize_with_pad(image, th, tw, method=method))
             else:
                 raise ValueError(f"unknown resize mode {mode!r}")
             image = tf.cast(tf.ensure_shape(image, (th, tw, None)), tf.float32)

@@ -60,7 +60,10 @@ def open_npy(path):
     def opener(array):
         if array.fortran:
             return _MapReader(array, path)
-        f = open(path, "rb")
+        try:
+            f = open(path, "rb")
+        except OSError as e:
+            raise InputError(f"{path}: cannot read ({e.strerror or e})") from e
         f.seek(offset)
         return _StreamReader(array, f, owned=True)
 
@@ -89,7 +92,7 @@ def open_npz(path):
                 _check_size(label, shape, dtype, info.file_size - header_size)
                 arrays[key] = ArrayFile(path, shape, dtype, fortran, key=key,
                                         opener=_npz_opener(path, info.filename))
-    except zipfile.BadZipFile as e:
+    except (zipfile.BadZipFile, zlib.error) as e:
         raise InputError(f"{path}: not a readable .npz file ({e})") from e
     except (OSError, EOFError, zipfile.LargeZipFile, NotImplementedError) as e:
         raise InputError(f"{path}: not a readable .npz file ({getattr(e, 'strerror', None) or e})") from e
@@ -100,9 +103,19 @@ def open_npz(path):
 
 def _npz_opener(path, member_name):
     def opener(array):
-        z = zipfile.ZipFile(path)
-        member = z.open(member_name)
-        read_header(member, path)
+        try:
+            z = zipfile.ZipFile(path)
+        except (OSError, zipfile.BadZipFile) as e:
+            raise InputError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from e
+        try:
+            member = z.open(member_name)
+            read_header(member, array.name)
+        except KeyError as e:  # the file changed since its header was checked
+            z.close()
+            raise InputError(f"{array.name}: no longer in the file") from e
+        except BaseException:
+            z.close()
+            raise
         return _StreamReader(array, member, owned=True, also_close=z)
 
     return opener
@@ -120,7 +133,7 @@ def read_header(stream, label):
             raise InputError(f"{label}: .npy format version {version[0]}.{version[1]} is not supported")
     except (ValueError, EOFError, SyntaxError, tokenize.TokenError) as e:  # a damaged header
         raise InputError(f"{label}: not a readable .npy file ({e})") from e
-    except (OSError, zipfile.BadZipFile) as e:
+    except (OSError, zipfile.BadZipFile, zlib.error) as e:
         raise InputError(f"{label}: cannot read ({getattr(e, 'strerror', None) or e})") from e
     if dtype.hasobject:
         raise InputError(f"{label}: holds Python objects, which are never unpickled")
@@ -187,7 +200,10 @@ class _MapReader:
         self.row = 0
 
     def read(self, count, rows_shape):
-        mapped = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        try:
+            mapped = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise InputError(f"{self.path}: cannot read ({getattr(e, 'strerror', None) or e})") from e
         rows = np.array(_rows(mapped, self.row, count, rows_shape), order="C")
         del mapped  # the last reference: the map is closed and its pages leave the process
         self.row += count

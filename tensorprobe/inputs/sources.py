@@ -71,8 +71,10 @@ def _expand_one(argument, what, from_list=None):
         return _expand_list(argument[1:], what)
     if os.path.isdir(argument):
         return _expand_folder(argument, what)
-    if os.path.exists(argument):
+    if os.path.isfile(argument):
         return [Source(argument, _kind_of_file(argument))]
+    if os.path.exists(argument):  # a pipe or device: read once, it cannot be checked first
+        raise UsageError(f"{what} '{argument}'{where} is not a regular file; pipe a .npy to '-' instead")
     if not from_list and _GLOB_CHARS.search(argument):
         return _expand_glob(argument, what)
     raise UsageError(f"{what} '{argument}'{where} does not exist")
