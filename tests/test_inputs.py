@@ -655,9 +655,11 @@ def test_no_progress_bar_with_quiet_even_on_a_terminal(cli, models, photos, tmp_
     monkeypatch.setattr(Console, "is_terminal", property(lambda self: True))
     r = cli("dump", "-q", "-m", models["rgb32"], "-l", "gap", "-o", tmp_path / "a.h5", photos)
     assert r.exit_code == 0 and r.stderr == "" and r.stdout == ""
-    # the same run without -q starts rich's live display (it hides the cursor while it runs)
+    # the same run without -q shows the size estimate, then starts rich's live display (it
+    # hides the cursor while it runs)
     r = cli("dump", "-m", models["rgb32"], "-l", "gap", "-o", tmp_path / "b.h5", photos)
-    assert r.exit_code == 0 and r.stderr.startswith("\x1b[?25l\x1b[?25h")
+    assert r.exit_code == 0 and r.stderr.startswith("writing about ")
+    assert "\n\x1b[?25l\x1b[?25h" in r.stderr
 
 
 def test_memory_stays_flat_as_inputs_grow(many, tmp_path):
