@@ -2,14 +2,13 @@
 row, and every value of a dataset streamed in blocks of bounded size (pure h5py/NumPy).
 """
 
-import contextlib
 import difflib
 
 import h5py
 import numpy as np
 
 from tensorprobe.errors import InputError, UnknownLayerError
-from tensorprobe.store import FORMAT, FORMAT_VERSION
+from tensorprobe import store
 
 READ_BYTES = 16 << 20  # at most this much of a dataset in memory at once when streaming it
 
@@ -20,16 +19,7 @@ class Dump:
 
     def __init__(self, path):
         self.path = str(path)
-        try:
-            self.file = h5py.File(self.path, "r")
-        except OSError as e:
-            kind = "a damaged HDF5 file" if _is_hdf5(self.path) else "not an HDF5 file"
-            raise InputError(f"'{self.path}' is {kind} ({_reason(e)})") from e
-        try:
-            self._check()
-        except BaseException:
-            self.file.close()
-            raise
+        self.file = store.open_dump(self.path)  # the checks `summary` and `diff` make
 
     def __enter__(self):
         return self
@@ -37,23 +27,9 @@ class Dump:
     def __exit__(self, *exc):
         self.file.close()
 
-    def _check(self):
-        fmt = _text(self.file.attrs.get("format"))
-        if fmt != FORMAT or "activations" not in self.file:
-            raise InputError(f"'{self.path}' is an HDF5 file but not a tensorprobe dump "
-                             "(`tensorprobe dump` writes them)")
-        version = self.file.attrs.get("format_version")
-        if not isinstance(version, (int, np.integer)) or not 1 <= version <= FORMAT_VERSION:
-            raise InputError(f"'{self.path}' has format_version {version!r}; this tensorprobe reads "
-                             f"format_version {FORMAT_VERSION}")
-
-    @contextlib.contextmanager
     def reading(self):
-        """HDF5 read errors (a truncated or damaged file) as one InputError naming the file."""
-        try:
-            yield
-        except OSError as e:
-            raise InputError(f"'{self.path}' is a damaged dump ({_reason(e)})") from e
+        """HDF5 read errors (a truncated or damaged file) as one error naming the file."""
+        return store.reading(self.path)
 
     def dataset_paths(self, group="activations"):
         paths = []
@@ -133,12 +109,3 @@ def _text(value):
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _is_hdf5(path):
-    try:
-        return h5py.is_hdf5(path)
-    except OSError:
-        return False
-
-
-def _reason(e):
-    return " ".join(str(e).split()) or type(e).__name__
