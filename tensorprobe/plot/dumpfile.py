@@ -14,8 +14,8 @@ READ_BYTES = 16 << 20  # at most this much of a dataset in memory at once when s
 
 
 class Dump:
-    """An open tensorprobe dump. Use as a context manager; every failure to read it is an
-    InputError naming the file."""
+    """An open, complete tensorprobe dump. Use as a context manager; a file that is not one,
+    or fails to read, is a one-line error naming it."""
 
     def __init__(self, path):
         self.path = str(path)
