@@ -134,6 +134,22 @@ def _case_files(tmp):
     data = (tmp / "good.npy").read_bytes()
     (tmp / "truncated.npy").write_bytes(data[: len(data) // 2])
     (tmp / "existing.h5").write_bytes(b"my old results")
+    (tmp / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(300))
+    (tmp / "empty_folder").mkdir()
+    np.savez(tmp / "wrong_keys.npz", picture=np.zeros((2, 32, 32, 3), np.float32), extra=np.zeros((2, 4)))
+    _fake_dump(tmp / "incomplete.h5", complete=False)
+    _fake_dump(tmp / "whole.h5", complete=True)
+    whole = (tmp / "whole.h5").read_bytes()
+    (tmp / "truncated_dump.h5").write_bytes(whole[: len(whole) // 2])
+
+
+def _fake_dump(path, complete):
+    """A small file in the dump layout (README), written with h5py alone."""
+    with h5py.File(path, "w") as f:
+        f.attrs.update({"format": "tensorprobe", "format_version": 1, "complete": complete, "samples": 2})
+        f["inputs/source"] = np.array([b"a.npy[0]", b"a.npy[1]"], dtype=h5py.string_dtype())
+        ds = f.create_dataset("activations/fc1", data=np.arange(2 * 3000, dtype=np.float32).reshape(2, 3000))
+        ds.attrs.update({"layer": "fc1", "layer_class": "Dense", "order": 0})
 
 
 def _model(zoo, name):
@@ -173,6 +189,22 @@ CASES = [
     ("wrong-rank", ["dump", "-m", "{zoo:transfer.keras}", "-l", "fc1", "{tmp}/wrong_rank.npy"], 1, "wrong_rank.npy"),
     ("zero-samples", ["dump", "-m", "{zoo:transfer.keras}", "-l", "fc1", "{tmp}/empty.npy"], 1, "no samples"),
     ("truncated-npy", ["dump", "-m", "{zoo:transfer.keras}", "-l", "fc1", "{tmp}/good.npy", "{tmp}/truncated.npy"], 1, "truncated.npy"),
+    ("missing-custom-class", ["layers", "{zoo:subclassed.keras}"], 1, "--custom-objects"),
+    ("unknown-tensor", ["dump", "-m", "{zoo:transfer.keras}", "--tensor", "no/such/op", "{tmp}/good.npy"], 2, "no/such/op"),
+    ("corrupt-image", ["dump", "-m", "{zoo:transfer.keras}", "-l", "fc1", "{tmp}/corrupt.png"], 1, "corrupt.png"),
+    ("empty-folder", ["dump", "-m", "{zoo:transfer.keras}", "-l", "fc1", "{tmp}/empty_folder"], 2, "empty_folder"),
+    ("glob-matches-nothing", ["dump", "-m", "{zoo:transfer.keras}", "-l", "fc1", "{tmp}/*.jpeg"], 2, "*.jpeg"),
+    ("npz-wrong-keys", ["dump", "-m", "{zoo:two_inputs.keras}", "-l", "merged", "{tmp}/wrong_keys.npz"], 1, "wrong_keys.npz"),
+    ("labels-missing", ["dump", "-m", "{zoo:transfer.keras}", "-l", "fc1", "--gradients", "--target", "loss:mse", "--labels", "{tmp}/nope.npy", "{tmp}/good.npy"], 2, "--labels"),
+    ("signature-on-a-file", ["layers", "{zoo:transfer.keras}", "--signature", "serving_default"], 2, "--signature"),
+    ("summary-not-hdf5", ["summary", "{tmp}/notes.txt"], 1, "not an HDF5 file"),
+    ("summary-not-a-dump", ["summary", "{tmp}/not_a_model.h5"], 1, "not a tensorprobe dump"),
+    ("summary-truncated-dump", ["summary", "{tmp}/truncated_dump.h5"], 1, "truncated_dump.h5"),
+    ("summary-incomplete-dump", ["summary", "{tmp}/incomplete.h5"], 1, "incomplete"),
+    ("diff-not-hdf5", ["diff", "{tmp}/whole.h5", "{tmp}/good.npy"], 1, "good.npy"),
+    ("diff-incomplete-dump", ["diff", "{tmp}/whole.h5", "{tmp}/incomplete.h5"], 1, "incomplete"),
+    ("diff-missing-file", ["diff", "{tmp}/whole.h5", "{tmp}/nope.h5"], 2, "nope.h5"),
+    ("plot-incomplete-dump", ["plot", "{tmp}/incomplete.h5", "-l", "fc1", "-o", "{tmp}/p.png"], 1, "incomplete"),
 ]
 
 
