@@ -21,7 +21,19 @@ class RunningStats:
         self.first_nonfinite_row = None
         self.count = self.mean = self.m2 = self.min = self.max = None  # per channel
 
-    def update(self, batch):
+    def update(self, batch, block_bytes=16 << 20):
+        """Add a batch (first axis: samples). Large batches are taken a few rows at a time, so
+        the float64 temporaries stay small whatever the batch size."""
+        a = np.asarray(batch)
+        if a.ndim == 0:
+            self._update(a)
+            return
+        row_bytes = max(1, a[:1].size * 8)  # one row as float64
+        step = max(1, block_bytes // row_bytes)
+        for start in range(0, len(a), step):
+            self._update(a[start:start + step])
+
+    def _update(self, batch):
         a = np.asarray(batch)
         channels = a.shape[-1] if a.ndim >= 2 else 1
         flat = a.reshape(-1, channels)
