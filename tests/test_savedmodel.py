@@ -305,9 +305,8 @@ def test_module_tensors_and_no_layer_structure(cli, saved):
 
 
 def test_module_two_inputs_extraction_from_python(saved):
-    """Multi-input feeding from the command line (--input NAME=PATH) is wired by the inputs
-    work; until then the extraction function is tested directly with two arrays, in the
-    documented order: the signature's inputs sorted by name."""
+    """The extraction function itself, with two arrays in the documented order (the
+    signature's inputs sorted by name), and its error for arrays of the wrong shape."""
     from tensorprobe import tensors
     from tensorprobe.models import load_model
 
@@ -327,6 +326,27 @@ def test_module_two_inputs_extraction_from_python(saved):
 
     with pytest.raises(InputError, match="input 'b'"):
         run([a, a])
+
+
+def test_module_two_inputs_from_the_cli(cli, saved, tmp_path):
+    """The two-input signature fed from the command line, by --input NAME=PATH and by .npz."""
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(5, 4)).astype("float32")
+    b = rng.normal(size=(5, 3)).astype("float32")
+    np.save(tmp_path / "a.npy", a)
+    np.save(tmp_path / "b.npy", b)
+    np.savez(tmp_path / "ab.npz", a=a, b=b)
+    w = np.linspace(-1.0, 1.0, 12).reshape(3, 4)
+    expected = signature_output(saved["module"], a=a, b=b)["out"]
+    for feed in (["--input", f"a={tmp_path / 'a.npy'}", "--input", f"b={tmp_path / 'b.npy'}"],
+                 [str(tmp_path / "ab.npz")]):
+        out = tmp_path / "two.h5"
+        r = cli("dump", "-m", saved["module"], "--tensor", "StatefulPartitionedCall/proj/MatMul:0",
+                "--tensor", "StatefulPartitionedCall/Relu:0", "--overwrite", "-o", out, *feed)
+        assert r.exit_code == 0, r.stderr
+        got = datasets(out)
+        np.testing.assert_allclose(got["tensors/StatefulPartitionedCall/proj/MatMul:0"], b.astype(np.float64) @ w, **TOL)
+        np.testing.assert_allclose(got["tensors/StatefulPartitionedCall/Relu:0"], expected, **TOL)
 
 
 def test_module_single_input_signature_from_the_cli(cli, saved, tmp_path):
