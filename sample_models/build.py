@@ -37,6 +37,12 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+if __name__ == "__main__":  # run as a script: keep TensorFlow's start-up log lines away
+    from tensorprobe.console import quiet_native_stderr
+
+    _QUIET = quiet_native_stderr()  # for the whole run; the process ends with the script
+    _QUIET.__enter__()
+
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
