@@ -417,6 +417,7 @@ def dump(inputs, model, layer_names, match, all_layers, tensor_names, tensor_mat
     store.check_output(output, overwrite)
     limit = parse_size(max_bytes) if max_bytes is not None else None
     positional, named = sources.gather(inputs, named_inputs)
+    runner.limit_malloc_arenas()  # before TensorFlow starts its threads
     signal.signal(signal.SIGTERM, _terminate)
 
     with quiet_native_stderr(not _debug()):
