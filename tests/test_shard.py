@@ -1,0 +1,239 @@
+"""dump --shard K/N, merge and --resume, through the real CLI. Every figure checked is
+computed again here: row ranges from the rule, statistics with NumPy from the single dump's
+data, fingerprints with hashlib from its /inputs/source."""
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import error_line
+from tensorprobe.cli import cli as command
+
+BIN = Path(sys.executable).parent / "tensorprobe"
+N = 3
+
+
+def run(*args, env=None):
+    return CliRunner().invoke(command, [str(a) for a in args], env=env, catch_exceptions=True)
+
+
+def dump_args(zoo, *extra):
+    return ("dump", "-m", zoo["transfer.keras"], "-l", "vgg16/block2_conv1", "-l", "gap", "-l", "predictions",
+            "-b", "1", "-q", *extra, zoo["images7.npy"])
+
+
+@pytest.fixture(scope="module")
+def job(zoo, tmp_path_factory):
+    """A single dump of the 7 images and the same dump in 3 shards, merged."""
+    folder = tmp_path_factory.mktemp("job")
+    r = run(*dump_args(zoo, "-o", folder / "single.h5"))
+    assert r.exit_code == 0, r.output
+    for k in range(N):
+        r = run(*dump_args(zoo, "--shard", f"{k}/{N}", "-o", folder / f"part-{k}.h5"))
+        assert r.exit_code == 0, r.output
+    r = run("merge", *(folder / f"part-{k}.h5" for k in (2, 0, 1)), "-o", folder / "all.h5")
+    assert r.exit_code == 0, r.output
+    assert r.stderr.strip() == f"wrote {folder / 'all.h5'}: 7 rows from 3 shards (virtual)"
+    return folder
+
+
+def datasets(path):
+    found = {}
+    with h5py.File(path, "r") as f:
+        for group in ("activations", "gradients"):
+            if group in f:
+                f[group].visititems(lambda name, obj, g=group: found.__setitem__(f"{g}/{name}", obj[()])
+                                    if isinstance(obj, h5py.Dataset) else None)
+    return found
+
+
+def check_statistics(path, reference):
+    """The merged file's statistics attributes against NumPy over the single dump's data."""
+    with h5py.File(path, "r") as f:
+        for name, data in reference.items():
+            a = f[name].attrs
+            x = data.astype(np.float64)
+            np.testing.assert_allclose([a["min"], a["max"], a["mean"], a["std"]],
+                                       [x.min(), x.max(), x.mean(), x.std()], rtol=1e-6, atol=1e-9)
+            assert a["zeros_fraction"] == pytest.approx(np.count_nonzero(data == 0) / data.size, abs=1e-12)
+            assert (a["nan_count"], a["inf_count"]) == (0, 0)
+            flat = x.reshape(-1, x.shape[-1])
+            for key, value in (("min", flat.min(0)), ("max", flat.max(0)), ("mean", flat.mean(0)),
+                               ("std", flat.std(0))):
+                np.testing.assert_allclose(a[f"channel_{key}"], value, rtol=1e-6, atol=1e-9, err_msg=name)
+
+
+def sources(path):
+    with h5py.File(path, "r") as f:
+        return list(f["inputs/source"].asstr()[()])
+
+
+def test_each_shard_takes_its_contiguous_rows_and_records_the_job(job):
+    single = sources(job / "single.h5")
+    fingerprint = hashlib.sha256("".join(s + "\n" for s in single).encode()).hexdigest()
+    options = set()
+    for k in range(N):
+        start, stop = k * 7 // N, (k + 1) * 7 // N
+        with h5py.File(job / f"part-{k}.h5", "r") as f:
+            assert f.attrs["shard"] == f"{k}/{N}"
+            assert list(f.attrs["shard_rows"]) == [start, stop]
+            assert f.attrs["total_rows"] == 7 and f.attrs["samples"] == stop - start
+            assert f.attrs["input_fingerprint"] == fingerprint
+            options.add(f.attrs["options_fingerprint"])
+        assert sources(job / f"part-{k}.h5") == single[start:stop]
+    assert len(options) == 1
+
+
+def test_merged_virtual_file_equals_the_single_dump(job, cli):
+    single, merged = datasets(job / "single.h5"), datasets(job / "all.h5")
+    assert sorted(merged) == sorted(single) and len(single) == 3
+    for name in single:
+        np.testing.assert_array_equal(merged[name], single[name], err_msg=name)
+    with h5py.File(job / "all.h5", "r") as f:
+        assert all(f[name].is_virtual for name in single)
+        assert "shard" not in f.attrs and "shard_rows" not in f.attrs
+        assert list(f.attrs["merged_from"]) == ["part-0.h5", "part-1.h5", "part-2.h5"]
+        assert f.attrs["samples"] == 7 and f.attrs["complete"]
+    assert sources(job / "all.h5") == sources(job / "single.h5")
+    check_statistics(job / "all.h5", single)
+    r = cli("diff", job / "single.h5", job / "all.h5")
+    assert r.exit_code == 0, r.output
+    r = cli("summary", "--json", job / "all.h5")
+    assert r.exit_code == 0 and '"vgg16/block2_conv1"' in r.stdout
+    r = cli("plot", job / "all.h5", "-l", "gap", "-o", job / "gap.png")
+    assert r.exit_code == 0, r.output
+
+
+def test_merged_folder_can_move(job, cli, tmp_path):
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    for name in ("all.h5", "part-0.h5", "part-1.h5", "part-2.h5"):
+        shutil.copy(job / name, moved / name)
+    single = datasets(job / "single.h5")
+    cwd = os.getcwd()
+    os.chdir(tmp_path)  # relative to the merged file's folder, not to the working directory
+    try:
+        merged = datasets(moved / "all.h5")
+    finally:
+        os.chdir(cwd)
+    for name in single:
+        np.testing.assert_array_equal(merged[name], single[name])
+
+
+def test_merge_copy_is_self_contained(job, cli, tmp_path):
+    parts = []
+    for k in range(N):
+        shutil.copy(job / f"part-{k}.h5", tmp_path / f"part-{k}.h5")
+        parts.append(tmp_path / f"part-{k}.h5")
+    r = cli("merge", "--copy", *parts, "-o", tmp_path / "all.h5")
+    assert r.exit_code == 0, r.output
+    for part in parts:
+        part.unlink()
+    single, merged = datasets(job / "single.h5"), datasets(tmp_path / "all.h5")
+    with h5py.File(tmp_path / "all.h5", "r") as f:
+        assert not any(f[name].is_virtual for name in single)
+    for name in single:
+        np.testing.assert_array_equal(merged[name], single[name])
+    check_statistics(tmp_path / "all.h5", single)
+    assert cli("diff", job / "single.h5", tmp_path / "all.h5").exit_code == 0
+
+
+def test_merge_refusals(job, cli, zoo, tmp_path):
+    parts = [job / f"part-{k}.h5" for k in range(N)]
+    out = tmp_path / "all.h5"
+    r = cli("merge", parts[0], parts[2], "-o", out)
+    assert r.exit_code == 1 and error_line(r) == "error: shard 1/3 missing (given 2 of 3)"
+    shutil.copy(parts[1], tmp_path / "again.h5")
+    r = cli("merge", *parts, tmp_path / "again.h5", "-o", out)
+    assert r.exit_code == 1
+    assert error_line(r) == f"error: '{tmp_path / 'again.h5'}' is shard 1/3, like '{parts[1]}'"
+    other = tmp_path / "other-1.h5"
+    r = cli(*dump_args(zoo, "--shard", "1/3", "--reduce", "mean", "-o", other))
+    assert r.exit_code == 0, r.output
+    r = cli("merge", parts[0], other, parts[2], "-o", out)
+    assert r.exit_code == 1
+    assert error_line(r) == (f"error: '{other}' is not a shard of the same dump as '{parts[0]}': "
+                             "its model or options differ (options_fingerprint)")
+    broken = tmp_path / "broken-2.h5"
+    shutil.copy(parts[2], broken)
+    with h5py.File(broken, "a") as f:
+        f.attrs["complete"] = False
+    r = cli("merge", parts[0], parts[1], broken, "-o", out)
+    assert r.exit_code == 1 and error_line(r).startswith(f"error: '{broken}' is an incomplete dump")
+    r = cli("merge", parts[0], job / "single.h5", "-o", out)
+    assert r.exit_code == 1 and error_line(r) == (
+        f"error: '{job / 'single.h5'}' is not a shard (no 'shard' attribute: it was not written by dump --shard)")
+    assert not out.exists() and not list(tmp_path.glob(".all.h5*"))
+    r = cli("merge", "-o", out)
+    assert r.exit_code == 2
+
+
+def test_resume_skips_a_complete_shard_and_refuses_a_foreign_file(job, cli, zoo, tmp_path):
+    out = tmp_path / "part-0.h5"
+    shutil.copy(job / "part-0.h5", out)
+    before = out.read_bytes()
+    r = cli(*dump_args(zoo, "--shard", "0/3", "--resume", "-o", out))
+    assert r.exit_code == 0, r.output
+    assert r.stderr.strip() == f"skipped: '{out}' is already this shard's complete output (--resume)"
+    assert out.read_bytes() == before
+    shutil.copy(job / "part-1.h5", out)
+    r = cli(*dump_args(zoo, "--shard", "0/3", "--resume", "-o", out))
+    assert r.exit_code == 2 and "is not this shard's complete output" in error_line(r)
+    r = cli(*dump_args(zoo, "--shard", "0/3", "--resume", "--overwrite", "-o", out))
+    assert r.exit_code == 0 and "skipped" not in r.stderr
+    assert sources(out) == sources(job / "part-0.h5")
+
+
+def test_shard_from_the_environment_and_bad_values(job, cli, zoo, tmp_path):
+    out = tmp_path / "env.h5"
+    r = cli(*dump_args(zoo, "-o", out), env={"TENSORPROBE_SHARD": "2/3"})
+    assert r.exit_code == 0, r.output
+    assert sources(out) == sources(job / "single.h5")[4:7]
+    for value in ("3/3", "x", "1/0", "-1/2"):
+        r = cli(*dump_args(zoo, "--shard", value, "-o", tmp_path / "bad.h5"))
+        assert r.exit_code == 2 and error_line(r).startswith(f"error: --shard '{value}'"), r.output
+    r = cli(*dump_args(zoo, "-o", tmp_path / "bad.h5"), env={"TENSORPROBE_SHARD": "5/4"})
+    assert r.exit_code == 2 and error_line(r).startswith("error: TENSORPROBE_SHARD '5/4'")
+
+
+def test_empty_shards_when_there_are_more_shards_than_rows(cli, zoo, tmp_path):
+    common = ("dump", "-m", zoo["seq.keras"], "--all", "-b", "1", "-q", zoo["vec6.npy"])  # 5 rows
+    assert cli(*common, "-o", tmp_path / "single.h5").exit_code == 0
+    for k in range(6):
+        r = cli(*common, "--shard", f"{k}/6", "-o", tmp_path / f"p{k}.h5")
+        assert r.exit_code == 0, r.output
+    with h5py.File(tmp_path / "p0.h5", "r") as f:  # rows [0, 0)
+        assert f.attrs["samples"] == 0 and f.attrs["complete"] and list(f.attrs["shard_rows"]) == [0, 0]
+    r = cli("merge", *(tmp_path / f"p{k}.h5" for k in range(6)), "-o", tmp_path / "all.h5")
+    assert r.exit_code == 0, r.output
+    single = datasets(tmp_path / "single.h5")
+    merged = datasets(tmp_path / "all.h5")
+    assert sorted(merged) == sorted(single)
+    for name in single:
+        np.testing.assert_array_equal(merged[name], single[name])
+    check_statistics(tmp_path / "all.h5", single)
+
+
+def test_concurrent_shard_processes_then_merge_and_diff(job, zoo, tmp_path):
+    args = [str(a) for a in dump_args(zoo)[1:]]
+    procs = [subprocess.Popen([BIN, "dump", *args, "-o", str(tmp_path / f"part-{k}.h5")],
+                              env={**os.environ, "TENSORPROBE_SHARD": f"{k}/{N}"},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for k in range(N)]
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=120)
+        assert p.returncode == 0, stderr
+    r = subprocess.run([BIN, "merge", *sorted(map(str, tmp_path.glob("part-*.h5"))), "-o", str(tmp_path / "all.h5")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([BIN, "diff", str(job / "single.h5"), str(tmp_path / "all.h5")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.strip().endswith("match: 3 of 3 datasets")
