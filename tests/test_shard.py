@@ -223,17 +223,74 @@ def test_empty_shards_when_there_are_more_shards_than_rows(cli, zoo, tmp_path):
 
 
 def test_concurrent_shard_processes_then_merge_and_diff(job, zoo, tmp_path):
-    args = [str(a) for a in dump_args(zoo)[1:]]
-    procs = [subprocess.Popen([BIN, "dump", *args, "-o", str(tmp_path / f"part-{k}.h5")],
-                              env={**os.environ, "TENSORPROBE_SHARD": f"{k}/{N}"},
+    """The README's recipes: shard 0 as a Slurm array task, 1 as a Kubernetes Indexed Job pod,
+    2 with --shard as GNU parallel gives it; all three at once, as installed scripts."""
+    args = " ".join(f"'{a}'" for a in dump_args(zoo)[1:])
+    tensorprobe = f"'{BIN}' dump {args}"
+    lines = [
+        ({"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "3"},
+         f"export TENSORPROBE_SHARD=$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; {tensorprobe} -o part-$SLURM_ARRAY_TASK_ID.h5"),
+        ({"JOB_COMPLETION_INDEX": "1"},
+         f"TENSORPROBE_SHARD=$JOB_COMPLETION_INDEX/3 {tensorprobe} -o part-$JOB_COMPLETION_INDEX.h5"),
+        ({}, f"{tensorprobe} --shard 2/3 -o part-2.h5"),
+    ]
+    procs = [subprocess.Popen(["bash", "-c", line], cwd=tmp_path, env={**os.environ, **env},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for k in range(N)]
+             for env, line in lines]
     for p in procs:
         stdout, stderr = p.communicate(timeout=120)
         assert p.returncode == 0, stderr
-    r = subprocess.run([BIN, "merge", *sorted(map(str, tmp_path.glob("part-*.h5"))), "-o", str(tmp_path / "all.h5")],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    r = subprocess.run([BIN, "diff", str(job / "single.h5"), str(tmp_path / "all.h5")], capture_output=True, text=True)
+    r = subprocess.run(["bash", "-c", f"'{BIN}' merge part-*.h5 -o all.h5 && '{BIN}' diff '{job / 'single.h5'}' all.h5"],
+                       cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.strip().endswith("match: 3 of 3 datasets")
+    with h5py.File(tmp_path / "all.h5", "r") as f:
+        assert list(f.attrs["merged_from"]) == ["part-0.h5", "part-1.h5", "part-2.h5"]
+
+
+def test_statistics_merge_exactly_with_nan_and_inf(cli, zoo, tmp_path):
+    x = np.load(zoo["vec6.npy"])
+    x[1, 2], x[3, 0] = np.nan, np.inf
+    np.save(tmp_path / "x.npy", x)
+    common = ("dump", "-m", zoo["seq.keras"], "--all", "-b", "1", "-q", tmp_path / "x.npy")
+    assert cli(*common, "-o", tmp_path / "single.h5").exit_code == 0
+    for k in range(3):
+        assert cli(*common, "--shard", f"{k}/3", "-o", tmp_path / f"p{k}.h5").exit_code == 0
+    r = cli("merge", *(tmp_path / f"p{k}.h5" for k in range(3)), "-o", tmp_path / "all.h5")
+    assert r.exit_code == 0, r.output
+    single = datasets(tmp_path / "single.h5")
+    with h5py.File(tmp_path / "all.h5", "r") as f:
+        for name, data in single.items():
+            a, finite = f[name].attrs, np.isfinite(data)
+            assert (a["nan_count"], a["inf_count"]) == (np.isnan(data).sum(), np.isinf(data).sum())
+            assert a["nan_count"] + a["inf_count"] > 0
+            assert a["first_nonfinite_sample"] == np.flatnonzero(~finite.all(axis=1))[0]
+            values = data[finite].astype(np.float64)
+            np.testing.assert_allclose([a["min"], a["max"], a["mean"], a["std"]],
+                                       [values.min(), values.max(), values.mean(), values.std()], rtol=1e-6)
+            for c in range(data.shape[1]):
+                column = data[:, c][finite[:, c]].astype(np.float64)
+                assert a["channel_count"][c] == len(column)
+                np.testing.assert_allclose([a["channel_mean"][c], a["channel_std"][c]],
+                                           [column.mean(), column.std()], rtol=1e-6, atol=1e-12)
+
+
+def test_image_shards_never_open_the_files_outside_their_rows(cli, zoo, tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a0.png").write_bytes(b"not a png")  # row 0: outside shard 1/2's rows [2, 5)
+    for i in range(1, 5):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / f"a{i}.png")
+    common = ("dump", "-m", zoo["transfer.keras"], "-l", "gap", "-b", "1", "-q", folder)
+    r = cli(*common, "--shard", "1/2", "-o", tmp_path / "p1.h5")
+    assert r.exit_code == 0, r.output
+    assert sources(tmp_path / "p1.h5") == [str(folder / f"a{i}.png") for i in (2, 3, 4)]
+    r = cli(*common, "--skip-bad", "-o", tmp_path / "single.h5")
+    assert r.exit_code == 0, r.output
+    np.testing.assert_array_equal(datasets(tmp_path / "p1.h5")["activations/gap"],
+                                  datasets(tmp_path / "single.h5")["activations/gap"][1:])
+    r = cli(*common, "--shard", "0/2", "-o", tmp_path / "p0.h5")
+    assert r.exit_code == 1 and "a0.png" in error_line(r)
