@@ -127,6 +127,7 @@ def _write(f, shards, output, copy):
     folder = output.parent.resolve()
     names = [os.path.relpath(s.path.resolve(), folder) for s in shards]
     f.attrs["merged_from"] = names
+    f.attrs["merge_mode"] = "copy" if copy else "virtual"
     f.attrs["complete"] = False
     rows = sum(s.rows for s in shards)
     strings = h5py.string_dtype("utf-8")

@@ -356,6 +356,8 @@ def _check_dump(f, path, allow_incomplete):
             f"'{path}' has format_version {version!r}; this tensorprobe reads format_version "
             f"{FORMAT_VERSION} (a newer tensorprobe may read it)"
         )
+    if _plain(f.attrs.get("merge_mode")) == "virtual":
+        _check_shards_beside(f, path)
     if not is_complete(f.attrs) and not allow_incomplete:
         raise IncompleteDumpError(
             f"'{path}' is an incomplete dump ({_completeness(f.attrs)}: the dump was interrupted "
@@ -375,6 +377,18 @@ def is_output_of(path, job):
     except DumpReadError:
         return False
     return all(attrs.get(k) == job.get(k) for k in JOB_KEYS)
+
+
+def _check_shards_beside(f, path):
+    """A virtual merged dump reads its shards, named relative to its folder; HDF5 would read
+    a missing one as zeros without a word, so refuse instead."""
+    folder = Path(path).parent
+    for name in _plain(f.attrs.get("merged_from")) or []:
+        if not (folder / name).is_file():
+            raise DumpReadError(
+                f"'{path}' is a merged dump whose shard '{name}' is missing: the shards must stay beside "
+                "it (merge --copy writes a self-contained file)"
+            )
 
 
 def is_complete(attrs):

@@ -101,7 +101,7 @@ def test_merged_virtual_file_equals_the_single_dump(job, cli):
         assert all(f[name].is_virtual for name in single)
         assert "shard" not in f.attrs and "shard_rows" not in f.attrs
         assert list(f.attrs["merged_from"]) == ["part-0.h5", "part-1.h5", "part-2.h5"]
-        assert f.attrs["samples"] == 7 and f.attrs["complete"]
+        assert f.attrs["samples"] == 7 and f.attrs["complete"] and f.attrs["merge_mode"] == "virtual"
     assert sources(job / "all.h5") == sources(job / "single.h5")
     check_statistics(job / "all.h5", single)
     r = cli("diff", job / "single.h5", job / "all.h5")
@@ -126,6 +126,11 @@ def test_merged_folder_can_move(job, cli, tmp_path):
         os.chdir(cwd)
     for name in single:
         np.testing.assert_array_equal(merged[name], single[name])
+    (moved / "part-1.h5").unlink()  # HDF5 alone would read its rows as zeros
+    r = cli("summary", moved / "all.h5")
+    assert r.exit_code == 1 and error_line(r) == (
+        f"error: '{moved / 'all.h5'}' is a merged dump whose shard 'part-1.h5' is missing: "
+        "the shards must stay beside it (merge --copy writes a self-contained file)")
 
 
 def test_merge_copy_is_self_contained(job, cli, tmp_path):
@@ -139,7 +144,7 @@ def test_merge_copy_is_self_contained(job, cli, tmp_path):
         part.unlink()
     single, merged = datasets(job / "single.h5"), datasets(tmp_path / "all.h5")
     with h5py.File(tmp_path / "all.h5", "r") as f:
-        assert not any(f[name].is_virtual for name in single)
+        assert not any(f[name].is_virtual for name in single) and f.attrs["merge_mode"] == "copy"
     for name in single:
         np.testing.assert_array_equal(merged[name], single[name])
     check_statistics(tmp_path / "all.h5", single)
