@@ -299,3 +299,21 @@ def test_image_shards_never_open_the_files_outside_their_rows(cli, zoo, tmp_path
                                   datasets(tmp_path / "single.h5")["activations/gap"][1:])
     r = cli(*common, "--shard", "0/2", "-o", tmp_path / "p0.h5")
     assert r.exit_code == 1 and "a0.png" in error_line(r)
+
+
+def test_shards_take_their_rows_of_the_labels(cli, zoo, tmp_path):
+    labels = np.eye(5, dtype=np.float32)[[0, 1, 2, 3, 4, 0, 1]]  # a shard given rows 0.. would differ
+    np.save(tmp_path / "labels.npy", labels)
+    common = ("dump", "-m", zoo["transfer.keras"], "-l", "fc1", "--gradients", "--target", "loss:mse",
+              "--labels", tmp_path / "labels.npy", "-b", "1", "-q", zoo["images7.npy"])
+    assert cli(*common, "-o", tmp_path / "single.h5").exit_code == 0
+    for k in range(N):
+        r = cli(*common, "--shard", f"{k}/{N}", "-o", tmp_path / f"p{k}.h5")
+        assert r.exit_code == 0, r.output
+    r = cli("merge", "--copy", *(tmp_path / f"p{k}.h5" for k in range(N)), "-o", tmp_path / "all.h5")
+    assert r.exit_code == 0, r.output
+    single, merged = datasets(tmp_path / "single.h5"), datasets(tmp_path / "all.h5")
+    assert sorted(merged) == ["activations/fc1", "gradients/fc1"]
+    for name in single:
+        np.testing.assert_array_equal(merged[name], single[name])
+    check_statistics(tmp_path / "all.h5", single)
