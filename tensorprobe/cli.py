@@ -421,9 +421,8 @@ def dump(inputs, model, layer_names, match, all_layers, tensor_names, tensor_mat
     if gradients is not None and gradients[1] is not None and prep.skip_bad:
         raise click.UsageError("--labels cannot be combined with --skip-bad: the rows would no longer match")
     if shard is not None:
-        origin = "--shard" if click.get_current_context().get_parameter_source("shard").name != "ENVIRONMENT" \
-            else sharding.ENV
-        shard = sharding.parse(shard, origin)
+        from_env = click.get_current_context().get_parameter_source("shard").name == "ENVIRONMENT"
+        shard = sharding.parse(shard, sharding.ENV if from_env else "--shard")
     if not (resume and os.path.exists(output)):
         store.check_output(output, overwrite)
     limit = parse_size(max_bytes) if max_bytes is not None else None
@@ -468,21 +467,9 @@ def dump(inputs, model, layer_names, match, all_layers, tensor_names, tensor_mat
             "signature": signature, "custom_objects": custom_objects, "prepare": prep.attrs(),
             "size": prep.size, "skip_bad": prep.skip_bad,
         }
-        job = {"total_rows": source.rows, "input_fingerprint": source.fingerprint(),
-               "options_fingerprint": sharding.options_fingerprint(options)}
-        if shard is not None:
-            job = {"shard": str(shard), "shard_rows": list(shard.rows(source.rows)), **job}
-            source.select(*shard.rows(source.rows))
-        if resume and os.path.exists(output):
-            if store.is_output_of(output, job):
-                err.print(f"skipped: '{output}' is already this {'shard' if shard else 'dump'}'s complete "
-                          "output (--resume)", markup=False, highlight=False, soft_wrap=True)
-                return
-            if not overwrite:
-                raise errors.OutputExistsError(
-                    f"--output '{output}' exists and is not this {'shard' if shard else 'dump'}'s complete "
-                    "output (other inputs, options or shard); pass --overwrite to replace it")
-            store.check_output(output, overwrite)
+        job = _job(source, shard, options)
+        if resume and os.path.exists(output) and _resumed(output, job, overwrite, as_json):
+            return
         needed = probe.estimate_bytes(graph, plan, storage, source.rows) if keras_graph else None
         if needed is not None:
             free = store.check_room(output, needed, limit)
@@ -511,6 +498,39 @@ def dump(inputs, model, layer_names, match, all_layers, tensor_names, tensor_mat
         for (path, nans, infs, row), source_name in zip(nonfinite, sources):
             _error(f"{path} holds {nans} NaN and {infs} Inf values, first in sample {row} ({source_name})")
         sys.exit(errors.FAILURE)
+
+
+def _job(source, shard, options):
+    """The root attributes that tie a dump to its inputs and options (and, for a shard, its
+    rows); selects the shard's rows of `source`."""
+    from tensorprobe import shard as sharding
+
+    job = {"total_rows": source.rows, "input_fingerprint": source.fingerprint(),
+           "options_fingerprint": sharding.options_fingerprint(options)}
+    if shard is not None:
+        rows = shard.rows(source.rows)
+        job = {"shard": str(shard), "shard_rows": list(rows), **job}
+        source.select(*rows)
+    return job
+
+
+def _resumed(output, job, overwrite, as_json):
+    """--resume with an existing output: True when it is this job's complete output (the work
+    is skipped); False to redo it with --overwrite; otherwise refused."""
+    from tensorprobe import store
+
+    what = "shard" if "shard" in job else "dump"
+    if store.is_output_of(output, job):
+        err.print(f"skipped: '{output}' is already this {what}'s complete output (--resume)",
+                  markup=False, highlight=False, soft_wrap=True)
+        if as_json:
+            _print_summary(store.read_summary(output), output, as_json, console=err, provenance=False)
+        return True
+    if not overwrite:
+        raise errors.OutputExistsError(f"--output '{output}' exists and is not this {what}'s complete output "
+                                       "(other inputs, options or shard); pass --overwrite to replace it")
+    store.check_output(output, overwrite)
+    return False
 
 
 def parse_size(text):

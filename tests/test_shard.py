@@ -3,6 +3,7 @@ computed again here: row ranges from the rule, statistics with NumPy from the si
 data, fingerprints with hashlib from its /inputs/source."""
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -188,6 +189,9 @@ def test_resume_skips_a_complete_shard_and_refuses_a_foreign_file(job, cli, zoo,
     r = cli(*dump_args(zoo, "--shard", "0/3", "--resume", "-o", out))
     assert r.exit_code == 0, r.output
     assert r.stderr.strip() == f"skipped: '{out}' is already this shard's complete output (--resume)"
+    assert out.read_bytes() == before
+    r = cli(*dump_args(zoo, "--shard", "0/3", "--resume", "--json", "-o", out))
+    assert r.exit_code == 0 and json.loads(r.stdout)["samples"] == 7 * 1 // 3
     assert out.read_bytes() == before
     shutil.copy(job / "part-1.h5", out)
     r = cli(*dump_args(zoo, "--shard", "0/3", "--resume", "-o", out))
