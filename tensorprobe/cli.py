@@ -374,13 +374,17 @@ def _preparation(resize, no_resize, interpolation, size, preprocess, scale, offs
               help="Run in training mode (Dropout on, BatchNormalization on batch statistics).")
 @click.option("--jit", is_flag=True, help="Compile the extraction with XLA.")
 @click.option("--max-bytes", metavar="SIZE", help="Refuse a dump larger than SIZE (e.g. 500M, 2G).")
+@click.option("--shard", metavar="K/N", envvar="TENSORPROBE_SHARD", show_envvar=True,
+              help="Dump only shard K (from 0) of N: rows [K*R//N, (K+1)*R//N) of the R input rows.")
+@click.option("--resume", is_flag=True,
+              help="Skip the dump when OUTPUT is already this shard's (or dump's) complete output.")
 @storage_options
 @gradient_options
 @signature_option
 @model_options
 def dump(inputs, model, layer_names, match, all_layers, tensor_names, tensor_match, output, overwrite,
-         batch_size, as_json, quiet, fail_on_nonfinite, training, jit, max_bytes, storage, gradients,
-         signature, unsafe, custom_objects, **input_settings):
+         batch_size, as_json, quiet, fail_on_nonfinite, training, jit, max_bytes, shard, resume, storage,
+         gradients, signature, unsafe, custom_objects, **input_settings):
     """Compute the outputs of the chosen layers (or graph tensors) for INPUTS and write them
     to HDF5. The model is a .keras or .h5 file or a SavedModel folder.
 
@@ -398,8 +402,10 @@ def dump(inputs, model, layer_names, match, all_layers, tensor_names, tensor_mat
       TENSORPROBE_MODEL=model.h5 tensorprobe dump -l vgg16/block1_conv2 -l 3 a.npy b.npy
       tensorprobe dump -m model.keras --match 'conv' -o convs.h5 --json input.npy | jq
       tensorprobe dump -m saved_model_dir --tensor-match 'block1_conv2_1/BiasAdd' input.npy
+      tensorprobe dump -m model.keras --all --shard 2/8 -o part-2.h5 photos/   # then: merge
     """
     from tensorprobe import runner, store
+    from tensorprobe import shard as sharding
     from tensorprobe.inputs import sources
 
     wants_layers = bool(layer_names or match or all_layers)
@@ -414,7 +420,11 @@ def dump(inputs, model, layer_names, match, all_layers, tensor_names, tensor_mat
     prep = _preparation(**input_settings)
     if gradients is not None and gradients[1] is not None and prep.skip_bad:
         raise click.UsageError("--labels cannot be combined with --skip-bad: the rows would no longer match")
-    store.check_output(output, overwrite)
+    if shard is not None:
+        from_env = click.get_current_context().get_parameter_source("shard").name == "ENVIRONMENT"
+        shard = sharding.parse(shard, sharding.ENV if from_env else "--shard")
+    if not (resume and os.path.exists(output)):
+        store.check_output(output, overwrite)
     limit = parse_size(max_bytes) if max_bytes is not None else None
     positional, named = sources.gather(inputs, named_inputs)
     runner.limit_malloc_arenas()  # before TensorFlow starts its threads
@@ -446,9 +456,21 @@ def dump(inputs, model, layer_names, match, all_layers, tensor_names, tensor_mat
             target_origin, output_name = probe.output_origin(graph, output_name)
             plan = probe.with_gradients(plan, target, output_name)
             labels = open_labels(labels_path, source.rows) if labels_path else None
+            if labels is not None and shard is not None:
+                labels = labels[slice(*shard.rows(source.rows))]
             label_shape = labels.shape[1:] if labels is not None else None
             extract = probe.extraction_function(graph, plan, target, target_origin, label_shape,
                                                 training, storage, jit)
+        options = {
+            "model_sha256": loaded.sha256, "layers": layer_names, "match": match, "all": all_layers,
+            "tensors": tensor_names, "tensor_match": tensor_match, "training": training, "jit": jit,
+            "dtype": storage.dtype, "reduce": storage.reduce, "gradients": gradients,
+            "signature": signature, "custom_objects": custom_objects, "prepare": prep.attrs(),
+            "size": prep.size, "skip_bad": prep.skip_bad,
+        }
+        job = _job(source, shard, options)
+        if resume and os.path.exists(output) and _resumed(output, job, overwrite, as_json):
+            return
         needed = probe.estimate_bytes(graph, plan, storage, source.rows) if keras_graph else None
         if needed is not None:
             free = store.check_room(output, needed, limit)
@@ -457,7 +479,7 @@ def dump(inputs, model, layer_names, match, all_layers, tensor_names, tensor_mat
                           markup=False, highlight=False, soft_wrap=True)
         if tensor_part is not None:
             plan, extract = tensor_part.after(plan, extract)
-        attrs = {**_root_attrs(loaded, prep), "training": training, "reduce": storage.reduce or "none",
+        attrs = {**_root_attrs(loaded, prep), **job, "training": training, "reduce": storage.reduce or "none",
                  "dtype": storage.dtype or "as computed", "compression": compression_text(storage)}
         with store.DumpWriter(output, plan.specs, attrs, overwrite, storage.compression) as writer:
             with _progress(quiet or not err.is_terminal, source.rows) as advance:
@@ -479,6 +501,39 @@ def dump(inputs, model, layer_names, match, all_layers, tensor_names, tensor_mat
         sys.exit(errors.FAILURE)
 
 
+def _job(source, shard, options):
+    """The root attributes that tie a dump to its inputs and options (and, for a shard, its
+    rows); selects the shard's rows of `source`."""
+    from tensorprobe import shard as sharding
+
+    job = {"total_rows": source.rows, "input_fingerprint": source.fingerprint(),
+           "options_fingerprint": sharding.options_fingerprint(options)}
+    if shard is not None:
+        rows = shard.rows(source.rows)
+        job = {"shard": str(shard), "shard_rows": list(rows), **job}
+        source.select(*rows)
+    return job
+
+
+def _resumed(output, job, overwrite, as_json):
+    """--resume with an existing output: True when it is this job's complete output (the work
+    is skipped); False to redo it with --overwrite; otherwise refused."""
+    from tensorprobe import store
+
+    what = "shard" if "shard" in job else "dump"
+    if store.is_output_of(output, job):
+        err.print(f"skipped: '{output}' is already this {what}'s complete output (--resume)",
+                  markup=False, highlight=False, soft_wrap=True)
+        if as_json:
+            _print_summary(store.read_summary(output), output, as_json, console=err, provenance=False)
+        return True
+    if not overwrite:
+        raise errors.OutputExistsError(f"--output '{output}' exists and is not this {what}'s complete output "
+                                       "(other inputs, options or shard); pass --overwrite to replace it")
+    store.check_output(output, overwrite)
+    return False
+
+
 def parse_size(text):
     """'1500', '500K', '2M', '1.5G', '3GiB' -> bytes (binary multiples)."""
     import re
@@ -493,6 +548,34 @@ def parse_size(text):
 def compression_text(storage):
     name, level = storage.compression
     return "none" if name is None else name if level is None else f"{name}:{level}"
+
+@cli.command()
+@click.argument("shards", metavar="SHARD.h5...", nargs=-1, required=True,
+                type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(), help="The merged HDF5 file to write.")
+@click.option("--copy", is_flag=True,
+              help="Copy the rows into a self-contained file instead of virtual datasets that read the shards.")
+@click.option("--overwrite", is_flag=True, help="Replace the output file if it exists.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+def merge(shards, output, copy, overwrite, quiet):
+    """Join the shard files of one `dump --shard K/N` job, all N of them in any order, into
+    one dump that reads like a single one (`summary`, `diff`, `plot`). Every dataset becomes
+    an HDF5 virtual dataset over the shards, in shard order (they must stay beside the merged
+    file: paths are stored relative to its folder), or a real copy with --copy. Statistics are
+    combined from the shards' own; the data is not read.
+
+    \b
+      tensorprobe merge part-*.h5 -o all.h5
+      tensorprobe merge --copy part-0.h5 part-1.h5 part-2.h5 -o all.h5
+    """
+    from tensorprobe import merge as merging
+
+    signal.signal(signal.SIGTERM, _terminate)
+    rows, count = merging.merge(shards, output, copy, overwrite)
+    if not quiet:
+        err.print(f"wrote {output}: {rows} rows from {count} shards ({'copied' if copy else 'virtual'})",
+                  markup=False, highlight=False, soft_wrap=True)
+
 
 @cli.command()
 @click.argument("dump_file", metavar="FILE.h5", type=click.Path(exists=True, dir_okay=False))

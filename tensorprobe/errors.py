@@ -67,3 +67,7 @@ class Interrupted(TensorprobeError):
     def __init__(self, terminated):
         super().__init__("interrupted")
         self.exit_code = TERMINATED if terminated else INTERRUPTED
+
+
+class MergeError(TensorprobeError):
+    """Shard files that do not make one dump: another job, a shard missing or given twice."""

@@ -54,7 +54,7 @@ def dump(extract, batches, writer, on_batch=None, labels=None, prefetch=PREFETCH
                 arrays = extract(batch.arrays, label_rows)
                 rows = stop
             background.put(batch, arrays)
-    if rows == 0:
+    if rows == 0 and skipped:  # no rows at all is an empty shard (dump --shard K/N with N > rows)
         raise InputError(f"no input could be read: all {len(skipped)} were skipped as bad")
     return skipped
 

@@ -70,6 +70,58 @@ class RunningStats:
         self.max = np.maximum(self.max, high)
         self.count, self.mean, self.m2 = _combine(self.count, self.mean, self.m2, n, mean, m2)
 
+    @classmethod
+    def from_attrs(cls, attrs, rows, sample_shape):
+        """The state a dump's statistics attributes (result() and channel_result() as written,
+        plus channel_count where values were not finite) describe, for `rows` rows of
+        `sample_shape`: what `merge` combines. Exact but for the rounding of std -> M2."""
+        st = cls()
+        st.rows = int(rows)
+        st.size = st.rows * int(np.prod(sample_shape, dtype=np.int64))
+        st.nan_count, st.inf_count = int(attrs["nan_count"]), int(attrs["inf_count"])
+        st.first_nonfinite_row = attrs.get("first_nonfinite_sample")
+        if not st.size:
+            return st
+        st.zeros = int(round(float(attrs["zeros_fraction"]) * st.size))
+        per_channel = len(sample_shape) >= 1 and "channel_mean" in attrs
+        prefix = "channel_" if per_channel else ""
+        channels = sample_shape[-1] if per_channel else 1
+        if "channel_count" in attrs:
+            st.count = np.asarray(attrs["channel_count"], np.int64).reshape(channels)
+        else:  # every value finite: each channel saw the same number
+            if st.nan_count or st.inf_count:
+                raise ValueError("non-finite values but no channel_count attribute")
+            st.count = np.full(channels, st.size // channels, np.int64)
+        seen = st.count > 0
+
+        def get(key, missing):
+            return np.where(seen, np.asarray(attrs[prefix + key], np.float64).reshape(channels), missing)
+
+        st.mean = get("mean", 0.0)
+        st.m2 = np.square(get("std", 0.0)) * st.count
+        st.min, st.max = get("min", np.inf), get("max", -np.inf)
+        return st
+
+    def merge(self, other):
+        """Add the statistics of `other`, whose rows come after this one's (Chan et al.)."""
+        if other.first_nonfinite_row is not None and self.first_nonfinite_row is None:
+            self.first_nonfinite_row = self.rows + int(other.first_nonfinite_row)
+        self.size += other.size
+        self.rows += other.rows
+        self.zeros += other.zeros
+        self.nan_count += other.nan_count
+        self.inf_count += other.inf_count
+        if other.count is None:
+            return self
+        if self.count is None:
+            self.count, self.mean, self.m2 = other.count, other.mean, other.m2
+            self.min, self.max = other.min, other.max
+            return self
+        self.min, self.max = np.minimum(self.min, other.min), np.maximum(self.max, other.max)
+        self.count, self.mean, self.m2 = _combine(self.count, self.mean, self.m2,
+                                                  other.count, other.mean, other.m2)
+        return self
+
     def result(self):
         """Overall statistics; NaN where no finite value was seen."""
         nan = float("nan")

@@ -247,15 +247,8 @@ class DumpWriter:
         """Write the statistics, mark the file complete and move it to the output path."""
         try:
             for ds, stats in zip(self.datasets, self.stats):
-                if ds is None:
-                    continue
-                for key, value in stats.result().items():
-                    ds.attrs[key] = value
-                if len(ds.shape) >= 2:
-                    for key, value in stats.channel_result().items():
-                        ds.attrs[key] = value
-                if stats.first_nonfinite_row is not None:
-                    ds.attrs["first_nonfinite_sample"] = stats.first_nonfinite_row
+                if ds is not None:
+                    write_stats(ds, stats)
             self.file.attrs["samples"] = self.rows
             self.file.attrs["complete"] = True
             self.file.close()
@@ -293,6 +286,18 @@ class DumpWriter:
         except (OSError, RuntimeError):
             global _damaged
             _damaged = True  # the file is already deleted; nothing of it is kept
+
+
+def write_stats(ds, stats):
+    """A RunningStats' figures as the attributes of dataset `ds`."""
+    for key, value in stats.result().items():
+        ds.attrs[key] = value
+    if len(ds.shape) >= 2:
+        for key, value in stats.channel_result().items():
+            ds.attrs[key] = value
+    if stats.first_nonfinite_row is not None:
+        ds.attrs["first_nonfinite_sample"] = stats.first_nonfinite_row
+        ds.attrs["channel_count"] = stats.count  # finite values per channel, for merge
 
 
 def _write_reason(exc):
@@ -351,11 +356,39 @@ def _check_dump(f, path, allow_incomplete):
             f"'{path}' has format_version {version!r}; this tensorprobe reads format_version "
             f"{FORMAT_VERSION} (a newer tensorprobe may read it)"
         )
+    if _plain(f.attrs.get("merge_mode")) == "virtual":
+        _check_shards_beside(f, path)
     if not is_complete(f.attrs) and not allow_incomplete:
         raise IncompleteDumpError(
             f"'{path}' is an incomplete dump ({_completeness(f.attrs)}: the dump was interrupted "
             "or is still running); pass --allow-incomplete to read it anyway"
         )
+
+
+JOB_KEYS = ("shard", "shard_rows", "total_rows", "input_fingerprint", "options_fingerprint")
+
+
+def is_output_of(path, job):
+    """Whether `path` is a complete dump whose job attributes (shard, its rows, the input and
+    options fingerprints) are `job`'s: the work --resume may skip."""
+    try:
+        with open_dump(path) as f, reading(path):
+            attrs = root_attrs(f)
+    except DumpReadError:
+        return False
+    return all(attrs.get(k) == job.get(k) for k in JOB_KEYS)
+
+
+def _check_shards_beside(f, path):
+    """A virtual merged dump reads its shards, named relative to its folder; HDF5 would read
+    a missing one as zeros without a word, so refuse instead."""
+    folder = Path(path).parent
+    for name in _plain(f.attrs.get("merged_from")) or []:
+        if not (folder / name).is_file():
+            raise DumpReadError(
+                f"'{path}' is a merged dump whose shard '{name}' is missing: the shards must stay beside "
+                "it (merge --copy writes a self-contained file)"
+            )
 
 
 def is_complete(attrs):

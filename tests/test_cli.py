@@ -21,6 +21,10 @@ def test_help_version_summary_and_diff_do_not_import_tensorflow(cli, zoo, tmp_pa
     dump = tmp_path / "acts.h5"
     r = cli("dump", "-q", "-m", zoo["transfer.keras"], "--all", "-o", dump, zoo["input.npy"])
     assert r.exit_code == 0, r.stderr
+    parts = [tmp_path / f"part-{k}.h5" for k in range(2)]
+    for k, part in enumerate(parts):
+        r = cli("dump", "-q", "-m", zoo["transfer.keras"], "--all", "--shard", f"{k}/2", "-o", part, zoo["input.npy"])
+        assert r.exit_code == 0, r.stderr
     code = (
         "import sys\n"
         "from click.testing import CliRunner\n"
@@ -28,7 +32,7 @@ def test_help_version_summary_and_diff_do_not_import_tensorflow(cli, zoo, tmp_pa
         "def heavy(names):\n"
         "    return sorted(m for m in names if m in sys.modules)\n"
         "for args in (['--help'], ['--version'], ['dump', '--help'], ['layers', '--help'],\n"
-        "             ['summary', '--help'], ['diff', '--help'],\n"
+        "             ['summary', '--help'], ['diff', '--help'], ['merge', '--help'],\n"
         "             ['dump', '--bogus'], ['dump', '-m', 'missing.keras', '-l', 'x', 'a.npy'],\n"
         "             ['plot', '--help'], ['plot', 'missing.h5', '-l', 'x', '-o', 'o.png']):\n"
         "    r = CliRunner().invoke(cli, args)\n"
@@ -39,6 +43,8 @@ def test_help_version_summary_and_diff_do_not_import_tensorflow(cli, zoo, tmp_pa
         "             ['diff', '--json', dump, dump]):\n"
         "    r = CliRunner().invoke(cli, args)\n"
         "    assert r.exit_code == 0 and 'vgg16/block1_conv1' in r.stdout, (args, r.output)\n"
+        f"r = CliRunner().invoke(cli, ['merge', {str(parts[1])!r}, {str(parts[0])!r}, '-o', {str(tmp_path / 'all.h5')!r}])\n"
+        "assert r.exit_code == 0, r.output\n"
         "print(heavy(('tensorflow', 'keras', 'tf_keras', 'h5py')))\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -6,6 +6,7 @@ the others. `Feed.batches` then reads, decodes and prepares one batch at a time,
 holds a batch, not the data set: per input file only its path and header stay in memory.
 """
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +32,25 @@ class Feed:
     def __init__(self, streams):
         self.streams = streams
         self.rows = streams[0].rows
+        self.total_rows = self.rows  # before select()
+        self.row_range = (0, self.rows)
+
+    def select(self, start, stop):
+        """Keep only rows [start, stop) of the full, ordered input (a shard). Files and array
+        rows outside it are never read: array readers seek past them, image runs drop them."""
+        for stream in self.streams:
+            stream.select(start, stop)
+        self.rows = stop - start
+        self.row_range = (start, stop)
+
+    def fingerprint(self):
+        """SHA-256 of the full ordered list of row sources (as /inputs/source records them,
+        one a line), whatever rows select() kept."""
+        digest = hashlib.sha256()
+        iterators = [stream.all_sources() for stream in self.streams]
+        for per_input in zip(*iterators):
+            digest.update(self._source(list(per_input)).encode("utf-8", "surrogateescape") + b"\n")
+        return digest.hexdigest()
 
     def batches(self, batch_size):
         """Yield Batch records of up to `batch_size` rows, across file boundaries."""
@@ -180,6 +200,22 @@ class _Stream:
         self.parts.append(part)
         return part
 
+    def select(self, start, stop):
+        """Keep rows [start, stop): parts outside go, parts across an edge are cut."""
+        kept, row = [], 0
+        for part in self.parts:
+            low, high = max(start, row), min(stop, row + part.rows)
+            if low < high:
+                kept.append(part.cut(low - row, high - row))
+            row += part.rows
+        self.parts = kept
+        self.rows = stop - start
+
+    def all_sources(self):
+        """Every row's source, in order (for the input fingerprint; before select())."""
+        for part in self.parts:
+            yield from part.sources()
+
     def add_image(self, path):
         if not self.parts or not isinstance(self.parts[-1], _ImagePart):
             self.parts.append(_ImagePart())
@@ -264,10 +300,11 @@ class _Stream:
 class _ArrayPart:
     """One stored array: a single sample (shape = the input's), or a batch (first axis)."""
 
-    __slots__ = ("array", "single", "rows", "sample_shape")
+    __slots__ = ("array", "single", "rows", "sample_shape", "first")
 
     def __init__(self, array, spec):
         self.array = array
+        self.first = 0  # the first row to read (a shard's part may start inside the array)
         _check_dtype(array, spec)
         shape, expected = array.shape, spec.shape
         if _fits(shape, expected):
@@ -286,12 +323,31 @@ class _ArrayPart:
     def open(self, stream):
         return _ArrayRows(self)
 
+    def cut(self, start, stop):
+        """This part's rows [start, stop), relative to its first row."""
+        if (start, stop) == (0, self.rows):
+            return self
+        part = object.__new__(_ArrayPart)
+        part.array, part.single, part.sample_shape = self.array, self.single, self.sample_shape
+        part.first, part.rows = self.first + start, stop - start
+        return part
+
+    def sources(self):
+        if self.single:
+            yield self.array.label
+        else:
+            label = self.array.label
+            for i in range(self.first, self.first + self.rows):
+                yield f"{label}[{i}]"
+
 
 class _ArrayRows:
     def __init__(self, part):
         self.part = part
         self.reader = part.array.reader()
-        self.row = 0
+        self.row = part.first
+        if part.first:
+            self.reader.skip(part.first, part.sample_shape)
 
     def read(self, count):
         part = self.part
@@ -318,6 +374,14 @@ class _ImagePart:
     @property
     def rows(self):
         return len(self.paths)
+
+    def cut(self, start, stop):
+        part = _ImagePart()
+        part.paths = self.paths[start:stop]
+        return part
+
+    def sources(self):
+        return iter(self.paths)
 
     def open(self, stream):
         return _ImageRows(self, stream.image_samples(), stream.options.skip_bad)

@@ -170,6 +170,25 @@ class _StreamReader:
         data = self._read_bytes(count * row_items * array.dtype.itemsize)
         return np.frombuffer(data, array.dtype).reshape((count, *rows_shape))
 
+    def skip(self, count, rows_shape):
+        """Pass over `count` rows: a seek where the stream allows one, else read and drop."""
+        if self.array.fortran:
+            self.row += count
+            return
+        size = count * int(np.prod(rows_shape, dtype=np.int64)) * self.array.dtype.itemsize
+        try:
+            seekable = self.stream.seekable()
+        except (OSError, ValueError):
+            seekable = False
+        if seekable:
+            try:
+                self.stream.seek(size, 1)
+                return
+            except (OSError, ValueError) as e:
+                raise InputError(f"{self.array.name}: seek failed ({getattr(e, 'strerror', None) or e})") from e
+        while size:
+            size -= len(self._read_bytes(min(size, 1 << 24)))
+
     def _read_bytes(self, size):
         chunks, have = [], 0
         try:
@@ -208,6 +227,9 @@ class _MapReader:
         del mapped  # the last reference: the map is closed and its pages leave the process
         self.row += count
         return rows
+
+    def skip(self, count, rows_shape):
+        self.row += count
 
     def close(self):
         pass

@@ -1,0 +1,179 @@
+"""`merge`: join the shard files of one sharded dump (`dump --shard K/N`) into one dump.
+
+The merged file holds, for every dataset path, an HDF5 virtual dataset that maps the shards'
+rows in shard order (or, with `copy`, a real dataset with the rows copied), /inputs/source
+and /inputs/skipped copied (they are small), the shards' root attributes without `shard` and
+`shard_rows` plus `merged_from`, and statistics combined exactly from the shards' statistics
+attributes (stats.RunningStats.from_attrs + merge); the data is not read for them.
+
+Virtual datasets name their shard files relative to the merged file's folder, so the folder
+can move as a whole; the shards must stay beside the merged file (unless `copy`).
+"""
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from tensorprobe import shard as sharding
+from tensorprobe import store
+from tensorprobe.errors import MergeError, UsageError
+from tensorprobe.stats import RunningStats
+
+JOB = ("total_rows", "input_fingerprint", "options_fingerprint")
+JOB_WORDS = {"total_rows": "number of input rows", "input_fingerprint": "input list",
+             "options_fingerprint": "model or options"}
+STAT_ATTRS = set(store.STAT_KEYS) | {"channel_min", "channel_max", "channel_mean", "channel_std",
+                                     "channel_count", "first_nonfinite_sample"}
+COPY_BLOCK = 64 << 20  # bytes per block copied with `copy`
+
+
+@dataclass
+class ShardFile:
+    path: Path
+    attrs: dict  # root attributes, as h5py returns them
+    shard: sharding.Shard
+    rows: int
+    datasets: dict = field(default_factory=dict)  # "group/name" -> (shape, dtype, attrs, chunks, compression)
+    sources: np.ndarray = None
+    skipped: np.ndarray = None
+
+
+def merge(paths, output, copy=False, overwrite=False):
+    """Check the shards and write the merged dump to `output`. Returns (rows, shard count)."""
+    output = Path(output)
+    for p in paths:
+        if Path(p).resolve() == output.resolve():
+            raise UsageError(f"--output '{output}' is one of the shards")
+    shards = _in_order([_read(Path(p)) for p in paths])
+    with store.atomic_output(output, overwrite) as tmp:
+        with h5py.File(tmp, "w") as f:
+            _write(f, shards, output, copy)
+    return sum(s.rows for s in shards), len(shards)
+
+
+def _read(path):
+    with store.open_dump(path) as f, store.reading(path):
+        attrs = dict(f.attrs)
+        if "shard" not in attrs:
+            raise MergeError(f"'{path}' is not a shard (no 'shard' attribute: it was not written by dump --shard)")
+        shard = sharding.parse(store._plain(attrs["shard"]), f"'{path}': shard")
+        result = ShardFile(path, attrs, shard, 0)
+        result.sources = f["inputs/source"][()]
+        result.rows = len(result.sources)
+        if "inputs/skipped" in f:
+            result.skipped = f["inputs/skipped"][()]
+        for group in store.data_groups(f):
+            def visit(name, obj, group=group):
+                if isinstance(obj, h5py.Dataset):
+                    result.datasets[f"{group}/{name}"] = (obj.shape, obj.dtype, dict(obj.attrs), obj.chunks,
+                                                          obj.compression, obj.compression_opts)
+
+            f[group].visititems(visit)
+    for name, (shape, *_) in result.datasets.items():
+        if shape[0] != result.rows:
+            raise MergeError(f"'{path}': {name} holds {shape[0]} rows, /inputs/source {result.rows}")
+    return result
+
+
+def _in_order(shards):
+    """The shards sorted by K, after checking they are all N shards of one job."""
+    first = shards[0]
+    by_index = {}
+    for s in shards:
+        for key in JOB:
+            if store._plain(s.attrs.get(key)) != store._plain(first.attrs.get(key)):
+                raise MergeError(f"'{s.path}' is not a shard of the same dump as '{first.path}': "
+                                 f"its {JOB_WORDS[key]} differ ({key})")
+        if s.shard.count != first.shard.count:
+            raise MergeError(f"'{s.path}' is shard {s.shard}, '{first.path}' shard {first.shard}: "
+                             "different numbers of shards")
+        if s.shard.index in by_index:
+            raise MergeError(f"'{s.path}' is shard {s.shard}, like '{by_index[s.shard.index].path}'")
+        rows = list(s.shard.rows(int(store._plain(s.attrs["total_rows"]))))
+        if store._plain(s.attrs.get("shard_rows")) != rows:
+            raise MergeError(f"'{s.path}': shard {s.shard} records rows {store._plain(s.attrs.get('shard_rows'))}, "
+                             f"expected {rows}")
+        by_index[s.shard.index] = s
+    missing = [k for k in range(first.shard.count) if k not in by_index]
+    if missing:
+        names = ", ".join(f"{k}/{first.shard.count}" for k in missing)
+        raise MergeError(f"shard{'s' if len(missing) > 1 else ''} {names} missing "
+                         f"(given {len(shards)} of {first.shard.count})")
+    ordered = [by_index[k] for k in range(first.shard.count)]
+    filled = [s for s in ordered if s.rows]
+    for s in filled[1:]:
+        _same_datasets(filled[0], s)
+    return ordered
+
+
+def _same_datasets(a, b):
+    if set(a.datasets) != set(b.datasets):
+        odd = sorted(set(a.datasets) ^ set(b.datasets))[0]
+        raise MergeError(f"'{b.path}' and '{a.path}' hold different datasets ({odd})")
+    for name, (shape, dtype, *_) in a.datasets.items():
+        other = b.datasets[name]
+        if other[0][1:] != shape[1:] or other[1] != dtype:
+            raise MergeError(f"'{b.path}': {name} is {other[0][1:]} {other[1]}, in '{a.path}' {shape[1:]} {dtype}")
+
+
+def _write(f, shards, output, copy):
+    first = shards[0]
+    for key, value in first.attrs.items():
+        if key not in ("shard", "shard_rows", "complete", "samples"):
+            f.attrs[key] = value
+    folder = output.parent.resolve()
+    names = [os.path.relpath(s.path.resolve(), folder) for s in shards]
+    f.attrs["merged_from"] = names
+    f.attrs["merge_mode"] = "copy" if copy else "virtual"
+    f.attrs["complete"] = False
+    rows = sum(s.rows for s in shards)
+    strings = h5py.string_dtype("utf-8")
+    f.create_dataset("inputs/source", data=np.concatenate([s.sources for s in shards]), dtype=strings,
+                     maxshape=(None,), chunks=(1024,) if rows else None)
+    skipped = [s.skipped for s in shards if s.skipped is not None]
+    if skipped:
+        f.create_dataset("inputs/skipped", data=np.concatenate(skipped), dtype=strings)
+    f.require_group("activations")
+    filled = [(s, name) for s, name in zip(shards, names) if s.rows]
+    if not filled:
+        f.attrs["samples"] = 0
+        f.attrs["complete"] = True
+        return
+    for path, (shape, dtype, attrs, chunks, compression, opts) in filled[0][0].datasets.items():
+        full = (rows,) + shape[1:]
+        if copy:
+            ds = f.create_dataset(path, shape=full, dtype=dtype, chunks=chunks, compression=compression,
+                                  compression_opts=opts)
+            _copy_rows(ds, [s for s, _ in filled], path)
+        else:
+            layout = h5py.VirtualLayout(shape=full, dtype=dtype)
+            start = 0
+            for s, name in filled:
+                layout[start : start + s.rows] = h5py.VirtualSource(name, path, shape=(s.rows,) + shape[1:])
+                start += s.rows
+            ds = f.create_virtual_dataset(path, layout)
+        for key, value in attrs.items():
+            if key not in STAT_ATTRS:
+                ds.attrs[key] = value
+        stats = RunningStats()
+        for s, _ in filled:
+            stats.merge(RunningStats.from_attrs(s.datasets[path][2], s.rows, shape[1:]))
+        store.write_stats(ds, stats)
+    f.attrs["samples"] = rows
+    f.attrs["complete"] = True
+
+
+def _copy_rows(ds, shards, path):
+    row_bytes = max(1, int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize)
+    block = max(1, COPY_BLOCK // row_bytes)
+    start = 0
+    for s in shards:
+        with h5py.File(s.path, "r") as src, store.reading(s.path):
+            data = src[path]
+            for low in range(0, s.rows, block):
+                high = min(low + block, s.rows)
+                ds[start + low : start + high] = data[low:high]
+        start += s.rows
