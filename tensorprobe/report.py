@@ -196,7 +196,7 @@ def tensors_json(tensors):
 def summary_table(summary, output):
     attrs = summary["attrs"]
     samples = attrs.get("samples", sum(i["rows"] for i in summary.get("inputs", ())))
-    title = f"{output}: {samples} samples from {attrs.get('model', '?')}"
+    title = f"{output}: {samples} sample{'' if samples == 1 else 's'} from {attrs.get('model', '?')}"
     if attrs.get("complete") is not True:
         title += " (INCOMPLETE)"
     table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")

@@ -4,7 +4,9 @@ Layout (format_version 1), documented in the README:
   root attributes   format, format_version, tensorprobe_version, model, model_sha256,
                     model_format, loader, tensorflow_version, keras_version, created,
                     command, training, reduce, dtype, compression, samples, complete, and
-                    how inputs were prepared: preprocess, scale, offset, resize, interpolation
+                    how inputs were prepared: preprocess, scale, offset, resize, interpolation;
+                    total_rows, input_fingerprint, options_fingerprint (and shard,
+                    shard_rows for --shard; merged_from, merge_mode for merged files)
   /inputs/source    one UTF-8 string per sample row
   /inputs/skipped   (K, 2) UTF-8 strings [path, reason], inputs passed over by --skip-bad
                     (present only when one was)
