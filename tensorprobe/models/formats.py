@@ -53,7 +53,7 @@ def read_config(path, fmt):
         config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
         return config, version.decode() if isinstance(version, bytes) else str(version)
     except (zipfile.BadZipFile, KeyError, OSError, ValueError, EOFError) as e:
-        raise ModelLoadError(f"{path}: damaged or incomplete model file ({_first_line(e)})") from e
+        raise ModelLoadError(f"{path}: damaged or incomplete model file ({first_line(e)})") from e
 
 
 def lambda_layers_with_code(config):
@@ -85,7 +85,7 @@ def lambda_layers_with_code(config):
 
 def refuse_code(path, config):
     """Raise UnsafeModelError when loading the config would run Python code stored in it."""
-    names = lambda_layers_with_code(config)
+    names = list(dict.fromkeys(lambda_layers_with_code(config)))  # each layer once
     if names:
         listed = ", ".join(f"'{n}'" for n in names)
         raise UnsafeModelError(
@@ -102,6 +102,8 @@ def sha256_of(path):
     return h.hexdigest()
 
 
-def _first_line(exc):
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+def first_line(exc):
+    """An exception's message in one line of at most 300 characters, for error messages."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."

@@ -66,10 +66,4 @@ def _load_error(path, what, exc):
             f"{path}: the model needs the custom class or function '{missing.group(1)}'; "
             "pass --custom-objects FILE.py with its definition"
         )
-    return ModelLoadError(f"{path}: {what}: {_message(exc)}")
-
-
-def _message(exc):
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    text = lines[0] if lines else type(exc).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
+    return ModelLoadError(f"{path}: {what}: {formats.first_line(exc)}")

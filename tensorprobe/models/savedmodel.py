@@ -85,8 +85,8 @@ def load_savedmodel(path, signature=None, unsafe=False, keras_model=True):
     path = str(path)
     keras2 = (Path(path) / KERAS_METADATA).is_file()
     if keras2 and keras_model and not unsafe:
-        # keras_metadata.pb holds the model's config and each layer's again: check them all once
-        formats.refuse_code(path, {"layers": _unique_lambdas(_keras_metadata_configs(path))})
+        # keras_metadata.pb holds the model's config and each layer's again: check them all
+        formats.refuse_code(path, _keras_metadata_configs(path))
     sha = directory_sha256(path)
 
     import tensorflow as tf
@@ -94,7 +94,7 @@ def load_savedmodel(path, signature=None, unsafe=False, keras_model=True):
     try:
         obj = tf.saved_model.load(path)
     except Exception as e:  # a damaged folder fails in many ways; all are the file's problem
-        raise ModelLoadError(f"{path}: cannot load the SavedModel: {_message(e)}") from e
+        raise ModelLoadError(f"{path}: cannot load the SavedModel: {formats.first_line(e)}") from e
     names = sorted(obj.signatures.keys())
     chosen = _choose_signature(path, names, signature)
     sig = _signature(chosen, obj.signatures[chosen])
@@ -108,7 +108,7 @@ def load_savedmodel(path, signature=None, unsafe=False, keras_model=True):
         try:
             loaded.model = tf_keras.models.load_model(path, compile=False)
         except Exception as e:
-            raise ModelLoadError(f"{path}: cannot load this Keras 2 SavedModel: {_message(e)}") from e
+            raise ModelLoadError(f"{path}: cannot load this Keras 2 SavedModel: {formats.first_line(e)}") from e
         loaded.keras = tf_keras
         loaded.loader = f"tf_keras {tf_keras.__version__}"
     return loaded
@@ -158,28 +158,4 @@ def _keras_metadata_configs(path):
         meta.ParseFromString((Path(path) / KERAS_METADATA).read_bytes())
         return [json.loads(node.metadata) for node in meta.nodes if node.metadata]
     except (OSError, ValueError, DecodeError) as e:
-        raise ModelLoadError(f"{path}: damaged {KERAS_METADATA} ({_message(e)})") from e
-
-
-def _unique_lambdas(configs):
-    """The configs of the Lambda layers holding code found in `configs`, one per name."""
-    found = {}
-
-    def visit(node):
-        if isinstance(node, dict):
-            if formats.lambda_layers_with_code(node) and node.get("class_name") == "Lambda":
-                found.setdefault(node["config"].get("name", "?"), node)
-            for value in node.values():
-                visit(value)
-        elif isinstance(node, list):
-            for value in node:
-                visit(value)
-
-    visit(configs)
-    return list(found.values())
-
-
-def _message(exc):
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    text = lines[0] if lines else type(exc).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
+        raise ModelLoadError(f"{path}: damaged {KERAS_METADATA} ({formats.first_line(e)})") from e
