@@ -116,19 +116,29 @@ def unroll(model, keras):
 
 
 def _register(keras, entries, container, prefix, index, depth, parent, reach):
-    for i, layer in enumerate(_children(keras, container)):
+    layers = 0  # the index is the position in `.layers`; an inline operation has none
+    for layer in _children(keras, container):
         path = prefix + layer.name
-        entries[path] = LayerEntry(path, f"{index}{i}", depth, layer, parent, reach)
+        position = ""
+        if is_layer(keras, layer):
+            position, layers = f"{index}{layers}", layers + 1
+        entries[path] = LayerEntry(path, position, depth, layer, parent, reach)
         if parent is not None:
             entries[parent].children.append(path)
         inner = "graph" if reach == "graph" and _nodes_of(keras, layer) is not None else "runtime"
-        _register(keras, entries, layer, path + "/", f"{index}{i}.", depth + 1, path, inner)
+        _register(keras, entries, layer, path + "/", f"{position}.", depth + 1, path, inner)
 
 
 def _children(keras, layer):
     if _nodes_of(keras, layer) is not None or isinstance(layer, keras.Model):
-        return list(layer.layers)
-    return _sublayers(layer)
+        return _graph_children(keras, layer)
+    return _sublayers(layer) if is_layer(keras, layer) else []
+
+
+def is_layer(keras, operation):
+    """Whether a node's operation is a layer, else a Keras 3 operation written inline
+    (`x + y`, `keras.ops.relu(x)`), which has no weights, sub-layers or `training`."""
+    return isinstance(operation, keras.layers.Layer)
 
 
 class _Walker:
@@ -149,7 +159,9 @@ class _Walker:
             self._watch(x, origin)
         if _nodes_of(self.keras, model) is not None:
             return self.run(model, fed, "", ())
-        outputs, _ = self._call_leaf(model, "", (0,), fed, lambda: model(*inputs, training=self.training))
+        outputs, _ = self._call_leaf(
+            model, "", (0,), fed, lambda values: model(*values, training=self.training)
+        )
         return outputs
 
     def _watch(self, tensor, origin):
@@ -171,9 +183,11 @@ class _Walker:
             if _nodes_of(self.keras, layer) is not None:
                 outputs = self.run(layer, arguments, path + "/", node_key)
             else:
-                tensors = {id(t): x for t, (x, _) in zip(node_inputs, arguments)}
                 outputs, names = self._call_leaf(
-                    layer, path + "/", node_key, arguments, lambda: call(tensors, self.training)
+                    layer, path + "/", node_key, arguments,
+                    lambda values, t=node_inputs, c=call: c(
+                        {id(k): v for k, v in zip(t, values)}, self.training
+                    ),
                 )
                 if outputs is None:
                     continue  # not needed
@@ -193,12 +207,16 @@ class _Walker:
 
     def _call_leaf(self, layer, children_prefix, node_key, arguments, invoke):
         """Call one node with no graph of its own, recording the runtime layers under it.
-        Returns (outputs as (tensor, origin), dict keys if it returned a dict)."""
+        `invoke(values)` calls it on a list of values, one per argument. Returns (outputs as
+        (tensor, origin), dict keys if it returned a dict)."""
         if not self.symbolic and node_key not in self.needed:
             return None, None
         self.reads[node_key] = {origin[0] for _, origin in arguments if origin[0] is not None}
-        with self._recording(layer, children_prefix, node_key):
-            result = invoke()
+        values = [x for x, _ in arguments]
+        with self._recording(layer, children_prefix, node_key) as ran:
+            result = invoke(values)
+        if self.symbolic and not ran and self._runtime_inside(children_prefix):
+            self._trace(layer, children_prefix, node_key, values, invoke)
         outputs = [(x, (node_key, j)) for j, x in enumerate(self._flatten(result))]
         for x, origin in outputs:
             self.values[origin] = x
@@ -206,26 +224,49 @@ class _Walker:
         names = sorted(result) if isinstance(result, dict) else None
         return outputs, names
 
+    def _runtime_inside(self, prefix):
+        return [e for p, e in self.entries.items() if p.startswith(prefix) and e.reach == "runtime"]
+
+    def _trace(self, layer, prefix, node_key, values, invoke):
+        """Record the runtime layers under a node whose `call` Keras did not run on symbolic
+        inputs (it states its output with compute_output_shape/compute_output_spec, as
+        MultiHeadAttention does): call it once more inside a tf.function trace on tensors of
+        the same shapes and dtypes; what the sub-layers return there gives their shapes."""
+        import tensorflow as tf
+
+        specs = [tf.TensorSpec(x.shape, x.dtype) for x in values]
+
+        def traced(*placeholders):
+            with self._recording(layer, prefix, node_key):
+                invoke(list(placeholders))
+            return tf.constant(0)
+
+        tf.function(traced, autograph=False).get_concrete_function(*specs)
+
     @contextlib.contextmanager
     def _recording(self, layer, prefix, node_key):
         """While the node runs: its runtime layers' calls run as plain Python (tf.function
-        unwrapped) and the chosen ones record their outputs under `node_key + (path, k)`."""
-        inside = [e for p, e in self.entries.items() if p.startswith(prefix) and e.reach == "runtime"]
+        unwrapped) and the chosen ones record their outputs under `node_key + (path, k)`.
+        Yields a list that is not empty once the node's own `call` has run (Keras skips it on
+        symbolic inputs when the layer states its output shape)."""
+        inside = self._runtime_inside(prefix)
         if self.symbolic:
             chosen = {e.path for e in inside}
         else:
             n = len(node_key)
             chosen = {k[n] for k in self.needed if len(k) == n + 2 and k[:n] == node_key}
+        ran = []
         if not inside and not _is_tf_function(type(layer).call):
-            yield
+            yield ran
             return
         patched = [(layer, None)] + [(e.layer, e.path if e.path in chosen else None) for e in inside]
         originals = []
         try:
             for target, path in patched:
                 originals.append((target, target.__dict__.get("call")))
-                target.call = self._recorder(target, path, node_key)
-            yield
+                target.call = self._recorder(target, path, node_key, ran if target is layer else None)
+            with _attention_scores_computed(layer, self.symbolic or bool(chosen)):
+                yield ran
         finally:
             for target, original in reversed(originals):
                 if original is None:
@@ -233,13 +274,19 @@ class _Walker:
                 else:
                     target.call = original
 
-    def _recorder(self, layer, path, node_key):
+    def _recorder(self, layer, path, node_key, ran=None):
         method = type(layer).call
         if _is_tf_function(method):  # its Python, converted by AutoGraph as tf.function would
             import tensorflow as tf
 
             method = tf.autograph.to_graph(method.python_function)
         plain = functools.partial(method, layer)
+        if ran is not None:
+            def mark(*args, **kwargs):
+                ran.append(True)
+                return plain(*args, **kwargs)
+
+            return mark
         if path is None:
             return plain
         entry = self.entries[path]
@@ -293,6 +340,48 @@ def _nodes_of(keras, layer):
     return _keras3_nodes(functional if functional is not None else layer)
 
 
+def _graph_children(keras, model):
+    """The nodes' operations of a model with a graph, in order: its `.layers`, and in a Keras 3
+    functional model also the operations written inline (`x + y`, `keras.ops.relu(x)`,
+    `x[:, :8]`), which Keras lists only in `.operations`."""
+    if _legacy(keras) or getattr(model, "_functional", None) is not None:
+        return list(model.layers)  # a Sequential holds layers only
+    return list(getattr(model, "operations", model.layers))
+
+
+@contextlib.contextmanager
+def _attention_scores_computed(layer, wanted):
+    """Keras internals: MultiHeadAttention computes its attention with one fused
+    `ops.dot_product_attention` unless asked for the scores, and then its `softmax` sub-layer
+    never runs. While its sub-layers are recorded, `_compute_attention` (the method the
+    layer's documentation offers for overriding) is asked for the scores, so the explicit
+    path runs: `softmax` returns exactly what `return_attention_scores=True` gives. Not done
+    with flash attention, which cannot return scores."""
+    if not wanted or not _is_attention(layer) or layer._flash_attention:
+        yield
+        return
+    compute = layer._compute_attention
+
+    def explicit(*args, **kwargs):
+        if len(args) > 5:  # (query, key, value, attention_mask, training, return_scores, ...)
+            args = (*args[:5], True, *args[6:])
+        else:
+            kwargs["return_attention_scores"] = True
+        return compute(*args, **kwargs)
+
+    layer._compute_attention = explicit
+    try:
+        yield
+    finally:
+        del layer._compute_attention
+
+
+def _is_attention(layer):
+    from keras.layers import MultiHeadAttention  # Keras 3's; tf_keras' always runs softmax
+
+    return isinstance(layer, MultiHeadAttention)
+
+
 def _sublayers(layer):
     """Keras internals: the layers a custom layer tracks as attributes (Keras 3 and tf_keras)."""
     return list(layer._flatten_layers(include_self=False, recursive=False))
@@ -303,15 +392,19 @@ def _keras3_nodes(model):
     by_depth = getattr(model, "_nodes_by_depth", None)
     if by_depth is None:
         return None  # a subclassed model: no static graph of layers
+    import keras
+
     nodes = []
     for depth in sorted(by_depth, reverse=True):
         for node in by_depth[depth]:
             if node.operation is None or node.is_input:
                 continue
 
-            def call(tensors, training, node=node):
+            def call(tensors, training, node=node, layer=isinstance(node.operation, keras.layers.Layer)):
                 args, kwargs = node.arguments.fill_in(tensors)
-                return node.operation(*args, **{**kwargs, "training": training})
+                if layer:  # an inline operation (`x + y`) takes no `training`
+                    kwargs = {**kwargs, "training": training}
+                return node.operation(*args, **kwargs)
 
             nodes.append((node.operation, list(node.input_tensors), call, list(node.outputs)))
     return nodes, list(model.inputs), list(model.outputs)

@@ -2,10 +2,12 @@
 
 from dataclasses import dataclass
 
+from tensorprobe.graph import is_layer
+
 
 @dataclass
 class LayerInfo:
-    index: str
+    index: str  # "" for an inline operation (`x + y`), which has no place in `.layers`
     path: str
     name: str
     class_name: str
@@ -19,7 +21,7 @@ class LayerInfo:
     def to_json(self):
         shapes = self.output_shape
         return {
-            "index": self.index,
+            "index": self.index or None,
             "path": self.path,
             "name": self.name,
             "class": self.class_name,
@@ -52,6 +54,7 @@ def describe(loaded, graph):
     layers = []
     for entry in graph.entries.values():
         layer = entry.layer
+        weighted = is_layer(graph.keras, layer) and layer.built
         shapes = [shape_of(t) for t, _ in entry.calls[0]] if entry.calls else None
         layers.append(
             LayerInfo(
@@ -62,8 +65,8 @@ def describe(loaded, graph):
                 depth=entry.depth,
                 output_shape=shapes,
                 calls=len(entry.calls),
-                params=int(layer.count_params()) if layer.built else 0,
-                trainable=bool(layer.trainable),
+                params=int(layer.count_params()) if weighted else 0,
+                trainable=bool(layer.trainable) if is_layer(graph.keras, layer) else None,
                 reach=entry.reach,
             )
         )

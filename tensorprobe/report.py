@@ -51,7 +51,7 @@ def layers_table(info, title):
         if layer.reach == "runtime":
             path += Text(" [runtime]", style="yellow")
         table.add_row(
-            layer.index,
+            layer.index or "-",
             path,
             layer.class_name,
             shape,
