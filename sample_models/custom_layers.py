@@ -79,3 +79,27 @@ class Subclassed(keras.Model):
 
     def get_config(self):
         return {**super().get_config(), "units": self.units}
+
+
+class StatedBlock(keras.layers.Layer):
+    """A block that states its output shape, as most hand-written layers do: Keras then never
+    runs `call` on symbolic inputs, so its sub-layers run only on real values."""
+
+    def __init__(self, units=4, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.proj = keras.layers.Dense(units, name="proj")
+        self.norm = keras.layers.LayerNormalization(name="norm")
+
+    def build(self, input_shape):
+        self.proj.build(input_shape)
+        self.norm.build((*input_shape[:-1], self.units))
+
+    def call(self, x):
+        return self.norm(keras.ops.gelu(self.proj(x))) * 0.5
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.units)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}

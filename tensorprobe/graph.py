@@ -29,6 +29,7 @@ upgrade changes them.
 
 import contextlib
 import functools
+import re
 from dataclasses import dataclass, field
 
 # A node key is the tuple of node positions from the outer model down to the node, so that a
@@ -117,8 +118,10 @@ def unroll(model, keras):
 
 def _register(keras, entries, container, prefix, index, depth, parent, reach):
     layers = 0  # the index is the position in `.layers`; an inline operation has none
-    for layer in _children(keras, container):
-        path = prefix + layer.name
+    children = _children(keras, container)
+    names = [c.name for c in children] if reach == "graph" else _stable_names(children)
+    for layer, name in zip(children, names):
+        path = prefix + name
         position = ""
         if is_layer(keras, layer):
             position, layers = f"{index}{layers}", layers + 1
@@ -127,6 +130,41 @@ def _register(keras, entries, container, prefix, index, depth, parent, reach):
             entries[parent].children.append(path)
         inner = "graph" if reach == "graph" and _nodes_of(keras, layer) is not None else "runtime"
         _register(keras, entries, layer, path + "/", f"{position}.", depth + 1, path, inner)
+
+
+def _stable_names(layers):
+    """Names for the sub-layers of a custom layer that do not depend on the process.
+
+    A sub-layer created without a name (MultiHeadAttention's `softmax`, `Dense(4)` in a
+    custom layer's `__init__`) gets a name from a counter over the whole process, so the
+    same model loads with `softmax` in one process and `softmax_4` in another. Such
+    auto-named layers are named again by their class, numbered among their siblings in
+    order (`softmax`, `softmax_1`), as Keras would name them in a fresh process; names
+    given explicitly, and any that would collide with one, stay as they are."""
+    given = set()
+    auto = []
+    for layer in layers:
+        base = _snake_case(type(layer).__name__)
+        is_auto = re.fullmatch(re.escape(base) + r"(_\d+)?", layer.name) is not None
+        auto.append(base if is_auto else None)
+        if not is_auto:
+            given.add(layer.name)
+    names, count = [], {}
+    for layer, base in zip(layers, auto):
+        if base is None:
+            names.append(layer.name)
+            continue
+        k = count[base] = count.get(base, -1) + 1
+        name = base if k == 0 else f"{base}_{k}"
+        names.append(layer.name if name in given else name)
+    return names
+
+
+def _snake_case(class_name):
+    """The name Keras (3 and tf_keras) derives from a class name for a layer named by it."""
+    name = re.sub(r"\W+", "", class_name)
+    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
 def _children(keras, layer):

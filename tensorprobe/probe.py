@@ -26,17 +26,19 @@ def select(graph, names=(), match=None, all_layers=False):
         if path in chosen:
             raise UsageError(f"--layer '{name}' selects '{path}', which is already selected")
         chosen.add(path)
+    # --match and --all leave out layers that never run (a Dropout inside MultiHeadAttention
+    # at inference): they have no output; --layer naming one says so
     if match is not None:
         try:
             pattern = re.compile(match)
         except re.error as e:
             raise UsageError(f"--match '{match}': not a valid regular expression ({e})") from e
-        found = {p for p in entries if pattern.search(p)}
+        found = {p for p, e in entries.items() if pattern.search(p) and e.calls}
         if not found:
-            raise UnknownLayerError(f"--match '{match}' matches no layer path")
+            raise UnknownLayerError(f"--match '{match}' matches no layer path that has an output")
         chosen |= found
     if all_layers:
-        chosen |= {p for p, e in entries.items() if e.class_name != "InputLayer"}
+        chosen |= {p for p, e in entries.items() if e.class_name != "InputLayer" and e.calls}
     if not chosen:
         raise UsageError("no layer selected: give --layer NAME, --match REGEX or --all")
     return [entries[p] for p in entries if p in chosen]

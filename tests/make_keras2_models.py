@@ -43,3 +43,14 @@ model.save(os.path.join(folder, "keras2_transfer.h5"))
 lin = keras.Input((4,))
 lout = L.Lambda(lambda t: t * 2.0, name="double")(lin)
 keras.Model(lin, L.Dense(2, name="dense")(lout)).save(os.path.join(folder, "keras2_lambda.h5"))
+
+# tf.* calls and operators in a functional model: tf_keras records them as TFOpLambda and
+# SlicingOpLambda layers (`tf.nn.relu`, `tf.__operators__.add`, ...).
+import tensorflow as tf  # noqa: E402
+
+tin = keras.Input((10,), name="x")
+h = L.Dense(10, name="d1")(tin)
+h = tf.nn.relu(h) + tin
+left, right = h[:, :4], h[:, 4:]
+h = tf.concat([tf.math.sigmoid(left) * 2.0, tf.reshape(right, (-1, 3, 2))[:, 0, :]], axis=-1)
+keras.Model(tin, L.Dense(3, name="head")(h), name="tfop").save(os.path.join(folder, "keras2_tfop.h5"))
