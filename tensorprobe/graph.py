@@ -303,7 +303,8 @@ class _Walker:
             for target, path in patched:
                 originals.append((target, target.__dict__.get("call")))
                 target.call = self._recorder(target, path, node_key, ran if target is layer else None)
-            with _attention_scores_computed(layer, self.symbolic or bool(chosen)):
+            recorded = [e.layer for e in inside if e.path in chosen]
+            with _attention_scores_computed(layer, recorded, self.watch is not None):
                 yield ran
         finally:
             for target, original in reversed(originals):
@@ -388,26 +389,37 @@ def _graph_children(keras, model):
 
 
 @contextlib.contextmanager
-def _attention_scores_computed(layer, wanted):
+def _attention_scores_computed(layer, recorded, differentiated):
     """Keras internals: MultiHeadAttention computes its attention with one fused
     `ops.dot_product_attention` unless asked for the scores, and then its `softmax` sub-layer
-    never runs. While its sub-layers are recorded, `_compute_attention` (the method the
-    layer's documentation offers for overriding) is asked for the scores, so the explicit
-    path runs: `softmax` returns exactly what `return_attention_scores=True` gives. Not done
-    with flash attention, which cannot return scores."""
-    if not wanted or not _is_attention(layer) or layer._flash_attention:
+    never runs. While `softmax` is among the `recorded` layers, `_compute_attention` (the
+    method the layer's documentation offers for overriding) is also asked for the scores,
+    which calls `softmax`: what it records is exactly what `return_attention_scores=True`
+    gives.
+
+    The layer's output stays the fused one, as Keras computes it (the explicit path differs
+    where a query row is fully masked, and so does everything that reads such rows), except
+    when gradients are `differentiated`: then the output is the explicit path's, computed
+    from the recorded scores, so that the gradient with respect to them is the real one.
+    Not done with flash attention, which cannot return scores."""
+    if not _is_attention(layer) or layer._softmax not in recorded or layer._flash_attention:
         yield
         return
     compute = layer._compute_attention
 
-    def explicit(*args, **kwargs):
+    def with_scores(*args, **kwargs):
         if len(args) > 5:  # (query, key, value, attention_mask, training, return_scores, ...)
-            args = (*args[:5], True, *args[6:])
+            explicit = (*args[:5], True, *args[6:]), kwargs
         else:
-            kwargs["return_attention_scores"] = True
-        return compute(*args, **kwargs)
+            explicit = args, {**kwargs, "return_attention_scores": True}
+        if differentiated:
+            return compute(*explicit[0], **explicit[1])
+        result = compute(*args, **kwargs)
+        if result[1] is None:  # fused: compute the scores too, for `softmax` to record
+            compute(*explicit[0], **explicit[1])
+        return result
 
-    layer._compute_attention = explicit
+    layer._compute_attention = with_scores
     try:
         yield
     finally:

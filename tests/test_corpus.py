@@ -53,6 +53,19 @@ def corpus(tmp_path_factory):
     keras.Model(tokens, L.Dense(2, name="cls_head")(cls), name="encoder").save(folder / "encoder.keras")
     np.save(folder / "tokens.npy", rng.integers(0, 30, (5, 6)).astype("int32"))
 
+    # The same with padding (mask_zero) and a causal mask: Keras' fused attention and its
+    # explicit path (which returns the scores) differ on fully masked rows, and the pooling
+    # after `+` (which drops the mask) reads those rows.
+    tokens = keras.Input((6,), dtype="int32", name="tokens")
+    h = L.Embedding(30, 8, mask_zero=True, name="embed")(tokens)
+    att = L.MultiHeadAttention(num_heads=2, key_dim=4, name="mha")(h, h, use_causal_mask=True)
+    h = L.GlobalAveragePooling1D(name="pool")(L.LayerNormalization(name="ln")(h + att))
+    keras.Model(tokens, L.Dense(2, name="head")(h), name="padded").save(folder / "padded.keras")
+    padded = rng.integers(1, 30, (5, 6)).astype("int32")
+    padded[:, 4:] = 0
+    padded[0, 2:] = 0
+    np.save(folder / "padded.npy", padded)
+
     # keras.ops: slicing, concatenation, reshape, activations, one op over two branches.
     vin = keras.Input((10,), name="x")
     v = L.Dense(10, name="d1")(vin)
@@ -158,6 +171,24 @@ def test_transformer_block_attention_internals(cli, corpus, tmp_path):
                                    atol=ATOL, err_msg=name)
     assert "mha/dropout" not in values  # never runs at inference: listed, with no output
     assert records["mha/dropout"]["output_shape"] is None
+
+
+def test_attention_with_padding_and_causal_masks(cli, corpus, tmp_path):
+    import keras
+
+    model_file = corpus / "padded.keras"
+    model = keras.saving.load_model(model_file)
+    tokens = np.load(corpus / "padded.npy")
+    values = dump_all(cli, model_file, corpus / "padded.npy", tmp_path / "a.h5")
+    mha = model.get_layer("mha")
+    h = model.get_layer("embed")(tokens)  # eager: carries the padding mask
+    _, scores = mha(h, h, use_causal_mask=True, return_attention_scores=True)
+    np.testing.assert_allclose(values["mha/softmax"], np.asarray(scores), atol=ATOL)
+    assert np.all(values["mha/softmax"][:, :, 0, 1:] == 0)  # causal: the first query sees itself
+    for op in model.operations[1:]:
+        name = "mha/__output__" if op is mha else op.name
+        expected = submodel_value(keras, model.inputs, op.output, tokens)
+        np.testing.assert_allclose(values[name], expected, atol=ATOL, err_msg=name)
 
 
 def test_attention_softmax_alone_and_its_gradient(cli, corpus, tmp_path):
