@@ -76,6 +76,25 @@ class Graph:
         key, j = origin
         return self.inputs[j] if key is None else self.symbolic[origin]
 
+    def input_names(self):
+        """A name per model input: the keys of a model called with a dict (keras-hub's
+        `token_ids`, `padding_mask`), else each input's own name."""
+        structure = getattr(self.model, "input", None) if _nodes_of(self.keras, self.model) else None
+        if isinstance(structure, dict) and len(structure) == len(self.inputs):
+            return sorted(structure)  # the order the inputs are flattened in
+        return [producer_name(t) for t in self.inputs]
+
+    def output_names(self):
+        """A name per model output: the keys of a model that returns a dict (keras-hub's
+        `pooled_output`, `sequence_output`), else the layer that computes each."""
+        try:
+            structure = self.model.output
+        except (AttributeError, ValueError):  # a subclassed model has no symbolic output
+            structure = None
+        if isinstance(structure, dict) and len(structure) == len(self.outputs):
+            return sorted(structure)  # the order the outputs are flattened in
+        return [producer_name(self.tensor(origin)) for origin in self.outputs]
+
     def needed(self, origins):
         """The node keys that computing `origins` requires."""
         todo = [key for key, _ in origins if key is not None]
@@ -359,6 +378,13 @@ class _Walker:
 
             return tf.nest.flatten(outputs)
         return self.keras.tree.flatten(outputs)
+
+
+def producer_name(tensor):
+    """The name of the layer (or operation) that computes a symbolic tensor."""
+    history = getattr(tensor, "_keras_history", None)
+    layer = getattr(history, "operation", None) or getattr(history, "layer", None)
+    return layer.name if layer is not None else getattr(tensor, "name", "output")
 
 
 def _legacy(keras):

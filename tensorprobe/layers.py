@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from tensorprobe.graph import is_layer
+from tensorprobe.graph import is_layer, producer_name
 
 
 @dataclass
@@ -73,8 +73,9 @@ def describe(loaded, graph):
     trainable = sum(_size(w.shape) for w in model.trainable_weights)
     return ModelInfo(
         name=model.name,
-        inputs=[_tensor_record(t) for t in graph.inputs],
-        outputs=[_tensor_record(graph.tensor(origin)) for origin in graph.outputs],
+        inputs=[_tensor_record(t, name) for name, t in zip(graph.input_names(), graph.inputs)],
+        outputs=[_tensor_record(graph.tensor(origin), name)
+                 for name, origin in zip(graph.output_names(), graph.outputs)],
         params=int(model.count_params()),
         trainable_params=trainable,
         layers=layers,
@@ -88,11 +89,8 @@ def _size(shape):
     return n
 
 
-def _tensor_record(tensor):
-    name = getattr(tensor, "name", "")
-    history = getattr(tensor, "_keras_history", None)
-    layer = getattr(history, "operation", None) or getattr(history, "layer", None)
-    return (layer.name if layer is not None else name, shape_of(tensor), _dtype_name(tensor.dtype))
+def _tensor_record(tensor, name=None):
+    return (name or producer_name(tensor), shape_of(tensor), _dtype_name(tensor.dtype))
 
 
 def _dtype_name(dtype):

@@ -151,7 +151,7 @@ def with_gradients(plan, target, output_name):
 def output_origin(graph, name):
     """The origin of the model output that --target-output NAME picks (a name or an index);
     with NAME None, the model's only output. Returns (origin, output name)."""
-    names = [_producer_name(graph.tensor(origin)) for origin in graph.outputs]
+    names = graph.output_names()
     if name is None:
         if len(names) > 1:
             raise UsageError(
@@ -164,12 +164,6 @@ def output_origin(graph, name):
     if name.isdigit() and int(name) < len(names):
         return graph.outputs[int(name)], names[int(name)]
     raise UsageError(f"--target-output '{name}': the model's outputs are {', '.join(names)}")
-
-
-def _producer_name(tensor):
-    history = getattr(tensor, "_keras_history", None)
-    layer = getattr(history, "operation", None) or getattr(history, "layer", None)
-    return layer.name if layer is not None else getattr(tensor, "name", "output")
 
 
 @dataclass

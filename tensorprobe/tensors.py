@@ -105,18 +105,21 @@ def from_keras(model):
         raise ModelLoadError(
             f"model '{model.name}' has no symbolic inputs, so its forward pass cannot be traced"
         )
+    structure = model.input  # a tensor, a list, or a dict of named inputs (keras-hub backbones)
+    keys = sorted(structure) if isinstance(structure, dict) else [None] * len(inputs)
     specs = [
-        tf.TensorSpec(tuple(t.shape), _dtype_name(t.dtype), name=_input_name(t, i))
-        for i, t in enumerate(inputs)
+        tf.TensorSpec(tuple(t.shape), _dtype_name(t.dtype), name=_input_name(key or t.name, i))
+        for i, (t, key) in enumerate(zip(inputs, keys))
     ]
 
     @tf.function(input_signature=specs, autograph=False)
     def forward(*xs):
-        return model(xs[0] if len(xs) == 1 else list(xs), training=False)
+        return model(tf.nest.pack_sequence_as(structure, list(xs)), training=False)
 
     frozen = freeze(forward.get_concrete_function(), "the traced forward pass")
     placeholders = [t.name for t in frozen.inputs[: len(specs)]]
-    names = list(getattr(model, "output_names", None) or [])
+    output = model.output
+    names = sorted(output) if isinstance(output, dict) else list(getattr(model, "output_names", None) or [])
     if len(names) != len(frozen.outputs):
         names = [f"output_{i}" for i in range(len(frozen.outputs))]
     outputs = [(name, t.name) for name, t in zip(names, frozen.outputs)]
@@ -432,8 +435,7 @@ def _shape_text(shape):
     return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
 
 
-def _input_name(tensor, i):
-    name = getattr(tensor, "name", "") or ""
+def _input_name(name, i):
     name = re.sub(r"[^A-Za-z0-9_.\-]", "_", name.split(":")[0])
     return name if re.match(r"[A-Za-z0-9.]", name) else f"input_{i}"
 

@@ -58,11 +58,12 @@ def from_graph(graph):
     taken as channels-last unless its input shape only makes sense channels-first.
     """
     data_format = _model_data_format(graph) if hasattr(graph, "entries") else None
+    names = graph.input_names() if hasattr(graph, "input_names") else [None] * len(graph.inputs)
     specs = []
-    for i, t in enumerate(graph.inputs):
+    for i, (t, name) in enumerate(zip(graph.inputs, names)):
         shape = tuple(None if d is None else int(d) for d in t.shape[1:])
         dtype = getattr(t.dtype, "name", None) or str(t.dtype)
-        name = str(getattr(t, "name", None) or f"input_{i}").split(":")[0]
+        name = name or str(getattr(t, "name", None) or f"input_{i}").split(":")[0]
         fmt = data_format or _guess_data_format(shape)
         specs.append(InputSpec(name, shape, dtype, fmt))
     return specs
