@@ -60,6 +60,14 @@ def load_model(path, unsafe=False, custom_objects=None):
 def _load_error(path, what, exc):
     """A ModelLoadError; a missing custom class is named, with the option that supplies it."""
     text = str(exc)
+    package = re.search(r"deserialize class '([\w.]+)' because its parent module ([\w.]+) cannot be imported", text)
+    if package:  # a class from a library (keras_hub.src.models...): the library is missing
+        top = package.group(2).split(".")[0]
+        return ModelLoadError(
+            f"{path}: the model uses the class '{package.group(1)}' from the module "
+            f"{package.group(2)}, which cannot be imported: install it "
+            f"(pip install {top.replace('_', '-')}), or pass --custom-objects FILE.py with the class"
+        )
     missing = re.search(r"(?:Could not locate|Unknown) (?:class|layer|function|object)[^'`]*['`]([\w.>]+)['`]", text)
     if missing:
         return ModelLoadError(
