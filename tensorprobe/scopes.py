@@ -24,8 +24,10 @@ The rule, applied to the frozen graph of the signature:
    the same name: `strided_slice/stack` belongs to the op `strided_slice`; TensorFlow names
    an op and its helper scope alike, and nothing else) or none of its ops is computed from
    the inputs (`Cast/ReadVariableOp` only reads a variable). A scope *holds layers* when
-   - Keras 3: some sub-scopes could be layers and every one of them ends in `_N`; they are
-     its layers;
+   - Keras 3: some sub-scopes that could be layers end in `_N`; they are its layers, except
+     where a sub-scope of the same name without the suffix exists too (`einsum` and
+     `einsum_1` inside a MultiHeadAttention: one TensorFlow scope entered twice, since
+     Keras 3 leaves no layer's scope unsuffixed);
    - tf.keras 2.x: it is a model's scope (its name is a saved model's), and its layers are
      all the sub-scopes that could be layers (a TFOpLambda such as `tf.__operators__.add`
      has no saved name); or some sub-scopes that could be layers bear the name of a saved
@@ -38,10 +40,14 @@ The rule, applied to the frozen graph of the signature:
    model). Several such top-level scopes are listed as top-level layers.
 3. A layer's name is its scope's (Keras 3: without the last `_N`, `block1_conv2_1` ->
    `block1_conv2`), and the path joins the names (`vgg16/block1_conv2`). Two scopes with the
-   same path are two calls of one layer (shared weights), in the order the graph runs them;
-   tf.keras 2.x runs every call of a layer in the same scope, so there a shared layer is one
-   call whose outputs are all its calls' tensors that leave the scope. A layer that holds
-   layers is a nested model (or a custom layer with sub-layers) and is searched in turn.
+   same path are two calls of one layer (shared weights), in the order the graph runs them.
+   tf.keras 2.x runs every call of a layer in the same scope: there the scope's computed ops
+   are split into the parts that pass no tensor to each other, and when there are several
+   and all do the same computation (the same op types in the same sub-scopes, `_N` aside),
+   each is a call (a Siamese net's encoder on its two inputs); otherwise the scope is one
+   call (calls chained as `f(f(x))` are one call, whose output is the last). A layer that
+   holds layers is a nested model (or a custom layer with sub-layers) and is searched in
+   turn.
 4. A layer call's **output** is each tensor produced inside its scope (sub-scopes included)
    and read by an op outside it, in topological order: one tensor for most layers.
 5. `params` counts the elements of the frozen variables read in the scope (its
@@ -214,8 +220,9 @@ class _Builder:
         own = {op.name.rsplit("/", 1)[-1] for op in scope.ops}
         candidates = [c for c in scope.children.values() if c.name not in own and c.computed]
         if not self.naming.keras2:
-            suffixed = all(SUFFIXED.fullmatch(c.name) for c in candidates)
-            return candidates if suffixed else []
+            # `einsum` beside `einsum_1`: one TensorFlow scope entered twice, never a layer
+            bare = {name for name in scope.children if not SUFFIXED.fullmatch(name)}
+            return [c for c in candidates if c.name not in bare and self.naming.layer_name(c.name) not in bare]
         if scope.name in self.naming.models:
             return candidates
         return [c for c in candidates if c.name in self.naming.layers]

@@ -181,16 +181,10 @@ def keras2_layers(path):
     `__call__` child), else its weights' names, `<scope>/<name>/<weight>`. A layer with
     neither (no weights and never traced alone: a TFOpLambda, a weightless sub-layer of a
     custom layer) stays nameless."""
-    from google.protobuf.message import DecodeError
     from tensorflow.core.protobuf import saved_model_pb2
 
-    saved = saved_model_pb2.SavedModel()
-    try:
-        saved.ParseFromString((Path(path) / SAVED_MODEL).read_bytes())
-    except (OSError, DecodeError) as e:
-        raise ModelLoadError(f"{path}: damaged {SAVED_MODEL} ({formats.first_line(e)})") from e
-    if not saved.meta_graphs:
-        return None
+    saved = saved_model_pb2.SavedModel()  # tf.saved_model.load has read this file already
+    saved.ParseFromString((Path(path) / SAVED_MODEL).read_bytes())
     nodes = saved.meta_graphs[0].object_graph_def.nodes
     keras2 = [n for n in nodes
               if n.WhichOneof("kind") == "user_object" and n.user_object.identifier.startswith(KERAS2_OBJECT)]
