@@ -98,8 +98,8 @@ def naming(loaded):
     if loaded.model is not None and getattr(loaded.keras, "__name__", "") == "tf_keras":
         Layer, Model = loaded.keras.layers.Layer, loaded.keras.Model
         layers = [loaded.model, *(m for m in loaded.model.submodules if isinstance(m, Layer))]
-        return Naming(True, frozenset(l.name for l in layers),
-                      frozenset(l.name for l in layers if isinstance(l, Model)))
+        return Naming(True, frozenset(layer.name for layer in layers),
+                      frozenset(layer.name for layer in layers if isinstance(layer, Model)))
     return KERAS3
 
 
