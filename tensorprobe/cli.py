@@ -184,7 +184,7 @@ def _load(model_path, unsafe, custom_objects=(), signature=None, layers=True):
     if loaded.model is None:  # a SavedModel that holds only a graph: its layers are name scopes
         from tensorprobe import scopes, tensors
 
-        return loaded, scopes.scope_graph(tensors.tensor_graph(loaded))
+        return loaded, scopes.scope_graph(tensors.tensor_graph(loaded), scopes.naming(loaded))
     return loaded, unroll(loaded.model, loaded.keras)
 
 

@@ -1,22 +1,53 @@
 """Keras layers found again in a frozen graph's name scopes, for SavedModels that hold only a
-graph (Keras 3's `model.export()`).
+graph (Keras 3's `model.export()`, tf.keras 2.x exports without keras_metadata.pb).
 
-Keras 3 runs each layer call inside a name scope named after the layer and made unique with a
-`_N` suffix, so a SavedModel's op names read like
-`StatefulPartitionedCall/transfer_1/vgg16_1/block1_conv2_1/Relu`. The rule, applied to the
-frozen graph of the signature:
+Keras runs each layer call inside a name scope named after the layer, so a SavedModel's op
+names read like `StatefulPartitionedCall/transfer_1/vgg16_1/block1_conv2_1/Relu`. Two naming
+conventions exist, and a SavedModel says which one it follows (`naming`):
+
+- **Keras 3** makes each scope unique with a `_N` suffix (`block1_conv2_1`, the model's own
+  `transfer_1`), so a layer's name is its scope's without the last `_N`.
+- **tf.keras 2.x** names scopes after the layers as they are (`model_1/conv2d_1/...`, where
+  `conv2d_1` is the layer's real name), so a suffix proves nothing: a layer really named
+  `dense_1` is `dense_1`. Such a SavedModel is recognised by its object graph, where tf.keras
+  saves every layer as a `_tf_keras_*` object (Keras 3 never does; see
+  `models.savedmodel.keras2_layers`), and the names of those layers tell which scopes are
+  layers. The object graph is read, not the scopes, because the scopes alone cannot tell the
+  two conventions apart: a tf.keras model named `model_1` whose layers are all auto-named
+  `conv2d_1`, `dense_3`, ... reads exactly like a Keras 3 export.
+
+The rule, applied to the frozen graph of the signature:
 
 1. Leading function-call components (`StatefulPartitionedCall`, `PartitionedCall`, with any
    `_N`) are dropped; ops under `Func/` (the inliner's plumbing) belong to no scope.
-2. A scope *holds layers* (it is a model) when it has no ops of its own, at least one
-   sub-scope, and every sub-scope name ends in `_N`. The model's scope is the one top-level
-   scope that holds layers; its name is left out of paths (as `layers` on a .keras file lists
-   what is inside the model). Several such top-level scopes are listed as top-level layers.
-3. Every sub-scope of a scope that holds layers is a layer; its name without the last `_N`
-   is the layer's name (`block1_conv2_1` -> `block1_conv2`), and the path joins the names
-   (`vgg16/block1_conv2`). Two scopes with the same path are two calls of one layer (shared
-   weights), in the order the graph runs them. A layer that holds layers is a nested model
-   and is searched in turn; the sub-scopes of any other layer are its own ops' scopes.
+2. A sub-scope *could be a layer* unless it is an op's own scope (its parent holds an op of
+   the same name: `strided_slice/stack` belongs to the op `strided_slice`; TensorFlow names
+   an op and its helper scope alike, and nothing else) or none of its ops is computed from
+   the inputs (`Cast/ReadVariableOp` only reads a variable). A scope *holds layers* when
+   - Keras 3: some sub-scopes that could be layers end in `_N`; they are its layers, except
+     where a sub-scope of the same name without the suffix exists too (`einsum` and
+     `einsum_1` inside a MultiHeadAttention: one TensorFlow scope entered twice, since
+     Keras 3 leaves no layer's scope unsuffixed);
+   - tf.keras 2.x: it is a model's scope (its name is a saved model's), and its layers are
+     all the sub-scopes that could be layers (a TFOpLambda such as `tf.__operators__.add`
+     has no saved name); or some sub-scopes that could be layers bear the name of a saved
+     layer (the sub-layers of a custom layer), and those are its layers; other sub-scopes
+     (`batchnorm` inside a BatchNormalization) are its own ops.
+   A scope that holds layers may also hold ops of its own (inline ops of a model such as
+   `x[:, 0]` or `x * 2.0`, keras-hub's `bert_backbone_1/strided_slice`): they belong to it,
+   not to any of its layers. The model's scope is the one top-level scope that holds layers;
+   its name is left out of paths (as `layers` on a .keras file lists what is inside the
+   model). Several such top-level scopes are listed as top-level layers.
+3. A layer's name is its scope's (Keras 3: without the last `_N`, `block1_conv2_1` ->
+   `block1_conv2`), and the path joins the names (`vgg16/block1_conv2`). Two scopes with the
+   same path are two calls of one layer (shared weights), in the order the graph runs them.
+   tf.keras 2.x runs every call of a layer in the same scope: there the scope's computed ops
+   are split into the parts that pass no tensor to each other, and when there are several
+   and all do the same computation (the same op types in the same sub-scopes, `_N` aside),
+   each is a call (a Siamese net's encoder on its two inputs); otherwise the scope is one
+   call (calls chained as `f(f(x))` are one call, whose output is the last). A layer that
+   holds layers is a nested model (or a custom layer with sub-layers) and is searched in
+   turn.
 4. A layer call's **output** is each tensor produced inside its scope (sub-scopes included)
    and read by an op outside it, in topological order: one tensor for most layers.
 5. `params` counts the elements of the frozen variables read in the scope (its
@@ -33,7 +64,43 @@ from tensorprobe.layers import LayerInfo, ModelInfo
 
 CALL_WRAPPER = re.compile(r"(Stateful)?PartitionedCall(_\d+)?")
 SUFFIXED = re.compile(r"(.+)_\d+")
+READ_VARIABLE = re.compile(r"ReadVariableOp(_\d+)?")
 INLINER = "Func"
+
+
+@dataclass(frozen=True)
+class Naming:
+    """How a graph's scopes name layers (rule 2): Keras 3's `_N` suffixes, or tf.keras 2.x
+    names as they are, with the names of the layers and models the SavedModel saves."""
+
+    keras2: bool = False
+    layers: frozenset = frozenset()
+    models: frozenset = frozenset()
+
+    def layer_name(self, scope_name):
+        if self.keras2:
+            return scope_name
+        m = SUFFIXED.fullmatch(scope_name)
+        return m.group(1) if m else scope_name
+
+
+KERAS3 = Naming()
+
+
+def naming(loaded):
+    """The Naming of a LoadedModel's graph: a SavedModel's says its object graph; a model that
+    tf_keras loaded names its layers itself; anything else is Keras 3's."""
+    from tensorprobe.models import savedmodel
+
+    if isinstance(loaded, savedmodel.LoadedSavedModel):
+        found = savedmodel.keras2_layers(loaded.path)
+        return KERAS3 if found is None else Naming(True, *found)
+    if loaded.model is not None and getattr(loaded.keras, "__name__", "") == "tf_keras":
+        Layer, Model = loaded.keras.layers.Layer, loaded.keras.Model
+        layers = [loaded.model, *(m for m in loaded.model.submodules if isinstance(m, Layer))]
+        return Naming(True, frozenset(layer.name for layer in layers),
+                      frozenset(layer.name for layer in layers if isinstance(layer, Model)))
+    return KERAS3
 
 
 @dataclass
@@ -81,12 +148,11 @@ class ScopeGraph:
 class _Scope:
     name: str
     first: tuple  # graph order: where its first op that depends on the inputs runs
+    parts: tuple = ()  # its components from the top: ("model_1", "conv2d_1")
     children: dict = field(default_factory=dict)
     ops: list = field(default_factory=list)  # ops directly in it
     all_ops: list = field(default_factory=list)  # ops in it and its sub-scopes
-
-    def holds_layers(self):
-        return not self.ops and bool(self.children) and all(SUFFIXED.fullmatch(n) for n in self.children)
+    computed: bool = False  # some op in it or its sub-scopes is computed from the inputs
 
 
 def scope_path(op_name):
@@ -99,35 +165,32 @@ def scope_path(op_name):
     return parts[:-1]
 
 
-def layer_name(scope_name):
-    m = SUFFIXED.fullmatch(scope_name)
-    return m.group(1) if m else scope_name
-
-
-def scope_graph(tensor_graph):
-    """Find the layers of `tensor_graph` by the rule above."""
+def scope_graph(tensor_graph, naming=KERAS3):
+    """Find the layers of `tensor_graph` by the rule above, its scopes named as `naming` says."""
     root = _Scope("", (0, 0))
     for position, op in enumerate(tensor_graph.ops):
         parts = scope_path(op.name)
         if parts is None:
             continue
         # constants come first in a topological order; scopes go by their first computed op
-        order = (0 if any(t in tensor_graph.fed for t in op.outputs) else 1, position)
+        computed = any(t in tensor_graph.fed for t in op.outputs)
+        order = (0 if computed else 1, position)
         node = root
         node.all_ops.append(op)
-        for part in parts:
+        for depth, part in enumerate(parts):
             if part not in node.children:
-                node.children[part] = _Scope(part, order)
+                node.children[part] = _Scope(part, order, tuple(parts[: depth + 1]))
             node = node.children[part]
             node.first = min(node.first, order)
             node.all_ops.append(op)
+            node.computed = node.computed or computed
         node.ops.append(op)
 
-    models = [c for c in root.children.values() if c.holds_layers()]
-    builder = _Builder(tensor_graph)
+    builder = _Builder(tensor_graph, naming)
+    models = [c for c in root.children.values() if builder.layer_scopes(c)]
     if len(models) == 1:
-        builder.visit(models[0], prefix="", index="", depth=0, parent=None)
-        model_name = layer_name(models[0].name)
+        builder.visit_layers(builder.layer_scopes(models[0]), prefix="", index="", depth=0, parent=None)
+        model_name = naming.layer_name(models[0].name)
     else:
         builder.visit_layers(models, prefix="", index="", depth=0, parent=None)
         model_name = ""
@@ -136,8 +199,9 @@ def scope_graph(tensor_graph):
 
 
 class _Builder:
-    def __init__(self, tensor_graph):
+    def __init__(self, tensor_graph, naming):
         self.graph = tensor_graph
+        self.naming = naming
         self.entries = {}
         self.layer_of_op = {}
         self.producer = {}  # tensor name -> op name
@@ -151,15 +215,22 @@ class _Builder:
             for t in op.inputs:
                 self.readers.setdefault(t, []).append(op.name)
 
-    def visit(self, container, prefix, index, depth, parent):
-        """Register the layers inside `container`, a scope that holds layers."""
-        children = sorted(container.children.values(), key=lambda s: s.first)
-        self.visit_layers(children, prefix, index, depth, parent)
+    def layer_scopes(self, scope):
+        """The sub-scopes of `scope` that are its layers (rule 2); [] when it holds none."""
+        own = {op.name.rsplit("/", 1)[-1] for op in scope.ops}
+        candidates = [c for c in scope.children.values() if c.name not in own and c.computed]
+        if not self.naming.keras2:
+            # `einsum` beside `einsum_1`: one TensorFlow scope entered twice, never a layer
+            bare = {name for name in scope.children if not SUFFIXED.fullmatch(name)}
+            return [c for c in candidates if c.name not in bare and self.naming.layer_name(c.name) not in bare]
+        if scope.name in self.naming.models:
+            return candidates
+        return [c for c in candidates if c.name in self.naming.layers]
 
     def visit_layers(self, scopes, prefix, index, depth, parent):
         order = []  # paths at this level, in graph order
         for scope in sorted(scopes, key=lambda s: s.first):
-            path = prefix + layer_name(scope.name)
+            path = prefix + self.naming.layer_name(scope.name)
             if path not in self.entries:
                 order.append(path)
                 self.entries[path] = ScopeLayer(path, f"{index}{len(order) - 1}", depth, None, parent, "graph")
@@ -168,15 +239,65 @@ class _Builder:
             entry = self.entries[path]
             for op in scope.all_ops:
                 self.layer_of_op[op.name] = path
-            outputs = self.outputs_of(scope)
-            if outputs:
+            if not entry.calls:
+                entry.params = self.params_of(scope.all_ops)
+            for outputs in self.calls_of(scope):
                 entry.calls.append([(self.graph.by_name[t], t) for t in outputs])
                 if not entry.op_type:
                     entry.op_type = self.op_by_name[self.producer[outputs[0]]].type
-            if len(entry.calls) <= 1:
-                entry.params = self.params_of(scope.all_ops)
-            if scope.holds_layers():
-                self.visit(scope, path + "/", f"{entry.index}.", depth + 1, path)
+            layers = self.layer_scopes(scope)
+            if layers:
+                self.visit_layers(layers, path + "/", f"{entry.index}.", depth + 1, path)
+
+    def calls_of(self, scope):
+        """The outputs of each call of the layer that `scope` runs (rules 3 and 4): one call
+        per scope, except that a tf.keras 2.x scope whose computed ops fall into several
+        connected parts doing the same computation (the same op types in the same sub-scopes,
+        `_N` suffixes aside) holds one call per part, in graph order."""
+        outputs = self.outputs_of(scope)
+        if not self.naming.keras2 or len(outputs) < 2:
+            return [outputs] if outputs else []
+        parts = self._connected_parts(scope)
+        part_of = {name: i for i, part in enumerate(parts) for name in part}
+        calls = [[] for _ in parts]
+        for t in outputs:
+            if self.producer[t] not in part_of:
+                return [outputs]
+            calls[part_of[self.producer[t]]].append(t)
+        if len(parts) < 2 or not all(calls) or len({self._computation(scope, p) for p in parts}) > 1:
+            return [outputs]
+        return calls
+
+    def _connected_parts(self, scope):
+        """The ops of `scope` computed from the inputs, grouped into parts that are connected
+        by the tensors they pass each other; parts in graph order."""
+        fed = [op for op in scope.all_ops if any(t in self.graph.fed for t in op.outputs)]
+        root = {op.name: op.name for op in fed}
+
+        def find(name):
+            while root[name] != name:
+                root[name] = root[root[name]]
+                name = root[name]
+            return name
+
+        for op in fed:
+            for t in op.inputs:
+                source = self.producer.get(t)
+                if source in root:
+                    root[find(source)] = find(op.name)
+        parts = {}
+        for op in fed:  # graph order, so parts come in the order their first op runs
+            parts.setdefault(find(op.name), []).append(op.name)
+        return list(parts.values())
+
+    def _computation(self, scope, part):
+        """What a part computes, up to names: its ops' types, each with its sub-scope in
+        `scope`, `_N` suffixes removed."""
+        found = []
+        for name in part:
+            inner = scope_path(name)[len(scope.parts):]
+            found.append((tuple(KERAS3.layer_name(p) for p in inner), self.op_by_name[name].type))
+        return tuple(sorted(found))
 
     def outputs_of(self, scope):
         """The tensors made in `scope` and read outside it (rule 4), in topological order."""
@@ -198,7 +319,7 @@ class _Builder:
     def _variables(self, ops):
         found = {}
         for op in ops:
-            if op.name.rsplit("/", 1)[-1] != "ReadVariableOp" or not op.inputs:
+            if not READ_VARIABLE.fullmatch(op.name.rsplit("/", 1)[-1]) or not op.inputs:
                 continue
             source = self.op_by_name.get(self.producer.get(op.inputs[0], ""))
             while source is not None and source.type == "Identity" and source.inputs:

@@ -345,7 +345,7 @@ class TensorPart:
             graph, layer_of = layer_graph.tensor_graph, layer_graph.layer_of
         else:
             graph = tensor_graph(loaded)
-            layer_of = scopes.scope_graph(graph).layer_of
+            layer_of = scopes.scope_graph(graph, scopes.naming(loaded)).layer_of
         start = len(layer_plan.specs) if layer_plan is not None else 0
         tensor_plan = plan(graph, select(graph, names, match), layer_of, start)
         return cls(graph, tensor_plan, extraction_function(graph, tensor_plan.origins))

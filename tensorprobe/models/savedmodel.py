@@ -3,13 +3,16 @@
 A SavedModel written by Keras 2 (`model.save(dir, save_format="tf")`) holds
 `keras_metadata.pb` next to `saved_model.pb`: tf_keras rebuilds it as a Keras model, so the
 layer-level features work on it. Every other SavedModel (Keras 3's `model.export()`,
-`tf.saved_model.save` of a `tf.Module`) is a graph: its signatures are all there is, and
-`tensorprobe.tensors` and `tensorprobe.scopes` read them.
+`tf.saved_model.save` of a `tf.Module`, a tf.keras 2.x model saved without
+keras_metadata.pb) is a graph: its signatures are all there is, and `tensorprobe.tensors` and
+`tensorprobe.scopes` read them; `keras2_layers` reads the names of the tf.keras 2.x layers
+such a graph was traced from, for `scopes`.
 """
 
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,10 @@ from tensorprobe.models.keras import LoadedModel
 
 KERAS_METADATA = "keras_metadata.pb"
 DEFAULT_SIGNATURE = "serving_default"
+SAVED_MODEL = "saved_model.pb"
+KERAS2_OBJECT = "_tf_keras_"  # the identifier of every layer object tf.keras 2.x saves
+KERAS2_MODELS = {"_tf_keras_network", "_tf_keras_model", "_tf_keras_sequential"}
+KERAS2_CALL = re.compile(r"__inference_(.+)_layer_call_fn_\d+")
 
 
 @dataclass
@@ -159,3 +166,51 @@ def _keras_metadata_configs(path):
         return [json.loads(node.metadata) for node in meta.nodes if node.metadata]
     except (OSError, ValueError, DecodeError) as e:
         raise ModelLoadError(f"{path}: damaged {KERAS_METADATA} ({formats.first_line(e)})") from e
+
+
+def keras2_layers(path):
+    """(layer names, model names) of the tf.keras 2.x layers saved in the SavedModel folder
+    `path`, from its object graph; None when it saves none (Keras 3's export, a tf.Module).
+
+    tf.keras 2.x saves every layer it reaches (with `model.save(dir, save_format="tf")` or
+    `tf.saved_model.save(model, dir)`, with or without keras_metadata.pb) as an object whose
+    identifier starts with `_tf_keras_` (`_tf_keras_network` for a functional model); Keras 3
+    saves its layers as plain `_generic_user_object`s. The object graph keeps no layer name,
+    so it is read where tf.keras writes it (a tf.keras convention, stable through TF 2.x):
+    the layer's traced call function, `__inference_<name>_layer_call_fn_<uid>` (its
+    `__call__` child), else its weights' names, `<scope>/<name>/<weight>`. A layer with
+    neither (no weights and never traced alone: a TFOpLambda, a weightless sub-layer of a
+    custom layer) stays nameless."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()  # tf.saved_model.load has read this file already
+    saved.ParseFromString((Path(path) / SAVED_MODEL).read_bytes())
+    nodes = saved.meta_graphs[0].object_graph_def.nodes
+    keras2 = [n for n in nodes
+              if n.WhichOneof("kind") == "user_object" and n.user_object.identifier.startswith(KERAS2_OBJECT)]
+    if not keras2:
+        return None
+    layers, models = set(), set()
+    for node in keras2:
+        name = _keras2_layer_name(nodes, node)
+        if name:
+            layers.add(name)
+            if node.user_object.identifier in KERAS2_MODELS:
+                models.add(name)
+    return frozenset(layers), frozenset(models)
+
+
+def _keras2_layer_name(nodes, node):
+    children = {child.local_name: nodes[child.node_id] for child in node.children}
+    call = children.get("__call__")
+    if call is not None and call.WhichOneof("kind") == "function":
+        for function in call.function.concrete_functions:
+            m = KERAS2_CALL.fullmatch(function)
+            if m:
+                return m.group(1)
+    for child in children.values():
+        if child.WhichOneof("kind") == "variable":
+            parts = child.variable.name.split(":")[0].split("/")
+            if len(parts) > 1:
+                return parts[-2]
+    return None
