@@ -22,7 +22,7 @@ TENSOR_COLUMNS = {"keep": "tensor", "drop": ("dtype", "#", "shape")}
 SUMMARY_COLUMNS = {"keep": "dataset", "drop": ("std", "mean", "MiB", "zeros", "dtype", "min", "max", "Inf", "NaN")}
 DIFF_COLUMNS = {"keep": "dataset", "drop": ("worst at (sample, position)", "A", "B", "max rel err", "dtype",
                                            "outside tol", "shape")}
-FOLD_MIN = 8  # the narrowest a folded column is squeezed to before the kept column folds too
+FOLD_MIN = 4  # the narrowest a folded column is squeezed to before the kept column folds too
 
 
 def print_table(console, table, keep=None, drop=()):
@@ -33,7 +33,7 @@ def print_table(console, table, keep=None, drop=()):
     however wide, so that every line can be read by grep. On a terminal narrower than the
     table, the columns `drop` are left out, in that order, until it fits (a last line says
     which); then the other columns fold their text onto more lines; a name that does not fit
-    even so folds too, onto more lines, whole."""
+    even so folds too, onto more lines, whole, broken after a '/' where it can be."""
     title, table = table.title, _rebuilt(table, ())
     if not console.is_terminal:
         # A table does not expand, so on a console this wide it takes its natural width.
@@ -57,15 +57,18 @@ def print_table(console, table, keep=None, drop=()):
             table = _rebuilt(table, hidden)
     total, columns = _widths(console, table)
     extra = total - sum(columns.values())
-    squeezed = sum(w if h == keep else min(w, FOLD_MIN) for h, w in columns.items()) + extra
+    # the narrowest each other column can be: FOLD_MIN, or its header's longest word
+    floor = {h: min(w, max([FOLD_MIN, *map(len, h.split())])) for h, w in columns.items()}
+    squeezed = sum(w if h == keep else floor[h] for h, w in columns.items()) + extra
+    fold = squeezed > width  # the kept names fold too, with all the room the others can give
+    if fold:
+        table = _rebuilt(table, hidden, fold=(keep, max(width - (squeezed - columns[keep]), FOLD_MIN)))
     for column in table.columns:
         column.overflow = "fold"
-        if squeezed <= width:  # rich narrows the columns that wrap: all but the kept one
+        if not fold:  # rich narrows the columns that wrap: all but the kept one
             column.no_wrap = column.header == keep
-        elif column.header == keep:  # it folds too, with all the room the others can give
-            column.width = max(width - (squeezed - columns[keep]), FOLD_MIN)
-        else:
-            column.max_width = min(columns[str(column.header)], FOLD_MIN)
+        elif column.header != keep:
+            column.max_width = floor[str(column.header)]
     console.print(table, soft_wrap=False)
     if hidden:
         console.print(Text(f"(left out at this width: {', '.join(hidden)}; see --json)", style="dim"),
@@ -76,18 +79,36 @@ def _headers(table):
     return [str(column.header) for column in table.columns]
 
 
-def _rebuilt(table, hidden):
+def _rebuilt(table, hidden, fold=None):
     """A copy of `table` without a title and without the columns whose header is in `hidden`
-    (through rich's public API: a column's position is fixed when it is added)."""
+    (through rich's public API: a column's position is fixed when it is added). With `fold`,
+    (header, width): that column is `width` wide, its names broken after a '/' where they can."""
     copy_ = Table(box=table.box, show_header=table.show_header, show_edge=table.show_edge,
                   pad_edge=table.pad_edge, padding=table.padding, header_style=table.header_style)
     kept = [column for column in table.columns if str(column.header) not in hidden]
+    cells = []
     for column in kept:
-        copy_.add_column(column.header, justify=column.justify, style=column.style,
+        width = fold[1] if fold is not None and column.header == fold[0] else None
+        copy_.add_column(column.header, justify=column.justify, style=column.style, width=width,
                          header_style=column.header_style, overflow=column.overflow, no_wrap=column.no_wrap)
-    for cells in zip(*(list(column.cells) for column in kept)):
-        copy_.add_row(*cells)
+        cells.append([_break_at_slashes(cell, width) for cell in column.cells] if width else list(column.cells))
+    for row in zip(*cells):
+        copy_.add_row(*row)
     return copy_
+
+
+def _break_at_slashes(cell, width):
+    """`cell` (text) on lines of at most `width` characters, broken after a '/' where one is in
+    reach, else anywhere: a long path reads as path segments, every character kept."""
+    text = cell.copy() if isinstance(cell, Text) else Text(str(cell))
+    plain, pieces, start = text.plain, [], 0
+    while len(plain) - start > width:
+        cut = plain.rfind("/", start, start + width)
+        end = cut + 1 if cut >= start else start + width
+        pieces.append(text[start:end])
+        start = end
+    pieces.append(text[start:])
+    return Text("\n").join(pieces)
 
 
 def _widths(console, table):
