@@ -51,7 +51,7 @@ class TensorprobeGroup(click.Group):
         if self.debug:
             import traceback
 
-            sys.stderr.write("".join(traceback.format_exc()))
+            sys.stderr.write(traceback.format_exc())
         _error(message)
         sys.exit(status)
 
