@@ -25,6 +25,11 @@ Writes:
 
     python sample_models/build.py FOLDER --inputs-only   writes only the input examples
 
+The .keras files are byte-for-byte reproducible: Keras writes the time of saving
+(metadata.json's `date_saved`, the zip entry of the weights) and Python object ids
+(`shared_object_id` in config.json) into them; `save()` below replaces those with fixed values.
+The other files are reproducible as written.
+
 With --savedmodel, exports transfer.keras (from this script's folder) with Keras 3's
 `model.export()` as the SavedModel folder DIR: a graph with a `serving_default` signature.
 It is not committed; `make demo` builds it in a temporary folder.
@@ -32,7 +37,9 @@ It is not committed; `make demo` builds it in a temporary folder.
 
 import importlib.util
 import os
+import re
 import sys
+import zipfile
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -81,30 +88,66 @@ def build(folder):
     folder.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(0)
     base = vgg_small()
-    base.save(folder / "vgg_small.keras")
+    save(base, folder / "vgg_small.keras")
     model = transfer(base)
     # Non-trivial BatchNormalization statistics, so inference mode visibly matters.
     bn = model.get_layer("bn")
     rng = np.random.default_rng(0)
     bn.moving_mean.assign(rng.normal(0, 0.5, 12).astype("float32"))
     bn.moving_variance.assign(rng.uniform(0.5, 2.0, 12).astype("float32"))
-    model.save(folder / "transfer.keras")
-    model.save(folder / "transfer.h5")
+    save(model, folder / "transfer.keras")
+    save(model, folder / "transfer.h5")
     images = rng.uniform(0, 255, (4, *IMAGE_SHAPE)).astype("float32")
     np.save(folder / "input.npy", images)
     conv = model.get_layer("vgg16").get_layer("block2_conv1")
     kernel, bias = conv.get_weights()
     kernel[1, 1, 0, 0] += 0.5
     conv.set_weights([kernel, bias])
-    model.save(folder / "transfer_tweaked.keras")
+    save(model, folder / "transfer_tweaked.keras")
     custom = _custom_layers()
     keras.utils.set_random_seed(0)
     sub = custom.Subclassed(5, name="subclassed")
     sub(np.zeros((1, 6), "float32"))
-    sub.save(folder / "subclassed.keras")
+    save(sub, folder / "subclassed.keras")
     np.save(folder / "vectors.npy", rng.normal(size=(3, 6)).astype("float32"))
     build_input_examples(folder)
     return folder
+
+
+FIXED_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip entry can hold
+FIXED_DATE_SAVED = "1980-01-01@00:00:00"
+
+
+def save(model, path):
+    """model.save(path); a .keras file is then made reproducible (see the module's docstring)."""
+    path = Path(path)
+    model.save(path)
+    if path.suffix == ".keras":
+        reproducible_keras_file(path)
+
+
+def reproducible_keras_file(path):
+    """Rewrite the .keras zip at `path` with a fixed `date_saved`, `shared_object_id`s numbered
+    1, 2, ... in order of appearance (they only tie the uses of one shared object together) and
+    every entry dated FIXED_TIME; the entries, their order and compression are kept."""
+    with zipfile.ZipFile(path) as z:
+        entries = [(info, z.read(info)) for info in z.infolist()]
+    ids = {}
+
+    def renumber(match):
+        return f'"shared_object_id": {ids.setdefault(match.group(1), len(ids) + 1)}'
+
+    tmp = path.with_name(path.name + ".tmp")
+    with zipfile.ZipFile(tmp, "w") as z:
+        for info, data in entries:
+            if info.filename == "metadata.json":
+                data = re.sub(rb'"date_saved": "[^"]*"', f'"date_saved": "{FIXED_DATE_SAVED}"'.encode(), data)
+            elif info.filename == "config.json":
+                data = re.sub(r'"shared_object_id": (\d+)', renumber, data.decode()).encode()
+            fixed = zipfile.ZipInfo(info.filename, FIXED_TIME)
+            fixed.compress_type, fixed.external_attr = info.compress_type, info.external_attr
+            z.writestr(fixed, data)
+    os.replace(tmp, path)
 
 
 def _custom_layers():
@@ -130,7 +173,7 @@ def build_input_examples(folder):
     folder = Path(folder)
     sample_images(folder / "images")
     keras.utils.set_random_seed(4)
-    two_inputs().save(folder / "two_inputs.keras")
+    save(two_inputs(), folder / "two_inputs.keras")
     rng = np.random.default_rng(4)
     np.savez(folder / "two_inputs.npz", image=rng.uniform(0, 255, (3, *IMAGE_SHAPE)).astype("float32"),
              meta=rng.normal(size=(3, 4)).astype("float32"))

@@ -19,7 +19,7 @@ from tensorprobe.console import err, out, quiet_native_stderr
 class TensorprobeGroup(click.Group):
     """Turns every failure into one `error:` line and an exit status a script can branch on:
     0 ok, 1 run-time failure, 2 usage error, 130 interrupted, 143 terminated. `--debug` (or
-    TENSORPROBE_DEBUG=1) shows the traceback instead."""
+    TENSORPROBE_DEBUG=1) shows the traceback before that line; the status stays the same."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         self.debug = _env_debug()
@@ -31,17 +31,14 @@ class TensorprobeGroup(click.Group):
         except click.exceptions.Abort:
             _error("interrupted")
             sys.exit(errors.INTERRUPTED)
+        except click.exceptions.NoArgsIsHelpError as e:  # bare `tensorprobe`: the help, as it is
+            click.echo(e.ctx.get_help(), err=True)
+            sys.exit(e.exit_code)
         except click.ClickException as e:
-            if self.debug:
-                raise
             hint = f" (see '{e.ctx.command_path} --help')" if getattr(e, "ctx", None) else ""
-            _error(e.format_message() + hint)
-            sys.exit(e.exit_code)
+            self._fail(e.format_message() + hint, e.exit_code)
         except errors.TensorprobeError as e:
-            if self.debug:
-                raise
-            _error(str(e))
-            sys.exit(e.exit_code)
+            self._fail(str(e), e.exit_code)
         except KeyboardInterrupt as e:  # outside a command (click's own parsing)
             _error("interrupted")
             sys.exit(errors.TERMINATED if isinstance(e, errors.Terminated) else errors.INTERRUPTED)
@@ -49,6 +46,14 @@ class TensorprobeGroup(click.Group):
             return rv
         sys.exit(rv if isinstance(rv, int) else 0)
 
+    def _fail(self, message, status):
+        """The `error:` line (after the traceback with --debug) and the exit status."""
+        if self.debug:
+            import traceback
+
+            sys.stderr.write(traceback.format_exc())
+        _error(message)
+        sys.exit(status)
 
     def invoke(self, ctx):
         # Catch Ctrl-C here, before click turns it into Abort with a stray blank line.
@@ -239,7 +244,8 @@ def layers(model, as_json, pattern, signature, unsafe, custom_objects):
     if as_json:
         out.print(report.layers_json(info), markup=False, highlight=False)
         return
-    report.print_table(out, report.layers_table(info, f"{model}: {_title(info.name, loaded)}"))
+    report.print_table(out, report.layers_table(info, f"{model}: {_title(info.name, loaded)}"),
+                       **report.LAYER_COLUMNS)
     for line in report.model_footer(info):
         out.print(line, markup=False, highlight=False)
 
@@ -289,7 +295,7 @@ def tensors(model, pattern, op_types, as_json, signature, unsafe, custom_objects
     if as_json:
         out.print(report.tensors_json(shown), markup=False, highlight=False)
         return
-    report.print_table(out, report.tensors_table(shown, f"{model}: {graph.source}"))
+    report.print_table(out, report.tensors_table(shown, f"{model}: {graph.source}"), **report.TENSOR_COLUMNS)
     for line in report.tensors_footer(graph, len(shown)):
         out.print(line, markup=False, highlight=False)
 
@@ -308,6 +314,28 @@ def _parsed(parse):
             raise click.BadParameter(f"'{value}': {e}", ctx, param) from None
 
     return callback
+
+
+# Suffixes of files that are not HDF5: an --output named so would be an HDF5 file in disguise.
+OTHER_FORMATS = {
+    ".npy": "NumPy", ".npz": "NumPy", ".json": "JSON", ".jsonl": "JSON lines", ".csv": "CSV", ".tsv": "TSV",
+    ".txt": "text", ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".gif": "GIF", ".bmp": "BMP", ".tif": "TIFF",
+    ".tiff": "TIFF", ".webp": "WebP", ".svg": "SVG", ".pdf": "PDF", ".keras": "Keras", ".tflite": "TFLite",
+    ".pb": "protobuf", ".onnx": "ONNX", ".pt": "PyTorch", ".pth": "PyTorch", ".safetensors": "safetensors",
+    ".ckpt": "checkpoint", ".pkl": "pickle", ".pickle": "pickle", ".parquet": "Parquet", ".zip": "zip",
+    ".gz": "gzip", ".tar": "tar", ".py": "Python",
+}
+
+
+def hdf5_output(ctx, param, value):
+    """A click callback: refuses an HDF5 --output named like another format's file (acts.npy)."""
+    from pathlib import Path
+
+    suffix = Path(value).suffix.lower() if value is not None else ""
+    if suffix in OTHER_FORMATS:
+        raise errors.UsageError(f"--output '{value}': the output is an HDF5 file, not {OTHER_FORMATS[suffix]} "
+                                f"({suffix}); name it .h5 or .hdf5")
+    return value
 
 
 def input_options(f):
@@ -361,7 +389,7 @@ def _preparation(resize, no_resize, interpolation, size, preprocess, scale, offs
               help="A graph tensor (`tensorprobe tensors` lists them), stored under /tensors. Repeatable.")
 @click.option("--tensor-match", metavar="REGEX", help="Also select every graph tensor whose name matches REGEX.")
 @click.option("-o", "--output", default="activations.h5", show_default=True, type=click.Path(),
-              help="The HDF5 file to write.")
+              callback=hdf5_output, help="The HDF5 file to write (.h5 or .hdf5).")
 @click.option("--overwrite", is_flag=True, help="Replace the output file if it exists.")
 @click.option("-b", "--batch-size", default=32, show_default=True, type=click.IntRange(min=1),
               help="Samples per forward pass.")
@@ -552,7 +580,8 @@ def compression_text(storage):
 @cli.command()
 @click.argument("shards", metavar="SHARD.h5...", nargs=-1, required=True,
                 type=click.Path(exists=True, dir_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(), help="The merged HDF5 file to write.")
+@click.option("-o", "--output", required=True, type=click.Path(), callback=hdf5_output,
+              help="The merged HDF5 file to write (.h5 or .hdf5).")
 @click.option("--copy", is_flag=True,
               help="Copy the rows into a self-contained file instead of virtual datasets that read the shards.")
 @click.option("--overwrite", is_flag=True, help="Replace the output file if it exists.")

@@ -13,8 +13,11 @@ import warnings
 
 from rich.console import Console
 
+# soft_wrap: rich never breaks a line of text (a path, a message) itself. In a pipe or a log a
+# line stays whole; at a terminal, the terminal wraps it. Tables are laid out by
+# report.print_table.
 out = Console(soft_wrap=True)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 # TensorFlow's C++ runtime reads this when it is first imported.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

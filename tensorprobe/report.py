@@ -1,6 +1,6 @@
 """Tables and JSON for people and pipelines: layer listings, dump summaries and diffs."""
 
-import copy
+import io
 import json
 import math
 
@@ -15,20 +15,114 @@ def shape_text(shape):
     return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
 
 
-def print_table(console, table):
-    """Print a table at its natural width when the console is not a terminal (a pipe, a file),
-    so that long layer paths and titles are never cut or wrapped for grep."""
-    if console.is_terminal:
-        console.print(table)
-    else:
+# Columns left out first when a table is wider than the terminal, least important first, and
+# the column that holds the names the user types next (never cut).
+LAYER_COLUMNS = {"keep": "path", "drop": ("trainable", "params")}
+TENSOR_COLUMNS = {"keep": "tensor", "drop": ("dtype", "#", "shape")}
+SUMMARY_COLUMNS = {"keep": "dataset", "drop": ("std", "mean", "MiB", "zeros", "dtype", "min", "max", "Inf", "NaN")}
+DIFF_COLUMNS = {"keep": "dataset", "drop": ("worst at (sample, position)", "A", "B", "max rel err", "dtype",
+                                           "outside tol", "shape")}
+FOLD_MIN = 4  # the narrowest a folded column is squeezed to before the kept column folds too
+
+
+def print_table(console, table, keep=None, drop=()):
+    """Print a table without ever cutting a name in its column `keep` (a layer path, a tensor
+    or dataset name) with '…'. The title is a line of its own, never wrapped by rich.
+
+    Off a terminal (a pipe, a file, a CI log) the table takes the width its content needs,
+    however wide, so that every line can be read by grep. On a terminal narrower than the
+    table, the columns `drop` are left out, in that order, until it fits (a last line says
+    which); then the other columns fold their text onto more lines; a name that does not fit
+    even so folds too, onto more lines, whole, broken after a '/' where it can be."""
+    title, table = table.title, _rebuilt(table, ())
+    if not console.is_terminal:
         # A table does not expand, so on a console this wide it takes its natural width.
         # Cells are plain text: no markup or emoji codes to parse (and none to misread).
-        wide = Console(file=console.file, width=1 << 16, markup=False, emoji=False, highlight=False)
-        if table.title is not None:  # rich wraps a title to the table's width: print it apart
-            wide.print(table.title, soft_wrap=True)
-            table = copy.copy(table)
-            table.title = None
+        text = io.StringIO()
+        wide = Console(file=text, width=1 << 16, markup=False, emoji=False, highlight=False)
+        if title is not None:
+            wide.print(title, soft_wrap=True)
         wide.print(table)
+        console.file.write("".join(line.rstrip() + "\n" for line in text.getvalue().splitlines()))
+        return
+    if title is not None:
+        console.print(Text(str(title), style="table.title") if isinstance(title, str) else title, soft_wrap=True)
+    width = console.width
+    hidden = []
+    for header in drop:
+        if _widths(console, table)[0] <= width:
+            break
+        if header in _headers(table):
+            hidden.append(header)
+            table = _rebuilt(table, hidden)
+    total, columns = _widths(console, table)
+    extra = total - sum(columns.values())
+    # the narrowest each other column can be: FOLD_MIN, or its header's longest word
+    floor = {h: min(w, max([FOLD_MIN, *map(len, h.split())])) for h, w in columns.items()}
+    squeezed = sum(w if h == keep else floor[h] for h, w in columns.items()) + extra
+    fold = squeezed > width  # the kept names fold too, with all the room the others can give
+    if fold:
+        table = _rebuilt(table, hidden, fold=(keep, max(width - (squeezed - columns[keep]), FOLD_MIN)))
+    for column in table.columns:
+        column.overflow = "fold"
+        if not fold:  # rich narrows the columns that wrap: all but the kept one
+            column.no_wrap = column.header == keep
+        elif column.header != keep:
+            column.max_width = floor[str(column.header)]
+    console.print(table, soft_wrap=False)
+    if hidden:
+        console.print(Text(f"(left out at this width: {', '.join(hidden)}; see --json)", style="dim"),
+                      soft_wrap=True)
+
+
+def _headers(table):
+    return [str(column.header) for column in table.columns]
+
+
+def _rebuilt(table, hidden, fold=None):
+    """A copy of `table` without a title and without the columns whose header is in `hidden`
+    (through rich's public API: a column's position is fixed when it is added). With `fold`,
+    (header, width): that column is `width` wide, its names broken after a '/' where they can."""
+    copy_ = Table(box=table.box, show_header=table.show_header, show_edge=table.show_edge,
+                  pad_edge=table.pad_edge, padding=table.padding, header_style=table.header_style)
+    kept = [column for column in table.columns if str(column.header) not in hidden]
+    cells = []
+    for column in kept:
+        width = fold[1] if fold is not None and column.header == fold[0] else None
+        copy_.add_column(column.header, justify=column.justify, style=column.style, width=width,
+                         header_style=column.header_style, overflow=column.overflow, no_wrap=column.no_wrap)
+        cells.append([_break_at_slashes(cell, width) for cell in column.cells] if width else list(column.cells))
+    for row in zip(*cells):
+        copy_.add_row(*row)
+    return copy_
+
+
+def _break_at_slashes(cell, width):
+    """`cell` (text) on lines of at most `width` characters, broken after a '/' where one is in
+    reach, else anywhere: a long path reads as path segments, every character kept."""
+    text = cell.copy() if isinstance(cell, Text) else Text(str(cell))
+    plain, pieces, start = text.plain, [], 0
+    while len(plain) - start > width:
+        cut = plain.rfind("/", start, start + width)
+        end = cut + 1 if cut >= start else start + width
+        pieces.append(text[start:end])
+        start = end
+    pieces.append(text[start:])
+    return Text("\n").join(pieces)
+
+
+def _widths(console, table):
+    """(the table's natural width, {header: natural width of the column's content})."""
+    from rich.measure import Measurement
+
+    options = console.options.update_width(1 << 16)
+    total = Measurement.get(console, options, table).maximum
+    columns = {
+        str(column.header): max(Measurement.get(console, options, cell).maximum
+                                for cell in [column.header, *column.cells])
+        for column in table.columns
+    }
+    return total, columns
 
 
 def layers_table(info, title):
@@ -117,7 +211,7 @@ def print_summary(console, summary, path, provenance=True):
         for line in provenance_lines(summary, path):
             console.print(line, markup=False, highlight=False)
         console.print()
-    print_table(console, summary_table(summary, path))
+    print_table(console, summary_table(summary, path), **SUMMARY_COLUMNS)
     with_channels = sum(any(k in d for k in CHANNEL_KEYS) for d in summary["datasets"])
     if with_channels:
         console.print(
@@ -229,7 +323,7 @@ STATUS = {"match": "ok", "values": "DIFFERS", "shape": "SHAPE", "dtype": "DTYPE"
 
 
 def print_diff(console, result):
-    print_table(console, diff_table(result))
+    print_table(console, diff_table(result), **DIFF_COLUMNS)
     for line in diff_footer(result):
         console.print(line, markup=False, highlight=False)
 

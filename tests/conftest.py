@@ -1,9 +1,15 @@
 """Models are built once per test session, small, in a temporary folder."""
 
+import fcntl
 import importlib.util
 import os
+import pty
+import re
+import select
+import struct
 import subprocess
 import sys
+import termios
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +19,18 @@ from click.testing import CliRunner
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent / "tensorprobe"
+
+
+@pytest.fixture(autouse=True)
+def empty_working_folder(tmp_path_factory, monkeypatch):
+    """Every test runs in a fresh, empty working folder, so that none depends on the folder
+    pytest was started from (a stray activations.h5 in the repository's top folder) or
+    writes into it; and the folder must still be empty afterwards."""
+    folder = tmp_path_factory.mktemp("cwd")
+    monkeypatch.chdir(folder)
+    yield
+    assert sorted(p.name for p in folder.iterdir()) == [], "a test wrote into the working folder"
 
 
 def _sample_builder():
@@ -164,3 +182,43 @@ def error_line(result):
     assert lines[0].startswith("error: "), result.stderr
     assert "Traceback" not in result.stderr
     return lines[0]
+
+
+def run_on_terminal(args, columns=80, stdout=True, timeout=120):
+    """Run the installed `tensorprobe ARGS` with stderr (and stdout, unless `stdout` is False)
+    on a pseudo-terminal `columns` wide, as a user's terminal is, whatever the test's own
+    environment: TERM=xterm-256color, the width from the terminal (no COLUMNS), no colour
+    overrides. Returns (exit status, the text the terminal received)."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    drop = ("COLUMNS", "LINES", "NO_COLOR", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE",
+            "TENSORPROBE_DEBUG", "TENSORPROBE_MODEL", "TENSORPROBE_SHARD")
+    env = {**{k: v for k, v in os.environ.items() if k not in drop}, "TERM": "xterm-256color"}
+    p = subprocess.Popen([str(BIN), *map(str, args)], stdin=subprocess.DEVNULL,
+                         stdout=slave if stdout else subprocess.DEVNULL, stderr=slave, env=env)
+    os.close(slave)
+    shown = b""
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], timeout)
+            assert ready, "no output for too long"
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            shown += data
+    finally:
+        os.close(master)
+    return p.wait(timeout=timeout), shown.decode(errors="replace")
+
+
+def screen_lines(text):
+    """The lines a terminal shows for `text` as received, without colours or cursor codes."""
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+    lines = []
+    for line in text.replace("\r\n", "\n").split("\n"):
+        parts = [part for part in line.split("\r") if part]  # a carriage return starts over
+        lines.append(parts[-1] if parts else "")
+    return lines

@@ -1,6 +1,7 @@
 """The command line as users meet it: help, version, errors, exit codes, files left alone."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import error_line
+from conftest import error_line, run_on_terminal, screen_lines
 from tensorprobe import __version__
 
 BIN = Path(sys.executable).parent / "tensorprobe"
@@ -93,11 +94,37 @@ def test_installed_script_dumps_with_model_from_environment(zoo, tmp_path):
         assert bool(f.attrs["complete"])
 
 
-def test_debug_shows_the_traceback(zoo, tmp_path):
-    r = subprocess.run([BIN, "--debug", "dump", "-m", str(zoo["transfer.keras"]), "-l", "nope",
-                        str(zoo["input.npy"])], cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 1
-    assert "Traceback" in r.stderr and "UnknownLayerError" in r.stderr
+def test_debug_shows_the_traceback_then_the_same_error_line_and_status(cli, zoo, tmp_path):
+    args = ["dump", "-m", str(zoo["transfer.keras"]), "-l", "nope", "-o", str(tmp_path / "a.h5"), str(zoo["input.npy"])]
+    plain = cli(*args)
+    assert plain.exit_code == 2
+    line = error_line(plain)
+    env = {k: v for k, v in os.environ.items() if k != "TENSORPROBE_DEBUG"}
+    r = subprocess.run([BIN, "--debug", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert "Traceback (most recent call last)" in r.stderr and "UnknownLayerError" in r.stderr
+    assert r.stderr.splitlines()[-1] == line
+    assert r.stdout == "" and sorted(tmp_path.iterdir()) == []
+
+
+def test_bare_tensorprobe_shows_the_help():
+    r = subprocess.run([BIN], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stdout == ""
+    lines = r.stderr.splitlines()
+    assert lines[0] == "Usage: tensorprobe [OPTIONS] COMMAND [ARGS]..."
+    assert "error:" not in r.stderr
+    commands = lines[lines.index("Commands:") + 1:]
+    assert sorted(line.split()[0] for line in commands if line.strip()) == sorted(
+        ["diff", "dump", "layers", "merge", "plot", "summary", "tensors"])
+    assert r.stderr == subprocess.run([BIN, "--help"], capture_output=True, text=True, timeout=60).stdout
+
+
+def test_output_named_hdf5_is_accepted(cli, zoo, tmp_path):
+    for name in ("acts.hdf5", "acts.H5", "acts"):
+        r = cli("dump", "-q", "-m", zoo["transfer.keras"], "-l", "fc1", "-o", tmp_path / name, zoo["input.npy"])
+        assert r.exit_code == 0, r.stderr
+        with h5py.File(tmp_path / name, "r") as f:
+            assert f["activations/fc1"].shape == (4, 12)
 
 
 @pytest.mark.parametrize("signum,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -180,6 +207,12 @@ CASES = [
     ("batch-size-negative", ["dump", "-m", "{zoo:transfer.keras}", "-l", "fc1", "-b", "-3", "{tmp}/good.npy"], 2, "--batch-size"),
     ("output-exists", ["dump", "-m", "{zoo:transfer.keras}", "-l", "fc1", "-o", "{tmp}/existing.h5", "{tmp}/good.npy"], 2, "--overwrite"),
     ("output-folder-missing", ["dump", "-m", "{zoo:transfer.keras}", "-l", "fc1", "-o", "{tmp}/no/such/out.h5", "{tmp}/good.npy"], 2, "does not exist"),
+    ("output-npy", ["dump", "-m", "{zoo:transfer.keras}", "-l", "fc1", "-o", "{tmp}/acts.npy", "{tmp}/good.npy"], 2, "--output '{tmp}/acts.npy': the output is an HDF5 file, not NumPy (.npy); name it .h5 or .hdf5"),
+    ("output-txt-overwrite", ["dump", "-m", "{zoo:transfer.keras}", "-l", "fc1", "--overwrite", "-o", "{tmp}/notes.txt", "{tmp}/good.npy"], 2, "not text (.txt); name it .h5 or .hdf5"),
+    ("output-json", ["dump", "-m", "{zoo:transfer.keras}", "-l", "fc1", "-o", "{tmp}/acts.JSON", "{tmp}/good.npy"], 2, "not JSON (.json)"),
+    ("output-keras", ["dump", "-m", "{zoo:transfer.keras}", "-l", "fc1", "-o", "{tmp}/model.keras", "{tmp}/good.npy"], 2, "--output"),
+    ("merge-output-png", ["merge", "{tmp}/whole.h5", "-o", "{tmp}/all.png"], 2, "--output '{tmp}/all.png': the output is an HDF5 file, not PNG (.png)"),
+    ("merge-output-tflite", ["merge", "{tmp}/whole.h5", "-o", "{tmp}/all.tflite"], 2, ".h5 or .hdf5"),
     ("output-is-folder", ["dump", "-m", "{zoo:transfer.keras}", "-l", "fc1", "-o", "{tmp}/folder", "{tmp}/good.npy"], 2, "folder"),
     ("random-bytes-h5", ["layers", "{tmp}/random.h5"], 1, "random.h5"),
     ("hdf5-without-model", ["layers", "{tmp}/not_a_model.h5"], 1, "holds no model"),
@@ -229,7 +262,7 @@ def test_bad_input_gets_one_error_line_and_changes_nothing(cli, zoo, tmp_path, a
         filled.append(a)
     r = cli(*filled, env={"TENSORPROBE_MODEL": None})
     assert r.exit_code == status, r.stderr
-    assert text in error_line(r)
+    assert text.replace("{tmp}", str(tmp_path)) in error_line(r)
     assert r.stdout == ""
     after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     assert after == before  # nothing changed, nothing new (no output, no leftover temporary)
@@ -244,3 +277,136 @@ def test_overwrite_replaces_an_existing_output(cli, zoo, tmp_path):
     with h5py.File(out, "r") as f:
         assert f["activations/gap"].shape == (4, 16)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["acts.h5"]
+
+
+# ------------------------------------------------- terminals, pipes and logs
+
+
+def _nested_paths(keras_model, zoo, pattern):
+    """Paths of the layers inside app.keras's nested MobileNetV2 whose name matches, from Keras."""
+    base = keras_model(zoo["app.keras"]).layers[1]
+    return [f"{base.name}/{layer.name}" for layer in base.layers if re.search(pattern, layer.name)]
+
+
+def _table(lines, column):
+    """The lines of the table whose header names `column`: the header to the end of the body.
+    (Plain lines around it, a title, a footer, are one line each, wrapped by the terminal.)"""
+    header = next(i for i, line in enumerate(lines) if re.search(rf"(^|\s){re.escape(column)}(\s|$)", line))
+    while header > 0 and lines[header - 1].strip():  # a header folded onto several lines
+        header -= 1
+    rule = next(i for i in range(header, len(lines)) if lines[i].strip().startswith("─"))
+    end = next((i for i in range(rule + 1, len(lines)) if not lines[i].strip()), len(lines))
+    return lines[header:end]
+
+
+def _whole_on_a_line(name, lines):
+    return any(re.search(rf"(^|\s){re.escape(name)}(\s|$)", line) for line in lines)
+
+
+@pytest.fixture
+def long_folder(tmp_path):
+    """A folder whose path is over 150 characters, as on CI machines."""
+    folder = tmp_path / ("a_temporary_folder_whose_path_is_long_" * 2) / "another_level_of_nesting_here_too"
+    folder.mkdir(parents=True)
+    assert len(str(folder)) > 150
+    return folder
+
+
+def test_layers_on_a_terminal_of_80_columns_shows_every_path_whole(zoo, keras_model):
+    status, shown = run_on_terminal(["layers", zoo["app.keras"], "--filter", "block_6"], columns=80)
+    assert status == 0, shown
+    lines = screen_lines(shown)
+    paths = _nested_paths(keras_model, zoo, "block_6")
+    assert len(paths) == 9 and max(map(len, paths)) > 40
+    for path in paths:
+        assert _whole_on_a_line(path, lines), (path, shown)
+    assert "…" not in shown
+    assert max(len(line) for line in _table(lines, "path")) <= 80
+    assert "(left out at this width: trainable, params; see --json)" in lines
+
+
+def test_layers_in_a_pipe_are_as_wide_as_their_content(cli, zoo, keras_model):
+    r = cli("layers", zoo["app.keras"], "--filter", "block_6")
+    assert r.exit_code == 0, r.stderr
+    lines = r.stdout.splitlines()
+    rows = [line for line in lines if "block_6" in line]
+    paths = _nested_paths(keras_model, zoo, "block_6")
+    assert len(rows) == len(paths)  # one line a layer, none wrapped
+    for row, path in zip(rows, paths):
+        assert row.split()[2] == path and row.split()[-1] == "no"  # every column there, trainable last
+    assert "…" not in r.stdout and all(line == line.rstrip() for line in lines)
+
+
+def test_a_path_wider_than_the_terminal_folds_whole(cli, zoo, keras_model, monkeypatch):
+    """At 40 columns paths of 39 and 42 characters cannot fit beside the other columns: they fold
+    onto several lines, no character lost."""
+    from rich.console import Console
+
+    monkeypatch.setattr(Console, "is_terminal", property(lambda self: True))
+    monkeypatch.setenv("TERM", "xterm-256color")
+    monkeypatch.setenv("COLUMNS", "40")
+    r = cli("layers", zoo["app.keras"], "--filter", "block_6_(expand|depthwise)_relu")
+    assert r.exit_code == 0, r.stderr
+    lines = screen_lines(r.stdout)
+    table = _table(lines, "path")
+    assert "…" not in r.stdout and max(len(line) for line in table) <= 40
+    header = next(line for line in table if re.search(r"(^|\s)path(\s|$)", line))
+    start = header.index("path")
+    after = re.search(r"\S", header[start + len("path"):])
+    width = after.start() + len("path") - 3  # three spaces between columns
+    body = table[next(i for i, line in enumerate(table) if line.strip().startswith("─")) + 1:]
+    segments = [line[start:start + width].strip() for line in body]
+    assert any(segment.endswith("/") for segment in segments)  # broken after a '/' where it can be
+    column = "".join(segments).replace(" ", "")
+    paths = _nested_paths(keras_model, zoo, "block_6_(expand|depthwise)_relu")
+    assert len(paths) == 2
+    for path in paths:
+        assert not any(path in line for line in table)  # too wide for one line: folded,
+        assert path in column, (path, r.stdout)  # every character kept, in order
+
+
+def test_dump_summary_and_diff_on_a_terminal_and_in_a_pipe_never_cut_a_name(cli, zoo, keras_model,
+                                                                           long_folder, monkeypatch):
+    out = long_folder / "acts.h5"
+    args = ["dump", "-m", zoo["app.keras"], "--match", "block_6_(expand|project)", "--gradients", "-b", "4",
+            "-o", out, zoo["images7.npy"]]
+    names = [f"{group}{path}" for group in ("", "gradients/") for path in
+             _nested_paths(keras_model, zoo, "block_6_(expand|project)")]
+    assert len(names) == 10 and max(map(len, names)) > 45
+
+    status, shown = run_on_terminal(args, columns=80)
+    assert status == 0, shown
+    lines = screen_lines(shown)
+    assert f"wrote {out}" in lines  # one line, wrapped by the terminal alone
+    assert f"{out}: 7 samples from {zoo['app.keras']}" in lines
+    assert "…" not in shown
+    for name in names:
+        rows = [line for line in lines if _whole_on_a_line(name, [line])]
+        assert len(rows) == 1 and len(rows[0]) <= 80, (name, shown)
+
+    r = cli(*args, "--overwrite")  # stderr in a pipe
+    assert r.exit_code == 0, r.stderr
+    lines = r.stderr.splitlines()
+    assert lines[0] == f"{out}: 7 samples from {zoo['app.keras']}" and lines[-1] == f"wrote {out}"
+    rows = [line.split() for line in lines if line.split() and line.split()[0] in names]
+    assert [row[0] for row in rows] == names and {len(row) for row in rows} == {13}  # every column
+    assert "…" not in r.stderr
+
+    for command in (["summary", out], ["diff", out, out]):
+        r = cli(*command)  # stdout in a pipe
+        assert r.exit_code == 0, r.stderr
+        assert [line.split()[0] for line in r.stdout.splitlines() if line.split() and line.split()[0] in names] == names
+        assert "…" not in r.stdout and f"{out}" in r.stdout
+        with monkeypatch.context() as m:  # on a terminal of 80 columns
+            from rich.console import Console
+
+            m.setattr(Console, "is_terminal", property(lambda self: True))
+            m.setenv("TERM", "xterm-256color")
+            m.setenv("COLUMNS", "80")
+            r = cli(*command)
+        assert r.exit_code == 0, r.stderr
+        lines = screen_lines(r.stdout)
+        assert "…" not in r.stdout
+        for name in names:
+            rows = [line for line in lines if _whole_on_a_line(name, [line])]
+            assert len(rows) == 1 and len(rows[0]) <= 80, (name, r.stdout)

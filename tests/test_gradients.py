@@ -124,25 +124,36 @@ def test_per_channel_statistics(cli, zoo, tmp_path):
         np.testing.assert_allclose(attrs["channel_std"], flat.std(axis=0), rtol=1e-9, atol=1e-12)
 
 
-def test_fail_on_nonfinite_names_each_dataset_and_first_sample(cli, zoo, tmp_path):
-    x = np.load(zoo["images7.npy"]).copy()
-    x[2, 5, 5, 1] = np.nan
-    x[4, 0, 0, 0] = np.inf
+def test_fail_on_nonfinite_names_each_dataset_and_first_sample(cli, zoo, keras_model, tmp_path):
+    """A NaN and an Inf fed through layers whose arithmetic IEEE 754 defines (a Dense without
+    activation, an Add): a NaN stays NaN and an Inf gives Inf or NaN on every CPU, where a ReLU
+    may turn a NaN into 0. The counts are Keras' own outputs' counts."""
+    import keras
+
+    x = np.load(zoo["vec4.npy"]).copy()
+    x[2, 1] = np.nan
+    x[4, 0] = np.inf
     np.save(tmp_path / "bad.npy", x)
+    names = ["pre", "add"]  # in model order
+    model = keras_model(zoo["shared.keras"])
+    expected = keras.Model(model.inputs, [model.get_layer(n).output for n in names]).predict(x, verbose=0)
     out = tmp_path / "a.h5"
-    args = ["dump", "-m", zoo["transfer.keras"], "-l", "block1_conv1", "-l", "fc1", "-b", "3", "-o", out]
+    args = ["dump", "-m", zoo["shared.keras"], "-l", "pre", "-l", "add", "-b", "3", "-o", out]
     r = cli(*args, "--fail-on-nonfinite", "-q", tmp_path / "bad.npy")
     assert r.exit_code == 1
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 2 and all(line.startswith("error: ") for line in lines)
     with h5py.File(out, "r") as f:  # the dump itself is finished and complete
         assert bool(f.attrs["complete"])
-        for line, name in zip(lines, ["activations/vgg16/block1_conv1", "activations/fc1"]):
-            v = f[name][()]
-            first = int(np.flatnonzero(~np.isfinite(v.reshape(len(v), -1)).all(axis=1))[0])
-            assert line.startswith(f"error: {name} holds {np.isnan(v).sum()} NaN and {np.isinf(v).sum()} Inf")
-            assert f"first in sample {first} ({tmp_path / 'bad.npy'}[{first}])" in line
-            assert f[name].attrs["first_nonfinite_sample"] == first
-            assert f[name].attrs["nan_count"] == np.isnan(v).sum()
+        for line, name, want in zip(lines, names, expected):
+            bad_rows = np.flatnonzero(~np.isfinite(want).all(axis=1))
+            assert bad_rows.tolist() == [2, 4]  # the NaN row and the Inf row, through the defined arithmetic
+            nans, infs, first = int(np.isnan(want).sum()), int(np.isinf(want).sum()), int(bad_rows[0])
+            assert line == (f"error: activations/{name} holds {nans} NaN and {infs} Inf values, first in "
+                            f"sample {first} ({tmp_path / 'bad.npy'}[{first}])")
+            ds = f["activations"][name]
+            np.testing.assert_array_equal(np.isnan(ds[()]), np.isnan(want))
+            assert ds.attrs["first_nonfinite_sample"] == first
+            assert (ds.attrs["nan_count"], ds.attrs["inf_count"]) == (nans, infs)
     r = cli(*args, "--overwrite", "-q", tmp_path / "bad.npy")
     assert r.exit_code == 0 and r.stderr == ""

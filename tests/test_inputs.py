@@ -9,8 +9,6 @@ Keras computes the layers. The small models below start with a linear Activation
 
 import io
 import os
-import pty
-import select
 import subprocess
 import sys
 from fractions import Fraction
@@ -22,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import error_line
+from conftest import error_line, run_on_terminal, screen_lines
 from test_dump import submodel_values
 
 BIN = Path(sys.executable).parent / "tensorprobe"
@@ -609,50 +607,23 @@ def test_bad_inputs_get_one_error_line(cli, zoo, models, photos, tmp_path, args,
 # ------------------------------------------------- progress and memory
 
 
-def _run_on_terminal(args, env):
-    """Run the installed script with stderr on a pseudo-terminal; return (status, bytes)."""
-    master, slave = pty.openpty()
-    p = subprocess.Popen([str(BIN), *args], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=slave, env=env)
-    os.close(slave)
-    return p, master
-
-
-def _collect(runs, timeout=120):
-    outputs = {master: b"" for _, master in runs}
-    open_fds = set(outputs)
-    while open_fds:
-        ready, _, _ = select.select(list(open_fds), [], [], timeout)
-        assert ready, "no output for too long"
-        for fd in ready:
-            try:
-                data = os.read(fd, 65536)
-            except OSError:  # EIO: the child closed the terminal
-                data = b""
-            if data:
-                outputs[fd] += data
-            else:
-                open_fds.discard(fd)
-                os.close(fd)
-    return [(p.wait(timeout=timeout), outputs[master]) for p, master in runs]
-
-
 def test_progress_bar_on_a_terminal(many, tmp_path):
-    env = {**os.environ, "COLUMNS": "120"}
-    env.pop("TENSORPROBE_DEBUG", None)
-    run = _run_on_terminal(["dump", "-m", str(many / "tiny64.keras"), "-l", "gap", "-b", "8",
-                            "-o", str(tmp_path / "a.h5"), str(many / "n200" / "images")], env)
-    [(status, shown)] = _collect([run])
+    status, shown = run_on_terminal(["dump", "-m", many / "tiny64.keras", "-l", "gap", "-b", "8",
+                                     "-o", tmp_path / "a.h5", many / "n200" / "images"], columns=120, stdout=False)
     assert status == 0
-    text = shown.decode(errors="replace")
-    assert "dumping" in text and "200/200" in text and "samples/s" in text
-    assert f"wrote {tmp_path / 'a.h5'}" in text
+    assert "dumping" in shown and "200/200" in shown and "samples/s" in shown
+    assert f"wrote {tmp_path / 'a.h5'}" in screen_lines(shown)
 
 
 def test_no_progress_bar_with_quiet_even_on_a_terminal(cli, models, photos, tmp_path, monkeypatch):
     from rich.console import Console
 
+    # stderr as a colour terminal 100 columns wide, whatever TERM and the screen say
     monkeypatch.setattr(Console, "is_terminal", property(lambda self: True))
+    for name in ("NO_COLOR", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TERM", "xterm-256color")
+    monkeypatch.setenv("COLUMNS", "100")
     r = cli("dump", "-q", "-m", models["rgb32"], "-l", "gap", "-o", tmp_path / "a.h5", photos)
     assert r.exit_code == 0 and r.stderr == "" and r.stdout == ""
     # the same run without -q shows the size estimate, then starts rich's live display (it
