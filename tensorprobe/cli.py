@@ -509,7 +509,7 @@ def dump(inputs, model, layer_names, match, all_layers, tensor_names, tensor_mat
             plan, extract = tensor_part.after(plan, extract)
         attrs = {**_root_attrs(loaded, prep), **job, "training": training, "reduce": storage.reduce or "none",
                  "dtype": storage.dtype or "as computed", "compression": compression_text(storage)}
-        with store.DumpWriter(output, plan.specs, attrs, overwrite, storage.compression) as writer:
+        with store.DumpWriter(output, plan.specs, attrs, overwrite, storage.compression, rows=source.rows) as writer:
             with _progress(quiet or not err.is_terminal, source.rows) as advance:
                 skipped = runner.dump(extract, source.batches(batch_size), writer, advance, labels)
             writer.finish()

@@ -6,6 +6,9 @@ and /inputs/skipped copied (they are small), the shards' root attributes without
 `shard_rows` plus `merged_from`, and statistics combined exactly from the shards' statistics
 attributes (stats.RunningStats.from_attrs + merge); the data is not read for them.
 
+Each shard must hold exactly its rows: those of `shard_rows` but the ones it skipped as bad
+(/inputs/skipped's attribute `rows`), in every dataset (open_dump checks that they agree).
+
 Virtual datasets name their shard files relative to the merged file's folder, so the folder
 can move as a whole; the shards must stay beside the merged file (unless `copy`).
 """
@@ -39,6 +42,7 @@ class ShardFile:
     datasets: dict = field(default_factory=dict)  # "group/name" -> (shape, dtype, attrs, chunks, compression)
     sources: np.ndarray = None
     skipped: np.ndarray = None
+    skipped_rows: int = 0  # sample rows passed over as bad (--skip-bad)
 
 
 def merge(paths, output, copy=False, overwrite=False):
@@ -65,6 +69,7 @@ def _read(path):
         result.rows = len(result.sources)
         if "inputs/skipped" in f:
             result.skipped = f["inputs/skipped"][()]
+        result.skipped_rows = store.skipped_rows(f)
         for group in store.data_groups(f):
             def visit(name, obj, group=group):
                 if isinstance(obj, h5py.Dataset):
@@ -72,10 +77,11 @@ def _read(path):
                                                           obj.compression, obj.compression_opts)
 
             f[group].visititems(visit)
-    for name, (shape, *_) in result.datasets.items():
-        if shape[0] != result.rows:
-            raise MergeError(f"'{path}': {name} holds {shape[0]} rows, /inputs/source {result.rows}")
-    return result
+    return result  # open_dump checked that every dataset has /inputs/source's rows
+
+
+def rows_total(shard_file):
+    return int(store._plain(shard_file.attrs["total_rows"]))
 
 
 def _in_order(shards):
@@ -92,10 +98,14 @@ def _in_order(shards):
                              "different numbers of shards")
         if s.shard.index in by_index:
             raise MergeError(f"'{s.path}' is shard {s.shard}, like '{by_index[s.shard.index].path}'")
-        rows = list(s.shard.rows(int(store._plain(s.attrs["total_rows"]))))
+        rows = list(s.shard.rows(rows_total(s)))
         if store._plain(s.attrs.get("shard_rows")) != rows:
             raise MergeError(f"'{s.path}': shard {s.shard} records rows {store._plain(s.attrs.get('shard_rows'))}, "
                              f"expected {rows}")
+        if s.rows + s.skipped_rows != rows[1] - rows[0]:
+            skipped = f" and {s.skipped_rows} skipped as bad" if s.skipped_rows else ""
+            raise MergeError(f"'{s.path}': shard {s.shard} holds {s.rows} rows{skipped}, expected "
+                             f"{rows[1] - rows[0]} (rows [{rows[0]}, {rows[1]}) of {rows_total(s)})")
         by_index[s.shard.index] = s
     missing = [k for k in range(first.shard.count) if k not in by_index]
     if missing:
@@ -136,6 +146,7 @@ def _write(f, shards, output, copy):
     skipped = [s.skipped for s in shards if s.skipped is not None]
     if skipped:
         f.create_dataset("inputs/skipped", data=np.concatenate(skipped), dtype=strings)
+        f["inputs/skipped"].attrs["rows"] = sum(s.skipped_rows for s in shards)
     f.require_group("activations")
     filled = [(s, name) for s, name in zip(shards, names) if s.rows]
     if not filled:

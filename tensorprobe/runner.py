@@ -64,7 +64,12 @@ _DONE = object()
 
 class _BackgroundWriter:
     """The writer thread: takes (batch, computed arrays) from a bounded queue; an error in it
-    is raised in the main thread at its next put or when the block ends."""
+    is raised in the main thread at its next put or when the block ends.
+
+    Leaving the block normally waits until every batch put is written: a batch computed is
+    never thrown away while the dump can still succeed (the writer's check of every row in
+    DumpWriter.finish relies on it). Leaving it on an error (or Ctrl-C while waiting) discards
+    the batches not yet written, since the caller discards the output."""
 
     def __init__(self, writer, depth, on_batch):
         self.writer = writer
@@ -87,12 +92,32 @@ class _BackgroundWriter:
                 continue
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:  # stop at once; the caller discards the output
-            self._drain()
-        self._put_done()
+        if exc_type is not None:
+            self._stop()
+            return
+        try:
+            self._finish()
+        except BaseException:  # Ctrl-C while the last batches are written
+            self._stop()
+            raise
+        self._raise_if_failed()
+
+    def _finish(self):
+        """Queue the end after the batches waiting, and wait for the thread to write them. A
+        failed writer keeps taking items (and dropping them), so this never waits forever."""
+        while self.thread.is_alive():
+            try:
+                self.queue.put(_DONE, timeout=0.1)
+                break
+            except queue.Full:
+                continue
         self.thread.join()
-        if exc_type is None:
-            self._raise_if_failed()
+
+    def _stop(self):
+        """End the thread after the batch in hand, discarding those still waiting."""
+        self._drain()
+        self.queue.put(_DONE)  # room now: this thread is the only one that puts
+        self.thread.join()
 
     def _work(self):
         while True:
@@ -104,7 +129,7 @@ class _BackgroundWriter:
             try:
                 batch, arrays = item
                 if batch.skipped:
-                    self.writer.skip(batch.skipped)
+                    self.writer.skip(batch.skipped, batch.consumed - len(batch.sources))
                 if arrays is not None:
                     self.writer.append(batch.sources, arrays)
                 if self.on_batch is not None:
@@ -122,14 +147,6 @@ class _BackgroundWriter:
                 self.queue.get_nowait()
             except queue.Empty:
                 return
-
-    def _put_done(self):
-        while True:
-            try:
-                self.queue.put(_DONE, timeout=0.1)
-                return
-            except queue.Full:
-                self._drain()
 
 
 _END = object()

@@ -9,7 +9,8 @@ Layout (format_version 1), documented in the README:
                     shard_rows for --shard; merged_from, merge_mode for merged files)
   /inputs/source    one UTF-8 string per sample row
   /inputs/skipped   (K, 2) UTF-8 strings [path, reason], inputs passed over by --skip-bad
-                    (present only when one was)
+                    (present only when one was); attribute rows: the sample rows they cost
+                    (a row of a model with several inputs may have an entry per input)
   /activations/...  one dataset per selected layer output, (N, *sample_shape), with the
                     attributes layer, layer_class, order (position in the model's layer
                     order), sample_shape and the statistics of stats.py
@@ -19,8 +20,11 @@ Layout (format_version 1), documented in the README:
                     ("a/b/Relu:0": groups a, b), attributes tensor and op_type
   /<group>/...      readers treat every top-level group but /inputs alike
 
-Reading (`summary`, `diff`) goes through open_dump, which refuses anything but a complete
-dump in a format this version reads, with one DumpReadError naming the file.
+Every dataset of a data group and /inputs/source hold one row per sample. DumpWriter checks
+it, and that those are all the rows the job was to write, before it marks a file complete;
+reading (`summary`, `diff`, `plot`) goes through open_dump, which refuses anything but a
+complete dump in a format this version reads whose datasets agree in rows, with one
+DumpReadError naming the file.
 """
 
 import contextlib
@@ -151,16 +155,22 @@ class DatasetSpec:
 class DumpWriter:
     """Write a dump under a temporary name in the output's folder; rename it into place on
     `finish()`. Leaving the `with` block without `finish()` (an error, Ctrl-C) deletes it, so
-    nothing ever appears at the output path half-written and a file that was there survives."""
+    nothing ever appears at the output path half-written and a file that was there survives.
 
-    def __init__(self, output, specs, attrs, overwrite=False, compression=(None, None)):
+    `rows` is the number of input rows the job covers (a shard's: its range); `finish()` marks
+    the file complete only when every dataset and /inputs/source hold exactly those rows but
+    the ones skipped as bad."""
+
+    def __init__(self, output, specs, attrs, overwrite=False, compression=(None, None), *, rows):
         self.output = Path(output)
         self.specs = specs
         self.overwrite = overwrite
         self.compression = compression  # (h5py filter name or None, its options)
+        self.expected_rows = rows
         check_output(self.output, overwrite)
         self.tmp = partial_path(self.output)
         self.rows = 0
+        self.skipped_rows = 0
         self.stats = [RunningStats() for _ in specs]
         self.datasets = [None] * len(specs)
         try:
@@ -213,9 +223,11 @@ class DumpWriter:
             raise WriteError(f"--output '{self.output}': write failed: {_write_reason(e)}") from e
         self.rows = stop
 
-    def skip(self, entries):
+    def skip(self, entries, rows):
         """Record inputs passed over as bad (--skip-bad): /inputs/skipped gets one row
-        [path, reason] each; the dataset appears with the first one."""
+        [path, reason] each, and its attribute `rows` counts the `rows` sample rows they cost
+        (with several inputs, a row may have an entry per input); the dataset appears with
+        the first one."""
         if "inputs/skipped" not in self.file:
             self.file.create_dataset("inputs/skipped", shape=(0, 2), maxshape=(None, 2), chunks=(256, 2),
                                      dtype=h5py.string_dtype("utf-8"))
@@ -224,8 +236,10 @@ class DumpWriter:
         try:
             ds.resize((start + len(entries), 2))
             ds[start:] = [list(entry) for entry in entries]
+            ds.attrs["rows"] = self.skipped_rows + rows
         except OSError as e:
             raise WriteError(f"--output '{self.output}': write failed: {e}") from e
+        self.skipped_rows += rows
 
     def _create(self, i, array):
         spec = self.specs[i]
@@ -246,8 +260,11 @@ class DumpWriter:
         return ds
 
     def finish(self):
-        """Write the statistics, mark the file complete and move it to the output path."""
+        """Check that every row is written, write the statistics, mark the file complete and
+        move it to the output path. Rows missing (or extra) delete the file and raise
+        WriteError."""
         try:
+            self._check_rows()
             for ds, stats in zip(self.datasets, self.stats):
                 if ds is not None:
                     write_stats(ds, stats)
@@ -261,6 +278,22 @@ class DumpWriter:
         except BaseException:
             self.abort()
             raise
+
+    def _check_rows(self):
+        """Every dataset and /inputs/source, as HDF5 holds them, have the rows the job was to
+        write: its input rows but those skipped as bad."""
+        expected = self.expected_rows - self.skipped_rows
+        counts = {"/inputs/source": self.sources.shape[0]}
+        for spec, ds in zip(self.specs, self.datasets):
+            counts[f"/{spec.group}/{spec.name}"] = 0 if ds is None else ds.shape[0]
+        wrong = [(name, n) for name, n in counts.items() if n != expected]
+        if wrong:
+            name, n = wrong[0]
+            skipped = f", {self.skipped_rows} skipped as bad" if self.skipped_rows else ""
+            raise WriteError(
+                f"--output '{self.output}': {name} holds {n} rows, expected {expected} "
+                f"({self.expected_rows} input rows{skipped}); the dump is not kept"
+            )
 
     def nonfinite(self):
         """(dataset path, nan count, inf count, first sample row) for each dataset holding
@@ -360,11 +393,56 @@ def _check_dump(f, path, allow_incomplete):
         )
     if _plain(f.attrs.get("merge_mode")) == "virtual":
         _check_shards_beside(f, path)
-    if not is_complete(f.attrs) and not allow_incomplete:
-        raise IncompleteDumpError(
-            f"'{path}' is an incomplete dump ({_completeness(f.attrs)}: the dump was interrupted "
-            "or is still running); pass --allow-incomplete to read it anyway"
-        )
+    if not is_complete(f.attrs):
+        if not allow_incomplete:
+            raise IncompleteDumpError(
+                f"'{path}' is an incomplete dump ({_completeness(f.attrs)}: the dump was interrupted "
+                "or is still running); pass --allow-incomplete to read it anyway"
+            )
+        return  # rows may be missing, and the reader was warned
+    wrong = rows_disagree(f)
+    if wrong:
+        raise DumpReadError(f"'{path}' is a damaged dump: {wrong}")
+
+
+def row_counts(f):
+    """{dataset path: rows} for every dataset of every data group (None for one without a
+    first axis), in the order HDF5 lists them."""
+    counts = {}
+    for group in data_groups(f):
+        def visit(name, obj, group=group):
+            if isinstance(obj, h5py.Dataset):
+                counts[f"/{group}/{name}"] = obj.shape[0] if obj.ndim else None
+
+        f[group].visititems(visit)
+    return counts
+
+
+def rows_disagree(f):
+    """Why the rows of a complete dump `f` disagree, or None: every dataset, and the root
+    attribute `samples` when present, must count as many rows as /inputs/source."""
+    sources = f.get(f"{INPUTS}/source")
+    if not isinstance(sources, h5py.Dataset):
+        return "it has no /inputs/source"
+    if sources.ndim != 1:
+        return "/inputs/source is not a list"
+    rows = sources.shape[0]
+    for name, n in row_counts(f).items():
+        if n != rows:
+            return f"{name} holds {'no' if n is None else n} rows, /inputs/source {rows}"
+    samples = _plain(f.attrs.get("samples", rows))
+    if samples != rows:
+        return f"its attribute samples is {samples!r}, /inputs/source holds {rows} rows"
+    return None
+
+
+def skipped_rows(f):
+    """The sample rows a dump passed over as bad: /inputs/skipped's attribute `rows`, or for a
+    file written before it was recorded, its number of entries."""
+    skipped = f.get(f"{INPUTS}/skipped")
+    if not isinstance(skipped, h5py.Dataset):
+        return 0
+    return int(_plain(skipped.attrs.get("rows", skipped.shape[0])))
 
 
 JOB_KEYS = ("shard", "shard_rows", "total_rows", "input_fingerprint", "options_fingerprint")

@@ -55,7 +55,7 @@ def test_help_version_summary_and_diff_do_not_import_tensorflow(cli, zoo, tmp_pa
 def test_plot_reads_a_dump_without_tensorflow(tmp_path):
     with h5py.File(tmp_path / "d.h5", "w") as f:
         f.attrs.update({"format": "tensorprobe", "format_version": 1, "complete": True})
-        f["inputs/source"] = np.array([b"a.npy[0]"], dtype=h5py.string_dtype())
+        f["inputs/source"] = np.array([b"a.npy[0]", b"a.npy[1]"], dtype=h5py.string_dtype())
         f["activations/conv"] = np.arange(2 * 4 * 4 * 3, dtype=np.float32).reshape(2, 4, 4, 3)
     code = (
         "import sys\n"
