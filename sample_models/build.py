@@ -22,6 +22,9 @@ Writes:
   two_inputs.keras  a model with two inputs: `image` (32, 32, 3) and `meta` (4,)
   two_inputs.npz    3 samples for it, keys `image` and `meta`
   meta.npy          5 `meta` rows, one per file in images/
+  bert_tiny.keras   a two-block BERT encoder built with keras-hub's BertBackbone (random
+                    weights; loading it needs keras-hub)
+  tokens.npz        3 token sequences for it, padded to 8: token_ids, segment_ids, padding_mask
 
     python sample_models/build.py FOLDER --inputs-only   writes only the input examples
 
@@ -111,7 +114,26 @@ def build(folder):
     save(sub, folder / "subclassed.keras")
     np.save(folder / "vectors.npy", rng.normal(size=(3, 6)).astype("float32"))
     build_input_examples(folder)
+    bert_tiny(folder)
     return folder
+
+
+def bert_tiny(folder):
+    """A two-block BERT encoder from keras-hub's constructor, random weights (no download),
+    and 3 tokenised sequences for it, padded to 8 (keys token_ids, segment_ids, padding_mask)."""
+    import keras_hub
+
+    keras.utils.set_random_seed(0)
+    bert = keras_hub.models.BertBackbone(
+        vocabulary_size=100, num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32,
+        max_sequence_length=16, name="bert_tiny",
+    )
+    save(bert, folder / "bert_tiny.keras")
+    rng = np.random.default_rng(0)
+    lengths = np.array([8, 6, 4])
+    mask = (np.arange(8)[None] < lengths[:, None]).astype("int32")
+    np.savez(folder / "tokens.npz", token_ids=rng.integers(1, 100, (3, 8)).astype("int32") * mask,
+             segment_ids=np.zeros((3, 8), "int32"), padding_mask=mask)
 
 
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip entry can hold
