@@ -1,8 +1,25 @@
-"""tensorprobe: list the layers of a Keras/TensorFlow model and dump intermediate activations."""
+"""tensorprobe: list the layers of a Keras/TensorFlow model and dump intermediate activations.
+
+The Python API (TensorFlow is imported only once a model is loaded):
+
+    import tensorprobe
+    model = tensorprobe.load("model.keras")              # or a keras.Model, a SavedModel folder
+    model.layers()                                      # what `tensorprobe layers --json` prints
+    acts = tensorprobe.activations(model, x, layers=["vgg16/block1_conv2"])   # {name: array}
+    tensorprobe.dump(model, "photos/", "acts.h5", match="conv")               # the CLI's dump
+    with tensorprobe.open_dump("acts.h5") as f: f["vgg16/block1_conv2"][:4]
+    tensorprobe.diff("a.h5", "b.h5", atol=1e-4)["first_difference"]
+"""
 
 from importlib.metadata import PackageNotFoundError, version
+
+from tensorprobe.api import DumpFile, Model, activations, diff, dump, load, open_dump
+from tensorprobe.errors import TensorprobeError
 
 try:
     __version__ = version("tensorprobe")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
+
+__all__ = ["load", "activations", "dump", "open_dump", "diff", "Model", "DumpFile", "TensorprobeError",
+           "__version__"]

@@ -8,7 +8,6 @@ import functools
 import os
 import signal
 import sys
-from datetime import datetime, timezone
 
 import click
 
@@ -160,12 +159,7 @@ def gradient_options(f):
             if given:
                 raise click.UsageError(f"{given[0]} needs --gradients")
             return f(gradients=None, **kwargs)
-        from tensorprobe.probe import parse_target
-
-        parsed = parse_target(target)
-        if (parsed.kind == "loss") != (labels is not None):
-            raise click.UsageError("--target loss:NAME and --labels go together")
-        return f(gradients=(parsed, labels, output), **kwargs)
+        return f(gradients=(target, labels, output), **kwargs)
 
     return _with_options(collect, f, options)
 
@@ -175,28 +169,9 @@ def _debug():
 
 
 def _load(model_path, unsafe, custom_objects=(), signature=None, layers=True):
-    """(LoadedModel, its graph of layers); the graph is None when `layers` is False (then a
-    Keras 2 SavedModel is not rebuilt with tf_keras either)."""
-    from tensorprobe.graph import unroll
-    from tensorprobe.models import load_model
-    from tensorprobe.models.custom import load_custom_objects
+    from tensorprobe import api
 
-    objects = load_custom_objects(custom_objects)
-    loaded = load_model(model_path, signature=signature, keras_model=layers, unsafe=unsafe,
-                        custom_objects=objects)
-    if not layers:
-        return loaded, None
-    if loaded.model is None:  # a SavedModel that holds only a graph: its layers are name scopes
-        from tensorprobe import scopes, tensors
-
-        return loaded, scopes.scope_graph(tensors.tensor_graph(loaded), scopes.naming(loaded))
-    return loaded, unroll(loaded.model, loaded.keras)
-
-
-def _is_scope_graph(graph):
-    from tensorprobe.scopes import ScopeGraph
-
-    return isinstance(graph, ScopeGraph)
+    return api.open_model(model_path, custom_objects, unsafe, signature, layers)
 
 
 @cli.command()
@@ -218,20 +193,14 @@ def layers(model, as_json, pattern, signature, unsafe, custom_objects):
     import re
 
     from tensorprobe import report
-    from tensorprobe.layers import describe
 
     try:
         regex = re.compile(pattern) if pattern is not None else None
     except re.error as e:
         raise errors.UsageError(f"--filter '{pattern}': not a valid regular expression ({e})") from e
     with quiet_native_stderr(not _debug()):
-        loaded, graph = _load(model, unsafe, custom_objects, signature)
-        if _is_scope_graph(graph):
-            from tensorprobe import scopes
-
-            info = scopes.describe(graph)
-        else:
-            info = describe(loaded, graph)
+        loaded = _load(model, unsafe, custom_objects, signature)
+        info = loaded.describe()
     if not info.layers:
         err.print(f"{model}: no layer structure: the graph's name scopes hold no Keras layers "
                   f"(`tensorprobe tensors {model}` lists its tensors)", markup=False, highlight=False,
@@ -244,7 +213,7 @@ def layers(model, as_json, pattern, signature, unsafe, custom_objects):
     if as_json:
         out.print(report.layers_json(info), markup=False, highlight=False)
         return
-    report.print_table(out, report.layers_table(info, f"{model}: {_title(info.name, loaded)}"),
+    report.print_table(out, report.layers_table(info, f"{model}: {_title(info.name, loaded.loaded)}"),
                        **report.LAYER_COLUMNS)
     for line in report.model_footer(info):
         out.print(line, markup=False, highlight=False)
@@ -287,10 +256,9 @@ def tensors(model, pattern, op_types, as_json, signature, unsafe, custom_objects
     except re.error as e:
         raise errors.UsageError(f"--filter '{pattern}': not a valid regular expression ({e})") from e
     with quiet_native_stderr(not _debug()):
-        from tensorprobe.tensors import filter_tensors, tensor_graph
+        from tensorprobe.tensors import filter_tensors
 
-        loaded, _ = _load(model, unsafe, custom_objects, signature, layers=False)
-        graph = tensor_graph(loaded)
+        graph = _load(model, unsafe, custom_objects, signature, layers=False).tensor_graph
     shown = filter_tensors(graph, regex, op_types)
     if as_json:
         out.print(report.tensors_json(shown), markup=False, highlight=False)
@@ -432,150 +400,60 @@ def dump(inputs, model, layer_names, match, all_layers, tensor_names, tensor_mat
       tensorprobe dump -m saved_model_dir --tensor-match 'block1_conv2_1/BiasAdd' input.npy
       tensorprobe dump -m model.keras --all --shard 2/8 -o part-2.h5 photos/   # then: merge
     """
-    from tensorprobe import runner, store
+    from tensorprobe import api, store
     from tensorprobe import shard as sharding
-    from tensorprobe.inputs import sources
 
-    wants_layers = bool(layer_names or match or all_layers)
-    wants_tensors = bool(tensor_names or tensor_match)
-    if not (wants_layers or wants_tensors):
-        raise click.UsageError(
-            "nothing selected: give --layer NAME, --match REGEX, --all, --tensor NAME or --tensor-match REGEX"
-        )
-    if gradients is not None and wants_tensors:
-        raise click.UsageError("--gradients works with --layer, --match and --all, not with --tensor")
+    target, labels, target_output = gradients if gradients is not None else (None, None, None)
+    selection = api.Selection(layer_names, match, all_layers, tensor_names, tensor_match, target,
+                              target_output, labels, training, jit)
     named_inputs = input_settings.pop("named_inputs")
     prep = _preparation(**input_settings)
-    if gradients is not None and gradients[1] is not None and prep.skip_bad:
-        raise click.UsageError("--labels cannot be combined with --skip-bad: the rows would no longer match")
+    selection.check(prep.skip_bad)
     if shard is not None:
         from_env = click.get_current_context().get_parameter_source("shard").name == "ENVIRONMENT"
         shard = sharding.parse(shard, sharding.ENV if from_env else "--shard")
-    if not (resume and os.path.exists(output)):
-        store.check_output(output, overwrite)
-    limit = parse_size(max_bytes) if max_bytes is not None else None
-    positional, named = sources.gather(inputs, named_inputs)
-    runner.limit_malloc_arenas()  # before TensorFlow starts its threads
+    runner_limits()  # before TensorFlow starts its threads
     signal.signal(signal.SIGTERM, _terminate)
 
+    def on_size(needed, free):
+        if not quiet and err.is_terminal:  # beside the progress bar; CI logs stay clean
+            err.print(f"writing about {store.mib(needed)} to {output} ({store.mib(free)} free)",
+                      markup=False, highlight=False, soft_wrap=True)
+
+    progress = None if quiet or not err.is_terminal else api._progress_bar(err)
+    command = ["tensorprobe", *click.get_current_context().find_root().command.argv]
     with quiet_native_stderr(not _debug()):
-        from tensorprobe import probe
-        from tensorprobe.inputs import feed, open_labels, preprocess, spec
-        from tensorprobe.tensors import TensorPart
-
-        function = preprocess.lookup(prep.preprocess) if prep.preprocess else None
-        loaded, graph = _load(model, unsafe, custom_objects, signature, layers=wants_layers)
-        plan = probe.plan(graph, probe.select(graph, layer_names, match, all_layers)) if wants_layers else None
-        tensor_part = TensorPart.build(loaded, graph, tensor_names, tensor_match, plan) if wants_tensors else None
-        source = feed.open_feed(spec.from_graph(graph if wants_layers else tensor_part.graph), positional,
-                                named, prep, click.get_binary_stream("stdin"), function)
-        labels = target = target_origin = None
-        keras_graph = wants_layers and not _is_scope_graph(graph)
-        if not wants_layers:
-            extract = None
-        elif not keras_graph:
-            if gradients is not None:
-                raise errors.UsageError(f"--gradients needs a Keras model; {model} holds only a graph")
-            extract = graph.extraction_function(plan)
-        elif gradients is None:
-            extract = probe.extraction_function(graph, plan, training=training, storage=storage, jit=jit)
-        else:
-            target, labels_path, output_name = gradients
-            target_origin, output_name = probe.output_origin(graph, output_name)
-            plan = probe.with_gradients(plan, target, output_name)
-            labels = open_labels(labels_path, source.rows) if labels_path else None
-            if labels is not None and shard is not None:
-                labels = labels[slice(*shard.rows(source.rows))]
-            label_shape = labels.shape[1:] if labels is not None else None
-            extract = probe.extraction_function(graph, plan, target, target_origin, label_shape,
-                                                training, storage, jit)
-        options = {
-            "model_sha256": loaded.sha256, "layers": layer_names, "match": match, "all": all_layers,
-            "tensors": tensor_names, "tensor_match": tensor_match, "training": training, "jit": jit,
-            "dtype": storage.dtype, "reduce": storage.reduce, "gradients": gradients,
-            "signature": signature, "custom_objects": custom_objects, "prepare": prep.attrs(),
-            "size": prep.size, "skip_bad": prep.skip_bad,
-        }
-        job = _job(source, shard, options)
-        if resume and os.path.exists(output) and _resumed(output, job, overwrite, as_json):
-            return
-        needed = probe.estimate_bytes(graph, plan, storage, source.rows) if keras_graph else None
-        if needed is not None:
-            free = store.check_room(output, needed, limit)
-            if not quiet and err.is_terminal:  # beside the progress bar; CI logs stay clean
-                err.print(f"writing about {store.mib(needed)} to {output} ({store.mib(free)} free)",
-                          markup=False, highlight=False, soft_wrap=True)
-        if tensor_part is not None:
-            plan, extract = tensor_part.after(plan, extract)
-        attrs = {**_root_attrs(loaded, prep), **job, "training": training, "reduce": storage.reduce or "none",
-                 "dtype": storage.dtype or "as computed", "compression": compression_text(storage)}
-        with store.DumpWriter(output, plan.specs, attrs, overwrite, storage.compression, rows=source.rows) as writer:
-            with _progress(quiet or not err.is_terminal, source.rows) as advance:
-                skipped = runner.dump(extract, source.batches(batch_size), writer, advance, labels)
-            writer.finish()
-        nonfinite = writer.nonfinite()
-
+        model_ = _load(model, unsafe, custom_objects, signature, layers=selection.wants_layers)
+        result = api.run_dump(model_, list(inputs), named_inputs, output, selection, prep, storage,
+                              batch_size=batch_size, overwrite=overwrite, shard=shard, resume=resume,
+                              max_bytes=max_bytes, progress=progress, stdin=click.get_binary_stream("stdin"),
+                              attrs={"command": command}, on_size=on_size)
+    if result.resumed:
+        what = "shard" if shard is not None else "dump"
+        err.print(f"skipped: '{output}' is already this {what}'s complete output (--resume)",
+                  markup=False, highlight=False, soft_wrap=True)
+        if as_json:
+            _print_summary(result.summary, output, as_json, console=err, provenance=False)
+        return
     if not quiet:
-        for path, reason in skipped:
+        for path, reason in result.skipped:
             err.print(f"skipped {path}: {reason}", markup=False, highlight=False, soft_wrap=True)
     if as_json or not quiet:
-        _print_summary(store.read_summary(output), output, as_json, console=err, provenance=False)
+        _print_summary(result.summary, output, as_json, console=err, provenance=False)
         if not as_json:
             err.print(f"wrote {output}", markup=False, highlight=False)
-    if fail_on_nonfinite and nonfinite:
-        sources = summary_sources(output, [row for *_, row in nonfinite])
-        for (path, nans, infs, row), source_name in zip(nonfinite, sources):
+    if fail_on_nonfinite and result.nonfinite:
+        sources = summary_sources(output, [row for *_, row in result.nonfinite])
+        for (path, nans, infs, row), source_name in zip(result.nonfinite, sources):
             _error(f"{path} holds {nans} NaN and {infs} Inf values, first in sample {row} ({source_name})")
         sys.exit(errors.FAILURE)
 
 
-def _job(source, shard, options):
-    """The root attributes that tie a dump to its inputs and options (and, for a shard, its
-    rows); selects the shard's rows of `source`."""
-    from tensorprobe import shard as sharding
+def runner_limits():
+    from tensorprobe import runner
 
-    job = {"total_rows": source.rows, "input_fingerprint": source.fingerprint(),
-           "options_fingerprint": sharding.options_fingerprint(options)}
-    if shard is not None:
-        rows = shard.rows(source.rows)
-        job = {"shard": str(shard), "shard_rows": list(rows), **job}
-        source.select(*rows)
-    return job
+    runner.limit_malloc_arenas()
 
-
-def _resumed(output, job, overwrite, as_json):
-    """--resume with an existing output: True when it is this job's complete output (the work
-    is skipped); False to redo it with --overwrite; otherwise refused."""
-    from tensorprobe import store
-
-    what = "shard" if "shard" in job else "dump"
-    if store.is_output_of(output, job):
-        err.print(f"skipped: '{output}' is already this {what}'s complete output (--resume)",
-                  markup=False, highlight=False, soft_wrap=True)
-        if as_json:
-            _print_summary(store.read_summary(output), output, as_json, console=err, provenance=False)
-        return True
-    if not overwrite:
-        raise errors.OutputExistsError(f"--output '{output}' exists and is not this {what}'s complete output "
-                                       "(other inputs, options or shard); pass --overwrite to replace it")
-    store.check_output(output, overwrite)
-    return False
-
-
-def parse_size(text):
-    """'1500', '500K', '2M', '1.5G', '3GiB' -> bytes (binary multiples)."""
-    import re
-
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text, re.IGNORECASE)
-    if not m:
-        raise errors.UsageError(f"--max-bytes '{text}': expected a size such as 500M or 2G")
-    scale = 1024 ** " kmgt".index(m.group(2).lower() or " ")
-    return int(float(m.group(1)) * scale)
-
-
-def compression_text(storage):
-    name, level = storage.compression
-    return "none" if name is None else name if level is None else f"{name}:{level}"
 
 @cli.command()
 @click.argument("shards", metavar="SHARD.h5...", nargs=-1, required=True,
@@ -737,55 +615,6 @@ def diff(ctx, a, b, rtol, atol, only, as_json, allow_incomplete):
     else:
         report.print_diff(out, result)
     ctx.exit(0 if result["match"] else errors.FAILURE)
-
-
-def _root_attrs(loaded, prep):
-    import tensorflow as tf
-
-    return {
-        **prep.attrs(),
-        "tensorprobe_version": __version__,
-        "model": loaded.path,
-        "model_sha256": loaded.sha256,
-        "model_format": loaded.format,
-        "loader": loaded.loader,
-        "tensorflow_version": tf.__version__,
-        "keras_version": loaded.keras.__version__ if loaded.keras is not None else "",
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": ["tensorprobe", *click.get_current_context().find_root().command.argv],
-    }
-
-
-class _progress:
-    """A progress bar on stderr for people at a terminal (samples done, samples per second,
-    time left); nothing otherwise."""
-
-    def __init__(self, disabled, total):
-        self.disabled, self.total = disabled, total
-
-    def __enter__(self):
-        if self.disabled:
-            return None
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn,
-                                   TimeRemainingColumn)
-        from rich.text import Text
-
-        class Rate(ProgressColumn):
-            def render(self, task):
-                speed = task.finished_speed or task.speed
-                return Text("" if speed is None else f"{speed:,.1f} samples/s", style="progress.data.speed")
-
-        self.progress = Progress(
-            "dumping", BarColumn(), MofNCompleteColumn(), Rate(), TimeRemainingColumn(),
-            console=err, transient=True,
-        )
-        self.progress.start()
-        task = self.progress.add_task("dump", total=self.total)
-        return lambda n: self.progress.advance(task, n)
-
-    def __exit__(self, *exc):
-        if not self.disabled:
-            self.progress.stop()
 
 
 def _terminate(signum, frame):

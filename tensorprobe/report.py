@@ -313,10 +313,15 @@ def summary_table(summary, output):
     return table
 
 
-def summary_json(summary, output):
+def summary_record(summary, output):
+    """What `summary --json` prints, as a dict (non-finite numbers as None)."""
     record = {"output": str(output), **summary["attrs"], "inputs": summary["inputs"],
               "datasets": summary["datasets"]}
-    return json.dumps(_finite_or_none(record), indent=2)
+    return _finite_or_none(record)
+
+
+def summary_json(summary, output):
+    return json.dumps(summary_record(summary, output), indent=2)
 
 
 STATUS = {"match": "ok", "values": "DIFFERS", "shape": "SHAPE", "dtype": "DTYPE"}

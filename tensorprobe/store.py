@@ -152,6 +152,47 @@ class DatasetSpec:
     group: str = "activations"  # or "gradients"
 
 
+def dataset_name(group, path):
+    """How a dataset is named to people and in `summary --json`: its path for activations,
+    `gradients/<path>` and `tensors/<name>` for the others."""
+    return path if group == "activations" else f"{group}/{path}"
+
+
+class MemorySink:
+    """DumpWriter's counterpart in memory, for the Python API's `activations`: the same
+    `append`/`skip` calls; `finish()` checks every row the same way and returns
+    {dataset name: array}."""
+
+    def __init__(self, specs, *, rows):
+        self.specs = specs
+        self.expected_rows = rows
+        self.parts = [[] for _ in specs]
+        self.rows = 0
+        self.skipped_rows = 0
+
+    def append(self, sources, arrays):
+        n = len(sources)
+        for spec, part, array in zip(self.specs, self.parts, arrays):
+            if array.shape[0] != n:
+                raise TensorprobeError(f"layer '{spec.layer}' returned {array.shape[0]} rows for a batch of {n}")
+            part.append(array)
+        self.rows += n
+
+    def skip(self, entries, rows):
+        self.skipped_rows += rows
+
+    def finish(self):
+        expected = self.expected_rows - self.skipped_rows
+        values = {}
+        for spec, part in zip(self.specs, self.parts):
+            array = np.concatenate(part) if part else np.empty((0,))
+            if array.shape[0] != expected or self.rows != expected:
+                raise TensorprobeError(f"{dataset_name(spec.group, spec.name)} holds {array.shape[0]} rows, "
+                                       f"expected {expected}")
+            values[dataset_name(spec.group, spec.name)] = array
+        return values
+
+
 class DumpWriter:
     """Write a dump under a temporary name in the output's folder; rename it into place on
     `finish()`. Leaving the `with` block without `finish()` (an error, Ctrl-C) deletes it, so
@@ -522,7 +563,7 @@ def _dataset_record(group, name, ds, all_attributes=True):
     record = {
         "path": name,
         "group": group,
-        "name": name if group == "activations" else f"{group}/{name}",
+        "name": dataset_name(group, name),
         "layer": str(attrs.pop("layer", "")),
         "layer_class": attrs.pop("layer_class", ""),
         "order": attrs.pop("order", None),

@@ -143,7 +143,9 @@ def open_feed(specs, positional, named, options, stdin=None, preprocess_function
 
 
 def _add(stream, source, stdin):
-    if source.kind == "image":
+    if source.kind == "memory":
+        stream.add_array(npy.in_memory(source.array, source.path))
+    elif source.kind == "image":
         stream.add_image(source.path)
     elif source.kind == "npz":
         arrays = npy.open_npz(source.path)

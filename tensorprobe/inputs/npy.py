@@ -70,6 +70,30 @@ def open_npy(path):
     return ArrayFile(path, shape, dtype, fortran, opener=opener)
 
 
+def in_memory(array, label):
+    """An array in memory (the Python API's input), read like a file's rows."""
+    array = np.asarray(array)
+    if array.dtype.kind not in "biuf":
+        raise InputError(f"{label}: dtype {array.dtype} is not numeric")
+    return ArrayFile(label, array.shape, array.dtype, False, opener=lambda a: _MemoryReader(array))
+
+
+class _MemoryReader:
+    def __init__(self, array):
+        self.array, self.row = array, 0
+
+    def read(self, count, rows_shape):
+        rows = _rows(self.array, self.row, count, rows_shape)
+        self.row += count
+        return np.ascontiguousarray(rows)
+
+    def skip(self, count, rows_shape):
+        self.row += count
+
+    def close(self):
+        pass
+
+
 def open_stdin(stream):
     """The .npy on standard input (a binary stream); its rows are then read once, in order."""
     shape, fortran, dtype = read_header(stream, STDIN_LABEL)

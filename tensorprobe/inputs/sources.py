@@ -13,7 +13,7 @@ are usage errors (exit status 2): the command line is wrong, not a file.
 import glob
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tensorprobe.errors import InputError, UsageError
 
@@ -40,7 +40,14 @@ class Source:
     """One file to read. `path` is what /inputs/source records (the path as it was reached)."""
 
     path: str
-    kind: str  # "npy", "npz" or "image"
+    kind: str  # "npy", "npz", "image", or "memory" (an array given to the Python API)
+    array: object = field(default=None, compare=False)
+
+
+def in_memory(array, label):
+    """A Source for an array in memory (the Python API's `x`); `label` names it in
+    /inputs/source and in errors."""
+    return Source(label, "memory", array)
 
 
 def gather(arguments, named):

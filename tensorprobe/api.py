@@ -1,0 +1,613 @@
+"""The Python API: load a model, compute activations into memory, dump them to HDF5, read and
+compare dumps. The CLI is a thin face over these functions.
+
+No function here exits the process, prints to stdout, or touches signal handlers or the
+allocator (those stay in `tensorprobe.cli`). Errors are `tensorprobe.errors.TensorprobeError`s
+whose messages name this API's arguments (`layers`, `output`) rather than the CLI's flags.
+
+    >>> import tensorprobe
+    >>> model = tensorprobe.load("sample_models/transfer.keras")
+    >>> acts = tensorprobe.activations(model, x, layers=["block1_conv2"])
+    >>> acts["vgg16/block1_conv2"].shape
+    (4, 32, 32, 8)
+"""
+
+import contextlib
+import os
+import re
+from dataclasses import dataclass, field
+
+from tensorprobe import errors
+
+# The CLI's option names -> this API's argument names, for the messages of errors raised by
+# the shared core (written with the CLI's names).
+_ARGUMENTS = {
+    "--layer": "layers", "--match": "match", "--all": "all_layers", "--tensor-match": "tensor_match",
+    "--tensor": "tensors", "--output": "output", "--overwrite": "overwrite",
+    "--gradients": "gradients", "--target-output": "target_output", "--target": "gradients",
+    "--labels": "labels", "--input": "x", "--shard": "shard", "--resume": "resume",
+    "--skip-bad": "skip_bad", "--size": "size", "--preprocess": "preprocess",
+    "--max-bytes": "max_bytes", "--signature": "signature", "--custom-objects": "custom_objects",
+    "--unsafe": "unsafe", "--batch-size": "batch_size", "--compression": "compression",
+    "--dtype": "dtype", "--reduce": "reduce", "--allow-incomplete": "allow_incomplete",
+}
+_FLAG = re.compile("|".join(sorted((re.escape(k) + r"\b" for k in _ARGUMENTS), key=len, reverse=True)))
+
+
+@contextlib.contextmanager
+def _api_names():
+    """Errors raised inside name this API's arguments instead of the CLI's flags."""
+    try:
+        yield
+    except errors.TensorprobeError as e:
+        e.args = (_FLAG.sub(lambda m: _ARGUMENTS[m.group(0).rstrip()], str(e)),)
+        raise
+
+
+# ---- models ---------------------------------------------------------------------------------
+
+class Model:
+    """A loaded model of any format tensorprobe reads. `layers()` and `tensors()` return what
+    `tensorprobe layers --json` and `tensors --json` print; `inputs` the model's inputs."""
+
+    def __init__(self, loaded):
+        self.loaded = loaded
+        self._graph = None
+        self._tensor_graph = None
+
+    def __repr__(self):
+        return f"<tensorprobe.Model {self.loaded.path} ({self.loaded.loader})>"
+
+    @property
+    def path(self):
+        return self.loaded.path
+
+    @property
+    def graph(self):
+        """The graph of layers: the Keras walk, or the name scopes of a graph-only model."""
+        if self._graph is None:
+            if self.loaded.model is None:
+                from tensorprobe import scopes
+
+                self._graph = scopes.scope_graph(self.tensor_graph, scopes.naming(self.loaded))
+            else:
+                from tensorprobe.graph import unroll
+
+                self._graph = unroll(self.loaded.model, self.loaded.keras)
+        return self._graph
+
+    @property
+    def tensor_graph(self):
+        """The frozen graph of tensors (a SavedModel signature, or the traced forward pass)."""
+        if self._tensor_graph is None:
+            from tensorprobe.tensors import tensor_graph
+
+            self._tensor_graph = tensor_graph(self.loaded)
+        return self._tensor_graph
+
+    def describe(self):
+        """The model's ModelInfo: its layers, inputs, outputs and parameter counts."""
+        from tensorprobe import scopes
+        from tensorprobe.layers import describe
+
+        if isinstance(self.graph, scopes.ScopeGraph):
+            return scopes.describe(self.graph)
+        return describe(self.loaded, self.graph)
+
+    @property
+    def inputs(self):
+        """[{"name", "shape", "dtype"}] per model input, shapes with None for the batch."""
+        from tensorprobe.inputs.spec import from_graph
+
+        graph = self.graph if self.loaded.model is not None else self.tensor_graph
+        return [{"name": s.name, "shape": [None, *s.shape], "dtype": s.dtype} for s in from_graph(graph)]
+
+    def layers(self):
+        """[{"index", "path", "name", "class", ...}]: `tensorprobe layers --json`."""
+        return [layer.to_json() for layer in self.describe().layers]
+
+    def tensors(self):
+        """[{"name", "op", "dtype", "shape", ...}]: `tensorprobe tensors --json`."""
+        return [t.to_json() for t in self.tensor_graph.tensors]
+
+
+def load(model, *, custom_objects=(), unsafe=False, signature=None):
+    """A Model from a path (`.keras`, `.h5`, a SavedModel folder) or an in-memory
+    `keras.Model` (Keras 3 or tf_keras). `custom_objects`: paths of Python files defining the
+    custom classes the file needs; `unsafe`: allow Lambda layers holding code.
+
+        >>> model = tensorprobe.load("sample_models/transfer.keras")
+        >>> [layer["path"] for layer in model.layers()][:3]
+        ['image', 'vgg16', 'vgg16/input_layer']
+    """
+    with _api_names():
+        return open_model(model, custom_objects, unsafe, signature)
+
+
+def open_model(model, custom_objects=(), unsafe=False, signature=None, layers=True):
+    """`load` with the errors in the CLI's words (its flags), for the CLI. Without `layers`
+    only the graph of tensors is wanted: a Keras 2 SavedModel is not rebuilt with tf_keras."""
+    if isinstance(model, Model):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        from tensorprobe.models import load_model
+        from tensorprobe.models.custom import load_custom_objects
+
+        path = os.fspath(model)
+        if not os.path.exists(path):
+            raise errors.UsageError(f"model '{path}': no such file or folder")
+        objects = load_custom_objects(custom_objects)
+        return Model(load_model(path, signature=signature, keras_model=layers, unsafe=unsafe,
+                                custom_objects=objects))
+    return Model(_in_memory(model))
+
+
+def _in_memory(model):
+    from tensorprobe.models.keras import LoadedModel
+
+    module = type(model).__module__.split(".")[0]
+    if module not in ("keras", "tf_keras"):
+        raise errors.UsageError(f"model: expected a path or a keras.Model, not {type(model).__name__}")
+    if module == "tf_keras":
+        import tf_keras as keras
+    else:
+        import keras
+    if not isinstance(model, keras.Model):
+        raise errors.UsageError(f"model: expected a path or a keras.Model, not {type(model).__name__}")
+    return LoadedModel(f"<in-memory {model.name}>", model, keras, f"{module} {keras.__version__}",
+                       "in-memory", "")
+
+
+# ---- what to compute -----------------------------------------------------------------------
+
+@dataclass
+class Selection:
+    """What a job computes: layers (names, a regex, all), graph tensors, gradients."""
+
+    layers: tuple = ()
+    match: str | None = None
+    all_layers: bool = False
+    tensors: tuple = ()
+    tensor_match: str | None = None
+    gradients: str | None = None  # the target: "top", "class:K", "sum", "loss:NAME"
+    target_output: str | None = None
+    labels: object = None  # a .npy path or an array, for loss:NAME
+    training: bool = False
+    jit: bool = False
+
+    @property
+    def wants_layers(self):
+        return bool(self.layers or self.match or self.all_layers)
+
+    @property
+    def wants_tensors(self):
+        return bool(self.tensors or self.tensor_match)
+
+    def check(self, skip_bad):
+        if not (self.wants_layers or self.wants_tensors):
+            raise errors.UsageError("nothing selected: give --layer NAME, --match REGEX, --all, "
+                                    "--tensor NAME or --tensor-match REGEX")
+        if self.gradients is None:
+            if self.labels is not None or self.target_output is not None:
+                raise errors.UsageError("--labels and --target-output go with --gradients")
+            return
+        if self.wants_tensors:
+            raise errors.UsageError("--gradients works with --layer, --match and --all, not with --tensor")
+        from tensorprobe.probe import parse_target
+
+        target = parse_target(self.gradients)
+        if (target.kind == "loss") != (self.labels is not None):
+            raise errors.UsageError("--target loss:NAME and --labels go together")
+        if self.labels is not None and skip_bad:
+            raise errors.UsageError("--labels cannot be combined with --skip-bad: the rows would no longer match")
+
+    def options(self):
+        """The selection as the options fingerprint records it."""
+        gradients = None
+        if self.gradients is not None:
+            labels = self.labels if self.labels is None or isinstance(self.labels, (str, os.PathLike)) \
+                else "<array>"
+            gradients = (self.gradients, None if labels is None else os.fspath(labels), self.target_output)
+        return {"layers": tuple(self.layers), "match": self.match, "all": self.all_layers,
+                "tensors": tuple(self.tensors), "tensor_match": self.tensor_match,
+                "training": self.training, "jit": self.jit, "gradients": gradients}
+
+
+@dataclass
+class _Extraction:
+    plan: object  # probe.Plan: the datasets, in order
+    extract: object  # (input batches, labels) -> one array per dataset
+    labels: object  # the label rows (all input rows), or None
+    estimate: object  # bytes -> total, for the size check; None when unknown
+
+
+def _extraction(model, selection, storage, feed):
+    """The plan of datasets and the compiled function that computes them."""
+    from tensorprobe import probe
+    from tensorprobe.tensors import TensorPart
+
+    graph = model.graph if selection.wants_layers else None
+    plan = extract = labels = estimate = None
+    if selection.wants_layers:
+        plan = probe.plan(graph, probe.select(graph, selection.layers, selection.match, selection.all_layers))
+        keras_graph = model.loaded.model is not None
+        if not keras_graph:
+            if selection.gradients is not None:
+                raise errors.UsageError(f"--gradients needs a Keras model; {model.path} holds only a graph")
+            extract = graph.extraction_function(plan)
+        elif selection.gradients is None:
+            extract = probe.extraction_function(graph, plan, training=selection.training, storage=storage,
+                                                jit=selection.jit)
+        else:
+            target = probe.parse_target(selection.gradients)
+            target_origin, output_name = probe.output_origin(graph, selection.target_output)
+            plan = probe.with_gradients(plan, target, output_name)
+            labels = _labels(selection.labels, feed.total_rows)
+            if labels is not None and feed.row_range != (0, feed.total_rows):
+                labels = labels[slice(*feed.row_range)]
+            label_shape = labels.shape[1:] if labels is not None else None
+            extract = probe.extraction_function(graph, plan, target, target_origin, label_shape,
+                                                selection.training, storage, selection.jit)
+        if keras_graph:
+            estimate = lambda rows, plan=plan: probe.estimate_bytes(graph, plan, storage, rows)  # noqa: E731
+    if selection.wants_tensors:
+        part = TensorPart.build(model.loaded, graph, selection.tensors, selection.tensor_match, plan)
+        plan, extract = part.after(plan, extract)
+    return _Extraction(plan, extract, labels, estimate)
+
+
+def _labels(labels, rows):
+    import numpy as np
+
+    from tensorprobe.inputs import open_labels
+
+    if labels is None:
+        return None
+    if isinstance(labels, (str, os.PathLike)):
+        return open_labels(os.fspath(labels), rows)
+    labels = np.asarray(labels)
+    if labels.ndim == 0 or len(labels) != rows or labels.dtype.kind not in "biuf":
+        raise errors.InputError(f"--labels: {len(labels) if labels.ndim else 0} numeric rows for "
+                                f"{rows} input samples")
+    return labels
+
+
+# ---- inputs ----------------------------------------------------------------------------------
+
+_PREPARATION = ("resize", "interpolation", "size", "preprocess", "scale", "offset", "skip_bad")
+
+
+def preparation(resize="stretch", interpolation="bilinear", size=None, preprocess=None, scale=None,
+                offset=None, skip_bad=False):
+    """How inputs are prepared (dump's input options; `resize="none"` refuses other sizes)."""
+    from tensorprobe.inputs.options import Options
+
+    return Options(resize=resize, interpolation=interpolation, size=size, preprocess=preprocess,
+                   scale=1.0 if scale is None else scale, offset=0.0 if offset is None else offset,
+                   skip_bad=skip_bad)
+
+
+def _feed(model, x, named, prep, selection, stdin=None):
+    """The checked input feed for `x`: an array, a dict of arrays (one per input), or paths
+    as `dump` takes them; `named`: [(input name, path)] as --input NAME=PATH gives them."""
+    from tensorprobe.inputs import feed, preprocess, spec
+
+    keras_walk = model.loaded.model is not None and selection.wants_layers
+    specs = spec.from_graph(model.graph if keras_walk else model.tensor_graph)
+    positional, by_name = _sources(x, named)
+    function = preprocess.lookup(prep.preprocess) if prep.preprocess else None
+    return feed.open_feed(specs, positional, by_name, prep, stdin, function)
+
+
+def _sources(x, named):
+    from tensorprobe.inputs import sources
+
+    if x is None or isinstance(x, (str, os.PathLike)) or (isinstance(x, (list, tuple)) and all(
+            isinstance(p, (str, os.PathLike)) for p in x)):
+        paths = [] if x is None else [x] if isinstance(x, (str, os.PathLike)) else list(x)
+        return sources.gather([os.fspath(p) for p in paths], named)
+    if isinstance(x, dict):
+        return [], [(name, [sources.in_memory(value, f"<{name}>")]) for name, value in x.items()]
+    return [sources.in_memory(x, "<array>")], []
+
+
+# ---- running ---------------------------------------------------------------------------------
+
+@dataclass
+class DumpResult:
+    """What a dump did: its summary (`summary --json`), the inputs skipped as bad, the
+    datasets holding NaN or Inf, and whether --resume found it already done."""
+
+    summary: dict
+    skipped: list = field(default_factory=list)
+    nonfinite: list = field(default_factory=list)
+    resumed: bool = False
+
+
+def activations(model, x, *, layers=(), match=None, all_layers=False, tensors=(), tensor_match=None,
+                gradients=None, target_output=None, labels=None, training=False, batch_size=32,
+                **prepare):
+    """{dataset name: array} for the inputs `x`, computed in batches of `batch_size`.
+
+    `model`: a Model, a path or a keras.Model. `x`: a NumPy array (one sample of the input's
+    shape, or a batch), a dict of arrays for a model with several inputs, or what `dump`
+    takes as INPUTS (paths of .npy/.npz/image files, folders, globs). Keys are the names
+    `summary --json` prints: `vgg16/block1_conv2`, `gradients/vgg16/block1_conv2`,
+    `tensors/<tensor name>`. `gradients` is a target as the CLI's --target takes it ("top",
+    "class:2", "sum", "loss:NAME" with `labels`). Preparation options as `dump`'s: resize,
+    interpolation, size, preprocess, scale, offset, skip_bad.
+
+        >>> acts = tensorprobe.activations("sample_models/transfer.keras", x, layers=["fc1"],
+        ...                                gradients="top")
+        >>> sorted(acts)
+        ['fc1', 'gradients/fc1']
+    """
+    from tensorprobe import runner
+    from tensorprobe.probe import Storage
+    from tensorprobe.store import MemorySink
+
+    selection = Selection(tuple(layers), match, all_layers, tuple(tensors), tensor_match, gradients,
+                          target_output, labels, training)
+    prep = preparation(**_checked_preparation(prepare))
+    _check_batch_size(batch_size)
+    with _api_names():
+        selection.check(prep.skip_bad)
+        model = load(model)
+        source = _feed(model, x, (), prep, selection)
+        job = _extraction(model, selection, Storage(), source)
+        sink = MemorySink(job.plan.specs, rows=source.rows)
+        runner.dump(job.extract, source.batches(batch_size), sink, None, job.labels)
+        return sink.finish()
+
+
+def dump(model, x, output, *, layers=(), match=None, all_layers=False, tensors=(), tensor_match=None,
+         gradients=None, target_output=None, labels=None, training=False, batch_size=32,
+         overwrite=False, dtype=None, compression=None, reduce=None, shard=None, resume=False,
+         max_bytes=None, jit=False, progress=None, **prepare):
+    """Write the activations of `x` to the HDF5 file `output`, exactly as `tensorprobe dump`
+    does (streamed a batch at a time, written atomically, every row checked), and return the
+    summary `tensorprobe summary --json` prints. Arguments as `activations`'s, and:
+    `dtype` ("float16", ...), `compression` ("gzip:4", "lzf"), `reduce` ("mean", "max"),
+    `shard` ("K/N"), `resume`, `max_bytes`, `progress=True` for a progress bar (works in
+    Jupyter).
+
+        >>> summary = tensorprobe.dump("sample_models/transfer.keras", x, "acts.h5",
+        ...                            layers=["block1_conv2"])
+        >>> summary["samples"]
+        4
+    """
+    from tensorprobe.probe import Storage, parse_compression
+
+    selection = Selection(tuple(layers), match, all_layers, tuple(tensors), tensor_match, gradients,
+                          target_output, labels, training, jit)
+    prep = preparation(**_checked_preparation(prepare))
+    _check_batch_size(batch_size)
+    with _api_names():
+        storage = Storage(dtype, reduce, parse_compression(compression) if compression else (None, None))
+        bar = _progress_bar() if progress is True else progress or None
+        result = run_dump(model, x, (), output, selection, prep, storage, batch_size=batch_size,
+                          overwrite=overwrite, shard=shard, resume=resume, max_bytes=max_bytes,
+                          progress=bar)
+        return _summary_record(result.summary, output)
+
+
+def run_dump(model, x, named, output, selection, prep, storage, *, batch_size=32, overwrite=False,
+             shard=None, resume=False, max_bytes=None, progress=None, stdin=None, attrs=None,
+             on_size=None):
+    """The dump pipeline behind `dump` and the CLI: returns a DumpResult.
+
+    `progress(total)`: a context manager yielding `advance(n)`, or None. `attrs`: root
+    attributes to add (the CLI's `command`). `on_size(bytes, free)`: told the estimated
+    size before the work starts."""
+    from tensorprobe import runner, store
+    from tensorprobe import shard as sharding
+
+    selection.check(prep.skip_bad)
+    if isinstance(shard, str):
+        shard = sharding.parse(shard)
+    output = os.fspath(output)
+    if not (resume and os.path.exists(output)):
+        store.check_output(output, overwrite)
+    limit = _max_bytes(max_bytes)
+    model = open_model(model)
+    source = _feed(model, x, named, prep, selection, stdin)
+    options = {**selection.options(), "model_sha256": model.loaded.sha256, "dtype": storage.dtype,
+               "reduce": storage.reduce, "signature": getattr(getattr(model.loaded, "signature", None), "name", None),
+               "prepare": prep.attrs(), "size": prep.size, "skip_bad": prep.skip_bad}
+    job = _job_attrs(source, shard, options)
+    if resume and os.path.exists(output) and _resumed(output, job, overwrite):
+        return DumpResult(store.read_summary(output), resumed=True)
+    extraction = _extraction(model, selection, storage, source)
+    if extraction.estimate is not None:
+        needed = extraction.estimate(source.rows)
+        if needed is not None:
+            free = store.check_room(output, needed, limit)
+            if on_size is not None:
+                on_size(needed, free)
+    root = {**_root_attrs(model.loaded, prep), **(attrs or {}), **job, "training": selection.training,
+            "reduce": storage.reduce or "none", "dtype": storage.dtype or "as computed",
+            "compression": compression_text(storage)}
+    with store.DumpWriter(output, extraction.plan.specs, root, overwrite, storage.compression,
+                          rows=source.rows) as writer:
+        with progress(source.rows) if progress is not None else contextlib.nullcontext() as advance:
+            skipped = runner.dump(extraction.extract, source.batches(batch_size), writer, advance,
+                                  extraction.labels)
+        writer.finish()
+    return DumpResult(store.read_summary(output), skipped, writer.nonfinite())
+
+
+def _job_attrs(source, shard, options):
+    """The root attributes that tie a dump to its inputs and options (and, for a shard, its
+    rows); selects the shard's rows of `source`."""
+    from tensorprobe import shard as sharding
+
+    job = {"total_rows": source.rows, "input_fingerprint": source.fingerprint(),
+           "options_fingerprint": sharding.options_fingerprint(options)}
+    if shard is not None:
+        rows = shard.rows(source.rows)
+        job = {"shard": str(shard), "shard_rows": list(rows), **job}
+        source.select(*rows)
+    return job
+
+
+def _resumed(output, job, overwrite):
+    """With `resume` and an existing output: True when it is this job's complete output (the
+    work is skipped); False to redo it with `overwrite`; otherwise refused."""
+    from tensorprobe import store
+
+    what = "shard" if "shard" in job else "dump"
+    if store.is_output_of(output, job):
+        return True
+    if not overwrite:
+        raise errors.OutputExistsError(f"--output '{output}' exists and is not this {what}'s complete output "
+                                       "(other inputs, options or shard); pass --overwrite to replace it")
+    store.check_output(output, overwrite)
+    return False
+
+
+def _root_attrs(loaded, prep):
+    from datetime import datetime, timezone
+
+    import tensorflow as tf
+
+    from tensorprobe import __version__
+
+    return {
+        **prep.attrs(),
+        "tensorprobe_version": __version__,
+        "model": loaded.path,
+        "model_sha256": loaded.sha256,
+        "model_format": loaded.format,
+        "loader": loaded.loader,
+        "tensorflow_version": tf.__version__,
+        "keras_version": loaded.keras.__version__ if loaded.keras is not None else "",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": ["python", "tensorprobe.dump"],
+    }
+
+
+def compression_text(storage):
+    name, level = storage.compression
+    return "none" if name is None else name if level is None else f"{name}:{level}"
+
+
+def parse_size(text):
+    """'1500', '500K', '2M', '1.5G', '3GiB' -> bytes (binary multiples)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text, re.IGNORECASE)
+    if not m:
+        raise errors.UsageError(f"--max-bytes '{text}': expected a size such as 500M or 2G")
+    scale = 1024 ** " kmgt".index(m.group(2).lower() or " ")
+    return int(float(m.group(1)) * scale)
+
+
+def _max_bytes(value):
+    if value is None or isinstance(value, int):
+        return value
+    return parse_size(value)
+
+
+def _checked_preparation(prepare):
+    unknown = sorted(set(prepare) - set(_PREPARATION))
+    if unknown:
+        raise TypeError(f"unexpected keyword argument {unknown[0]!r}")
+    return prepare
+
+
+def _check_batch_size(batch_size):
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise errors.UsageError(f"batch_size {batch_size!r}: expected an integer >= 1")
+
+
+@contextlib.contextmanager
+def _progress_bar_context(total, console=None):
+    from tensorprobe.progress import bar
+
+    with bar(total, console) as advance:
+        yield advance
+
+
+def _progress_bar(console=None):
+    return lambda total: _progress_bar_context(total, console)
+
+
+def _summary_record(summary, output):
+    from tensorprobe.report import summary_record
+
+    return summary_record(summary, output)
+
+
+# ---- reading and comparing dumps -----------------------------------------------------------
+
+class DumpFile:
+    """A dump opened for reading: `attrs` (the root attributes), `names` (its datasets, in
+    model order), `file[name]` (an h5py dataset: read lazily, `[:]` or slices), `summary()`.
+    Use it as a context manager, or call close().
+
+        >>> with tensorprobe.open_dump("acts.h5") as dump:
+        ...     first = dump["vgg16/block1_conv2"][0]
+    """
+
+    def __init__(self, path, allow_incomplete=False):
+        from tensorprobe import store
+
+        self.path = os.fspath(path)
+        self.allow_incomplete = allow_incomplete
+        with _api_names():
+            self._file = store.open_dump(self.path, allow_incomplete)
+        self.attrs = {k: _plain(v) for k, v in self._file.attrs.items()}
+
+    @property
+    def names(self):
+        return [d["name"] for d in self.summary()["datasets"]]
+
+    def __getitem__(self, name):
+        group, path = ("activations", name)
+        for prefix in ("gradients/", "tensors/"):
+            if name.startswith(prefix):
+                group, path = prefix[:-1], name[len(prefix):]
+        full = f"{group}/{path}"
+        if full not in self._file:
+            raise KeyError(f"{name!r}: no such dataset in {self.path}; it holds {', '.join(self.names)}")
+        return self._file[full]
+
+    def summary(self):
+        """What `tensorprobe summary --json` prints."""
+        from tensorprobe import store
+
+        with _api_names():
+            return _summary_record(store.read_summary(self.path, self.allow_incomplete), self.path)
+
+    def close(self):
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _plain(value):
+    import numpy as np
+
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def open_dump(path, allow_incomplete=False):
+    """A DumpFile for the dump at `path` (refused if incomplete unless `allow_incomplete`)."""
+    return DumpFile(path, allow_incomplete)
+
+
+def diff(a, b, *, rtol=1e-5, atol=1e-8, only=None, allow_incomplete=False):
+    """Compare two dumps dataset by dataset: what `tensorprobe diff --json` prints (its
+    `match` is True when every dataset matches)."""
+    from tensorprobe import compare
+
+    with _api_names():
+        return compare.diff_dumps(os.fspath(a), os.fspath(b), rtol, atol, only, allow_incomplete)
