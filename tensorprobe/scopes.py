@@ -39,7 +39,25 @@ The rule, applied to the frozen graph of the signature:
    its name is left out of paths (as `layers` on a .keras file lists what is inside the
    model). Several such top-level scopes are listed as top-level layers.
 3. A layer's name is its scope's (Keras 3: without the last `_N`, `block1_conv2_1` ->
-   `block1_conv2`), and the path joins the names (`vgg16/block1_conv2`). Two scopes with the
+   `block1_conv2`), and the path joins the names (`vgg16/block1_conv2`). Keras 3 only: a
+   sub-layer that a layer makes without a name (MultiHeadAttention's `softmax`, keras-hub's
+   `rotary_embedding`) is named by Keras from a counter over the whole process, `softmax` in
+   one process and `softmax_3` in the next; a .keras file's listing names such sub-layers by
+   class, numbered among siblings (`graph._stable_names`), the same in every process. The
+   graph has no classes, so its rule is: inside a layer that computes something of its own
+   beside its layers (a computed op outside their scopes: a custom layer's `call`, with its
+   residual add or transpose), a layer whose name reads as a counter-numbered one (lowercase,
+   `_N` with N >= 1: `softmax_3`) and whose base (`softmax`) no sibling layer bears, as its
+   name or as its base, is named by its base: `transformer_layer_1/self_attention_layer/
+   softmax`, as in the .keras file. The model's own layers, and those of a scope that only
+   runs its layers (a nested Sequential), keep the names their config gives them
+   (`sequential/dense_3`). Left as they are: siblings that share a base (`dense_4`,
+   `dense_7`: their order among siblings is not known), the sub-layers of a custom layer
+   that only chains them, and tf.keras 2.x names; a sub-layer named `proj_2` on purpose,
+   alone of its base in a custom layer, is listed as `proj`.
+   Layers are listed in the order the graph computes them: siblings by the topological
+   position of their first output (rule 4), not of their first op (a block's first op may
+   prepare a mask from an input before anything else runs). Two scopes with the
    same path are two calls of one layer (shared weights), in the order the graph runs them.
    tf.keras 2.x runs every call of a layer in the same scope: there the scope's computed ops
    are split into the parts that pass no tensor to each other, and when there are several
@@ -64,6 +82,7 @@ from tensorprobe.layers import LayerInfo, ModelInfo
 
 CALL_WRAPPER = re.compile(r"(Stateful)?PartitionedCall(_\d+)?")
 SUFFIXED = re.compile(r"(.+)_\d+")
+AUTO_NAMED = re.compile(r"([a-z][a-z0-9_]*)_[1-9]\d*")  # Keras' auto names: snake_case, _N from 1
 READ_VARIABLE = re.compile(r"ReadVariableOp(_\d+)?")
 INLINER = "Func"
 
@@ -147,7 +166,6 @@ class ScopeGraph:
 @dataclass
 class _Scope:
     name: str
-    first: tuple  # graph order: where its first op that depends on the inputs runs
     parts: tuple = ()  # its components from the top: ("model_1", "conv2d_1")
     children: dict = field(default_factory=dict)
     ops: list = field(default_factory=list)  # ops directly in it
@@ -167,28 +185,25 @@ def scope_path(op_name):
 
 def scope_graph(tensor_graph, naming=KERAS3):
     """Find the layers of `tensor_graph` by the rule above, its scopes named as `naming` says."""
-    root = _Scope("", (0, 0))
-    for position, op in enumerate(tensor_graph.ops):
+    root = _Scope("")
+    for op in tensor_graph.ops:
         parts = scope_path(op.name)
         if parts is None:
             continue
-        # constants come first in a topological order; scopes go by their first computed op
         computed = any(t in tensor_graph.fed for t in op.outputs)
-        order = (0 if computed else 1, position)
         node = root
         node.all_ops.append(op)
         for depth, part in enumerate(parts):
             if part not in node.children:
-                node.children[part] = _Scope(part, order, tuple(parts[: depth + 1]))
+                node.children[part] = _Scope(part, tuple(parts[: depth + 1]))
             node = node.children[part]
-            node.first = min(node.first, order)
             node.all_ops.append(op)
             node.computed = node.computed or computed
         node.ops.append(op)
 
     builder = _Builder(tensor_graph, naming)
     models = [c for c in root.children.values() if builder.layer_scopes(c)]
-    if len(models) == 1:
+    if len(models) == 1:  # the model's layers: named by its config, as they are
         builder.visit_layers(builder.layer_scopes(models[0]), prefix="", index="", depth=0, parent=None)
         model_name = naming.layer_name(models[0].name)
     else:
@@ -227,10 +242,13 @@ class _Builder:
             return candidates
         return [c for c in candidates if c.name in self.naming.layers]
 
-    def visit_layers(self, scopes, prefix, index, depth, parent):
+    def visit_layers(self, scopes, prefix, index, depth, parent, stable=False):
+        """Register the layers whose scopes are `scopes` (siblings), in graph order, and
+        what is inside them; `stable`: name them by rule 3's stable names."""
         order = []  # paths at this level, in graph order
-        for scope in sorted(scopes, key=lambda s: s.first):
-            path = prefix + self.naming.layer_name(scope.name)
+        names = self.names_of(scopes, stable)
+        for scope in sorted(scopes, key=self.position):
+            path = prefix + names[scope.name]
             if path not in self.entries:
                 order.append(path)
                 self.entries[path] = ScopeLayer(path, f"{index}{len(order) - 1}", depth, None, parent, "graph")
@@ -247,7 +265,43 @@ class _Builder:
                     entry.op_type = self.op_by_name[self.producer[outputs[0]]].type
             layers = self.layer_scopes(scope)
             if layers:
-                self.visit_layers(layers, path + "/", f"{entry.index}.", depth + 1, path)
+                self.visit_layers(layers, path + "/", f"{entry.index}.", depth + 1, path,
+                                  stable=not self.naming.keras2 and self.computes_itself(scope, layers))
+
+    def position(self, scope):
+        """Where a layer scope comes in graph order (rule 3): the topological position of
+        its first output; of its first computed tensor when nothing outside reads it."""
+        outputs = self.outputs_of(scope)
+        if outputs:
+            return self.graph.by_name[outputs[0]].position
+        made = [self.graph.by_name[t].position for op in scope.all_ops for t in op.outputs if t in self.graph.fed]
+        return min(made, default=len(self.graph.tensors))
+
+    def computes_itself(self, scope, layers):
+        """Whether `scope` computes something outside the scopes of its `layers`: a custom
+        layer's `call` does (a residual add, a transpose), a model that only runs its layers
+        does not."""
+        inside = {op.name for layer in layers for op in layer.all_ops}
+        return any(op.name not in inside and any(t in self.graph.fed for t in op.outputs) for op in scope.all_ops)
+
+    def names_of(self, scopes, stable):
+        """scope name -> layer name for sibling layer scopes (rule 3). With `stable`, a name
+        that Keras could have numbered from its process-wide counter (`softmax_3`: lowercase,
+        `_N` with N >= 1) and whose base (`softmax`) no other sibling has, bare or numbered,
+        is named by its base."""
+        names = {scope.name: self.naming.layer_name(scope.name) for scope in scopes}
+        if not stable:
+            return names
+        taken = set(names.values())
+        bases = {}  # base -> the distinct layer names that have it
+        for name in taken:
+            m = AUTO_NAMED.fullmatch(name)
+            bases.setdefault(m.group(1) if m else name, set()).add(name)
+        for scope_name, name in names.items():
+            m = AUTO_NAMED.fullmatch(name)
+            if m and bases[m.group(1)] == {name} and m.group(1) not in taken:
+                names[scope_name] = m.group(1)
+        return names
 
     def calls_of(self, scope):
         """The outputs of each call of the layer that `scope` runs (rules 3 and 4): one call
