@@ -607,7 +607,7 @@ def open_dump(path, allow_incomplete=False):
 def diff(a, b, *, rtol=1e-5, atol=1e-8, only=None, allow_incomplete=False):
     """Compare two dumps dataset by dataset: what `tensorprobe diff --json` prints (its
     `match` is True when every dataset matches)."""
-    from tensorprobe import compare
+    from tensorprobe import diff as diffing
 
     with _api_names():
-        return compare.diff_dumps(os.fspath(a), os.fspath(b), rtol, atol, only, allow_incomplete)
+        return diffing.diff_dumps(os.fspath(a), os.fspath(b), rtol, atol, only, allow_incomplete)

@@ -604,9 +604,9 @@ def diff(ctx, a, b, rtol, atol, only, as_json, allow_incomplete):
       tensorprobe diff golden.h5 new.h5 --atol 1e-4
       tensorprobe diff a.h5 b.h5 --only '^vgg16/' --json | jq .first_difference
     """
-    from tensorprobe import compare, report
+    from tensorprobe import diff as diffing, report
 
-    result = compare.diff_dumps(a, b, rtol, atol, only, allow_incomplete)
+    result = diffing.diff_dumps(a, b, rtol, atol, only, allow_incomplete)
     for path, side in ((a, "a"), (b, "b")):
         if not result["complete"][side]:
             _warn_incomplete(path)

@@ -1,4 +1,5 @@
-"""Compare two dumps dataset by dataset, a block of rows at a time, in bounded memory.
+"""`tensorprobe diff`: compare two dumps dataset by dataset, a block of rows at a time, in
+bounded memory.
 
 The rules, documented in the README (`tensorprobe diff`):
   - an element matches when both values are equal (NaN and NaN at the same place, or the same
