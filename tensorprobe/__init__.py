@@ -9,11 +9,12 @@ The Python API (TensorFlow is imported only once a model is loaded):
     tensorprobe.dump(model, "photos/", "acts.h5", match="conv")               # the CLI's dump
     with tensorprobe.open_dump("acts.h5") as f: f["vgg16/block1_conv2"][:4]
     tensorprobe.diff("a.h5", "b.h5", atol=1e-4)["first_difference"]
+    tensorprobe.compare("model.keras", "model_export/", x)["first_divergence"]
 """
 
 from importlib.metadata import PackageNotFoundError, version
 
-from tensorprobe.api import DumpFile, Model, activations, diff, dump, load, open_dump
+from tensorprobe.api import DumpFile, Model, activations, compare, diff, dump, load, open_dump
 from tensorprobe.errors import TensorprobeError
 
 try:
@@ -21,5 +22,5 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
 
-__all__ = ["load", "activations", "dump", "open_dump", "diff", "Model", "DumpFile", "TensorprobeError",
+__all__ = ["load", "activations", "dump", "open_dump", "diff", "compare", "Model", "DumpFile", "TensorprobeError",
            "__version__"]

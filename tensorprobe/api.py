@@ -231,13 +231,10 @@ def _extraction(model, selection, storage, feed):
     if selection.wants_layers:
         plan = probe.plan(graph, probe.select(graph, selection.layers, selection.match, selection.all_layers))
         keras_graph = model.loaded.model is not None
-        if not keras_graph:
-            if selection.gradients is not None:
-                raise errors.UsageError(f"--gradients needs a Keras model; {model.path} holds only a graph")
-            extract = graph.extraction_function(plan)
-        elif selection.gradients is None:
-            extract = probe.extraction_function(graph, plan, training=selection.training, storage=storage,
-                                                jit=selection.jit)
+        if not keras_graph and selection.gradients is not None:
+            raise errors.UsageError(f"--gradients needs a Keras model; {model.path} holds only a graph")
+        if selection.gradients is None:
+            extract = _layer_function(model, plan, storage, selection.training, selection.jit)
         else:
             target = probe.parse_target(selection.gradients)
             target_origin, output_name = probe.output_origin(graph, selection.target_output)
@@ -254,6 +251,15 @@ def _extraction(model, selection, storage, feed):
         part = TensorPart.build(model.loaded, graph, selection.tensors, selection.tensor_match, plan)
         plan, extract = part.after(plan, extract)
     return _Extraction(plan, extract, labels, estimate)
+
+
+def _layer_function(model, plan, storage, training=False, jit=False):
+    """The compiled function that computes `plan`'s layer outputs (no gradients)."""
+    from tensorprobe import probe
+
+    if model.loaded.model is None:
+        return model.graph.extraction_function(plan)
+    return probe.extraction_function(model.graph, plan, training=training, storage=storage, jit=jit)
 
 
 def _labels(labels, rows):
@@ -287,12 +293,12 @@ def preparation(resize="stretch", interpolation="bilinear", size=None, preproces
                    skip_bad=skip_bad)
 
 
-def _feed(model, x, named, prep, selection, stdin=None):
+def _feed(model, x, named, prep, layers=True, stdin=None):
     """The checked input feed for `x`: an array, a dict of arrays (one per input), or paths
     as `dump` takes them; `named`: [(input name, path)] as --input NAME=PATH gives them."""
     from tensorprobe.inputs import feed, preprocess, spec
 
-    keras_walk = model.loaded.model is not None and selection.wants_layers
+    keras_walk = model.loaded.model is not None and layers  # else the tensor graph's inputs
     specs = spec.from_graph(model.graph if keras_walk else model.tensor_graph)
     positional, by_name = _sources(x, named)
     function = preprocess.lookup(prep.preprocess) if prep.preprocess else None
@@ -353,7 +359,7 @@ def activations(model, x, *, layers=(), match=None, all_layers=False, tensors=()
     with _api_names():
         selection.check(prep.skip_bad)
         model = load(model)
-        source = _feed(model, x, (), prep, selection)
+        source = _feed(model, x, (), prep, selection.wants_layers)
         job = _extraction(model, selection, Storage(), source)
         sink = MemorySink(job.plan.specs, rows=source.rows)
         runner.dump(job.extract, source.batches(batch_size), sink, None, job.labels)
@@ -410,7 +416,7 @@ def run_dump(model, x, named, output, selection, prep, storage, *, batch_size=32
         store.check_output(output, overwrite)
     limit = _max_bytes(max_bytes)
     model = open_model(model)
-    source = _feed(model, x, named, prep, selection, stdin)
+    source = _feed(model, x, named, prep, selection.wants_layers, stdin)
     options = {**selection.options(), "model_sha256": model.loaded.sha256, "dtype": storage.dtype,
                "reduce": storage.reduce, "signature": getattr(getattr(model.loaded, "signature", None), "name", None),
                "prepare": prep.attrs(), "size": prep.size, "skip_bad": prep.skip_bad}
@@ -536,6 +542,99 @@ def _summary_record(summary, output):
     return summary_record(summary, output)
 
 
+# ---- comparing two models --------------------------------------------------------------------
+
+def compare(model_a, model_b, x, *, layers=(), match=None, pairs=None, rtol=1e-5, atol=1e-8, metric=None,
+            batch_size=32, save_a=None, save_b=None, overwrite=False, **prepare):
+    """Run two models on the same inputs and compare the layers both have, paired by path:
+    what `tensorprobe compare --json` prints (`pairs` in model A's order, each with `status`
+    "ok" or "differ"; `first_divergence`, the first pair out of tolerance, or None).
+    `pairs`: {path in A: path in B} where names differ; `metric`: None (numpy's allclose rule
+    with `rtol`/`atol`), "snr:DB" or "cosine:X". `save_a`/`save_b`: also write each model's
+    outputs to a dump.
+
+        >>> report = tensorprobe.compare("model.keras", "model_export/", x)
+        >>> report["first_divergence"]    # None: every pair within tolerance
+    """
+    prep = preparation(**_checked_preparation(prepare))
+    _check_batch_size(batch_size)
+    with _api_names():
+        return run_compare(model_a, model_b, x, (), prep, layers=tuple(layers), match=match,
+                           pairs=tuple((pairs or {}).items()), rtol=rtol, atol=atol, metric=metric,
+                           batch_size=batch_size, save_a=save_a, save_b=save_b, overwrite=overwrite)
+
+
+def run_compare(model_a, model_b, x, named, prep, *, layers=(), match=None, pairs=(), rtol=1e-5, atol=1e-8,
+                metric=None, batch_size=32, save_a=None, save_b=None, overwrite=False, stdin=None,
+                progress=None):
+    """The comparison behind `compare` and the CLI: a dict (see tensorprobe/compare.py)."""
+    from tensorprobe import modelcompare as comparing
+    from tensorprobe import probe, store
+    from tensorprobe.probe import Storage
+
+    criterion = comparing.parse_metric(metric)
+    for path in (save_a, save_b):
+        if path is not None:
+            store.check_output(os.fspath(path), overwrite)
+    model_a, model_b = open_model(model_a), open_model(model_b)
+    paired, only_a, only_b = comparing.pairings(model_a.graph, model_b.graph, layers, match, pairs)
+    plan_a = probe.plan(model_a.graph, [model_a.graph.entries[a] for a, _ in paired])
+    plan_b = probe.plan(model_b.graph, [model_b.graph.entries[b] for _, b in paired])
+    matched, unmatched_a, unmatched_b = comparing.matched_specs(plan_a, plan_b, paired)
+    source = _feed(model_a, x, named, prep, stdin=stdin)
+    _check_same_inputs(model_a, model_b)
+    run_a = _layer_function(model_a, plan_a, Storage())
+    run_b = _layer_function(model_b, plan_b, Storage())
+    comparison = comparing.Comparison(matched, source.rows, rtol, atol, criterion)
+    with contextlib.ExitStack() as stack:
+        writers = [_compare_writer(stack, path, model, plan, prep, source.rows, overwrite)
+                   for path, model, plan in ((save_a, model_a, plan_a), (save_b, model_b, plan_b))]
+        advance = stack.enter_context(progress(source.rows)) if progress is not None else None
+        for batch in source.batches(batch_size):
+            values_a, values_b = run_a(batch.arrays, None), run_b(batch.arrays, None)
+            comparison.update(values_a, values_b)
+            for writer, values in zip(writers, (values_a, values_b)):
+                if writer is not None:
+                    writer.append(batch.sources, values)
+            if advance is not None:
+                advance(batch.consumed)
+        for writer in writers:
+            if writer is not None:
+                writer.finish()
+    records = comparison.pairs()
+    first = next((r["path"] for r in records if r["status"] != "ok"), None)
+    return {
+        "a": model_a.path, "b": model_b.path, "samples": source.rows,
+        "metric": str(criterion), "rtol": rtol, "atol": atol,
+        "pairs": records, "first_divergence": first,
+        "only_in_a": only_a + unmatched_a, "only_in_b": only_b + unmatched_b,
+        "match": first is None,
+    }
+
+
+def _check_same_inputs(model_a, model_b):
+    from tensorprobe.inputs import spec
+
+    def specs(model):
+        graph = model.graph if model.loaded.model is not None else model.tensor_graph
+        return [(s.name, s.shape) for s in spec.from_graph(graph)]
+
+    a, b = specs(model_a), specs(model_b)
+    if len(a) != len(b):
+        raise errors.UsageError(f"the models take different inputs: {model_a.path} {len(a)}, "
+                                f"{model_b.path} {len(b)}")
+
+
+def _compare_writer(stack, path, model, plan, prep, rows, overwrite):
+    from tensorprobe import store
+
+    if path is None:
+        return None
+    attrs = {**_root_attrs(model.loaded, prep), "total_rows": rows, "training": False, "reduce": "none",
+             "dtype": "as computed", "compression": "none"}
+    return stack.enter_context(store.DumpWriter(os.fspath(path), plan.specs, attrs, overwrite, rows=rows))
+
+
 # ---- reading and comparing dumps -----------------------------------------------------------
 
 class DumpFile:
@@ -607,7 +706,7 @@ def open_dump(path, allow_incomplete=False):
 def diff(a, b, *, rtol=1e-5, atol=1e-8, only=None, allow_incomplete=False):
     """Compare two dumps dataset by dataset: what `tensorprobe diff --json` prints (its
     `match` is True when every dataset matches)."""
-    from tensorprobe import diff as diffing
+    from tensorprobe import dumpdiff
 
     with _api_names():
-        return diffing.diff_dumps(os.fspath(a), os.fspath(b), rtol, atol, only, allow_incomplete)
+        return dumpdiff.diff_dumps(os.fspath(a), os.fspath(b), rtol, atol, only, allow_incomplete)

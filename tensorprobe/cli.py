@@ -301,7 +301,7 @@ def hdf5_output(ctx, param, value):
 
     suffix = Path(value).suffix.lower() if value is not None else ""
     if suffix in OTHER_FORMATS:
-        raise errors.UsageError(f"--output '{value}': the output is an HDF5 file, not {OTHER_FORMATS[suffix]} "
+        raise errors.UsageError(f"{param.opts[-1]} '{value}': the output is an HDF5 file, not {OTHER_FORMATS[suffix]} "
                                 f"({suffix}); name it .h5 or .hdf5")
     return value
 
@@ -604,9 +604,9 @@ def diff(ctx, a, b, rtol, atol, only, as_json, allow_incomplete):
       tensorprobe diff golden.h5 new.h5 --atol 1e-4
       tensorprobe diff a.h5 b.h5 --only '^vgg16/' --json | jq .first_difference
     """
-    from tensorprobe import diff as diffing, report
+    from tensorprobe import dumpdiff, report
 
-    result = diffing.diff_dumps(a, b, rtol, atol, only, allow_incomplete)
+    result = dumpdiff.diff_dumps(a, b, rtol, atol, only, allow_incomplete)
     for path, side in ((a, "a"), (b, "b")):
         if not result["complete"][side]:
             _warn_incomplete(path)
@@ -614,6 +614,76 @@ def diff(ctx, a, b, rtol, atol, only, as_json, allow_incomplete):
         out.print(report.diff_json(result), markup=False, highlight=False)
     else:
         report.print_diff(out, result)
+    ctx.exit(0 if result["match"] else errors.FAILURE)
+
+
+def _pairing(ctx, param, values):
+    pairs = []
+    for value in values:
+        a, sep, b = value.partition("=")
+        if not sep or not a or not b:
+            raise click.BadParameter(f"'{value}': expected A_PATH=B_PATH", ctx, param)
+        pairs.append((a, b))
+    return tuple(pairs)
+
+
+@cli.command()
+@click.argument("model_a", type=click.Path(exists=True))
+@click.argument("model_b", type=click.Path(exists=True))
+@click.argument("inputs", nargs=-1, type=click.Path())
+@click.option("-l", "--layer", "layer_names", multiple=True, metavar="NAME",
+              help="Compare only this layer of MODEL_A (and its pair in MODEL_B). Repeatable.")
+@click.option("--match", metavar="REGEX", help="Compare only the layers of MODEL_A whose path matches REGEX.")
+@click.option("--pair", "pairs", multiple=True, metavar="A_PATH=B_PATH", callback=_pairing,
+              help="Pair these two layers (where names differ). Repeatable.")
+@click.option("--rtol", default=1e-5, show_default=True, type=float, callback=_tolerance,
+              help="Relative tolerance: values match when |a - b| <= atol + rtol * |b| (B is the reference).")
+@click.option("--atol", default=1e-8, show_default=True, type=float, callback=_tolerance,
+              help="Absolute tolerance.")
+@click.option("--metric", metavar="snr:DB|cosine:X",
+              help="Judge each pair by its signal-to-noise ratio or cosine similarity instead.")
+@click.option("-b", "--batch-size", default=32, show_default=True, type=click.IntRange(min=1),
+              help="Samples per forward pass.")
+@input_options
+@click.option("--save-a", type=click.Path(), callback=hdf5_output, help="Also write MODEL_A's outputs to this dump.")
+@click.option("--save-b", type=click.Path(), callback=hdf5_output, help="Also write MODEL_B's outputs to this dump.")
+@click.option("--overwrite", is_flag=True, help="Replace --save-a/--save-b files that exist.")
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as one JSON object to stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors (the exit status tells).")
+@model_options
+@click.pass_context
+def compare(ctx, model_a, model_b, inputs, layer_names, match, pairs, rtol, atol, metric, batch_size, save_a,
+            save_b, overwrite, as_json, quiet, unsafe, custom_objects, **input_settings):
+    """Run MODEL_A and MODEL_B on the same INPUTS and compare the outputs of the layers both
+    have, paired by path, in model order; name the first divergence: the first pair out of
+    tolerance. Any two formats tensorprobe reads (.keras vs its SavedModel export, Keras 2 vs
+    Keras 3, two versions of a model). Exit status 0 when every pair is within tolerance, 1
+    when one is not. Inputs and their options as for `dump`.
+
+    \b
+      tensorprobe compare model.keras model_export/ x.npy
+      tensorprobe compare old.keras new.keras photos/ --preprocess vgg16 --atol 1e-4
+      tensorprobe compare model.keras quantized/ x.npy --metric snr:30 --json | jq .first_divergence
+      tensorprobe compare a.keras b.keras x.npy --pair dense=dense_renamed
+    """
+    from tensorprobe import api, report
+
+    named_inputs = input_settings.pop("named_inputs")
+    prep = _preparation(**input_settings)
+    runner_limits()
+    signal.signal(signal.SIGTERM, _terminate)
+    progress = None if quiet or not err.is_terminal else api._progress_bar(err)
+    with quiet_native_stderr(not _debug()):
+        a = _load(model_a, unsafe, custom_objects)
+        b = _load(model_b, unsafe, custom_objects)
+        result = api.run_compare(a, b, list(inputs), named_inputs, prep, layers=layer_names, match=match,
+                                 pairs=pairs, rtol=rtol, atol=atol, metric=metric, batch_size=batch_size,
+                                 save_a=save_a, save_b=save_b, overwrite=overwrite,
+                                 stdin=click.get_binary_stream("stdin"), progress=progress)
+    if as_json:
+        out.print(report.compare_json(result), markup=False, highlight=False)
+    elif not quiet:
+        report.print_compare(out, result)
     ctx.exit(0 if result["match"] else errors.FAILURE)
 
 

@@ -436,3 +436,68 @@ def _number(value):
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return f"{value:.4g}"
+
+
+COMPARE_COLUMNS = {"keep": "layer", "drop": ("worst at (sample, position)", "mean abs err", "max rel err", "shape")}
+
+
+def compare_table(result):
+    """`tensorprobe compare`: one row per pair, in model A's order."""
+    table = Table(title=f"A = {result['a']}, B = {result['b']}: {result['samples']} samples, "
+                        f"{_criterion_text(result)}", box=box.SIMPLE_HEAD, title_justify="left")
+    for name in ("layer", "shape", "max abs err", "max rel err", "mean abs err", "cosine", "SNR dB",
+                 "worst at (sample, position)", "status"):
+        table.add_column(name, justify="left" if name in ("layer", "shape", "worst at (sample, position)",
+                                                           "status") else "right")
+    first = result["first_divergence"]
+    for p in result["pairs"]:
+        if p["status"] == "shape":
+            table.add_row(p["path"], _pair(shape_text(p["shape_a"]), shape_text(p["shape_b"])), "", "", "", "",
+                          "", "", Text("SHAPE", style="bold red"))
+            continue
+        status = "ok" if p["status"] == "ok" else "DIFFERS" + (" <- first" if p["path"] == first else "")
+        worst = {"sample": p["worst_sample"], "position": p["worst_position"]} if p["worst_sample"] is not None else None
+        table.add_row(
+            p["path"] + (" (layout)" if "layout" in p else ""), shape_text(p["shape"]), _number(p["max_abs"]),
+            _number(p["max_rel"]), _number(p["mean_abs"]), _cosine(p["cosine"]), _number(p["snr_db"]),
+            _location(worst) if worst and p["status"] != "ok" else "",
+            Text(status, style="green" if p["status"] == "ok" else "bold red"),
+        )
+    return table
+
+
+def _criterion_text(result):
+    if result["metric"] == "allclose":
+        return f"rtol {result['rtol']:g}, atol {result['atol']:g}"
+    return f"metric {result['metric']}"
+
+
+def _cosine(value):
+    return "" if value is None else f"{value:.6f}"
+
+
+def compare_footer(result):
+    lines = [f"(layout): {p['path']}: {p['layout']}" for p in result["pairs"] if "layout" in p]
+    for side in ("a", "b"):
+        if result[f"only_in_{side}"]:
+            lines.append(f"only in {side.upper()}: {', '.join(result[f'only_in_{side}'])}")
+    first = result["first_divergence"]
+    pairs = result["pairs"]
+    if first is None:
+        lines.append(f"match: all {len(pairs)} pairs within tolerance")
+    else:
+        before = next(i for i, p in enumerate(pairs) if p["path"] == first)
+        differ = sum(p["status"] != "ok" for p in pairs)
+        lines.append(f"first divergence: {first} ({before} pairs before it within tolerance; "
+                     f"{differ} of {len(pairs)} pairs differ)")
+    return lines
+
+
+def print_compare(console, result):
+    print_table(console, compare_table(result), **COMPARE_COLUMNS)
+    for line in compare_footer(result):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def compare_json(result):
+    return json.dumps(_finite_or_none(result), indent=2)

@@ -279,7 +279,7 @@ def test_diff_names_the_first_layer_that_moved(zoo, dumps):
 
 def test_diff_reads_in_blocks_of_rows(dumps, monkeypatch):
     """With blocks of one row, no read takes more than one row, and the result is the same."""
-    from tensorprobe import diff
+    from tensorprobe import dumpdiff
 
     whole = json.loads(run("diff", "--json", dumps["golden"], dumps["changed"]).stdout)
     reads = []
@@ -291,7 +291,7 @@ def test_diff_reads_in_blocks_of_rows(dumps, monkeypatch):
             reads.append((self.name, np.shape(value)[0], self.shape[0]))
         return value
 
-    monkeypatch.setattr(diff, "BLOCK_BYTES", 1)
+    monkeypatch.setattr(dumpdiff, "BLOCK_BYTES", 1)
     monkeypatch.setattr(h5py.Dataset, "__getitem__", recording)
     blocked = json.loads(run("diff", "--json", dumps["golden"], dumps["changed"]).stdout)
     assert blocked == whole
@@ -439,7 +439,7 @@ def test_nan_and_infinity(tmp_path):
 
 def test_worst_element_across_blocks(tmp_path, monkeypatch):
     """Ties keep the first element; a non-finite mismatch in a later block beats any error."""
-    from tensorprobe import diff
+    from tensorprobe import dumpdiff
 
     a = np.zeros((10, 3))
     b = a.copy()
@@ -450,7 +450,7 @@ def test_worst_element_across_blocks(tmp_path, monkeypatch):
     fa = write_dump(tmp_path / "a.h5", {"x": a})
     fb = write_dump(tmp_path / "b.h5", {"x": b})
     fc = write_dump(tmp_path / "c.h5", {"x": c})
-    monkeypatch.setattr(diff, "BLOCK_BYTES", 2 * 3 * 8)  # two rows a block
+    monkeypatch.setattr(dumpdiff, "BLOCK_BYTES", 2 * 3 * 8)  # two rows a block
     for other, values in ((fb, b), (fc, c)):
         x = json.loads(run("diff", "--json", fa, other).stdout)["datasets"][0]
         nonfinite = np.isnan(values)

@@ -1,0 +1,235 @@
+"""`tensorprobe compare`: run two models on the same prepared inputs, batch by batch, compare the
+outputs of the layers both have (paired by layer path), and name the first pair, in model A's
+order, that is out of tolerance: where the two models part.
+
+Pairs, in the order model A computes them (a nested model's own output after its layers'):
+every layer path both models list (input layers and layers that never run aside), or
+those that `layers`/`match` choose in model A; `pairs` ({path in A: path in B}) add or
+override pairings where names differ. A layer called several times or with several outputs
+pairs call by call and output by output. A layer only one model has is listed, never dropped.
+
+Per pair, over every element of every sample (float64): the largest absolute and relative
+error (relative to B, the reference, where B is not 0), the mean absolute error, the cosine
+similarity of A and B, and the signal-to-noise ratio 10 log10(sum B^2 / sum (A - B)^2) in dB
+(inf when they are equal). A pair is within tolerance, by default, when every element passes
+numpy's rule |a - b| <= atol + rtol |b| (NaN with NaN and equal infinities pass); with the
+metric `snr:DB`, when its SNR is at least DB; with `cosine:X`, when its cosine is at least X.
+Values of the same size whose shapes differ only by layout (NCHW in A, NHWC in B, or the other
+way) are compared after moving the channel axis, and the pair says so.
+
+Memory holds one batch of both models' outputs and a few numbers per pair, whatever the number
+of inputs; `save_a`/`save_b` also write each model's outputs as a dump.
+"""
+
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from tensorprobe.dumpdiff import RunningDiff
+from tensorprobe.errors import UsageError
+
+CONTAINER = "/__output__"
+
+
+@dataclass(frozen=True)
+class Criterion:
+    kind: str  # "allclose", "snr" or "cosine"
+    value: float | None = None
+
+    def __str__(self):
+        return self.kind if self.value is None else f"{self.kind}:{self.value:g}"
+
+    def passes(self, record):
+        if self.kind == "snr":
+            return record["snr_db"] is not None and record["snr_db"] >= self.value
+        if self.kind == "cosine":
+            return record["cosine"] is not None and record["cosine"] >= self.value
+        return record["outside_tolerance"] == 0 and record["nonfinite_mismatches"] == 0
+
+
+def parse_metric(text):
+    """None -> numpy's allclose rule; 'snr:DB' or 'cosine:X' -> that criterion."""
+    if text is None or text == "allclose":
+        return Criterion("allclose")
+    m = re.fullmatch(r"(snr|cosine):(-?\d+(?:\.\d*)?(?:e-?\d+)?)", text.strip())
+    if not m:
+        raise UsageError(f"--metric '{text}': expected snr:DB (e.g. snr:30) or cosine:X (e.g. cosine:0.999)")
+    return Criterion(m.group(1), float(m.group(2)))
+
+
+class Agreement(RunningDiff):
+    """RunningDiff (errors, tolerance, worst element) plus the sums behind the mean absolute
+    error, the cosine similarity and the SNR, over the finite pairs of elements."""
+
+    def __init__(self, shape, rtol, atol):
+        super().__init__(shape, rtol, atol)
+        self.count = 0
+        self.sum_abs = self.sum_ab = self.sum_aa = self.sum_bb = self.sum_err2 = 0.0
+
+    def update(self, a, b, start_row):
+        super().update(a, b, start_row)
+        a = np.asarray(a, dtype=np.float64).ravel()
+        b = np.asarray(b, dtype=np.float64).ravel()
+        finite = np.isfinite(a) & np.isfinite(b)
+        if not finite.all():
+            a, b = a[finite], b[finite]
+        err = a - b
+        self.count += a.size
+        self.sum_abs += float(np.abs(err).sum())
+        self.sum_ab += float(a @ b)
+        self.sum_aa += float(a @ a)
+        self.sum_bb += float(b @ b)
+        self.sum_err2 += float(err @ err)
+
+    def result(self):
+        record = super().result()
+        norms = math.sqrt(self.sum_aa * self.sum_bb)
+        if self.sum_err2 == 0:
+            snr = math.inf
+        elif self.sum_bb == 0:
+            snr = -math.inf
+        else:
+            snr = 10 * math.log10(self.sum_bb / self.sum_err2)
+        record.update({
+            "mean_abs_error": self.sum_abs / self.count if self.count else 0.0,
+            "cosine": self.sum_ab / norms if norms else (1.0 if self.sum_err2 == 0 else 0.0),
+            "snr_db": snr,
+        })
+        return record
+
+
+def eligible(graph):
+    """{path: entry} of the layers that have an output (input layers aside), in model order."""
+    return {p: e for p, e in graph.entries.items() if e.calls and e.class_name != "InputLayer"}
+
+
+def pairings(graph_a, graph_b, layers=(), match=None, pairs=()):
+    """([(path in A, path in B)] in A's order, [paths only in A], [paths only in B])."""
+    from tensorprobe import probe
+
+    in_a, in_b = eligible(graph_a), eligible(graph_b)
+    explicit = {}
+    for a_path, b_path in pairs:
+        a_full, b_full = probe.resolve(graph_a, a_path), probe.resolve(graph_b, b_path)
+        explicit[a_full] = b_full
+    if layers or match:
+        chosen = [e.path for e in probe.select(graph_a, layers, match)]
+    else:
+        chosen = list(in_a)
+    paired, used_b = [], set(explicit.values())
+    for path in chosen:
+        if path in explicit:
+            paired.append((path, explicit[path]))
+        elif path in in_b and path not in used_b:
+            paired.append((path, path))
+            used_b.add(path)
+    for a_path, b_path in explicit.items():  # a pairing of a path --layer/--match left out
+        if a_path not in chosen:
+            paired.append((a_path, b_path))
+    if not paired:
+        raise UsageError("the two models have no layer path in common: pair layers with --pair A_PATH=B_PATH")
+    position = {path: k for k, path in enumerate(children_first([a for a, _ in paired]))}
+    paired.sort(key=lambda pair: position[pair[0]])
+    if layers or match:
+        only_a, only_b = [], []
+    else:
+        paired_a = {a for a, _ in paired}
+        only_a = [p for p in in_a if p not in paired_a]
+        only_b = [p for p in in_b if p not in used_b]
+    return paired, only_a, only_b
+
+
+def children_first(paths):
+    """`paths` (parents before children, as `layers` lists them) in the order they are
+    computed: a nested model's or custom layer's own output after those of its layers."""
+    ordered, open_ = [], []
+    for path in paths:
+        while open_ and not path.startswith(open_[-1] + "/"):
+            ordered.append(open_.pop())
+        open_.append(path)
+    ordered.extend(reversed(open_))
+    return ordered
+
+
+def matched_specs(plan_a, plan_b, paired):
+    """[(index in plan A, index in plan B, dataset name)] for the datasets both plans hold for
+    each pair, by call and output; plus the names of datasets on one side only."""
+    def keyed(plan, side):
+        keys = {}
+        for i, spec in enumerate(plan.specs):
+            suffix = spec.name[len(spec.layer):].replace(CONTAINER, "", 1)
+            keys[(side[spec.layer], suffix)] = i
+        return keys
+
+    ids_a = {a: k for k, (a, _) in enumerate(paired)}
+    ids_b = {b: k for k, (_, b) in enumerate(paired)}
+    keys_a, keys_b = keyed(plan_a, ids_a), keyed(plan_b, ids_b)
+    matched = [(i, keys_b[key], plan_a.specs[i].name.replace(CONTAINER, "", 1))
+               for key, i in keys_a.items() if key in keys_b]
+    unmatched_a = [plan_a.specs[i].name for key, i in keys_a.items() if key not in keys_b]
+    unmatched_b = [plan_b.specs[i].name for key, i in keys_b.items() if key not in keys_a]
+    return matched, unmatched_a, unmatched_b
+
+
+def aligned(a, b):
+    """(a, b, layout note) with A's layout moved to B's when they differ only by the channel
+    axis (NCHW vs NHWC); (a, b, None) otherwise."""
+    if a.shape == b.shape or a.ndim != b.ndim or a.ndim < 3:
+        return a, b, None
+    if np.moveaxis(a, 1, -1).shape == b.shape:
+        return np.moveaxis(a, 1, -1), b, "A is channels-first: compared after moving its channel axis last"
+    if np.moveaxis(a, -1, 1).shape == b.shape:
+        return np.moveaxis(a, -1, 1), b, "A is channels-last: compared after moving its channel axis first"
+    return a, b, None
+
+
+class Comparison:
+    """The running comparison of the matched datasets, batch by batch."""
+
+    def __init__(self, matched, rows, rtol, atol, criterion):
+        self.matched, self.rows = matched, rows
+        self.rtol, self.atol, self.criterion = rtol, atol, criterion
+        self.agreements = [None] * len(matched)
+        self.layouts = [None] * len(matched)
+        self.shapes = [None] * len(matched)  # (A's sample shape, B's) where they cannot be compared
+        self.start = 0
+
+    def update(self, values_a, values_b):
+        n = None
+        for k, (i, j, _) in enumerate(self.matched):
+            a, b, layout = aligned(values_a[i], values_b[j])
+            n = len(a)
+            if a.shape != b.shape:
+                self.shapes[k] = (list(values_a[i].shape[1:]), list(values_b[j].shape[1:]))
+                continue
+            if self.agreements[k] is None:
+                self.agreements[k] = Agreement((self.rows, *b.shape[1:]), self.rtol, self.atol)
+                self.layouts[k] = layout
+            self.agreements[k].update(a, b, self.start)
+        self.start += n or 0
+
+    def pairs(self):
+        records = []
+        for k, (_, _, name) in enumerate(self.matched):
+            record = {"path": name}
+            if self.shapes[k] is not None:
+                record.update({"status": "shape", "shape_a": self.shapes[k][0], "shape_b": self.shapes[k][1]})
+            else:
+                result = self.agreements[k].result()
+                worst = result.pop("worst")
+                record.update({
+                    "shape": list(self.agreements[k].shape[1:]),
+                    "max_abs": result["max_abs_error"], "max_rel": result["max_rel_error"],
+                    "mean_abs": result["mean_abs_error"], "cosine": result["cosine"],
+                    "snr_db": result["snr_db"], "outside_tolerance": result["outside_tolerance"],
+                    "nonfinite_mismatches": result["nonfinite_mismatches"],
+                    "worst_sample": worst["sample"] if worst else None,
+                    "worst_position": worst["position"] if worst else None,
+                    "status": "ok" if self.criterion.passes(result) else "differ",
+                })
+                if self.layouts[k] is not None:
+                    record["layout"] = self.layouts[k]
+            records.append(record)
+        return records
