@@ -182,7 +182,8 @@ def _load(model_path, unsafe, custom_objects=(), signature=None, layers=True):
 @model_options
 def layers(model, as_json, pattern, signature, unsafe, custom_objects):
     """List every layer of MODEL, nested models expanded into paths. MODEL is a .keras or
-    .h5 file or a SavedModel folder (layers of a graph-only SavedModel are its name scopes).
+    .h5 file, a SavedModel folder or a frozen graph (.pb, .pbtxt); the layers of a graph are
+    its name scopes.
 
     \b
       tensorprobe layers model.keras
@@ -222,8 +223,11 @@ def layers(model, as_json, pattern, signature, unsafe, custom_objects):
 def _title(name, loaded):
     """'transfer (keras 3.x)'; for a graph, 'transfer, signature serving_default (tensorflow 2.x)'."""
     parts = [name] if name else []
-    if loaded.model is None:
-        parts.append(f"signature {loaded.signature.name}")
+    signature = getattr(loaded, "signature", None)
+    if signature is not None:
+        parts.append(f"signature {signature.name}")
+    elif loaded.model is None:  # a frozen graph: what it is
+        parts.append(loaded.source)
     return f"{', '.join(parts)} ({loaded.loader})" if parts else loaded.loader
 
 
@@ -239,7 +243,8 @@ def tensors(model, pattern, op_types, as_json, signature, unsafe, custom_objects
     """List the tensors of MODEL's graph in topological order: name, op type, dtype, shape.
 
     For a SavedModel folder, the signature's graph with functions inlined and variables
-    frozen; for a .keras or .h5 file, the model's forward pass traced in inference mode.
+    frozen; for a frozen graph (.pb, .pbtxt), the graph itself; for a .keras or .h5 file, the
+    model's forward pass traced in inference mode.
     `dump --tensor NAME` stores any of them.
 
     \b
@@ -348,7 +353,7 @@ def _preparation(resize, no_resize, interpolation, size, preprocess, scale, offs
 @cli.command()
 @click.argument("inputs", nargs=-1, type=click.Path())
 @click.option("-m", "--model", "model", envvar="TENSORPROBE_MODEL", show_envvar=True,
-              type=click.Path(exists=True), required=True, help="The model file (.keras, .h5).")
+              type=click.Path(exists=True), required=True, help="The model: .keras, .h5, a SavedModel folder, a frozen graph (.pb, .pbtxt).")
 @click.option("-l", "--layer", "layer_names", multiple=True, metavar="NAME",
               help="A layer name, nested path (vgg16/block1_conv2) or index (3, 1.3). Repeatable.")
 @click.option("--match", metavar="REGEX", help="Also select every layer whose path matches REGEX.")
@@ -382,7 +387,7 @@ def dump(inputs, model, layer_names, match, all_layers, tensor_names, tensor_mat
          batch_size, as_json, quiet, fail_on_nonfinite, training, jit, max_bytes, shard, resume, storage,
          gradients, signature, unsafe, custom_objects, **input_settings):
     """Compute the outputs of the chosen layers (or graph tensors) for INPUTS and write them
-    to HDF5. The model is a .keras or .h5 file or a SavedModel folder.
+    to HDF5. The model is a .keras or .h5 file, a SavedModel folder or a frozen graph.
 
     INPUTS are .npy, .npz and image files (PNG, JPEG, BMP, GIF), folders (searched
     recursively), quoted glob patterns, @LIST files (one path a line) and - (a .npy on

@@ -1,5 +1,6 @@
 """Keras layers found again in a frozen graph's name scopes, for SavedModels that hold only a
-graph (Keras 3's `model.export()`, tf.keras 2.x exports without keras_metadata.pb).
+graph (Keras 3's `model.export()`, tf.keras 2.x exports without keras_metadata.pb), and the
+layers of TensorFlow 1 frozen graphs.
 
 Keras runs each layer call inside a name scope named after the layer, so a SavedModel's op
 names read like `StatefulPartitionedCall/transfer_1/vgg16_1/block1_conv2_1/Relu`. Two naming
@@ -72,6 +73,14 @@ The rule, applied to the frozen graph of the signature:
    `ReadVariableOp`s); graphs do not say what was trainable.
 
 A SavedModel with no scope that holds layers has no layer structure.
+
+A **TensorFlow 1** frozen graph (`naming` TF1) has no convention to read: `tf.layers`,
+`tf.variable_scope` and slim name scopes after layers (`dense/MatMul`, `conv1/Relu`, the
+second dense layer `dense_1`), but so do TensorFlow's own helpers. So every scope that could
+be a layer (rule 2's test) is one, at every depth, named as it is (no `_N` is removed); the
+top-level ones are the top-level layers (there is no model scope), and ops outside any scope
+(`concat`, the placeholders) belong to none. Rules 3 to 5 hold unchanged, with one call per
+scope; `params` also counts the constants read through a TF 1 variable's `<name>/read`.
 """
 
 import re
@@ -83,7 +92,7 @@ from tensorprobe.layers import LayerInfo, ModelInfo
 CALL_WRAPPER = re.compile(r"(Stateful)?PartitionedCall(_\d+)?")
 SUFFIXED = re.compile(r"(.+)_\d+")
 AUTO_NAMED = re.compile(r"([a-z][a-z0-9_]*)_[1-9]\d*")  # Keras' auto names: snake_case, _N from 1
-READ_VARIABLE = re.compile(r"ReadVariableOp(_\d+)?")
+READ_VARIABLE = re.compile(r"ReadVariableOp(_\d+)?|read")  # `read`: a TF 1 (reference) variable's
 INLINER = "Func"
 
 
@@ -95,22 +104,27 @@ class Naming:
     keras2: bool = False
     layers: frozenset = frozenset()
     models: frozenset = frozenset()
+    tf1: bool = False  # a TensorFlow 1 graph: every scope that could be a layer is one
 
     def layer_name(self, scope_name):
-        if self.keras2:
+        if self.keras2 or self.tf1:
             return scope_name
         m = SUFFIXED.fullmatch(scope_name)
         return m.group(1) if m else scope_name
 
 
 KERAS3 = Naming()
+TF1 = Naming(tf1=True)
 
 
 def naming(loaded):
     """The Naming of a LoadedModel's graph: a SavedModel's says its object graph; a model that
-    tf_keras loaded names its layers itself; anything else is Keras 3's."""
-    from tensorprobe.models import savedmodel
+    tf_keras loaded names its layers itself; a frozen GraphDef file is TensorFlow 1's;
+    anything else is Keras 3's."""
+    from tensorprobe.models import frozen, savedmodel
 
+    if isinstance(loaded, frozen.LoadedFrozenGraph):
+        return TF1
     if isinstance(loaded, savedmodel.LoadedSavedModel):
         found = savedmodel.keras2_layers(loaded.path)
         return KERAS3 if found is None else Naming(True, *found)
@@ -203,7 +217,10 @@ def scope_graph(tensor_graph, naming=KERAS3):
 
     builder = _Builder(tensor_graph, naming)
     models = [c for c in root.children.values() if builder.layer_scopes(c)]
-    if len(models) == 1:  # the model's layers: named by its config, as they are
+    if naming.tf1:  # the top-level scopes are the layers
+        builder.visit_layers(builder.layer_scopes(root), prefix="", index="", depth=0, parent=None)
+        model_name = ""
+    elif len(models) == 1:  # the model's layers: named by its config, as they are
         builder.visit_layers(builder.layer_scopes(models[0]), prefix="", index="", depth=0, parent=None)
         model_name = naming.layer_name(models[0].name)
     else:
@@ -234,6 +251,8 @@ class _Builder:
         """The sub-scopes of `scope` that are its layers (rule 2); [] when it holds none."""
         own = {op.name.rsplit("/", 1)[-1] for op in scope.ops}
         candidates = [c for c in scope.children.values() if c.name not in own and c.computed]
+        if self.naming.tf1:
+            return candidates
         if not self.naming.keras2:
             # `einsum` beside `einsum_1`: one TensorFlow scope entered twice, never a layer
             bare = {name for name in scope.children if not SUFFIXED.fullmatch(name)}

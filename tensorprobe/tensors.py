@@ -2,7 +2,8 @@
 that computes exactly the chosen tensors.
 
 The graph is a SavedModel signature, or a Keras model's forward pass traced in inference mode
-(`model(x, training=False)` in a `tf.function` over the model's input signature). Either way
+(`model(x, training=False)` in a `tf.function` over the model's input signature), or a
+TensorFlow 1 frozen GraphDef fed through its placeholders. Either way
 its functions are inlined and its variables frozen into constants, so every op, down to the
 pre-activation `BiasAdd` of a layer or a value a custom layer computes in `call` and never
 returns, is a node with a name. Extraction imports that graph and prunes it to the chosen
@@ -80,8 +81,12 @@ class TensorGraph:
 
 
 def tensor_graph(loaded):
-    """The TensorGraph of a LoadedModel: its signature's graph for a SavedModel, else the
-    Keras model's traced forward pass."""
+    """The TensorGraph of a LoadedModel: its signature's graph for a SavedModel, the graph of
+    a frozen GraphDef file, else the Keras model's traced forward pass."""
+    from tensorprobe.models.frozen import LoadedFrozenGraph
+
+    if isinstance(loaded, LoadedFrozenGraph):
+        return from_graph_def(loaded.graph_def, loaded.source, loaded.path)
     signature = getattr(loaded, "signature", None)
     if signature is not None:
         return from_signature(signature)
@@ -94,6 +99,27 @@ def from_signature(signature):
     placeholders = [t.name for t in frozen.inputs[:count]]
     outputs = [(name, t.name) for (name, _), t in zip(signature.outputs, frozen.outputs)]
     return _build(frozen.graph, signature.inputs, placeholders, outputs, f"signature '{signature.name}'")
+
+
+def from_graph_def(graph_def, source, path):
+    """A frozen GraphDef (from the file `path`), fed through its Placeholder ops in graph
+    order, each input named after its op; its outputs are the tensors no op reads."""
+    import tensorflow as tf
+
+    graph = tf.Graph()
+    try:
+        with graph.as_default():
+            tf.compat.v1.import_graph_def(graph_def, name="")
+    except (ValueError, TypeError, tf.errors.OpError) as e:  # unknown op types, broken inputs
+        raise ModelLoadError(f"{path}: cannot import the graph: {_first_line(e)}") from e
+    operations = graph.get_operations()
+    placeholders = [op.outputs[0] for op in operations if op.type == "Placeholder"]
+    specs = [tf.TensorSpec(t.shape, t.dtype, name=t.op.name) for t in placeholders]
+    read = {t.name for op in operations for t in op.inputs}
+    outputs = [(t.name[:-2] if t.name.endswith(":0") and len(op.outputs) == 1 else t.name, t.name)
+               for op in operations if op.type not in ("Placeholder", "Const")
+               for t in op.outputs if t.name not in read]
+    return _build(graph, specs, [t.name for t in placeholders], outputs, source)
 
 
 def from_keras(model):

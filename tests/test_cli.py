@@ -216,7 +216,7 @@ CASES = [
     ("output-is-folder", ["dump", "-m", "{zoo:transfer.keras}", "-l", "fc1", "-o", "{tmp}/folder", "{tmp}/good.npy"], 2, "folder"),
     ("random-bytes-h5", ["layers", "{tmp}/random.h5"], 1, "random.h5"),
     ("hdf5-without-model", ["layers", "{tmp}/not_a_model.h5"], 1, "holds no model"),
-    ("text-as-model", ["layers", "{tmp}/notes.txt"], 1, "not a Keras model file"),
+    ("text-as-model", ["layers", "{tmp}/notes.txt"], 1, "not a model file tensorprobe reads"),
     ("folder-as-model", ["layers", "{tmp}/folder"], 1, "no SavedModel"),
     ("truncated-keras", ["layers", "{tmp}/truncated.keras"], 1, "truncated.keras"),
     ("lambda-keras", ["layers", "{zoo:lambda.keras}"], 1, "--unsafe"),

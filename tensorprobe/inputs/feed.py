@@ -118,6 +118,7 @@ def open_feed(specs, positional, named, options, stdin=None, preprocess_function
     if named:
         by_name = {stream.spec.name: stream for stream in streams}
         for name, sources in named:
+            name = _input_key(name, by_name)
             if name not in by_name:
                 raise UsageError(f"--input '{name}=...': the model has no input '{name}'; "
                                  f"its inputs are {describe_all(specs)}")
@@ -150,6 +151,7 @@ def _add(stream, source, stdin):
     elif source.kind == "npz":
         arrays = npy.open_npz(source.path)
         name = stream.spec.name
+        arrays = {_input_key(key, (name,)): array for key, array in arrays.items()}
         if name in arrays:
             stream.add_array(arrays[name])
         elif len(arrays) == 1:
@@ -163,6 +165,14 @@ def _add(stream, source, stdin):
         stream.add_array(npy.open_npy(source.path))
 
 
+def _input_key(key, names):
+    """The input name an --input NAME or .npz key means: itself, or, for a key that is no
+    input's name, the name without a tensor's `:0` (`x:0` names a graph's placeholder `x`)."""
+    if key not in names and key.endswith(":0") and key[:-2] in names:
+        return key[:-2]
+    return key
+
+
 def _add_npz_row_set(streams, source):
     """An .npz feeding a multi-input model: one array per input, keys = input names."""
     specs = [stream.spec for stream in streams]
@@ -171,8 +181,8 @@ def _add_npz_row_set(streams, source):
             f"input '{source.path}': the model has {len(specs)} inputs ({describe_all(specs)}); "
             "give .npz files whose keys are the input names, or --input NAME=PATH for each input"
         )
-    arrays = npy.open_npz(source.path)
     names = [spec.name for spec in specs]
+    arrays = {_input_key(key, names): array for key, array in npy.open_npz(source.path).items()}
     if set(arrays) != set(names):
         missing = [n for n in names if n not in arrays]
         extra = [k for k in arrays if k not in names]

@@ -3,6 +3,8 @@ the channel axis is."""
 
 from dataclasses import dataclass
 
+from tensorprobe.errors import ModelLoadError
+
 LAYOUTS = ("channels_last", "channels_first")
 
 
@@ -61,9 +63,16 @@ def from_graph(graph):
     names = graph.input_names() if hasattr(graph, "input_names") else [None] * len(graph.inputs)
     specs = []
     for i, (t, name) in enumerate(zip(graph.inputs, names)):
+        name = name or str(getattr(t, "name", None) or f"input_{i}").split(":")[0]
+        rank = getattr(t.shape, "rank", 1)  # a graph's TensorShape; Keras 3 gives a tuple
+        if rank is None:  # a TF 1 placeholder made without a shape
+            raise ModelLoadError(f"input '{name}' has no known shape, not even a rank, so tensorprobe "
+                                 "cannot tell its batch axis from a sample's")
+        if rank == 0:  # a TF 1 `keep_prob`
+            raise ModelLoadError(f"input '{name}' is a scalar (shape ()), with no batch axis to feed "
+                                 "samples along")
         shape = tuple(None if d is None else int(d) for d in t.shape[1:])
         dtype = getattr(t.dtype, "name", None) or str(t.dtype)
-        name = name or str(getattr(t, "name", None) or f"input_{i}").split(":")[0]
         fmt = data_format or _guess_data_format(shape)
         specs.append(InputSpec(name, shape, dtype, fmt))
     return specs

@@ -26,11 +26,8 @@ def load_model(path, unsafe=False, custom_objects=None):
     custom_objects = custom_objects or {}
     path = str(path)
     fmt = formats.detect_format(path)
-    if fmt == "savedmodel":
-        raise ModelLoadError(
-            f"{path}: SavedModel folders are not supported yet; "
-            "tensorprobe reads Keras model files (.keras, .h5)"
-        )
+    if fmt not in ("keras", "h5"):
+        raise ModelLoadError(f"{path}: not a Keras model file (.keras, .h5); tensorprobe.models.load_model reads it")
     config, written_by = formats.read_config(path, fmt)
     if not unsafe:
         # tf_keras' .h5 loader has no safe mode, so the check is ours, for every format alike.
