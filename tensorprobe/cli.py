@@ -76,8 +76,9 @@ def _error(message):
 @click.option("--debug", is_flag=True, help="Show tracebacks and TensorFlow's own log lines.")
 @click.pass_context
 def cli(ctx, debug):
-    """Look inside Keras models and SavedModels: list their layers and tensors, dump any
-    layer's activations or any graph tensor to HDF5, summarise, compare and plot dumps.
+    """Look inside Keras models, SavedModels and frozen graphs: list their layers and tensors,
+    dump any layer's activations or any graph tensor to HDF5, summarise, diff and plot dumps,
+    and compare two models layer by layer.
 
     \b
       tensorprobe layers model.keras
@@ -86,6 +87,7 @@ def cli(ctx, debug):
       tensorprobe tensors saved_model_dir --op Relu
       tensorprobe summary acts.h5
       tensorprobe diff golden.h5 acts.h5 --atol 1e-4
+      tensorprobe compare model.keras saved_model_dir input.npy
     """
     if debug:
         ctx.command.debug = True

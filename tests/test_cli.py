@@ -33,7 +33,7 @@ def test_help_version_summary_and_diff_do_not_import_tensorflow(cli, zoo, tmp_pa
         "def heavy(names):\n"
         "    return sorted(m for m in names if m in sys.modules)\n"
         "for args in (['--help'], ['--version'], ['dump', '--help'], ['layers', '--help'],\n"
-        "             ['summary', '--help'], ['diff', '--help'], ['merge', '--help'],\n"
+        "             ['summary', '--help'], ['diff', '--help'], ['merge', '--help'], ['compare', '--help'],\n"
         "             ['dump', '--bogus'], ['dump', '-m', 'missing.keras', '-l', 'x', 'a.npy'],\n"
         "             ['plot', '--help'], ['plot', 'missing.h5', '-l', 'x', '-o', 'o.png']):\n"
         "    r = CliRunner().invoke(cli, args)\n"
@@ -115,7 +115,7 @@ def test_bare_tensorprobe_shows_the_help():
     assert "error:" not in r.stderr
     commands = lines[lines.index("Commands:") + 1:]
     assert sorted(line.split()[0] for line in commands if line.strip()) == sorted(
-        ["diff", "dump", "layers", "merge", "plot", "summary", "tensors"])
+        ["compare", "diff", "dump", "layers", "merge", "plot", "summary", "tensors"])
     assert r.stderr == subprocess.run([BIN, "--help"], capture_output=True, text=True, timeout=60).stdout
 
 
