@@ -298,7 +298,15 @@ class _Walker:
                 invoke(list(placeholders))
             return tf.constant(0)
 
-        tf.function(traced, autograph=False).get_concrete_function(*specs)
+        inside = self._runtime_inside(prefix)
+        recorded = [len(e.calls) for e in inside]
+        try:
+            tf.function(traced, autograph=False).get_concrete_function(*specs)
+        except Exception:  # noqa: BLE001 - a `call` that cannot run on symbolic shapes (None batch)
+            # Keras never needed it to: the sub-layers are listed without an output shape
+            # (`dump` says so), as before this trace existed, and nothing half-recorded stays.
+            for entry, count in zip(inside, recorded):
+                del entry.calls[count:]
 
     @contextlib.contextmanager
     def _recording(self, layer, prefix, node_key):
