@@ -40,3 +40,34 @@ def test_only_the_layers_a_shallow_output_depends_on_are_called(zoo, keras_model
     all_origins = [o for _, o in graph.entries["predictions"].calls[0]]
     leaves = [p for p, e in graph.entries.items() if not e.children and e.class_name != "InputLayer"]
     assert len(graph.needed(all_origins)) == len(leaves)
+
+
+def test_multi_head_attention_internals():
+    """graph._attention_scores_computed asks `_compute_attention` for the scores; it relies on
+    its positional signature, `_softmax` and `_flash_attention`."""
+    import inspect
+
+    import keras
+
+    mha = keras.layers.MultiHeadAttention(num_heads=2, key_dim=3)
+    x = np.random.default_rng(0).normal(size=(2, 4, 6)).astype("float32")
+    mha(x, x)
+    names = list(inspect.signature(mha._compute_attention).parameters)
+    assert names[:6] == ["query", "key", "value", "attention_mask", "training", "return_attention_scores"]
+    assert isinstance(mha._softmax, keras.layers.Softmax) and mha._flash_attention in (False, None)
+    q, k, v = mha.query_dense(x), mha.key_dense(x), mha.value_dense(x)
+    output, scores = mha._compute_attention(q, k, v, None, False, True)
+    _, expected = mha(x, x, return_attention_scores=True)
+    np.testing.assert_allclose(np.asarray(scores), np.asarray(expected), atol=1e-6)
+
+
+def test_operations_of_a_functional_model_are_listed_with_the_layers():
+    """Keras 3 lists inline operations (`x + y`) in `.operations` only, with `.layers` a subset."""
+    import keras
+
+    x = keras.Input((3,))
+    y = keras.layers.Dense(3, name="d")(x)
+    model = keras.Model(x, keras.ops.relu(y + x))
+    kinds = [type(op).__name__ for op in model.operations]
+    assert kinds == ["InputLayer", "Dense", "Add", "Relu"]
+    assert [op for op in model.operations if isinstance(op, keras.layers.Layer)] == model.layers
