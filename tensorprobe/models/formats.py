@@ -11,10 +11,12 @@ from tensorprobe.errors import ModelLoadError, UnsafeModelError
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 ZIP_SIGNATURE = b"PK\x03\x04"
+TFLITE_IDENTIFIER = b"TFL3"  # the flatbuffer file identifier, at bytes 4..8 (after the root offset)
 
 
 def detect_format(path):
-    """'keras' (a Keras 3 zip), 'h5' (HDF5) or 'savedmodel' (a folder), from the contents."""
+    """'keras' (a Keras 3 zip), 'h5' (HDF5), 'tflite' (a TFLite flatbuffer) or 'savedmodel'
+    (a folder), from the contents."""
     path = Path(path)
     if path.is_dir():
         if (path / "saved_model.pb").is_file():
@@ -26,8 +28,14 @@ def detect_format(path):
         return "keras"
     if head == HDF5_SIGNATURE:
         return "h5"
+    if head[4:8] == TFLITE_IDENTIFIER:
+        return "tflite"
+    if path.suffix.lower() == ".tflite":
+        raise ModelLoadError(f"{path}: not a TFLite model (no '{TFLITE_IDENTIFIER.decode()}' flatbuffer "
+                             "identifier at bytes 4-8)")
     raise ModelLoadError(
-        f"{path}: not a Keras model file (expected a .keras zip archive or an HDF5 .h5 file)"
+        f"{path}: not a Keras model file (expected a .keras zip archive, an HDF5 .h5 file or a "
+        "TFLite flatbuffer)"
     )
 
 
