@@ -29,12 +29,12 @@ SavedModel the file was converted from, so the name scopes in them are the same,
 4. Params are the elements of the weight tensors (float or quantized constants) its ops read,
    counted for the layer their own name places them in, else for the owner of the op.
 
-A layer that leaves no name at all is not found: a Dropout does nothing at inference, and the
-converter folds a BatchNormalization that follows a Conv2D without bias into the Conv2D's
-weights without keeping its name, so the Conv2D's tensor holds the BatchNormalization's output
-(measured on MobileNetV2: 35 of its 52 BatchNormalizations; after a Conv2D with a bias, or a
-DepthwiseConv2D, the name stays and the layer is listed as fused). `layers` says so in its
-footer.
+A layer that leaves no name at all is not found: a Dropout does nothing at inference, and a
+BatchNormalization with no shift (beta and moving mean 0: an untrained one) after a Conv2D
+without bias is folded into the Conv2D's weights with no bias left to carry its name, so the
+Conv2D's tensor holds the BatchNormalization's output (measured on MobileNetV2 with
+weights=None: 35 of its 52 BatchNormalizations; with any shift, a bias stays, named after the
+BatchNormalization too, and all 155 layers are found). `layers` says so in its footer.
 """
 
 import re
@@ -54,8 +54,8 @@ LINEAR = re.compile(
 PAD = re.compile(r"(Pad|PadV2|MirrorPad)\d*")
 WEIGHT_DTYPES = ("float16", "float32", "float64")
 NOTE = ("layers that leave no name in a TFLite file are not listed: a Dropout (nothing at inference), a "
-        "BatchNormalization folded into the weights of a Conv2D without bias (that Conv2D's tensor holds the "
-        "BatchNormalization's output)")
+        "BatchNormalization without shift (beta and moving mean 0, as untrained) after a Conv2D without bias, folded "
+        "into its weights (that Conv2D's tensor holds the BatchNormalization's output)")
 
 
 @dataclass(eq=False)
@@ -277,8 +277,9 @@ def _params(graph, nodes, mentions, node_of, owner, readers):
     for t in graph.tensors:
         if t.op != CONST_OP or (t.quantization is None and t.dtype not in WEIGHT_DTYPES):
             continue
-        named = sorted((m.rank, m.part, node_of[m]) for m in mentions[t.index] if m in node_of)
-        node = named[0][2] if named else None  # a fused op's weights: the linear op's layer
+        # a fused op's weights belong to its linear op's layer (else to the first in the chain)
+        named = sorted(((m.rank != 1, m.rank, m.part), node_of[m]) for m in mentions[t.index] if m in node_of)
+        node = named[0][1] if named else None
         if node is None:
             node = next((owner[op.outputs[0]] for op in readers.get(t.index, ())
                          if op.outputs and op.outputs[0] in owner), None)
