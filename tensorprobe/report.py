@@ -189,8 +189,9 @@ def model_footer(info):
     runtime = ["[runtime]: no static graph reaches this layer; dump records its output while "
                "its parent runs"] if any(layer.reach == "runtime" for layer in info.layers) else []
     if any(layer.reach == "fused" for layer in info.layers):
-        runtime.append("[fused]: the converter merged this layer into another layer's op (an activation or "
-                       "padding fused into a convolution), so it has no tensor of its own to dump")
+        runtime.append("[fused]: the converter merged this layer's op into the named layer's (a Conv2D into "
+                       "the ReLU after it, a padding or BatchNormalization into a convolution), so it has no "
+                       "tensor of its own to dump")
     if info.trainable_params is None:  # a frozen graph does not say what was trainable
         params = f"params:  {info.params:,} total (frozen variables)"
     else:

@@ -319,7 +319,11 @@ def test_layers_fused_into_a_neighbour_are_listed_as_fused(cli, lite, kind):
     assert table.exit_code == 0, table.stderr
     assert "features/conv_b [fused into features/relu_b]" in table.stdout
     assert any(line.startswith("[fused]: ") for line in table.stdout.splitlines())
-    assert any(line.startswith("note:    ") and "BatchNormalization" in line for line in table.stdout.splitlines())
+    notes = [line for line in table.stdout.splitlines() if line.startswith("note:    ")]
+    assert "BatchNormalization" in notes[0]
+    # the renamed output (SOFTMAX; in the int8 file, a DEQUANTIZE after it) goes to `probs`, and says so
+    assert notes[1].startswith("note:    StatefulPartitionedCall") and "given to probs, the layer the op reads" in notes[1]
+    assert len(notes) == 2
 
 
 def test_a_fused_layer_cannot_be_dumped(cli, lite, tmp_path):

@@ -51,7 +51,7 @@ def open_interpreter(path, content):
                 experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
                 num_threads=1,
             )
-        except ValueError as e:  # "The model is not a valid Flatbuffer buffer"
+        except (ValueError, RuntimeError) as e:  # "The model is not a valid Flatbuffer buffer"
             raise ModelLoadError(f"{path}: damaged or truncated TFLite file ({first_line(e)})") from e
     try:
         interpreter.allocate_tensors()

@@ -126,7 +126,7 @@ def find_layers(graph):
         for m in node.scope.all_ops:
             node_of[m] = node
 
-    owner = _owners(graph, mentions, node_of, places)
+    owner, inherited = _owners(graph, mentions, node_of, places)
     inside = {node: set() for node in nodes}
     for index, node in owner.items():
         for n in node.ancestors():
@@ -163,6 +163,13 @@ def find_layers(graph):
     total = sum(size for _, size in params)
     layer_of = {index: node.path for index, node in owner.items()}
     notes = [f"note:    {NOTE}"] if entries else []
+    given = {}
+    for index in inherited:
+        given.setdefault(owner[index].path, []).append(graph.by_index[index])
+    for path, tensors in given.items():
+        listed = ", ".join(f"{t.name} ({t.op})" for t in tensors)
+        notes.append(f"note:    {listed}: no scope in the name, given to {path}, the layer the op reads "
+                     "(had a separate Activation layer made it, that layer left no name)")
     return TFLiteLayers(graph, model_name, entries, layer_of, total, notes)
 
 
@@ -215,9 +222,9 @@ def _candidates(scope):
 
 
 def _owners(graph, mentions, node_of, places):
-    """Tensor index -> the layer node that owns it (rule 2), for the tensors computed from
-    the inputs."""
-    owner, first = {}, {}
+    """(tensor index -> the layer node that owns it (rule 2), for the tensors computed from
+    the inputs; the indices of those given to the layer of the tensors their op reads)."""
+    owner, first, inherited = {}, {}, []
     for t in graph.tensors:
         for m in mentions[t.index]:
             node = node_of.get(m)
@@ -238,7 +245,8 @@ def _owners(graph, mentions, node_of, places):
             sources = {owner.get(i) for i in producer[t.index].inputs if i in graph.fed}
             if len(sources) == 1 and None not in sources:
                 owner[t.index] = sources.pop()
-    return owner
+                inherited.append(t.index)
+    return owner, inherited
 
 
 def _outputs(graph, inside, readers, returned):
