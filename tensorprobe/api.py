@@ -30,6 +30,7 @@ _ARGUMENTS = {
     "--max-bytes": "max_bytes", "--signature": "signature", "--custom-objects": "custom_objects",
     "--unsafe": "unsafe", "--batch-size": "batch_size", "--compression": "compression",
     "--dtype": "dtype", "--reduce": "reduce", "--allow-incomplete": "allow_incomplete",
+    "--raw-quantized": "raw_quantized",
 }
 _FLAG = re.compile("|".join(sorted((re.escape(k) + r"\b" for k in _ARGUMENTS), key=len, reverse=True)))
 
@@ -111,20 +112,21 @@ class Model:
         return [t.to_json() for t in self.tensor_graph.tensors]
 
 
-def load(model, *, custom_objects=(), unsafe=False, signature=None):
+def load(model, *, custom_objects=(), unsafe=False, signature=None, raw_quantized=False):
     """A Model from a path (`.keras`, `.h5`, a SavedModel folder) or an in-memory
     `keras.Model` (Keras 3 or tf_keras). `custom_objects`: paths of Python files defining the
-    custom classes the file needs; `unsafe`: allow Lambda layers holding code.
+    custom classes the file needs; `unsafe`: allow Lambda layers holding code;
+    `raw_quantized`: a TFLite file's quantized tensors as their integers, not dequantized.
 
         >>> model = tensorprobe.load("sample_models/transfer.keras")
         >>> [layer["path"] for layer in model.layers()][:3]
         ['image', 'vgg16', 'vgg16/input_layer']
     """
     with _api_names():
-        return open_model(model, custom_objects, unsafe, signature)
+        return open_model(model, custom_objects, unsafe, signature, raw_quantized=raw_quantized)
 
 
-def open_model(model, custom_objects=(), unsafe=False, signature=None, layers=True):
+def open_model(model, custom_objects=(), unsafe=False, signature=None, layers=True, raw_quantized=False):
     """`load` with the errors in the CLI's words (its flags), for the CLI. Without `layers`
     only the graph of tensors is wanted: a Keras 2 SavedModel is not rebuilt with tf_keras."""
     if isinstance(model, Model):
@@ -138,7 +140,7 @@ def open_model(model, custom_objects=(), unsafe=False, signature=None, layers=Tr
             raise errors.UsageError(f"model '{path}': no such file or folder")
         objects = load_custom_objects(custom_objects)
         return Model(load_model(path, signature=signature, keras_model=layers, unsafe=unsafe,
-                                custom_objects=objects))
+                                custom_objects=objects, raw_quantized=raw_quantized))
     return Model(_in_memory(model))
 
 
@@ -419,7 +421,8 @@ def run_dump(model, x, named, output, selection, prep, storage, *, batch_size=32
     source = _feed(model, x, named, prep, selection.wants_layers, stdin)
     options = {**selection.options(), "model_sha256": model.loaded.sha256, "dtype": storage.dtype,
                "reduce": storage.reduce, "signature": getattr(getattr(model.loaded, "signature", None), "name", None),
-               "prepare": prep.attrs(), "size": prep.size, "skip_bad": prep.skip_bad}
+               "prepare": prep.attrs(), "size": prep.size, "skip_bad": prep.skip_bad,
+               "raw_quantized": getattr(model.loaded, "raw_quantized", False)}
     job = _job_attrs(source, shard, options)
     if resume and os.path.exists(output) and _resumed(output, job, overwrite):
         return DumpResult(store.read_summary(output), resumed=True)

@@ -76,7 +76,7 @@ def _error(message):
 @click.option("--debug", is_flag=True, help="Show tracebacks and TensorFlow's own log lines.")
 @click.pass_context
 def cli(ctx, debug):
-    """Look inside Keras models, SavedModels and frozen graphs: list their layers and tensors,
+    """Look inside Keras models, SavedModels, frozen graphs and TFLite files: list their layers and tensors,
     dump any layer's activations or any graph tensor to HDF5, summarise, diff and plot dumps,
     and compare two models layer by layer.
 
@@ -170,10 +170,10 @@ def _debug():
     return getattr(click.get_current_context().find_root().command, "debug", False)
 
 
-def _load(model_path, unsafe, custom_objects=(), signature=None, layers=True):
+def _load(model_path, unsafe, custom_objects=(), signature=None, layers=True, raw_quantized=False):
     from tensorprobe import api
 
-    return api.open_model(model_path, custom_objects, unsafe, signature, layers)
+    return api.open_model(model_path, custom_objects, unsafe, signature, layers, raw_quantized)
 
 
 @cli.command()
@@ -184,8 +184,8 @@ def _load(model_path, unsafe, custom_objects=(), signature=None, layers=True):
 @model_options
 def layers(model, as_json, pattern, signature, unsafe, custom_objects):
     """List every layer of MODEL, nested models expanded into paths. MODEL is a .keras or
-    .h5 file, a SavedModel folder or a frozen graph (.pb, .pbtxt); the layers of a graph are
-    its name scopes.
+    .h5 file, a SavedModel folder, a frozen graph (.pb, .pbtxt) or a .tflite file; the layers
+    of a graph are its name scopes.
 
     \b
       tensorprobe layers model.keras
@@ -355,7 +355,7 @@ def _preparation(resize, no_resize, interpolation, size, preprocess, scale, offs
 @cli.command()
 @click.argument("inputs", nargs=-1, type=click.Path())
 @click.option("-m", "--model", "model", envvar="TENSORPROBE_MODEL", show_envvar=True,
-              type=click.Path(exists=True), required=True, help="The model: .keras, .h5, a SavedModel folder, a frozen graph (.pb, .pbtxt).")
+              type=click.Path(exists=True), required=True, help="The model: .keras, .h5, .tflite, a SavedModel folder, a frozen graph (.pb, .pbtxt).")
 @click.option("-l", "--layer", "layer_names", multiple=True, metavar="NAME",
               help="A layer name, nested path (vgg16/block1_conv2) or index (3, 1.3). Repeatable.")
 @click.option("--match", metavar="REGEX", help="Also select every layer whose path matches REGEX.")
@@ -376,6 +376,8 @@ def _preparation(resize, no_resize, interpolation, size, preprocess, scale, offs
 @click.option("--training", is_flag=True,
               help="Run in training mode (Dropout on, BatchNormalization on batch statistics).")
 @click.option("--jit", is_flag=True, help="Compile the extraction with XLA.")
+@click.option("--raw-quantized", is_flag=True,
+              help="TFLite: store quantized tensors as their integers, not dequantized float32.")
 @click.option("--max-bytes", metavar="SIZE", help="Refuse a dump larger than SIZE (e.g. 500M, 2G).")
 @click.option("--shard", metavar="K/N", envvar="TENSORPROBE_SHARD", show_envvar=True,
               help="Dump only shard K (from 0) of N: rows [K*R//N, (K+1)*R//N) of the R input rows.")
@@ -386,10 +388,11 @@ def _preparation(resize, no_resize, interpolation, size, preprocess, scale, offs
 @signature_option
 @model_options
 def dump(inputs, model, layer_names, match, all_layers, tensor_names, tensor_match, output, overwrite,
-         batch_size, as_json, quiet, fail_on_nonfinite, training, jit, max_bytes, shard, resume, storage,
+         batch_size, as_json, quiet, fail_on_nonfinite, training, jit, raw_quantized, max_bytes, shard, resume,
+         storage,
          gradients, signature, unsafe, custom_objects, **input_settings):
     """Compute the outputs of the chosen layers (or graph tensors) for INPUTS and write them
-    to HDF5. The model is a .keras or .h5 file, a SavedModel folder or a frozen graph.
+    to HDF5. The model is a .keras, .h5 or .tflite file, a SavedModel folder or a frozen graph.
 
     INPUTS are .npy, .npz and image files (PNG, JPEG, BMP, GIF), folders (searched
     recursively), quoted glob patterns, @LIST files (one path a line) and - (a .npy on
@@ -430,7 +433,7 @@ def dump(inputs, model, layer_names, match, all_layers, tensor_names, tensor_mat
     progress = None if quiet or not err.is_terminal else api._progress_bar(err)
     command = ["tensorprobe", *click.get_current_context().find_root().command.argv]
     with quiet_native_stderr(not _debug()):
-        model_ = _load(model, unsafe, custom_objects, signature, layers=selection.wants_layers)
+        model_ = _load(model, unsafe, custom_objects, signature, selection.wants_layers, raw_quantized)
         result = api.run_dump(model_, list(inputs), named_inputs, output, selection, prep, storage,
                               batch_size=batch_size, overwrite=overwrite, shard=shard, resume=resume,
                               max_bytes=max_bytes, progress=progress, stdin=click.get_binary_stream("stdin"),

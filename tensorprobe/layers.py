@@ -1,6 +1,6 @@
 """A model's layers, at every depth, as plain records: what `tensorprobe layers` shows."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tensorprobe.graph import is_layer, producer_name
 
@@ -16,10 +16,12 @@ class LayerInfo:
     calls: int
     params: int
     trainable: bool | None  # None where a frozen graph does not say
-    reach: str  # "graph", or "runtime" (recorded while its parent runs)
+    reach: str  # "graph", "runtime" (recorded while its parent runs), or "fused" (TFLite)
+    fused_into: str | None = None  # reach "fused": the layer whose op computes its output too
 
     def to_json(self):
         shapes = self.output_shape
+        fused = {"fused_into": self.fused_into} if self.reach == "fused" else {}
         return {
             "index": self.index or None,
             "path": self.path,
@@ -31,6 +33,7 @@ class LayerInfo:
             "params": self.params,
             "trainable": self.trainable,
             "reach": self.reach,
+            **fused,
         }
 
 
@@ -42,6 +45,7 @@ class ModelInfo:
     params: int
     trainable_params: int | None  # None for a frozen graph
     layers: list  # [LayerInfo]
+    notes: list = field(default_factory=list)  # further footer lines (what a format cannot show)
 
 
 def shape_of(tensor):

@@ -91,6 +91,10 @@ def plan(graph, selected):
     specs, origins = [], []
     for entry in selected:
         if not entry.calls:
+            fused_into = getattr(entry, "fused_into", None)  # a TFLite layer merged into another's op
+            if fused_into:
+                raise UsageError(f"--layer '{entry.path}' has no tensor of its own: the converter fused it "
+                                 f"into the op of '{fused_into}' (dump that layer)")
             raise UsageError(
                 f"--layer '{entry.path}' is never called in the model's graph, so it has no output"
             )
@@ -99,12 +103,14 @@ def plan(graph, selected):
             base = f"{base}/{CONTAINER_OUTPUT}"
         for k, outputs in enumerate(entry.calls):
             call_base = f"{base}/call_{k}" if len(entry.calls) > 1 else base
-            for i, (_, origin) in enumerate(outputs):
+            for i, (symbolic, origin) in enumerate(outputs):
                 if entry.output_names is not None:  # a dict: its keys name the datasets
                     name = f"{call_base}/{entry.output_names[i]}"
                 else:
                     name = f"{call_base}/output_{i}" if len(outputs) > 1 else call_base
                 extra = {"order": len(specs)}  # model order; HDF5 lists names sorted
+                # a TFLite tensor: its name, index and quantization, as on its /tensors dataset
+                extra.update(getattr(symbolic, "layer_attributes", {}))
                 if len(entry.calls) > 1:
                     extra["call"] = k
                 if len(outputs) > 1:

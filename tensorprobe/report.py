@@ -18,7 +18,7 @@ def shape_text(shape):
 # Columns left out first when a table is wider than the terminal, least important first, and
 # the column that holds the names the user types next (never cut).
 LAYER_COLUMNS = {"keep": "path", "drop": ("trainable", "params")}
-TENSOR_COLUMNS = {"keep": "tensor", "drop": ("dtype", "#", "shape")}
+TENSOR_COLUMNS = {"keep": "tensor", "drop": ("dtype", "#", "quantization", "shape")}
 SUMMARY_COLUMNS = {"keep": "dataset", "drop": ("std", "mean", "MiB", "zeros", "dtype", "min", "max", "Inf", "NaN")}
 DIFF_COLUMNS = {"keep": "dataset", "drop": ("worst at (sample, position)", "A", "B", "max rel err", "dtype",
                                            "outside tol", "shape")}
@@ -144,6 +144,8 @@ def layers_table(info, title):
         path = Text(guide, style="dim") + Text(layer.path, style="bold" if layer.depth == 0 else "")
         if layer.reach == "runtime":
             path += Text(" [runtime]", style="yellow")
+        elif layer.reach == "fused":
+            path += Text(f" [fused into {layer.fused_into}]" if layer.fused_into else " [fused]", style="yellow")
         table.add_row(
             layer.index or "-",
             path,
@@ -186,12 +188,17 @@ def model_footer(info):
 
     runtime = ["[runtime]: no static graph reaches this layer; dump records its output while "
                "its parent runs"] if any(layer.reach == "runtime" for layer in info.layers) else []
+    if any(layer.reach == "fused" for layer in info.layers):
+        runtime.append("[fused]: the converter merged this layer's op into the named layer's (a Conv2D into "
+                       "the ReLU after it, a padding or BatchNormalization into a convolution), so it has no "
+                       "tensor of its own to dump")
     if info.trainable_params is None:  # a frozen graph does not say what was trainable
         params = f"params:  {info.params:,} total (frozen variables)"
     else:
         params = (f"params:  {info.params:,} total, {info.trainable_params:,} trainable, "
                   f"{info.params - info.trainable_params:,} non-trainable")
-    return runtime + [f"inputs:  {tensors(info.inputs)}", f"outputs: {tensors(info.outputs)}", params]
+    return runtime + [f"inputs:  {tensors(info.inputs)}", f"outputs: {tensors(info.outputs)}", params,
+                      *info.notes]
 
 
 def layers_json(info):
@@ -260,15 +267,21 @@ def _inputs_text(inputs, shown=3):
 
 
 def tensors_table(tensors, title):
-    """`tensorprobe tensors`: position in topological order, name, op type, dtype, shape."""
+    """`tensorprobe tensors`: number (the position in topological order; a TFLite tensor's
+    index), name, op type, dtype, shape, and the columns a format adds (`extra_cells`)."""
     table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
     table.add_column("#", justify="right", style="dim")
     table.add_column("tensor")
     table.add_column("op", style="cyan")
     table.add_column("dtype")
     table.add_column("shape")
+    extra = list(tensors[0].extra_cells()) if tensors else []
+    for name in extra:
+        table.add_column(name)
     for t in tensors:
-        table.add_row(str(t.position), t.name, t.op, t.dtype, "?" if t.shape is None else shape_text(t.shape))
+        cells = t.extra_cells()
+        table.add_row(str(t.number), t.name, t.op, t.dtype, "?" if t.shape is None else shape_text(t.shape),
+                      *(cells[name] for name in extra))
     return table
 
 

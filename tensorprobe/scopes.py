@@ -143,6 +143,7 @@ class ScopeLayer(LayerEntry):
 
     op_type: str = ""  # the type of the op that computes the first output
     params: int = 0
+    fused_into: str | None = None  # reach "fused": the layer whose op computes this one's output
 
     @property
     def name(self):
@@ -162,6 +163,7 @@ class ScopeGraph:
     entries: dict  # path -> ScopeLayer, parents before children, in graph order
     layer_of_op: dict  # op name -> path of the innermost layer whose scope holds it
     params: int  # elements of all frozen variables the graph reads
+    notes: list = field(default_factory=list)  # footer lines for `tensorprobe layers`
 
     @property
     def inputs(self):
@@ -171,10 +173,8 @@ class ScopeGraph:
         return self.layer_of_op.get(tensor_name.rpartition(":")[0], "")
 
     def extraction_function(self, plan):
-        """probe.extraction_function's counterpart: the plan's origins are tensor names."""
-        from tensorprobe.tensors import extraction_function
-
-        return extraction_function(self.tensor_graph, plan.origins)
+        """probe.extraction_function's counterpart: the plan's origins are the tensor graph's."""
+        return self.tensor_graph.extraction_function(plan.origins)
 
 
 @dataclass
@@ -197,23 +197,53 @@ def scope_path(op_name):
     return parts[:-1]
 
 
-def scope_graph(tensor_graph, naming=KERAS3):
-    """Find the layers of `tensor_graph` by the rule above, its scopes named as `naming` says."""
+def scope_tree(items):
+    """The root of the tree of name scopes over `items`, (op name, computed, item) tuples:
+    each scope lists the items directly in it (`ops`) and in it or its sub-scopes (`all_ops`);
+    `computed` says whether any is computed from the inputs.
+    Names under `Func/` (the inliner's plumbing) belong to no scope. An item only needs a
+    `name` attribute, its op name, for `layer_scopes`."""
     root = _Scope("")
-    for op in tensor_graph.ops:
-        parts = scope_path(op.name)
+    for name, computed, item in items:
+        parts = scope_path(name)
         if parts is None:
             continue
-        computed = any(t in tensor_graph.fed for t in op.outputs)
         node = root
-        node.all_ops.append(op)
+        node.all_ops.append(item)
         for depth, part in enumerate(parts):
             if part not in node.children:
                 node.children[part] = _Scope(part, tuple(parts[: depth + 1]))
             node = node.children[part]
-            node.all_ops.append(op)
+            node.all_ops.append(item)
             node.computed = node.computed or computed
-        node.ops.append(op)
+        node.ops.append(item)
+    return root
+
+
+def layer_scopes(scope, naming):
+    """The sub-scopes of `scope` that are its layers (rule 2); [] when it holds none."""
+    own = {op.name.rsplit("/", 1)[-1] for op in scope.ops}
+    candidates = [c for c in scope.children.values() if c.name not in own and c.computed]
+    if naming.tf1:
+        return candidates
+    if not naming.keras2:
+        # `einsum` beside `einsum_1`: one TensorFlow scope entered twice, never a layer
+        bare = {name for name in scope.children if not SUFFIXED.fullmatch(name)}
+        return [c for c in candidates if c.name not in bare and naming.layer_name(c.name) not in bare]
+    if scope.name in naming.models:
+        return candidates
+    return [c for c in candidates if c.name in naming.layers]
+
+
+def scope_graph(tensor_graph, naming=KERAS3):
+    """The layers of `tensor_graph`, its scopes named as `naming` says: the graph's own
+    `scope_graph(naming)` (a TFLite file finds its layers in its tensor names)."""
+    return tensor_graph.scope_graph(naming)
+
+
+def find_layers(tensor_graph, naming=KERAS3):
+    """Find the layers of a frozen TensorFlow graph by the rule above."""
+    root = scope_tree((op.name, any(t in tensor_graph.fed for t in op.outputs), op) for op in tensor_graph.ops)
 
     builder = _Builder(tensor_graph, naming)
     models = [c for c in root.children.values() if builder.layer_scopes(c)]
@@ -248,18 +278,7 @@ class _Builder:
                 self.readers.setdefault(t, []).append(op.name)
 
     def layer_scopes(self, scope):
-        """The sub-scopes of `scope` that are its layers (rule 2); [] when it holds none."""
-        own = {op.name.rsplit("/", 1)[-1] for op in scope.ops}
-        candidates = [c for c in scope.children.values() if c.name not in own and c.computed]
-        if self.naming.tf1:
-            return candidates
-        if not self.naming.keras2:
-            # `einsum` beside `einsum_1`: one TensorFlow scope entered twice, never a layer
-            bare = {name for name in scope.children if not SUFFIXED.fullmatch(name)}
-            return [c for c in candidates if c.name not in bare and self.naming.layer_name(c.name) not in bare]
-        if scope.name in self.naming.models:
-            return candidates
-        return [c for c in candidates if c.name in self.naming.layers]
+        return layer_scopes(scope, self.naming)
 
     def visit_layers(self, scopes, prefix, index, depth, parent, stable=False):
         """Register the layers whose scopes are `scopes` (siblings), in graph order, and
@@ -416,7 +435,7 @@ def describe(graph):
             LayerInfo(
                 index=entry.index, path=entry.path, name=entry.name, class_name=entry.class_name,
                 depth=entry.depth, output_shape=shapes, calls=len(entry.calls), params=entry.params,
-                trainable=None, reach="graph",
+                trainable=None, reach=entry.reach, fused_into=entry.fused_into,
             )
         )
     tg = graph.tensor_graph
@@ -426,4 +445,4 @@ def describe(graph):
         info = tg.by_name[tensor]
         outputs.append((name, info.shape or [], info.dtype))
     return ModelInfo(name=graph.model_name, inputs=inputs, outputs=outputs, params=graph.params,
-                     trainable_params=None, layers=layers)
+                     trainable_params=None, layers=layers, notes=list(graph.notes))

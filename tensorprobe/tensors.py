@@ -39,6 +39,29 @@ class TensorInfo:
     def op_name(self):
         return self.name.rpartition(":")[0]
 
+    @property
+    def number(self):
+        """What the `#` column of `tensorprobe tensors` shows."""
+        return self.position
+
+    @property
+    def origin(self):
+        """What an extraction function takes to compute this tensor."""
+        return self.name
+
+    @property
+    def dataset_name(self):
+        """Its dataset's path under /tensors."""
+        return self.name
+
+    def attributes(self):
+        """The attributes of its dataset under /tensors."""
+        return {"tensor": self.name, "op_type": self.op}
+
+    def extra_cells(self):
+        """Columns a format adds to `tensorprobe tensors`: {header: text}."""
+        return {}
+
     def to_json(self):
         return {"name": self.name, "op": self.op, "dtype": self.dtype, "shape": self.shape}
 
@@ -79,14 +102,39 @@ class TensorGraph:
     def op_types(self):
         return sorted({t.op for t in self.tensors})
 
+    def extraction_function(self, names):
+        """A function: list of input batches -> one array per tensor name (see below)."""
+        return extraction_function(self, names)
+
+    def scope_graph(self, naming):
+        """The Keras layers found again in the graph's name scopes (scopes.py)."""
+        from tensorprobe import scopes
+
+        return scopes.find_layers(self, naming)
+
+    def why_not_dumpable(self, info):
+        """Why a tensor cannot be dumped per sample (None when it can)."""
+        if info.name not in self.fed:
+            return "does not depend on the inputs (a constant), so it has no batch axis"
+        if info.name in self.in_loop:
+            return ("is computed inside a while loop, once per iteration; only values that leave the loop "
+                    "can be fetched")
+        if info.dtype in ("resource", "variant", "string"):
+            return f"holds {info.dtype} values, which cannot be stored as an array"
+        if info.shape is not None:
+            batch_open = all(spec.shape.rank and spec.shape[0] is None for spec in self.inputs)
+            if not info.shape or (batch_open and info.shape[0] is not None):
+                return f"has static shape {_shape_text(info.shape)}, which has no batch axis"
+        return None
+
 
 def tensor_graph(loaded):
-    """The TensorGraph of a LoadedModel: its signature's graph for a SavedModel, the graph of
-    a frozen GraphDef file, else the Keras model's traced forward pass."""
-    from tensorprobe.models.frozen import LoadedFrozenGraph
-
-    if isinstance(loaded, LoadedFrozenGraph):
-        return from_graph_def(loaded.graph_def, loaded.source, loaded.path)
+    """The TensorGraph of a LoadedModel: its own for a format that has one (a TFLite file, a
+    frozen GraphDef), its signature's graph for a SavedModel, else the Keras model's traced
+    forward pass."""
+    own = getattr(loaded, "tensor_graph", None)
+    if own is not None:
+        return own()
     signature = getattr(loaded, "signature", None)
     if signature is not None:
         return from_signature(signature)
@@ -228,7 +276,7 @@ def filter_tensors(graph, pattern=None, op_types=()):
     wanted = set()
     for op_type in op_types:
         if op_type.lower() not in known:
-            close = difflib.get_close_matches(op_type, list(known.values()), n=3, cutoff=0.6)
+            close = [known[c] for c in difflib.get_close_matches(op_type.lower(), list(known), n=3, cutoff=0.6)]
             hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
             raise UsageError(f"--op '{op_type}': no op of this type in the graph{hint}")
         wanted.add(op_type.lower())
@@ -250,7 +298,7 @@ def select(graph, names=(), match=None):
         info = resolve(graph, name)
         if info.name in chosen:
             raise UsageError(f"--tensor '{name}' selects '{info.name}', which is already selected")
-        problem = _not_dumpable(graph, info)
+        problem = graph.why_not_dumpable(info)
         if problem:
             which = f" ({info.name})" if name != info.name else ""
             raise UsageError(f"--tensor '{name}'{which}: {problem}")
@@ -263,7 +311,7 @@ def select(graph, names=(), match=None):
         found = [t for t in graph.tensors if pattern.search(t.name)]
         if not found:
             raise UsageError(f"--tensor-match '{match}' matches no tensor name")
-        usable = [t for t in found if not _not_dumpable(graph, t)]
+        usable = [t for t in found if not graph.why_not_dumpable(t)]
         if not usable:
             raise UsageError(
                 f"--tensor-match '{match}' matches {len(found)} tensors, none of which depends on "
@@ -324,33 +372,18 @@ def _did_you_mean(name, tensors):
     return f"; did you mean {' or '.join(repr(n) for n in close)}?" if close else ""
 
 
-def _not_dumpable(graph, info):
-    """Why a tensor cannot be dumped per sample (None when it can)."""
-    if info.name not in graph.fed:
-        return "does not depend on the inputs (a constant), so it has no batch axis"
-    if info.name in graph.in_loop:
-        return "is computed inside a while loop, once per iteration; only values that leave the loop can be fetched"
-    if info.dtype in ("resource", "variant", "string"):
-        return f"holds {info.dtype} values, which cannot be stored as an array"
-    if info.shape is not None:
-        batch_open = all(spec.shape.rank and spec.shape[0] is None for spec in graph.inputs)
-        if not info.shape or (batch_open and info.shape[0] is not None):
-            return f"has static shape {_shape_text(info.shape)}, which has no batch axis"
-    return None
-
-
 def plan(graph, selected, layer_of=None, start=0):
     """One DatasetSpec per selected tensor, at `tensors/<tensor name>`. `layer_of(name)`
     gives the layer path a tensor's name scope belongs to ("" when none); `start` is the
     `order` of the first one (after any layer datasets)."""
     specs = []
     for i, info in enumerate(selected):
-        if any(part in (".", "..") for part in info.name.split("/")):
+        if any(part in (".", "..") for part in info.dataset_name.split("/")):
             raise UsageError(f"--tensor '{info.name}': a name component '.' or '..' cannot be an HDF5 path")
         layer = layer_of(info.name) if layer_of is not None else ""
-        extra = {"tensor": info.name, "op_type": info.op, "order": start + i}
-        specs.append(DatasetSpec(info.name, layer or "", "", extra, GROUP))
-    return Plan(specs, [info.name for info in selected])
+        extra = {**info.attributes(), "order": start + i}
+        specs.append(DatasetSpec(info.dataset_name, layer or "", "", extra, GROUP))
+    return Plan(specs, [info.origin for info in selected])
 
 
 @dataclass
@@ -374,7 +407,7 @@ class TensorPart:
             layer_of = scopes.scope_graph(graph, scopes.naming(loaded)).layer_of
         start = len(layer_plan.specs) if layer_plan is not None else 0
         tensor_plan = plan(graph, select(graph, names, match), layer_of, start)
-        return cls(graph, tensor_plan, extraction_function(graph, tensor_plan.origins))
+        return cls(graph, tensor_plan, graph.extraction_function(tensor_plan.origins))
 
     def after(self, layer_plan, layer_extract):
         """One plan and one extraction function: the layers' datasets, then these."""

@@ -12,6 +12,7 @@ from tensorprobe.errors import ModelLoadError, UnsafeModelError
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 ZIP_SIGNATURE = b"PK\x03\x04"
+TFLITE_IDENTIFIER = b"TFL3"  # the flatbuffer file identifier, at bytes 4..8 (after the root offset)
 
 
 NOT_A_MODEL = ("not a model file tensorprobe reads (a .keras zip archive, an HDF5 .h5 file, a SavedModel "
@@ -19,8 +20,9 @@ NOT_A_MODEL = ("not a model file tensorprobe reads (a .keras zip archive, an HDF
 
 
 def detect_format(path):
-    """'keras' (a Keras 3 zip), 'h5' (HDF5), 'savedmodel' (a folder), 'frozen_graph' or
-    'frozen_graph_text' (a GraphDef, binary or text protobuf), from the contents."""
+    """'keras' (a Keras 3 zip), 'h5' (HDF5), 'tflite' (a TFLite flatbuffer), 'savedmodel' (a
+    folder), 'frozen_graph' or 'frozen_graph_text' (a GraphDef, binary or text protobuf), from
+    the contents."""
     path = Path(path)
     if path.is_dir():
         if (path / "saved_model.pb").is_file():
@@ -32,6 +34,11 @@ def detect_format(path):
         return "keras"
     if head[:8] == HDF5_SIGNATURE:
         return "h5"
+    if head[4:8] == TFLITE_IDENTIFIER:  # before the protobuf check: any bytes may look like one
+        return "tflite"
+    if path.suffix.lower() == ".tflite":
+        raise ModelLoadError(f"{path}: not a TFLite model (no '{TFLITE_IDENTIFIER.decode()}' flatbuffer "
+                             "identifier at bytes 4-8)")
     kind = protobuf_kind(head)
     if kind == "saved_model":
         raise ModelLoadError(f"{path}: is a SavedModel's saved_model.pb (a SavedModel proto), not a frozen "

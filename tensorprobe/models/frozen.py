@@ -27,6 +27,11 @@ class LoadedFrozenGraph(LoadedModel):
 
     graph_def: Any = None  # tf.compat.v1.GraphDef
 
+    def tensor_graph(self):
+        from tensorprobe.tensors import from_graph_def
+
+        return from_graph_def(self.graph_def, self.source, self.path)
+
     @property
     def source(self):
         """What the graph is, as `tensorprobe tensors` titles it."""

@@ -1,0 +1,276 @@
+"""A TFLite file as a graph of tensors: its interpreter, every tensor in execution order with
+the op that makes it and its quantization, and how its inputs are fed.
+
+The interpreter is TensorFlow's `tf.lite.Interpreter`, not LiteRT's `ai_edge_litert`: it is the
+one that ships with the TensorFlow that tensorprobe already needs (so nothing more to install,
+and the same release as the `tf.lite.TFLiteConverter` that made the file), and it runs the same
+kernels. It is created
+
+- from the file's bytes (`model_content`), never its path: only that way does it verify the
+  flatbuffer, and a truncated file raises an error instead of crashing the process (TF 2.21:
+  `model_path` on a truncated file is a segmentation fault);
+- with `experimental_preserve_all_tensors=True`, else the memory planner reuses the buffers of
+  intermediate tensors and what is read back after `invoke` is another tensor's data;
+- with `OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES`, so that no XNNPACK delegate takes
+  over parts of the graph: every op runs TFLite's own built-in kernel (whose values are the
+  reference the file is judged by) and every intermediate tensor exists;
+- with one thread, so that values do not depend on the machine.
+
+The interpreter lists ops only through a private method (`_get_ops_details`); it is read in
+`_ops` alone, and tests/test_tflite.py fails loudly if a TensorFlow upgrade changes it.
+"""
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tensorprobe.backends.tflite.quantization import Quantization
+from tensorprobe.errors import ModelLoadError, UsageError
+from tensorprobe.models.formats import first_line
+from tensorprobe.tensors import TensorInfo, _input_name, _shape_text
+
+INPUT_OP = "INPUT"  # the `op` of a model input, which no op makes
+CONST_OP = "CONST"  # the `op` of a tensor that no op makes: weights, biases, shapes
+UNSTORABLE = ("object", "bytes", "str", "resource", "variant")
+
+
+def open_interpreter(path, content):
+    """A tf.lite.Interpreter over `content` (the bytes of the file at `path`), its tensors
+    allocated; a ModelLoadError when the file is damaged or holds an op the interpreter lacks."""
+    import tensorflow as tf
+
+    with warnings.catch_warnings():
+        # "tf.lite.Interpreter is deprecated": TF 2.21 still ships it, and it is what runs here;
+        # "preserve_all_tensors ... for debugging": which is what it is for here
+        warnings.simplefilter("ignore")
+        try:
+            interpreter = tf.lite.Interpreter(
+                model_content=content,
+                experimental_preserve_all_tensors=True,
+                experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+                num_threads=1,
+            )
+        except (ValueError, RuntimeError) as e:  # "The model is not a valid Flatbuffer buffer"
+            raise ModelLoadError(f"{path}: damaged or truncated TFLite file ({first_line(e)})") from e
+    try:
+        interpreter.allocate_tensors()
+    except RuntimeError as e:  # an op no kernel implements: a custom op, a Select TF (Flex) op
+        raise ModelLoadError(f"{path}: the TFLite interpreter cannot run this model: {first_line(e)}") from e
+    return interpreter
+
+
+def _ops(interpreter):
+    """(index, op type, input indices, output indices) of every op of the main subgraph, in
+    execution order. Quarantined: `_get_ops_details` is the interpreter's only way to list its
+    ops, and it is private."""
+    return [(int(op["index"]), str(op["op_name"]), [int(i) for i in op["inputs"] if i >= 0],
+             [int(i) for i in op["outputs"] if i >= 0]) for op in interpreter._get_ops_details()]
+
+
+def _signatures(interpreter):
+    """{signature name: its subgraph index}. Quarantined: a SignatureRunner says its subgraph
+    only in a private attribute."""
+    found = {}
+    for name in interpreter.get_signature_list():
+        found[name] = getattr(interpreter.get_signature_runner(name), "_subgraph_index", 0)
+    return found
+
+
+@dataclass
+class TFLiteOp:
+    index: int
+    type: str  # "CONV_2D", "FULLY_CONNECTED", or a custom op's name
+    inputs: list  # tensor indices
+    outputs: list
+
+
+@dataclass
+class TFLiteTensor(TensorInfo):
+    """One tensor of the file. `shape` is its shape signature: None where it is -1 (a dynamic
+    batch); `op` the type of the op that makes it (INPUT, CONST for the others no op makes)."""
+
+    index: int = -1
+    quantization: Quantization | None = None
+    producer: int | None = None  # the index of the op that makes it
+
+    @property
+    def number(self):
+        return self.index
+
+    @property
+    def origin(self):
+        return self.index
+
+    @property
+    def dataset_name(self):
+        """`<first name of the ';'-joined list>#<index>`: its '/' open groups as in a TensorFlow
+        name, and the index keeps two tensors apart whatever their names."""
+        parts = [p if p not in (".", "..") else "_" for p in self.name.split(";")[0].replace("#", "_").split("/")]
+        base = "/".join(p for p in parts if p) or "tensor"
+        return f"{base}#{self.index}"
+
+    def attributes(self):
+        attrs = {"tensor": self.name, "tensor_index": self.index, "op_type": self.op}
+        if self.quantization is not None:
+            attrs.update(self.quantization.attributes())
+        return attrs
+
+    @property
+    def layer_attributes(self):
+        """The attributes a layer's dataset of this tensor carries: the same."""
+        return self.attributes()
+
+    def extra_cells(self):
+        return {"quantization": self.quantization.text() if self.quantization is not None else ""}
+
+    def to_json(self):
+        return {"index": self.index, "name": self.name, "op": self.op, "dtype": self.dtype, "shape": self.shape,
+                "quantization": self.quantization.to_json() if self.quantization is not None else None}
+
+
+@dataclass
+class TFLiteGraph:
+    """The main subgraph of a TFLite file, with the interface of tensors.TensorGraph that
+    `tensors`, `dump --tensor` and the layers of `scopes` use."""
+
+    interpreter: object
+    ops: list  # [TFLiteOp], execution order
+    tensors: list  # [TFLiteTensor]: the inputs, then each op's constant inputs and its outputs
+    inputs: list  # [tf.TensorSpec] in feed order: batch axis None; float32 for quantized inputs
+    input_tensors: list  # the input tensors' names, same order
+    input_indices: list  # their indices
+    outputs: list  # [(output name, tensor name)]
+    source: str
+    batch: int | None  # the fixed batch size of the inputs; None when it is dynamic
+    raw_quantized: bool = False  # extraction returns the integers of quantized tensors
+    signature: str | None = None  # the main subgraph's signature, when the file names it
+    fed: set = field(default_factory=set)  # indices of the tensors computed from the inputs
+    by_name: dict = field(default_factory=dict)
+    by_index: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.by_index = {t.index: t for t in self.tensors}
+        fed = set(self.input_indices)
+        for op in self.ops:
+            if any(i in fed for i in op.inputs):
+                fed.update(op.outputs)
+        self.fed = fed
+        self.by_name = _names(self.tensors)
+
+    def op_types(self):
+        return sorted({t.op for t in self.tensors})
+
+    def extraction_function(self, indices):
+        from tensorprobe.backends.tflite.runner import extraction_function
+
+        return extraction_function(self, list(indices))
+
+    def scope_graph(self, naming=None):
+        """The Keras layers found again in the tensor names (see layers.py). `naming` is a
+        SavedModel's (its object graph's) and does not apply: the names alone decide here."""
+        from tensorprobe.backends.tflite.layers import find_layers
+
+        return find_layers(self)
+
+    def why_not_dumpable(self, info):
+        if info.index not in self.fed:
+            return "does not depend on the inputs (a constant), so it has no batch axis"
+        if info.dtype in UNSTORABLE:
+            return f"holds {info.dtype} values, which cannot be stored as an array"
+        if not info.shape or info.shape[0] != self.batch:
+            why = "" if self.batch is None else f" (the model's inputs have a fixed batch of {self.batch})"
+            return f"has shape {_shape_text(info.shape)}, which has no batch axis{why}"
+        return None
+
+
+def _names(tensors):
+    """Name -> tensor: each exact name (the first tensor that bears it), `#INDEX` for every
+    tensor, and each part of a ';'-joined name that no other tensor's name holds."""
+    names = {}
+    for t in tensors:
+        names.setdefault(t.name, t)
+    parts = {}
+    for t in tensors:
+        for part in set(t.name.split(";")) - {t.name, ""}:
+            parts.setdefault(part, []).append(t)
+    for part, holders in parts.items():
+        if len(holders) == 1 and part not in names:
+            names[part] = holders[0]
+    for t in tensors:
+        names[f"#{t.index}"] = t
+    return names
+
+
+def read_graph(interpreter, path, signature=None, raw_quantized=False):
+    """The TFLiteGraph of the interpreter's main subgraph. `signature` must name the
+    signature of that subgraph (None: whichever it is)."""
+    import tensorflow as tf
+
+    signatures = _signatures(interpreter)
+    main = [name for name, subgraph in signatures.items() if subgraph == 0]
+    if signature is not None and signature not in signatures:
+        listed = ", ".join(signatures) or "none"
+        raise UsageError(f"--signature '{signature}': {path} has no such signature; it has {listed}")
+    if signature is not None and signature not in main:
+        raise UsageError(f"--signature '{signature}': tensorprobe runs the main subgraph of a TFLite file, "
+                         f"whose signature is {', '.join(main) or 'unnamed'}")
+    name = signature or (main[0] if main else None)
+    input_names, output_names = {}, {}
+    if name is not None:
+        runner = interpreter.get_signature_runner(name)
+        input_names = {d["index"]: key for key, d in runner.get_input_details().items()}
+        output_names = {d["index"]: key for key, d in runner.get_output_details().items()}
+
+    details = {d["index"]: d for d in interpreter.get_tensor_details()}
+    ops = [TFLiteOp(*op) for op in _ops(interpreter)]
+    input_indices = [int(d["index"]) for d in interpreter.get_input_details()]
+    output_indices = [int(d["index"]) for d in interpreter.get_output_details()]
+    producer = {i: op for op in ops for i in op.outputs}
+
+    order = list(input_indices)
+    for op in ops:
+        order += op.inputs + op.outputs
+    order += output_indices
+    tensors, seen = [], set()
+    for index in order:
+        if index in seen or index not in details:
+            continue
+        seen.add(index)
+        d = details[index]
+        op = producer.get(index)
+        kind = op.type if op is not None else INPUT_OP if index in input_indices else CONST_OP
+        dtype = np.dtype(d["dtype"]).name
+        signature_shape = [None if int(s) < 0 else int(s) for s in d["shape_signature"]]
+        tensors.append(TFLiteTensor(
+            d["name"], kind, dtype, signature_shape, len(tensors), index=index,
+            quantization=Quantization.of(d["dtype"], d["quantization_parameters"]),
+            producer=op.index if op is not None else None,
+        ))
+    by_index = {t.index: t for t in tensors}
+
+    batch, specs = _batch(path, [by_index[i] for i in input_indices]), []
+    for k, index in enumerate(input_indices):
+        t = by_index[index]
+        dtype = "float32" if t.quantization is not None else t.dtype
+        key = input_names.get(index) or _input_name(t.name, k)
+        specs.append(tf.TensorSpec((None, *t.shape[1:]), dtype, name=key))
+    outputs = [(output_names.get(i) or f"output_{k}", by_index[i].name) for k, i in enumerate(output_indices)]
+    source = f"TFLite main subgraph, signature '{name}'" if name else "TFLite main subgraph"
+    return TFLiteGraph(interpreter, ops, tensors, specs, [by_index[i].name for i in input_indices],
+                       input_indices, outputs, source, batch, raw_quantized, name)
+
+
+def _batch(path, inputs):
+    """None when every input's batch axis is dynamic (-1 in its shape signature), else the
+    fixed batch size they share."""
+    sizes = set()
+    for t in inputs:
+        if not t.shape:
+            raise ModelLoadError(f"{path}: input '{t.name}' is a scalar, with no batch axis to feed samples along")
+        sizes.add(t.shape[0])
+    if len(sizes) > 1:
+        shown = ", ".join(f"{t.name} {_shape_text(t.shape)}" for t in inputs)
+        raise ModelLoadError(f"{path}: the inputs disagree on the batch size ({shown})")
+    return sizes.pop() if sizes else None
+
