@@ -158,3 +158,52 @@ def test_usage_errors(cli, models):
     assert r.exit_code == 2 and "A_PATH=B_PATH" in error_line(r)
     r = cli("compare", SAMPLES / "transfer.keras", models / "a.keras", SAMPLES / "input.npy")
     assert r.exit_code == 2 and "no layer path in common" in error_line(r)
+
+
+@pytest.fixture(scope="module")
+def tflite_files(tmp_path_factory):
+    import keras
+    import tensorflow as tf
+
+    folder = tmp_path_factory.mktemp("compare_tflite")
+    model = keras.saving.load_model(SAMPLES / "transfer.keras")
+    (folder / "f32.tflite").write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    x = np.load(SAMPLES / "input.npy")
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([x[i:i + 1]] for i in range(len(x)))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    (folder / "int8.tflite").write_bytes(converter.convert())
+    return folder
+
+
+def test_keras_against_float_and_int8_tflite(cli, tflite_files, tmp_path):
+    import h5py
+    import keras
+
+    r, result = run_json(cli, SAMPLES / "transfer.keras", tflite_files / "f32.tflite", SAMPLES / "input.npy",
+                         "--rtol", "1e-4", "--atol", "1e-4")
+    assert r.exit_code == 0, r.stderr
+    assert result["only_in_a"] == ["dropout"] and len(result["pairs"]) == 15
+
+    r, result = run_json(cli, SAMPLES / "transfer.keras", tflite_files / "int8.tflite", SAMPLES / "input.npy",
+                         "--metric", "cosine:0.99")
+    assert r.exit_code == 0, r.stderr
+    # the report's numbers against the int8 file's own dequantized values (dump) and Keras
+    out = tmp_path / "int8.h5"
+    r2 = cli("dump", "-q", "-m", tflite_files / "int8.tflite", "-l", "vgg16/block2_conv1", "-l", "fc1", "-o", out,
+             SAMPLES / "input.npy")
+    assert r2.exit_code == 0, r2.stderr
+    model = keras.saving.load_model(SAMPLES / "transfer.keras")
+    x = np.load(SAMPLES / "input.npy")
+    pairs = {p["path"]: p for p in result["pairs"]}
+    with h5py.File(out) as f:
+        for path in ("vgg16/block2_conv1", "fc1"):
+            a, b = sub(model, path, x), f[f"activations/{path}"][()].astype(np.float64)
+            p = pairs[path]
+            assert p["max_abs"] == pytest.approx(np.abs(a - b).max(), rel=1e-6)
+            assert p["snr_db"] == pytest.approx(10 * np.log10((b * b).sum() / ((a - b) ** 2).sum()), rel=1e-6)
+            assert p["cosine"] == pytest.approx((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()), rel=1e-9)
+            assert 0 < p["max_abs"] and p["status"] == "ok"
+    r, result = run_json(cli, SAMPLES / "transfer.keras", tflite_files / "int8.tflite", SAMPLES / "input.npy")
+    assert r.exit_code == 1 and result["first_divergence"] == "vgg16/block1_conv1"  # allclose: int8 differs at once
