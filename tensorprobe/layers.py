@@ -3,6 +3,7 @@
 from dataclasses import dataclass, field
 
 from tensorprobe.graph import is_layer, producer_name
+from tensorprobe.text import dtype_name
 
 
 @dataclass
@@ -94,8 +95,6 @@ def _size(shape):
 
 
 def _tensor_record(tensor, name=None):
-    return (name or producer_name(tensor), shape_of(tensor), _dtype_name(tensor.dtype))
+    return (name or producer_name(tensor), shape_of(tensor), dtype_name(tensor.dtype))
 
 
-def _dtype_name(dtype):
-    return getattr(dtype, "name", None) or str(dtype)

@@ -1,12 +1,12 @@
 """What to extract: layer names, indexes and regexes -> a plan of datasets -> the function
 that computes exactly those tensors from the model's inputs."""
 
-import difflib
 import re
 from dataclasses import dataclass
 
 from tensorprobe.errors import InputError, UnknownLayerError, UsageError
 from tensorprobe.store import DatasetSpec
+from tensorprobe.text import did_you_mean, dtype_name, tf_error_line
 
 CONTAINER_OUTPUT = "__output__"
 
@@ -63,20 +63,9 @@ def resolve(graph, name):
             f"--layer '{name}' is ambiguous: it names {', '.join(candidates)}; give the full path"
         )
     raise UnknownLayerError(
-        f"--layer '{name}': no such layer{_did_you_mean(name, entries)} "
+        f"--layer '{name}': no such layer{did_you_mean(name, list(entries))} "
         "(`tensorprobe layers MODEL` lists them)"
     )
-
-
-def _did_you_mean(name, entries):
-    """'; did you mean ...?' with the up to three paths whose path or own name is closest."""
-    def score(path):
-        leaf = entries[path].name
-        return max(difflib.SequenceMatcher(None, name, s).ratio() for s in (path, leaf))
-
-    scored = sorted(((score(p), p) for p in entries), key=lambda sp: -sp[0])
-    close = [p for s, p in scored[:3] if s >= 0.6]
-    return f"; did you mean {' or '.join(repr(p) for p in close)}?" if close else ""
 
 
 def plan(graph, selected):
@@ -213,7 +202,7 @@ def extraction_function(graph, plan, target=None, target_origin=None, label_shap
     # is still converted: graph.py runs it through tf.autograph.to_graph.
     finish = _finisher(storage or Storage())
     signature = [
-        tf.TensorSpec(shape=tuple(t.shape), dtype=_dtype_name(t.dtype), name=f"input_{i}")
+        tf.TensorSpec(shape=tuple(t.shape), dtype=dtype_name(t.dtype), name=f"input_{i}")
         for i, t in enumerate(graph.inputs)
     ]
     count = len(graph.inputs)
@@ -249,7 +238,7 @@ def extraction_function(graph, plan, target=None, target_origin=None, label_shap
             return [t.numpy() for t in extract(*args)]
         except (ValueError, tf.errors.InvalidArgumentError) as e:
             # shapes that do not fit the model (labels against the output, say) surface here
-            raise InputError(f"the model could not compute this batch: {_first_line(e)}") from e
+            raise InputError(f"the model could not compute this batch: {tf_error_line(e)}") from e
 
     run.function = extract  # the compiled tf.function, for inspection
     return run
@@ -268,7 +257,7 @@ def estimate_bytes(graph, plan, storage, rows):
             shape = shape[-1:]
         if any(d is None for d in shape):
             return None
-        dtype = np.dtype(_dtype_name(tensor.dtype))
+        dtype = np.dtype(dtype_name(tensor.dtype))
         if storage.dtype is not None and dtype.kind == "f":
             dtype = np.dtype(storage.dtype)
         total += int(np.prod(shape, dtype=np.int64)) * dtype.itemsize * rows
@@ -323,11 +312,3 @@ def _score_function(graph, target, origin):
     return per_sample_loss
 
 
-def _first_line(exc):
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    useful = [line for line in lines if "Error" in line] or lines or [type(exc).__name__]
-    return useful[-1][:300]
-
-
-def _dtype_name(dtype):
-    return getattr(dtype, "name", None) or str(dtype)

@@ -8,15 +8,9 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+from tensorprobe.text import shape_text
 
 
-def shape_text(shape):
-    dims = ["None" if d is None else str(d) for d in shape]
-    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
-
-
-# Columns left out first when a table is wider than the terminal, least important first, and
-# the column that holds the names the user types next (never cut).
 LAYER_COLUMNS = {"keep": "path", "drop": ("trainable", "params")}
 TENSOR_COLUMNS = {"keep": "tensor", "drop": ("dtype", "#", "quantization", "shape")}
 SUMMARY_COLUMNS = {"keep": "dataset", "drop": ("std", "mean", "MiB", "zeros", "dtype", "min", "max", "Inf", "NaN")}

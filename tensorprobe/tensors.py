@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from tensorprobe.errors import InputError, ModelLoadError, UsageError
 from tensorprobe.probe import Plan
 from tensorprobe.store import DatasetSpec
+from tensorprobe.text import did_you_mean, dtype_name, shape_text, tf_error_line
 
 GROUP = "tensors"
 
@@ -124,7 +125,7 @@ class TensorGraph:
         if info.shape is not None:
             batch_open = all(spec.shape.rank and spec.shape[0] is None for spec in self.inputs)
             if not info.shape or (batch_open and info.shape[0] is not None):
-                return f"has static shape {_shape_text(info.shape)}, which has no batch axis"
+                return f"has static shape {shape_text(info.shape, '?')}, which has no batch axis"
         return None
 
 
@@ -159,7 +160,7 @@ def from_graph_def(graph_def, source, path):
         with graph.as_default():
             tf.compat.v1.import_graph_def(graph_def, name="")
     except (ValueError, TypeError, tf.errors.OpError) as e:  # unknown op types, broken inputs
-        raise ModelLoadError(f"{path}: cannot import the graph: {_first_line(e)}") from e
+        raise ModelLoadError(f"{path}: cannot import the graph: {tf_error_line(e)}") from e
     operations = graph.get_operations()
     placeholders = [op.outputs[0] for op in operations if op.type == "Placeholder"]
     specs = [tf.TensorSpec(t.shape, t.dtype, name=t.op.name) for t in placeholders]
@@ -182,7 +183,7 @@ def from_keras(model):
     structure = model.input  # a tensor, a list, or a dict of named inputs (keras-hub backbones)
     keys = sorted(structure) if isinstance(structure, dict) else [None] * len(inputs)
     specs = [
-        tf.TensorSpec(tuple(t.shape), _dtype_name(t.dtype), name=_input_name(key or t.name, i))
+        tf.TensorSpec(tuple(t.shape), dtype_name(t.dtype), name=_input_name(key or t.name, i))
         for i, (t, key) in enumerate(zip(inputs, keys))
     ]
 
@@ -211,7 +212,7 @@ def freeze(function, what):
     try:
         return convert_variables_to_constants_v2(function)
     except (ValueError, TypeError) as e:
-        raise ModelLoadError(f"cannot freeze {what} into one graph: {_first_line(e)}") from e
+        raise ModelLoadError(f"cannot freeze {what} into one graph: {tf_error_line(e)}") from e
 
 
 def _build(graph, specs, placeholders, outputs, source):
@@ -220,7 +221,7 @@ def _build(graph, specs, placeholders, outputs, source):
     for op in ops:
         for t in op.outputs:
             shape = None if t.shape.rank is None else [None if d is None else int(d) for d in t.shape.as_list()]
-            tensors.append(TensorInfo(t.name, op.type, _dtype_name(t.dtype), shape, len(tensors)))
+            tensors.append(TensorInfo(t.name, op.type, dtype_name(t.dtype), shape, len(tensors)))
         depth[op.name] = _loop_depth(op, depth)
         infos.append(OpInfo(op.name, op.type, [t.name for t in op.inputs], [t.name for t in op.outputs],
                             depth[op.name]))
@@ -337,7 +338,7 @@ def resolve(graph, name):
         listed = ", ".join(sorted(candidates)[:5]) + (", ..." if len(candidates) > 5 else "")
         raise UsageError(f"--tensor '{name}' is ambiguous: it names {listed}; give the full name")
     raise UsageError(
-        f"--tensor '{name}': no such tensor{_did_you_mean(name, graph.tensors)} "
+        f"--tensor '{name}': no such tensor{did_you_mean(name, [t.name for t in graph.tensors])} "
         "(`tensorprobe tensors MODEL` lists them)"
     )
 
@@ -351,25 +352,6 @@ def _op_output(graph, op_name):
     if len(outputs) > 1:
         raise UsageError(f"--tensor '{op_name}': the op has several outputs; name one ({op_name}:0, {op_name}:1, ...)")
     return outputs[0]
-
-
-def _did_you_mean(name, tensors):
-    """'; did you mean ...?' with the up to three tensor names closest to `name`, comparing
-    it with each whole name and with the name's last components (as many as `name` has)."""
-    depth = name.count("/") + 1
-
-    def score(full):
-        tail = "/".join(full.split("/")[-depth:])
-        best = 0.0
-        for candidate in (full, tail):
-            matcher = difflib.SequenceMatcher(None, name, candidate)
-            if matcher.quick_ratio() > max(best, 0.6):  # an upper bound: skip the slow ratio
-                best = max(best, matcher.ratio())
-        return best
-
-    scored = sorted(((score(t.name), t.name) for t in tensors), key=lambda sn: -sn[0])
-    close = [n for s, n in scored[:3] if s >= 0.6]
-    return f"; did you mean {' or '.join(repr(n) for n in close)}?" if close else ""
 
 
 def plan(graph, selected, layer_of=None, start=0):
@@ -440,7 +422,7 @@ def extraction_function(graph, names):
     try:
         pruned = wrapped.prune([element(n) for n in graph.input_tensors], [element(n) for n in names])
     except (KeyError, ValueError) as e:  # a fetch TensorFlow cannot reach from the inputs
-        raise ModelLoadError(f"cannot prune the graph to {', '.join(names)}: {_first_line(e)}") from e
+        raise ModelLoadError(f"cannot prune the graph to {', '.join(names)}: {tf_error_line(e)}") from e
     specs = graph.inputs
 
     def run(batch, labels=None):
@@ -450,7 +432,7 @@ def extraction_function(graph, names):
         try:
             values = pruned(*feeds)
         except (ValueError, tf.errors.InvalidArgumentError) as e:
-            raise InputError(f"the graph could not compute this batch: {_first_line(e)}") from e
+            raise InputError(f"the graph could not compute this batch: {tf_error_line(e)}") from e
         arrays = [v.numpy() for v in values]
         rows = len(batch[0]) if batch else 0
         for name, array in zip(names, arrays):
@@ -475,7 +457,7 @@ def _checked(spec, array):
     ):
         raise InputError(
             f"input '{spec.name}': array of shape {tuple(array.shape)} does not fit "
-            f"{_shape_text(shape.as_list())}"
+            f"{shape_text(shape.as_list(), '?')}"
         )
     dtype = np.dtype(spec.dtype.as_numpy_dtype)
     if array.dtype != dtype:
@@ -486,12 +468,7 @@ def _checked(spec, array):
 
 
 def _inputs_text(specs):
-    return ", ".join(f"{s.name} {_shape_text(s.shape.as_list())} {s.dtype.name}" for s in specs)
-
-
-def _shape_text(shape):
-    dims = ["?" if d is None else str(d) for d in shape]
-    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+    return ", ".join(f"{s.name} {shape_text(s.shape.as_list(), '?')} {s.dtype.name}" for s in specs)
 
 
 def _input_name(name, i):
@@ -499,13 +476,3 @@ def _input_name(name, i):
     return name if re.match(r"[A-Za-z0-9.]", name) else f"input_{i}"
 
 
-def _dtype_name(dtype):
-    return getattr(dtype, "name", None) or str(dtype)
-
-
-def _first_line(exc):
-    """The line of a TensorFlow error that says what went wrong (not where)."""
-    noise = ("Graph execution error", "Detected at node", "File ", "[[", "Traceback")
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    useful = [line for line in lines if not line.startswith(noise)] or lines or [type(exc).__name__]
-    return useful[-1][:300]

@@ -16,6 +16,7 @@ from tensorprobe.inputs import npy, preprocess
 from tensorprobe.inputs.images import BadImage, ImageReader
 from tensorprobe.inputs.sources import STDIN
 from tensorprobe.inputs.spec import describe_all
+from tensorprobe.text import shape_text
 
 
 @dataclass
@@ -328,8 +329,8 @@ class _ArrayPart:
         else:
             raise InputError(
                 f"{array.name}: array of shape {tuple(shape)} does not fit input '{spec.name}': "
-                f"expected {_shape_text(expected)} for one sample or "
-                f"{_shape_text(('N',) + tuple(expected))} for a batch"
+                f"expected {shape_text(expected, '?')} for one sample or "
+                f"{shape_text(('N',) + tuple(expected), '?')} for a batch"
             )
 
     def open(self, stream):
@@ -439,6 +440,3 @@ def _fits(shape, expected):
     return len(shape) == len(expected) and all(e is None or s == e for s, e in zip(shape, expected))
 
 
-def _shape_text(shape):
-    dims = ["?" if d is None else str(d) for d in shape]
-    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"

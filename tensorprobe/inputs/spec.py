@@ -4,6 +4,7 @@ the channel axis is."""
 from dataclasses import dataclass
 
 from tensorprobe.errors import ModelLoadError
+from tensorprobe.text import shape_text
 
 LAYOUTS = ("channels_last", "channels_first")
 
@@ -92,6 +93,3 @@ def _guess_data_format(shape):
     return "channels_last"
 
 
-def shape_text(shape):
-    dims = ["None" if d is None else str(d) for d in shape]
-    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"

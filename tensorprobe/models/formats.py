@@ -9,6 +9,7 @@ from pathlib import Path
 import h5py
 
 from tensorprobe.errors import ModelLoadError, UnsafeModelError
+from tensorprobe.text import first_line
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 ZIP_SIGNATURE = b"PK\x03\x04"
@@ -175,8 +176,3 @@ def sha256_of(path):
     return h.hexdigest()
 
 
-def first_line(exc):
-    """An exception's message in one line of at most 300 characters, for error messages."""
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    text = lines[0] if lines else type(exc).__name__
-    return text if len(text) <= 300 else text[:297] + "..."

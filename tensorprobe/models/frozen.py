@@ -15,6 +15,7 @@ from typing import Any
 from tensorprobe.errors import ModelLoadError
 from tensorprobe.models import formats
 from tensorprobe.models.keras import LoadedModel
+from tensorprobe.text import first_line
 
 # The ops that hold a variable (reference or resource); frozen graphs have Const ops instead.
 VARIABLE_OPS = frozenset({"VariableV2", "Variable", "VarHandleOp", "TemporaryVariable", "AutoReloadVariable"})
@@ -52,7 +53,7 @@ def load_frozen_graph(path, fmt):
         else:
             graph_def.ParseFromString(Path(path).read_bytes())
     except (message.DecodeError, text_format.ParseError, UnicodeDecodeError) as e:
-        raise ModelLoadError(f"{path}: damaged or incomplete frozen graph ({formats.first_line(e)})") from e
+        raise ModelLoadError(f"{path}: damaged or incomplete frozen graph ({first_line(e)})") from e
     if not graph_def.node:
         raise ModelLoadError(f"{path}: the GraphDef holds no ops")
     variables = [node.name for node in graph_def.node if node.op in VARIABLE_OPS]

@@ -6,6 +6,7 @@ from typing import Any
 
 from tensorprobe.errors import ModelLoadError
 from tensorprobe.models import formats
+from tensorprobe.text import first_line
 
 
 @dataclass
@@ -71,4 +72,4 @@ def _load_error(path, what, exc):
             f"{path}: the model needs the custom class or function '{missing.group(1)}'; "
             "pass --custom-objects FILE.py with its definition"
         )
-    return ModelLoadError(f"{path}: {what}: {formats.first_line(exc)}")
+    return ModelLoadError(f"{path}: {what}: {first_line(exc)}")

@@ -20,6 +20,7 @@ from typing import Any
 from tensorprobe.errors import ModelLoadError, UsageError
 from tensorprobe.models import formats
 from tensorprobe.models.keras import LoadedModel
+from tensorprobe.text import first_line
 
 KERAS_METADATA = "keras_metadata.pb"
 DEFAULT_SIGNATURE = "serving_default"
@@ -101,7 +102,7 @@ def load_savedmodel(path, signature=None, unsafe=False, keras_model=True):
     try:
         obj = tf.saved_model.load(path)
     except Exception as e:  # a damaged folder fails in many ways; all are the file's problem
-        raise ModelLoadError(f"{path}: cannot load the SavedModel: {formats.first_line(e)}") from e
+        raise ModelLoadError(f"{path}: cannot load the SavedModel: {first_line(e)}") from e
     names = sorted(obj.signatures.keys())
     chosen = _choose_signature(path, names, signature)
     sig = _signature(chosen, obj.signatures[chosen])
@@ -115,7 +116,7 @@ def load_savedmodel(path, signature=None, unsafe=False, keras_model=True):
         try:
             loaded.model = tf_keras.models.load_model(path, compile=False)
         except Exception as e:
-            raise ModelLoadError(f"{path}: cannot load this Keras 2 SavedModel: {formats.first_line(e)}") from e
+            raise ModelLoadError(f"{path}: cannot load this Keras 2 SavedModel: {first_line(e)}") from e
         loaded.keras = tf_keras
         loaded.loader = f"tf_keras {tf_keras.__version__}"
     return loaded
@@ -165,7 +166,7 @@ def _keras_metadata_configs(path):
         meta.ParseFromString((Path(path) / KERAS_METADATA).read_bytes())
         return [json.loads(node.metadata) for node in meta.nodes if node.metadata]
     except (OSError, ValueError, DecodeError) as e:
-        raise ModelLoadError(f"{path}: damaged {KERAS_METADATA} ({formats.first_line(e)})") from e
+        raise ModelLoadError(f"{path}: damaged {KERAS_METADATA} ({first_line(e)})") from e
 
 
 def keras2_layers(path):

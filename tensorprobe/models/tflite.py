@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tensorprobe.errors import ModelLoadError
-from tensorprobe.models import formats
 from tensorprobe.models.keras import LoadedModel
+from tensorprobe.text import first_line
 
 
 @dataclass
@@ -43,7 +43,7 @@ def load_tflite(path, signature=None, raw_quantized=False):
         with open(path, "rb") as f:
             content = f.read()
     except OSError as e:
-        raise ModelLoadError(f"{path}: cannot read the file ({formats.first_line(e)})") from e
+        raise ModelLoadError(f"{path}: cannot read the file ({first_line(e)})") from e
     interpreter = open_interpreter(path, content)
     graph = read_graph(interpreter, path, signature, raw_quantized)
     return LoadedTFLite(path, None, None, f"tf.lite {tf.__version__}", "tflite",

@@ -2,13 +2,13 @@
 row, and every value of a dataset streamed in blocks of bounded size (pure h5py/NumPy).
 """
 
-import difflib
 
 import h5py
 import numpy as np
 
 from tensorprobe.errors import InputError, UnknownLayerError
 from tensorprobe import store
+from tensorprobe.text import did_you_mean
 
 READ_BYTES = 16 << 20  # at most this much of a dataset in memory at once when streaming it
 
@@ -94,12 +94,9 @@ def stream(ds, max_bytes=None):
 
 
 def _did_you_mean(name, paths):
-    def score(path):
-        return max(difflib.SequenceMatcher(None, name, s).ratio() for s in (path, path.rsplit("/", 1)[-1]))
-
-    close = [p for s, p in sorted(((score(p), p) for p in paths), key=lambda sp: -sp[0])[:3] if s >= 0.6]
+    close = did_you_mean(name, paths)
     if close:
-        return f"; did you mean {' or '.join(repr(p) for p in close)}?"
+        return close
     if paths and len(paths) <= 8:
         return f"; it holds {', '.join(paths)}"
     return ""

@@ -27,8 +27,8 @@ import numpy as np
 
 from tensorprobe.backends.tflite.quantization import Quantization
 from tensorprobe.errors import ModelLoadError, UsageError
-from tensorprobe.models.formats import first_line
-from tensorprobe.tensors import TensorInfo, _input_name, _shape_text
+from tensorprobe.tensors import TensorInfo, _input_name
+from tensorprobe.text import first_line, shape_text
 
 INPUT_OP = "INPUT"  # the `op` of a model input, which no op makes
 CONST_OP = "CONST"  # the `op` of a tensor that no op makes: weights, biases, shapes
@@ -180,7 +180,7 @@ class TFLiteGraph:
             return f"holds {info.dtype} values, which cannot be stored as an array"
         if not info.shape or info.shape[0] != self.batch:
             why = "" if self.batch is None else f" (the model's inputs have a fixed batch of {self.batch})"
-            return f"has shape {_shape_text(info.shape)}, which has no batch axis{why}"
+            return f"has shape {shape_text(info.shape, '?')}, which has no batch axis{why}"
         return None
 
 
@@ -270,7 +270,7 @@ def _batch(path, inputs):
             raise ModelLoadError(f"{path}: input '{t.name}' is a scalar, with no batch axis to feed samples along")
         sizes.add(t.shape[0])
     if len(sizes) > 1:
-        shown = ", ".join(f"{t.name} {_shape_text(t.shape)}" for t in inputs)
+        shown = ", ".join(f"{t.name} {shape_text(t.shape, '?')}" for t in inputs)
         raise ModelLoadError(f"{path}: the inputs disagree on the batch size ({shown})")
     return sizes.pop() if sizes else None
 

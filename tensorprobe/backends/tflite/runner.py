@@ -12,8 +12,8 @@ integers when the graph says `raw_quantized`.
 import numpy as np
 
 from tensorprobe.errors import InputError
-from tensorprobe.models.formats import first_line
-from tensorprobe.tensors import _checked, _inputs_text, _shape_text
+from tensorprobe.tensors import _checked, _inputs_text
+from tensorprobe.text import first_line, shape_text
 
 
 def extraction_function(graph, indices):
@@ -57,7 +57,7 @@ def extraction_function(graph, indices):
             for part, info in zip(parts, infos):
                 value = interpreter.get_tensor(info.index)
                 if value.ndim == 0 or value.shape[0] != len(chunk[0]):
-                    raise InputError(f"tensor '{info.name}' has shape {_shape_text(value.shape)} for a batch of "
+                    raise InputError(f"tensor '{info.name}' has shape {shape_text(value.shape, '?')} for a batch of "
                                      f"{len(chunk[0])}: it has no batch axis")
                 part.append(value[:n])
         values = [np.concatenate(part) if len(part) != 1 else part[0] for part in parts]

@@ -1,0 +1,52 @@
+"""How values are written for people, once: shapes, dtypes, the line of an exception worth
+showing, and the "did you mean" suggestion of a name that does not exist."""
+
+import difflib
+
+
+def shape_text(shape, unknown="None"):
+    """(None, 32, 32, 3); `unknown` stands for a dimension that is not known."""
+    dims = [unknown if d is None else str(d) for d in shape]
+    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+
+
+def dtype_name(dtype):
+    """'float32' for a NumPy, TensorFlow or Keras dtype (or a dtype's name)."""
+    return getattr(dtype, "name", None) or str(dtype)
+
+
+def first_line(exc):
+    """An exception's message in one line of at most 300 characters, for error messages
+    (Keras and h5py put what went wrong first)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def tf_error_line(exc):
+    """The line of a TensorFlow run-time error that says what went wrong (not where): its
+    last line that is not a graph location or a traceback."""
+    noise = ("Graph execution error", "Detected at node", "File ", "[[", "Traceback")
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(noise)] or lines or [type(exc).__name__]
+    return useful[-1][:300]
+
+
+def did_you_mean(name, candidates):
+    """'; did you mean ...?' with the up to three `candidates` (paths or tensor names) closest
+    to `name`, comparing it with each whole candidate and with the candidate's last
+    components (as many as `name` has); '' when none is close."""
+    depth = name.count("/") + 1
+
+    def score(full):
+        tail = "/".join(full.split("/")[-depth:])
+        best = 0.0
+        for candidate in (full, tail):
+            matcher = difflib.SequenceMatcher(None, name, candidate)
+            if matcher.quick_ratio() > max(best, 0.6):  # an upper bound: skip the slow ratio
+                best = max(best, matcher.ratio())
+        return best
+
+    scored = sorted(((score(c), c) for c in candidates), key=lambda sc: -sc[0])
+    close = [c for s, c in scored[:3] if s >= 0.6]
+    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
