@@ -68,11 +68,11 @@ class Model:
         """The graph of layers: the Keras walk, or the name scopes of a graph-only model."""
         if self._graph is None:
             if self.loaded.model is None:
-                from tensorprobe import scopes
+                from tensorprobe.backends.tfgraph import scopes
 
                 self._graph = scopes.scope_graph(self.tensor_graph, scopes.naming(self.loaded))
             else:
-                from tensorprobe.graph import unroll
+                from tensorprobe.backends.keras.graph import unroll
 
                 self._graph = unroll(self.loaded.model, self.loaded.keras)
         return self._graph
@@ -81,14 +81,14 @@ class Model:
     def tensor_graph(self):
         """The frozen graph of tensors (a SavedModel signature, or the traced forward pass)."""
         if self._tensor_graph is None:
-            from tensorprobe.tensors import tensor_graph
+            from tensorprobe.backends.tfgraph.tensors import tensor_graph
 
             self._tensor_graph = tensor_graph(self.loaded)
         return self._tensor_graph
 
     def describe(self):
         """The model's ModelInfo: its layers, inputs, outputs and parameter counts."""
-        from tensorprobe import scopes
+        from tensorprobe.backends.tfgraph import scopes
         from tensorprobe.layers import describe
 
         if isinstance(self.graph, scopes.ScopeGraph):
@@ -226,7 +226,7 @@ class _Extraction:
 def _extraction(model, selection, storage, feed):
     """The plan of datasets and the compiled function that computes them."""
     from tensorprobe import probe
-    from tensorprobe.tensors import TensorPart
+    from tensorprobe.backends.tfgraph.tensors import TensorPart
 
     graph = model.graph if selection.wants_layers else None
     plan = extract = labels = estimate = None

@@ -263,7 +263,7 @@ def tensors(model, pattern, op_types, as_json, signature, unsafe, custom_objects
     except re.error as e:
         raise errors.UsageError(f"--filter '{pattern}': not a valid regular expression ({e})") from e
     with quiet_native_stderr(not _debug()):
-        from tensorprobe.tensors import filter_tensors
+        from tensorprobe.backends.tfgraph.tensors import filter_tensors
 
         graph = _load(model, unsafe, custom_objects, signature, layers=False).tensor_graph
     shown = filter_tensors(graph, regex, op_types)

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass, field
 
-from tensorprobe.graph import is_layer, producer_name
+from tensorprobe.backends.keras.graph import is_layer, producer_name
 from tensorprobe.text import dtype_name
 
 

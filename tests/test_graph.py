@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from tensorprobe.graph import _keras3_nodes, _tf_keras_nodes, unroll
+from tensorprobe.backends.keras.graph import _keras3_nodes, _tf_keras_nodes, unroll
 
 
 def test_keras3_node_walk_sees_every_layer_call_in_order(zoo, keras_model):

@@ -307,7 +307,7 @@ def test_module_tensors_and_no_layer_structure(cli, saved):
 def test_module_two_inputs_extraction_from_python(saved):
     """The extraction function itself, with two arrays in the documented order (the
     signature's inputs sorted by name), and its error for arrays of the wrong shape."""
-    from tensorprobe import tensors
+    from tensorprobe.backends.tfgraph import tensors
     from tensorprobe.models import load_model
 
     loaded = load_model(saved["module"])

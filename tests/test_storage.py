@@ -78,7 +78,7 @@ def test_one_compiled_graph_for_every_batch_size(zoo):
     import keras
 
     from tensorprobe import probe
-    from tensorprobe.graph import unroll
+    from tensorprobe.backends.keras.graph import unroll
 
     model = keras.saving.load_model(zoo["transfer.keras"], compile=False)
     graph = unroll(model, keras)

@@ -3,8 +3,8 @@
 object-detection zoo's `frozen_inference_graph.pb`), in a binary `.pb` or a text `.pbtxt`.
 
 Such a graph is all there is: no signature, no Keras model. Its inputs are its `Placeholder`
-ops; `tensorprobe.tensors.from_graph_def` makes it a TensorGraph (listing, pruned runner) and
-`tensorprobe.scopes` finds its layers in its name scopes (TensorFlow 1 naming). A graph that
+ops; `tensorprobe.backends.tfgraph.tensors.from_graph_def` makes it a TensorGraph (listing, pruned runner) and
+`tensorprobe.backends.tfgraph.scopes` finds its layers in its name scopes (TensorFlow 1 naming). A graph that
 still holds variables needs their values, which live in a checkpoint beside it: refused.
 """
 
@@ -29,7 +29,7 @@ class LoadedFrozenGraph(LoadedModel):
     graph_def: Any = None  # tf.compat.v1.GraphDef
 
     def tensor_graph(self):
-        from tensorprobe.tensors import from_graph_def
+        from tensorprobe.backends.tfgraph.tensors import from_graph_def
 
         return from_graph_def(self.graph_def, self.source, self.path)
 

@@ -4,8 +4,8 @@ A SavedModel written by Keras 2 (`model.save(dir, save_format="tf")`) holds
 `keras_metadata.pb` next to `saved_model.pb`: tf_keras rebuilds it as a Keras model, so the
 layer-level features work on it. Every other SavedModel (Keras 3's `model.export()`,
 `tf.saved_model.save` of a `tf.Module`, a tf.keras 2.x model saved without
-keras_metadata.pb) is a graph: its signatures are all there is, and `tensorprobe.tensors` and
-`tensorprobe.scopes` read them; `keras2_layers` reads the names of the tf.keras 2.x layers
+keras_metadata.pb) is a graph: its signatures are all there is, and `tensorprobe.backends.tfgraph.tensors` and
+`tensorprobe.backends.tfgraph.scopes` read them; `keras2_layers` reads the names of the tf.keras 2.x layers
 such a graph was traced from, for `scopes`.
 """
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from tensorprobe.backends.tflite.quantization import Quantization
 from tensorprobe.errors import ModelLoadError, UsageError
-from tensorprobe.tensors import TensorInfo, _input_name
+from tensorprobe.backends.tfgraph.tensors import TensorInfo, _input_name
 from tensorprobe.text import first_line, shape_text
 
 INPUT_OP = "INPUT"  # the `op` of a model input, which no op makes

@@ -4,7 +4,7 @@ The converter names each tensor after the TensorFlow ops it stands for, their na
 ';' when it fused several ops into one (`transfer_1/vgg16_1/block1_conv2_1/Relu;transfer_1/
 vgg16_1/block1_conv2_1/convolution`: a CONV_2D with its ReLU). Those are the op names of the
 SavedModel the file was converted from, so the name scopes in them are the same, and
-`tensorprobe.scopes`' rule finds the same layers with the same paths (`vgg16/block1_conv2`):
+`tensorprobe.backends.tfgraph.scopes`' rule finds the same layers with the same paths (`vgg16/block1_conv2`):
 
 1. Every ';'-part of every tensor name that has a scope is placed in the tree of scopes
    (`scopes.scope_tree`); a scope holds layers by `scopes.layer_scopes` (Keras 3's `_N`
@@ -40,7 +40,7 @@ BatchNormalization too, and all 155 layers are found). `layers` says so in its f
 import re
 from dataclasses import dataclass
 
-from tensorprobe import scopes
+from tensorprobe.backends.tfgraph import scopes
 from tensorprobe.backends.tflite.graph import CONST_OP, INPUT_OP
 
 ACTIVATION = re.compile(

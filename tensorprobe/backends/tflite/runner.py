@@ -12,7 +12,7 @@ integers when the graph says `raw_quantized`.
 import numpy as np
 
 from tensorprobe.errors import InputError
-from tensorprobe.tensors import _checked, _inputs_text
+from tensorprobe.backends.tfgraph.tensors import _checked, _inputs_text
 from tensorprobe.text import first_line, shape_text
 
 

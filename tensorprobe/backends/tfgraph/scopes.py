@@ -86,7 +86,7 @@ scope; `params` also counts the constants read through a TF 1 variable's `<name>
 import re
 from dataclasses import dataclass, field
 
-from tensorprobe.graph import LayerEntry
+from tensorprobe.backends.keras.graph import LayerEntry
 from tensorprobe.layers import LayerInfo, ModelInfo
 
 CALL_WRAPPER = re.compile(r"(Stateful)?PartitionedCall(_\d+)?")

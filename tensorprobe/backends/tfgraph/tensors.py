@@ -109,7 +109,7 @@ class TensorGraph:
 
     def scope_graph(self, naming):
         """The Keras layers found again in the graph's name scopes (scopes.py)."""
-        from tensorprobe import scopes
+        from tensorprobe.backends.tfgraph import scopes
 
         return scopes.find_layers(self, naming)
 
@@ -380,7 +380,7 @@ class TensorPart:
     def build(cls, loaded, layer_graph, names, match, layer_plan=None):
         """Select tensors in `loaded`'s graph (the scope graph's own, for a graph-only
         SavedModel); their datasets follow `layer_plan`'s in the `order` attribute."""
-        from tensorprobe import scopes
+        from tensorprobe.backends.tfgraph import scopes
 
         if isinstance(layer_graph, scopes.ScopeGraph):
             graph, layer_of = layer_graph.tensor_graph, layer_graph.layer_of
