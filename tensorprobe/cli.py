@@ -657,13 +657,15 @@ def _pairing(ctx, param, values):
 @input_options
 @click.option("--save-a", type=click.Path(), callback=hdf5_output, help="Also write MODEL_A's outputs to this dump.")
 @click.option("--save-b", type=click.Path(), callback=hdf5_output, help="Also write MODEL_B's outputs to this dump.")
-@click.option("--overwrite", is_flag=True, help="Replace --save-a/--save-b files that exist.")
+@click.option("--plot", "picture", type=click.Path(dir_okay=False), metavar="FILE.png",
+              help="Also draw each pair's error in model order (png, svg or pdf; needs the plot extra).")
+@click.option("--overwrite", is_flag=True, help="Replace --save-a/--save-b/--plot files that exist.")
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as one JSON object to stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors (the exit status tells).")
 @model_options
 @click.pass_context
 def compare(ctx, model_a, model_b, inputs, layer_names, match, pairs, rtol, atol, metric, batch_size, save_a,
-            save_b, overwrite, as_json, quiet, unsafe, custom_objects, **input_settings):
+            save_b, picture, overwrite, as_json, quiet, unsafe, custom_objects, **input_settings):
     """Run MODEL_A and MODEL_B on the same INPUTS and compare the outputs of the layers both
     have, paired by path, in model order; name the first divergence: the first pair out of
     tolerance. Any two formats tensorprobe reads (.keras vs its SavedModel export, Keras 2 vs
@@ -680,6 +682,13 @@ def compare(ctx, model_a, model_b, inputs, layer_names, match, pairs, rtol, atol
 
     named_inputs = input_settings.pop("named_inputs")
     prep = _preparation(**input_settings)
+    if picture is not None:  # before the work: a wrong name or an existing file
+        from tensorprobe import plot, store
+        from tensorprobe.plot import figures
+
+        plot.picture_format(picture, "--plot")
+        store.check_output(picture, overwrite)
+        figures.matplotlib_figure()
     runner_limits()
     signal.signal(signal.SIGTERM, _terminate)
     progress = None if quiet or not err.is_terminal else api._progress_bar(err)
@@ -690,10 +699,14 @@ def compare(ctx, model_a, model_b, inputs, layer_names, match, pairs, rtol, atol
                                  pairs=pairs, rtol=rtol, atol=atol, metric=metric, batch_size=batch_size,
                                  save_a=save_a, save_b=save_b, overwrite=overwrite,
                                  stdin=click.get_binary_stream("stdin"), progress=progress)
+    if picture is not None:
+        plot.compare_picture(result, picture, overwrite)
     if as_json:
         out.print(report.compare_json(result), markup=False, highlight=False)
     elif not quiet:
         report.print_compare(out, result)
+        if picture is not None:
+            err.print(f"wrote {picture}", markup=False, highlight=False, soft_wrap=True)
     ctx.exit(0 if result["match"] else errors.FAILURE)
 
 

@@ -207,3 +207,20 @@ def test_keras_against_float_and_int8_tflite(cli, tflite_files, tmp_path):
             assert 0 < p["max_abs"] and p["status"] == "ok"
     r, result = run_json(cli, SAMPLES / "transfer.keras", tflite_files / "int8.tflite", SAMPLES / "input.npy")
     assert r.exit_code == 1 and result["first_divergence"] == "vgg16/block1_conv1"  # allclose: int8 differs at once
+
+
+def test_plot_of_the_errors(cli, tmp_path):
+    from PIL import Image
+
+    picture = tmp_path / "errors.png"
+    r = cli("compare", "-q", SAMPLES / "transfer.keras", SAMPLES / "transfer_tweaked.keras", SAMPLES / "input.npy",
+            "--plot", picture)
+    assert r.exit_code == 1 and r.stdout == ""
+    with Image.open(picture) as image:
+        assert image.format == "PNG" and image.size == (600, 480)  # 6.0 x 4.8 inches at 100 dpi
+    r = cli("compare", SAMPLES / "transfer.keras", SAMPLES / "transfer_tweaked.keras", SAMPLES / "input.npy",
+            "--plot", tmp_path / "errors.jpg")
+    assert r.exit_code == 2 and "--plot" in error_line(r) and not (tmp_path / "errors.jpg").exists()
+    r = cli("compare", SAMPLES / "transfer.keras", SAMPLES / "transfer_tweaked.keras", SAMPLES / "input.npy",
+            "--plot", picture)
+    assert r.exit_code == 2 and "exists" in error_line(r)

@@ -77,11 +77,11 @@ def render(request):
     return notes
 
 
-def picture_format(output):
+def picture_format(output, option="--output"):
     """png, svg or pdf from the output's extension (none: png)."""
     suffix = Path(output).suffix.lower()
     if suffix not in FORMATS:
-        raise UsageError(f"--output '{output}': unknown picture format '{suffix}'; use .png, .svg or .pdf")
+        raise UsageError(f"{option} '{output}': unknown picture format '{suffix}'; use .png, .svg or .pdf")
     return FORMATS[suffix]
 
 
@@ -241,3 +241,14 @@ def _shape(shape):
 
 def _short(text, limit=70):
     return text if len(text) <= limit else text[: limit // 2 - 1] + "…" + text[-(limit // 2):]
+
+
+def compare_picture(result, output, overwrite, dpi=100):
+    """`compare --plot FILE`: the error of each pair in model order (figures.errors_by_layer)."""
+    from tensorprobe import store
+    from tensorprobe.plot import figures
+
+    fmt = picture_format(output, "--plot")
+    fig = figures.errors_by_layer(result, dpi)
+    with store.atomic_output(output, overwrite) as tmp:
+        figures.save(fig, tmp, fmt)

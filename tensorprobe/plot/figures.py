@@ -160,3 +160,46 @@ def _tenths(inches):
 
 def _title(fig, lines, height):
     fig.text(0.5, 1 - 0.12 / height, "\n".join(lines), ha="center", va="top", fontsize=9)
+
+
+def errors_by_layer(result, dpi):
+    """`compare --plot`: each pair's error in model order on a log scale (the max absolute
+    error, or the criterion's metric), the tolerance as a line, the first divergence marked."""
+    new = matplotlib_figure()
+    pairs = [p for p in result["pairs"] if p["status"] != "shape"]
+    metric = result["metric"].split(":")[0]
+    key, label = {"snr": ("snr_db", "SNR (dB)"), "cosine": ("cosine", "1 - cosine")}.get(
+        metric, ("max_abs", "max abs error"))
+    values = [p[key] for p in pairs]
+    if metric == "cosine":
+        values = [1 - v for v in values]
+    width, height = _tenths(max(6.0, 1.2 + 0.28 * len(pairs))), 4.8
+    fig = new(width, height, dpi)
+    ax = fig.add_axes((0.9 / width, 1.9 / height, 1 - 1.15 / width, 1 - (TITLE_INCHES + 2.0) / height))
+    # equal values (0 error, infinite SNR) show as a stub below everything else and the line
+    finite = [v for v in values if v is not None and math.isfinite(v) and v > 0]
+    if metric == "allclose":
+        finite.append(result["atol"] or 1e-12)
+    floor = min(finite) / 10 if finite else 1e-12
+    shown = [floor if v is None or not math.isfinite(v) or v <= 0 else v for v in values]
+    colors = [BLUE if p["status"] == "ok" else RED for p in pairs]
+    ax.bar(range(len(pairs)), shown, color=colors, linewidth=0)
+    if metric != "snr":
+        ax.set_yscale("log")
+    if metric == "allclose":
+        ax.axhline(result["atol"], color=ORANGE, linewidth=1, label=f"atol {result['atol']:g}")
+    else:
+        limit = float(result["metric"].split(":")[1])
+        ax.axhline(1 - limit if metric == "cosine" else limit, color=ORANGE, linewidth=1,
+                   label=f"{result['metric']}")
+    first = result["first_divergence"]
+    if first is not None:
+        k = next(i for i, p in enumerate(pairs) if p["path"] == first)
+        ax.annotate("first divergence", (k, shown[k]), xytext=(0, 8), textcoords="offset points",
+                    ha="center", fontsize=7, color=RED)
+    ax.set_xticks(range(len(pairs)), [p["path"] for p in pairs], rotation=60, ha="right", fontsize=6)
+    ax.set_ylabel(f"{label}" + (" (log scale)" if metric != "snr" else ""), fontsize=8)
+    ax.tick_params(axis="y", labelsize=7)
+    ax.legend(fontsize=7, loc="upper left", frameon=False)
+    _title(fig, [f"A = {result['a']}", f"B = {result['b']}: {result['samples']} samples"], height)
+    return fig
