@@ -193,14 +193,9 @@ def layers(model, as_json, pattern, signature, unsafe, custom_objects):
       tensorprobe layers model.keras --json | jq '.[].path'
       tensorprobe layers saved_model_dir --signature serving_default
     """
-    import re
+    from tensorprobe import report, text
 
-    from tensorprobe import report
-
-    try:
-        regex = re.compile(pattern) if pattern is not None else None
-    except re.error as e:
-        raise errors.UsageError(f"--filter '{pattern}': not a valid regular expression ({e})") from e
+    regex = text.regex(pattern, "--filter")
     with quiet_native_stderr(not _debug()):
         loaded = _load(model, unsafe, custom_objects, signature)
         info = loaded.describe()
@@ -254,14 +249,9 @@ def tensors(model, pattern, op_types, as_json, signature, unsafe, custom_objects
       tensorprobe tensors model.keras --op BiasAdd --op Relu
       tensorprobe tensors saved_model_dir --filter 'block1_conv2' --json | jq '.[].name'
     """
-    import re
+    from tensorprobe import report, text
 
-    from tensorprobe import report
-
-    try:
-        regex = re.compile(pattern) if pattern is not None else None
-    except re.error as e:
-        raise errors.UsageError(f"--filter '{pattern}': not a valid regular expression ({e})") from e
+    regex = text.regex(pattern, "--filter")
     with quiet_native_stderr(not _debug()):
         from tensorprobe.backends.tfgraph.tensors import filter_tensors
 

@@ -15,12 +15,12 @@ The rules, documented in the README (`tensorprobe diff`):
   - /inputs/source (where each row came from) is compared and reported, never a failure.
 """
 
-import re
 
 import h5py
 import numpy as np
 
 from tensorprobe import store
+from tensorprobe.text import regex
 from tensorprobe.errors import DumpReadError, UsageError
 
 BLOCK_BYTES = 4 << 20  # float64 bytes per side per block; the memory bound of a comparison
@@ -90,7 +90,7 @@ class RunningDiff:
 
 def diff_dumps(path_a, path_b, rtol=1e-5, atol=1e-8, only=None, allow_incomplete=False):
     """Compare two dumps; a plain dict for report.diff_table / diff_json."""
-    pattern = _compile(only)
+    pattern = regex(only, "--only")
     with store.open_dump(path_a, allow_incomplete) as fa, store.open_dump(path_b, allow_incomplete) as fb:
         with store.reading(path_a):
             records_a, attrs_a = store.datasets(fa, all_attributes=False), store.root_attrs(fa)
@@ -132,13 +132,6 @@ def diff_dumps(path_a, path_b, rtol=1e-5, atol=1e-8, only=None, allow_incomplete
     }
 
 
-def _compile(only):
-    if only is None:
-        return None
-    try:
-        return re.compile(only)
-    except re.error as e:
-        raise UsageError(f"--only '{only}': not a valid regular expression ({e})") from e
 
 
 def _one_side(name, record, status):

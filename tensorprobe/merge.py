@@ -25,7 +25,6 @@ from tensorprobe import store
 from tensorprobe.errors import MergeError, UsageError
 from tensorprobe.stats import RunningStats
 
-JOB = ("total_rows", "input_fingerprint", "options_fingerprint")
 JOB_WORDS = {"total_rows": "number of input rows", "input_fingerprint": "input list",
              "options_fingerprint": "model or options"}
 STAT_ATTRS = set(store.STAT_KEYS) | {"channel_min", "channel_max", "channel_mean", "channel_std",
@@ -89,7 +88,7 @@ def _in_order(shards):
     first = shards[0]
     by_index = {}
     for s in shards:
-        for key in JOB:
+        for key in sharding.JOB:
             if store._plain(s.attrs.get(key)) != store._plain(first.attrs.get(key)):
                 raise MergeError(f"'{s.path}' is not a shard of the same dump as '{first.path}': "
                                  f"its {JOB_WORDS[key]} differ ({key})")

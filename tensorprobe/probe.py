@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from tensorprobe.errors import InputError, UnknownLayerError, UsageError
 from tensorprobe.store import DatasetSpec
-from tensorprobe.text import did_you_mean, dtype_name, tf_error_line
+from tensorprobe.text import did_you_mean, dtype_name, regex, tf_error_line
 
 CONTAINER_OUTPUT = "__output__"
 
@@ -29,10 +29,7 @@ def select(graph, names=(), match=None, all_layers=False):
     # --match and --all leave out layers that never run (a Dropout inside MultiHeadAttention
     # at inference): they have no output; --layer naming one says so
     if match is not None:
-        try:
-            pattern = re.compile(match)
-        except re.error as e:
-            raise UsageError(f"--match '{match}': not a valid regular expression ({e})") from e
+        pattern = regex(match, "--match")
         found = {p for p, e in entries.items() if pattern.search(p) and e.calls}
         if not found:
             raise UnknownLayerError(f"--match '{match}' matches no layer path that has an output")

@@ -13,6 +13,11 @@ import re
 
 from tensorprobe.errors import UsageError
 
+# The root attributes that tie a dump to its job, defined once: the job itself (what a merge
+# requires equal in every shard), and a shard's place in it.
+JOB = ("total_rows", "input_fingerprint", "options_fingerprint")
+SHARD_KEYS = ("shard", "shard_rows")
+
 ENV = "TENSORPROBE_SHARD"
 
 

@@ -45,6 +45,7 @@ from tensorprobe.errors import (
     UsageError,
     WriteError,
 )
+from tensorprobe.shard import JOB, SHARD_KEYS
 from tensorprobe.stats import RunningStats
 
 import shutil
@@ -486,7 +487,7 @@ def skipped_rows(f):
     return int(_plain(skipped.attrs.get("rows", skipped.shape[0])))
 
 
-JOB_KEYS = ("shard", "shard_rows", "total_rows", "input_fingerprint", "options_fingerprint")
+JOB_KEYS = SHARD_KEYS + JOB
 
 
 def is_output_of(path, job):

@@ -1,7 +1,11 @@
 """How values are written for people, once: shapes, dtypes, the line of an exception worth
-showing, and the "did you mean" suggestion of a name that does not exist."""
+showing, the "did you mean" suggestion of a name that does not exist; and how a REGEX option
+is read."""
 
 import difflib
+import re
+
+from tensorprobe.errors import UsageError
 
 
 def shape_text(shape, unknown="None"):
@@ -50,3 +54,14 @@ def did_you_mean(name, candidates):
     scored = sorted(((score(c), c) for c in candidates), key=lambda sc: -sc[0])
     close = [c for s, c in scored[:3] if s >= 0.6]
     return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+def regex(pattern, option):
+    """`pattern` compiled (None stays None); a usage error naming `option` if it is not a
+    valid regular expression. Every REGEX option matches with `re.search`."""
+    if pattern is None:
+        return None
+    try:
+        return re.compile(pattern)
+    except re.error as e:
+        raise UsageError(f"{option} '{pattern}': not a valid regular expression ({e})") from e

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from tensorprobe.errors import InputError, ModelLoadError, UsageError
 from tensorprobe.probe import Plan
 from tensorprobe.store import DatasetSpec
-from tensorprobe.text import did_you_mean, dtype_name, shape_text, tf_error_line
+from tensorprobe.text import did_you_mean, dtype_name, regex, shape_text, tf_error_line
 
 GROUP = "tensors"
 
@@ -305,10 +305,7 @@ def select(graph, names=(), match=None):
             raise UsageError(f"--tensor '{name}'{which}: {problem}")
         chosen[info.name] = info
     if match is not None:
-        try:
-            pattern = re.compile(match)
-        except re.error as e:
-            raise UsageError(f"--tensor-match '{match}': not a valid regular expression ({e})") from e
+        pattern = regex(match, "--tensor-match")
         found = [t for t in graph.tensors if pattern.search(t.name)]
         if not found:
             raise UsageError(f"--tensor-match '{match}' matches no tensor name")
