@@ -606,6 +606,8 @@ def run_compare(model_a, model_b, x, named, prep, *, layers=(), match=None, pair
                 writer.finish()
     records = comparison.pairs()
     first = next((r["path"] for r in records if r["status"] != "ok"), None)
+    for record, key in zip(records, comparing.node_keys(model_b, plan_b, matched)):
+        record["node_b"] = key  # model B's tensor name (or layer path), for Model Explorer
     return {
         "a": model_a.path, "b": model_b.path, "samples": source.rows,
         "metric": str(criterion), "rtol": rtol, "atol": atol,

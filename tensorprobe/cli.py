@@ -649,13 +649,15 @@ def _pairing(ctx, param, values):
 @click.option("--save-b", type=click.Path(), callback=hdf5_output, help="Also write MODEL_B's outputs to this dump.")
 @click.option("--plot", "picture", type=click.Path(dir_okay=False), metavar="FILE.png",
               help="Also draw each pair's error in model order (png, svg or pdf; needs the plot extra).")
-@click.option("--overwrite", is_flag=True, help="Replace --save-a/--save-b/--plot files that exist.")
+@click.option("--node-data", "node_data", type=click.Path(dir_okay=False), metavar="FILE.json",
+              help="Also write each pair's metric as Model Explorer node data for MODEL_B's graph.")
+@click.option("--overwrite", is_flag=True, help="Replace --save-a/--save-b/--plot/--node-data files that exist.")
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as one JSON object to stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors (the exit status tells).")
 @model_options
 @click.pass_context
 def compare(ctx, model_a, model_b, inputs, layer_names, match, pairs, rtol, atol, metric, batch_size, save_a,
-            save_b, picture, overwrite, as_json, quiet, unsafe, custom_objects, **input_settings):
+            save_b, picture, node_data, overwrite, as_json, quiet, unsafe, custom_objects, **input_settings):
     """Run MODEL_A and MODEL_B on the same INPUTS and compare the outputs of the layers both
     have, paired by path, in model order; name the first divergence: the first pair out of
     tolerance. Any two formats tensorprobe reads (.keras vs its SavedModel export, Keras 2 vs
@@ -679,6 +681,12 @@ def compare(ctx, model_a, model_b, inputs, layer_names, match, pairs, rtol, atol
         plot.picture_format(picture, "--plot")
         store.check_output(picture, overwrite)
         figures.matplotlib_figure()
+    if node_data is not None:
+        from tensorprobe import store
+
+        if not node_data.lower().endswith(".json"):
+            raise errors.UsageError(f"--node-data '{node_data}': name it .json (Model Explorer's node data)")
+        store.check_output(node_data, overwrite)
     runner_limits()
     signal.signal(signal.SIGTERM, _terminate)
     progress = None if quiet or not err.is_terminal else api._progress_bar(err)
@@ -691,6 +699,13 @@ def compare(ctx, model_a, model_b, inputs, layer_names, match, pairs, rtol, atol
                                  stdin=click.get_binary_stream("stdin"), progress=progress)
     if picture is not None:
         plot.compare_picture(result, picture, overwrite)
+    if node_data is not None:
+        import json
+
+        from tensorprobe import modelcompare, store
+
+        with store.atomic_output(node_data, overwrite) as tmp:
+            tmp.write_text(json.dumps(modelcompare.node_data(result), indent=2))
     if as_json:
         out.print(report.compare_json(result), markup=False, highlight=False)
     elif not quiet:

@@ -233,3 +233,40 @@ class Comparison:
                     record["layout"] = self.layouts[k]
             records.append(record)
         return records
+
+
+GREEN, RED = "#2ca02c", "#d62728"
+
+
+def node_keys(model, plan, matched):
+    """For each matched pair, the key Model Explorer knows B's node by: the tensor name of a
+    graph (a SavedModel's or frozen graph's op output, a TFLite tensor's name), else the layer
+    path (a Keras model)."""
+    keys = []
+    for _, j, _ in matched:
+        origin = plan.origins[j]
+        if isinstance(origin, str):
+            keys.append(origin)
+        elif model.loaded.model is None:  # TFLite: origins are tensor indices
+            keys.append(model.graph.tensor_graph.by_index[origin].name)
+        else:
+            keys.append(plan.specs[j].layer)
+    return keys
+
+
+def node_data(result):
+    """Model Explorer's node data for model B's graph (its GraphNodeData JSON: `results`
+    keyed by tensor name, each `{"value": ...}`, and a colour `gradient`): the criterion's
+    metric per pair, green where B agrees with A, red where it parts. Pairs whose metric is
+    not finite (SNR of equal values) or whose shapes differ are left out."""
+    metric = result["metric"].split(":")[0]
+    key = {"snr": "snr_db", "cosine": "cosine"}.get(metric, "max_abs")
+    results = {}
+    for pair in result["pairs"]:
+        value = pair.get(key)
+        if value is not None and math.isfinite(value):
+            results[pair["node_b"]] = {"value": value}
+    low_is_good = key == "max_abs"
+    return {"results": results,
+            "gradient": [{"stop": 0, "bgColor": GREEN if low_is_good else RED},
+                         {"stop": 1, "bgColor": RED if low_is_good else GREEN}]}

@@ -224,3 +224,29 @@ def test_plot_of_the_errors(cli, tmp_path):
     r = cli("compare", SAMPLES / "transfer.keras", SAMPLES / "transfer_tweaked.keras", SAMPLES / "input.npy",
             "--plot", picture)
     assert r.exit_code == 2 and "exists" in error_line(r)
+
+
+def test_node_data_for_model_explorer(cli, models, tflite_files, tmp_path):
+    """Keyed by model B's tensor names, as its graph names them; the values are the report's."""
+    import tensorflow as tf
+
+    out = tmp_path / "nodes.json"
+    r, result = run_json(cli, SAMPLES / "transfer.keras", tflite_files / "int8.tflite", SAMPLES / "input.npy",
+                         "--node-data", out)
+    data = json.loads(out.read_text())
+    interpreter = tf.lite.Interpreter(model_path=str(tflite_files / "int8.tflite"))
+    names = {t["name"] for t in interpreter.get_tensor_details()}
+    assert set(data["results"]) <= names  # a nested model's output is its last layer's tensor: one key
+    assert set(data["results"]) == {p["node_b"] for p in result["pairs"]}
+    assert all(data["results"][p["node_b"]]["value"] == p["max_abs"] for p in result["pairs"])
+    assert [g["stop"] for g in data["gradient"]] == [0, 1]
+
+    out = tmp_path / "export_nodes.json"
+    r, result = run_json(cli, SAMPLES / "transfer.keras", models / "export", SAMPLES / "input.npy",
+                         "--node-data", out)
+    data = json.loads(out.read_text())
+    assert r.exit_code == 0
+    assert "StatefulPartitionedCall/transfer_1/vgg16_1/block1_conv1_1/Relu:0" in data["results"]
+    r = cli("compare", SAMPLES / "transfer.keras", models / "export", SAMPLES / "input.npy", "--node-data",
+            tmp_path / "nodes.txt")
+    assert r.exit_code == 2 and "--node-data" in error_line(r)
