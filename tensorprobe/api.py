@@ -230,6 +230,11 @@ def _extraction(model, selection, storage, feed):
 
     graph = model.graph if selection.wants_layers else None
     plan = extract = labels = estimate = None
+    if (storage.dtype or storage.reduce) and (model.loaded.model is None or selection.wants_tensors):
+        # graph tensors are stored as computed: say so rather than record options not applied
+        option = "--dtype" if storage.dtype else "--reduce"
+        what = f"{model.path} holds only a graph" if model.loaded.model is None else "--tensor selects graph tensors"
+        raise errors.UsageError(f"{option} applies to the layers of a Keras model; {what}, stored as computed")
     if selection.wants_layers:
         plan = probe.plan(graph, probe.select(graph, selection.layers, selection.match, selection.all_layers))
         keras_graph = model.loaded.model is not None

@@ -460,3 +460,14 @@ def test_wrong_input_shape_names_the_file(cli, zoo, saved, tmp_path):
     line = error_line(r)
     assert str(zoo["vec6.npy"]) in line and "(32, 32, 3)" in line
     assert not out.exists()
+
+
+def test_storage_options_are_refused_where_they_would_not_apply(cli, saved, tmp_path):
+    """Graph tensors are stored as computed: --dtype/--reduce are refused, not recorded unapplied."""
+    out = tmp_path / "x.h5"
+    r = cli("dump", "-m", saved["gated_export"], "-l", "gate", "--dtype", "float16", "-o", out, saved["features6.npy"])
+    assert r.exit_code == 2 and "--dtype applies to the layers of a Keras model" in error_line(r)
+    r = cli("dump", "-m", saved["gated.keras"], "-t", "gated_1/gate_1/Sigmoid:0", "--reduce", "mean", "-o", out,
+            saved["features6.npy"])
+    assert r.exit_code == 2 and "--reduce" in error_line(r) and "--tensor" in error_line(r)
+    assert not out.exists()
