@@ -397,7 +397,7 @@ def dump(model, x, output, *, layers=(), match=None, all_layers=False, tensors=(
     _check_batch_size(batch_size)
     with _api_names():
         storage = Storage(dtype, reduce, parse_compression(compression) if compression else (None, None))
-        bar = _progress_bar() if progress is True else progress or None
+        bar = progress_bar() if progress is True else progress or None
         result = run_dump(model, x, (), output, selection, prep, storage, batch_size=batch_size,
                           overwrite=overwrite, shard=shard, resume=resume, max_bytes=max_bytes,
                           progress=bar)
@@ -532,16 +532,12 @@ def _check_batch_size(batch_size):
         raise errors.UsageError(f"batch_size {batch_size!r}: expected an integer >= 1")
 
 
-@contextlib.contextmanager
-def _progress_bar_context(total, console=None):
+def progress_bar(console=None):
+    """A `progress` for run_dump/run_compare: a rich bar on `console` (None: rich's default,
+    which Jupyter renders in the notebook)."""
     from tensorprobe.progress import bar
 
-    with bar(total, console) as advance:
-        yield advance
-
-
-def _progress_bar(console=None):
-    return lambda total: _progress_bar_context(total, console)
+    return lambda total: bar(total, console)
 
 
 def _summary_record(summary, output):

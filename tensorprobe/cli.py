@@ -420,7 +420,7 @@ def dump(inputs, model, layer_names, match, all_layers, tensor_names, tensor_mat
             err.print(f"writing about {store.mib(needed)} to {output} ({store.mib(free)} free)",
                       markup=False, highlight=False, soft_wrap=True)
 
-    progress = None if quiet or not err.is_terminal else api._progress_bar(err)
+    progress = None if quiet or not err.is_terminal else api.progress_bar(err)
     command = ["tensorprobe", *click.get_current_context().find_root().command.argv]
     with quiet_native_stderr(not _debug()):
         model_ = _load(model, unsafe, custom_objects, signature, selection.wants_layers, raw_quantized)
@@ -689,7 +689,7 @@ def compare(ctx, model_a, model_b, inputs, layer_names, match, pairs, rtol, atol
         store.check_output(node_data, overwrite)
     runner_limits()
     signal.signal(signal.SIGTERM, _terminate)
-    progress = None if quiet or not err.is_terminal else api._progress_bar(err)
+    progress = None if quiet or not err.is_terminal else api.progress_bar(err)
     with quiet_native_stderr(not _debug()):
         a = _load(model_a, unsafe, custom_objects)
         b = _load(model_b, unsafe, custom_objects)
