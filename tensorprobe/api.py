@@ -533,8 +533,8 @@ def _check_batch_size(batch_size):
 
 
 def progress_bar(console=None):
-    """A `progress` for run_dump/run_compare: a rich bar on `console` (None: rich's default,
-    which Jupyter renders in the notebook)."""
+    """A `progress` for run_dump/run_compare: a rich bar on `console` (None: stderr, which
+    Jupyter renders in the notebook)."""
     from tensorprobe.progress import bar
 
     return lambda total: bar(total, console)

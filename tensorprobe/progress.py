@@ -7,9 +7,13 @@ import contextlib
 
 @contextlib.contextmanager
 def bar(total, console=None):
-    """A context manager yielding `advance(n)`; `console` None is rich's default console."""
+    """A context manager yielding `advance(n)`; `console` None: a console on stderr (never
+    stdout, which is the caller's), which rich renders as a widget in Jupyter."""
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TimeRemainingColumn
     from rich.text import Text
+
+    console = console if console is not None else Console(stderr=True)
 
     class Rate(ProgressColumn):
         def render(self, task):

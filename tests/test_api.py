@@ -146,3 +146,20 @@ def test_errors_name_the_api_arguments(x, tmp_path):
     assert (tmp_path / "taken.h5").read_bytes() == b"mine"
     with pytest.raises(tensorprobe.TensorprobeError, match="does not fit input 'image'"):
         tensorprobe.activations(SAMPLES / "transfer.keras", np.zeros((2, 8)), layers=["fc1"])
+
+
+def test_progress_bar_goes_to_stderr_only(tmp_path):
+    """`progress=True` draws on stderr (forced to a terminal here); stdout stays the caller's."""
+    code = (
+        "import numpy as np, tensorprobe\n"
+        f"x = np.load({str(SAMPLES / 'input.npy')!r})\n"
+        f"s = tensorprobe.dump({str(SAMPLES / 'transfer.keras')!r}, x, {str(tmp_path / 'p.h5')!r}, "
+        "layers=['fc1'], batch_size=1, progress=True)\n"
+    )
+    env = {**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "3", "FORCE_COLOR": "1", "TTY_COMPATIBLE": "1",
+           "TERM": "xterm-256color",
+           "COLUMNS": "100"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == ""
+    assert "dumping" in r.stderr and "4/4" in r.stderr
