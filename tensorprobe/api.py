@@ -287,9 +287,6 @@ def _labels(labels, rows):
 
 # ---- inputs ----------------------------------------------------------------------------------
 
-_PREPARATION = ("resize", "interpolation", "size", "preprocess", "scale", "offset", "skip_bad")
-
-
 def preparation(resize="stretch", interpolation="bilinear", size=None, preprocess=None, scale=None,
                 offset=None, skip_bad=False):
     """How inputs are prepared (dump's input options; `resize="none"` refuses other sizes)."""
@@ -361,7 +358,7 @@ def activations(model, x, *, layers=(), match=None, all_layers=False, tensors=()
 
     selection = Selection(tuple(layers), match, all_layers, tuple(tensors), tensor_match, gradients,
                           target_output, labels, training)
-    prep = preparation(**_checked_preparation(prepare))
+    prep = preparation(**prepare)
     _check_batch_size(batch_size)
     with _api_names():
         selection.check(prep.skip_bad)
@@ -393,7 +390,7 @@ def dump(model, x, output, *, layers=(), match=None, all_layers=False, tensors=(
 
     selection = Selection(tuple(layers), match, all_layers, tuple(tensors), tensor_match, gradients,
                           target_output, labels, training, jit)
-    prep = preparation(**_checked_preparation(prepare))
+    prep = preparation(**prepare)
     _check_batch_size(batch_size)
     with _api_names():
         storage = Storage(dtype, reduce, parse_compression(compression) if compression else (None, None))
@@ -520,13 +517,6 @@ def _max_bytes(value):
     return parse_size(value)
 
 
-def _checked_preparation(prepare):
-    unknown = sorted(set(prepare) - set(_PREPARATION))
-    if unknown:
-        raise TypeError(f"unexpected keyword argument {unknown[0]!r}")
-    return prepare
-
-
 def _check_batch_size(batch_size):
     if not isinstance(batch_size, int) or batch_size < 1:
         raise errors.UsageError(f"batch_size {batch_size!r}: expected an integer >= 1")
@@ -560,7 +550,7 @@ def compare(model_a, model_b, x, *, layers=(), match=None, pairs=None, rtol=1e-5
         >>> report = tensorprobe.compare("model.keras", "model_export/", x)
         >>> report["first_divergence"]    # None: every pair within tolerance
     """
-    prep = preparation(**_checked_preparation(prepare))
+    prep = preparation(**prepare)
     _check_batch_size(batch_size)
     with _api_names():
         return run_compare(model_a, model_b, x, (), prep, layers=tuple(layers), match=match,
@@ -586,7 +576,9 @@ def run_compare(model_a, model_b, x, named, prep, *, layers=(), match=None, pair
     plan_b = probe.plan(model_b.graph, [model_b.graph.entries[b] for _, b in paired])
     matched, unmatched_a, unmatched_b = comparing.matched_specs(plan_a, plan_b, paired)
     source = _feed(model_a, x, named, prep, stdin=stdin)
-    _check_same_inputs(model_a, model_b)
+    if len(model_a.inputs) != len(model_b.inputs):
+        raise errors.UsageError(f"the models take different inputs: {model_a.path} {len(model_a.inputs)}, "
+                                f"{model_b.path} {len(model_b.inputs)}")
     run_a = _layer_function(model_a, plan_a, Storage())
     run_b = _layer_function(model_b, plan_b, Storage())
     comparison = comparing.Comparison(matched, source.rows, rtol, atol, criterion)
@@ -616,19 +608,6 @@ def run_compare(model_a, model_b, x, named, prep, *, layers=(), match=None, pair
         "only_in_a": only_a + unmatched_a, "only_in_b": only_b + unmatched_b,
         "match": first is None,
     }
-
-
-def _check_same_inputs(model_a, model_b):
-    from tensorprobe.inputs import spec
-
-    def specs(model):
-        graph = model.graph if model.loaded.model is not None else model.tensor_graph
-        return [(s.name, s.shape) for s in spec.from_graph(graph)]
-
-    a, b = specs(model_a), specs(model_b)
-    if len(a) != len(b):
-        raise errors.UsageError(f"the models take different inputs: {model_a.path} {len(a)}, "
-                                f"{model_b.path} {len(b)}")
 
 
 def _compare_writer(stack, path, model, plan, prep, rows, overwrite):
