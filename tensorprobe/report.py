@@ -8,7 +8,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
-from tensorprobe.text import shape_text
+from tensorprobe.console import escaped
+from tensorprobe.text import printable, shape_text
 
 
 LAYER_COLUMNS = {"keep": "path", "drop": ("trainable", "params")}
@@ -16,7 +17,7 @@ TENSOR_COLUMNS = {"keep": "tensor", "drop": ("dtype", "#", "quantization", "shap
 SUMMARY_COLUMNS = {"keep": "dataset", "drop": ("std", "mean", "MiB", "zeros", "dtype", "min", "max", "Inf", "NaN")}
 DIFF_COLUMNS = {"keep": "dataset", "drop": ("worst at (sample, position)", "A", "B", "max rel err", "dtype",
                                            "outside tol", "shape")}
-FOLD_MIN = 4  # the narrowest a folded column is squeezed to before the kept column folds too
+FOLD_MIN = 4  # the narrowest the kept column (names) is folded to
 
 
 def print_table(console, table, keep=None, drop=()):
@@ -29,6 +30,7 @@ def print_table(console, table, keep=None, drop=()):
     which); then the other columns fold their text onto more lines; a name that does not fit
     even so folds too, onto more lines, whole, broken after a '/' where it can be."""
     title, table = table.title, _rebuilt(table, ())
+    title = escaped(title)
     if not console.is_terminal:
         # A table does not expand, so on a console this wide it takes its natural width.
         # Cells are plain text: no markup or emoji codes to parse (and none to misread).
@@ -51,8 +53,9 @@ def print_table(console, table, keep=None, drop=()):
             table = _rebuilt(table, hidden)
     total, columns = _widths(console, table)
     extra = total - sum(columns.values())
-    # the narrowest each other column can be: FOLD_MIN, or its header's longest word
-    floor = {h: min(w, max([FOLD_MIN, *map(len, h.split())])) for h, w in columns.items()}
+    # the narrowest each other column can be: its longest word (a class name, an index, a
+    # number), so that rich folds its cells at spaces only, never inside a word
+    floor = _word_widths(table)
     squeezed = sum(w if h == keep else floor[h] for h, w in columns.items()) + extra
     fold = squeezed > width  # the kept names fold too, with all the room the others can give
     if fold:
@@ -67,6 +70,19 @@ def print_table(console, table, keep=None, drop=()):
     if hidden:
         console.print(Text(f"(left out at this width: {', '.join(hidden)}; see --json)", style="dim"),
                       soft_wrap=True)
+
+
+def _word_widths(table):
+    """{header: the length of the longest word in the column, header included}."""
+    return {
+        str(column.header): max(len(word) for cell in [column.header, *column.cells]
+                                for word in [*_plain(cell).split(), ""])
+        for column in table.columns
+    }
+
+
+def _plain(cell):
+    return cell.plain if isinstance(cell, Text) else str(cell)
 
 
 def _headers(table):
@@ -85,10 +101,17 @@ def _rebuilt(table, hidden, fold=None):
         width = fold[1] if fold is not None and column.header == fold[0] else None
         copy_.add_column(column.header, justify=column.justify, style=column.style, width=width,
                          header_style=column.header_style, overflow=column.overflow, no_wrap=column.no_wrap)
-        cells.append([_break_at_slashes(cell, width) for cell in column.cells] if width else list(column.cells))
+        safe = [_cell(cell) for cell in column.cells]
+        cells.append([_break_at_slashes(cell, width) for cell in safe] if width else safe)
     for row in zip(*cells):
         copy_.add_row(*row)
     return copy_
+
+
+def _cell(cell):
+    """A cell as rich Text, never parsed as markup, its control characters escaped: names and
+    values come from files, which may hold `[bold]` or ESC[31m."""
+    return escaped(cell) if isinstance(cell, Text) else Text(printable(cell))
 
 
 def _break_at_slashes(cell, width):
@@ -191,8 +214,8 @@ def model_footer(info):
     else:
         params = (f"params:  {info.params:,} total, {info.trainable_params:,} trainable, "
                   f"{info.params - info.trainable_params:,} non-trainable")
-    return runtime + [f"inputs:  {tensors(info.inputs)}", f"outputs: {tensors(info.outputs)}", params,
-                      *info.notes]
+    return runtime + [printable(line) for line in (f"inputs:  {tensors(info.inputs)}",
+                                                   f"outputs: {tensors(info.outputs)}", params, *info.notes)]
 
 
 def layers_json(info):
@@ -236,8 +259,9 @@ def provenance_lines(summary, path):
         rows.append(("inputs", _inputs_text(summary["inputs"])))
     if "complete" not in attrs:
         rows.append(("complete", _attr_text("complete", None)))
+    rows = [(printable(key), escaped(value)) for key, value in rows]
     width = max(len(key) for key, _ in rows)
-    return [Text(f"{path}", style="bold")] + [Text(f"  {key:<{width}}  ") + value for key, value in rows]
+    return [Text(printable(path), style="bold")] + [Text(f"  {key:<{width}}  ") + value for key, value in rows]
 
 
 def _attr_text(key, value):
@@ -287,7 +311,8 @@ def tensors_footer(graph, shown):
 
     inputs = ", ".join(f"{spec_text(s)} -> {t}" for s, t in zip(graph.inputs, graph.input_tensors))
     outputs = ", ".join(f"{name} <- {t}" for name, t in graph.outputs)
-    return [f"inputs:  {inputs}", f"outputs: {outputs}", f"tensors: {shown} of {len(graph.tensors)} shown"]
+    return [printable(f"inputs:  {inputs}"), printable(f"outputs: {outputs}"),
+            f"tensors: {shown} of {len(graph.tensors)} shown"]
 
 
 def tensors_json(tensors):
