@@ -566,7 +566,7 @@ def _check_storage(f, path):
         if ds.is_virtual:
             for source in ds.virtual_sources():
                 name = os.path.normpath(source.file_name)
-                if name not in allowed or source.dset_name != ds.name:
+                if name not in allowed or source.dset_name.lstrip("/") != ds.name.lstrip("/"):
                     raise DumpReadError(
                         f"'{path}': dataset {ds.name} reads {source.dset_name} of '{source.file_name}', "
                         "which is not one of the shards this merged dump records (merged_from)"
