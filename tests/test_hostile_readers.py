@@ -323,3 +323,28 @@ def test_layers_in_a_pipe_escapes_a_layer_name(cli, attention_model):
     assert rows[0][:3] == ["2", "evil\\x1b[31mred\\nline", "Dense"]
     assert rows[1][:2] == ["outputs:", "evil\\x1b[31mred\\nline"]
     assert json.loads(cli("layers", path, "--json").stdout)[-1]["path"] == "evil\x1b[31mred\nline"
+
+
+# ---------------------------------------------------------------- usage errors before the model loads
+
+@pytest.mark.parametrize("options, line", [
+    (["--match", "("], "error: --match '(': not a valid regular expression (missing ): (); RE2 is used, "
+                       "which has no back-references or look-around"),
+    (["-l", "fc1", "--tensor-match", "a{2,1}"], "error: --tensor-match 'a{2,1}': not a valid regular expression "
+                                                "(invalid repetition size: {2,1}); RE2 is used, which has no "
+                                                "back-references or look-around"),
+    (["-l", "fc1", "--max-bytes", "garbage"], "error: --max-bytes 'garbage': expected a size such as 500M or 2G"),
+])
+def test_option_values_are_checked_before_the_model_loads(cli, tmp_path, monkeypatch, options, line):
+    from tensorprobe import cli as command
+
+    model = tmp_path / "model.keras"
+    model.write_bytes(b"not read")
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr(command, "_load", never)
+    np.save(tmp_path / "x.npy", np.zeros((1, 3), np.float32))
+    r = cli("dump", "-m", model, *options, "-o", tmp_path / "out.h5", tmp_path / "x.npy")
+    assert (r.exit_code, error_line(r)) == (2, line)
