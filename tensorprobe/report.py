@@ -3,6 +3,7 @@
 import io
 import json
 import math
+import re
 
 from rich import box
 from rich.console import Console
@@ -52,14 +53,20 @@ def print_table(console, table, keep=None, drop=()):
             hidden.append(header)
             table = _rebuilt(table, hidden)
     total, columns = _widths(console, table)
+    if total > width and table.pad_edge:  # first give up the padding at the table's edges
+        table.pad_edge = False
+        total, columns = _widths(console, table)
     extra = total - sum(columns.values())
-    # the narrowest each other column can be: its longest word (a class name, an index, a
-    # number), so that rich folds its cells at spaces only, never inside a word
+    # the narrowest each other column can be: its longest word, a class name counting as the
+    # words of its CamelCase (BatchNormalization: Batch, Normalization), so that a cell folds
+    # at a space or between two such words, never inside one
     floor = _word_widths(table)
     squeezed = sum(w if h == keep else floor[h] for h, w in columns.items()) + extra
     fold = squeezed > width  # the kept names fold too, with all the room the others can give
-    if fold:
-        table = _rebuilt(table, hidden, fold=(keep, max(width - (squeezed - columns[keep]), FOLD_MIN)))
+    if total > width:
+        breaks = {h: w for h, w in floor.items() if h != keep}
+        kept = (keep, max(width - (squeezed - columns[keep]), FOLD_MIN)) if fold else None
+        table = _rebuilt(table, hidden, fold=kept, breaks=breaks)
     for column in table.columns:
         column.overflow = "fold"
         if not fold:  # rich narrows the columns that wrap: all but the kept one
@@ -72,13 +79,36 @@ def print_table(console, table, keep=None, drop=()):
                       soft_wrap=True)
 
 
+_CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")  # between the words of a CamelCase class name
+
+
 def _word_widths(table):
-    """{header: the length of the longest word in the column, header included}."""
+    """{header: the length of the longest word in the column, header included}, a CamelCase
+    word counting as its parts."""
     return {
-        str(column.header): max(len(word) for cell in [column.header, *column.cells]
-                                for word in [*_plain(cell).split(), ""])
+        str(column.header): max(len(part) for cell in [column.header, *column.cells]
+                                for word in [*_plain(cell).split(), ""] for part in _CAMEL.split(word))
         for column in table.columns
     }
+
+
+def _break_words(cell, width):
+    """A cell of one word longer than `width` on lines of at most `width` characters, broken
+    between its CamelCase words (as many on a line as fit); other cells as they are (rich
+    folds them at their spaces)."""
+    text = cell.copy() if isinstance(cell, Text) else Text(str(cell))
+    plain = text.plain
+    if len(plain) <= width or any(c.isspace() for c in plain):
+        return text
+    cuts = [m.start() for m in _CAMEL.finditer(plain)] + [len(plain)]
+    pieces, start, end = [], 0, 0
+    for cut in cuts:
+        if cut - start > width and end > start:
+            pieces.append(text[start:end])
+            start = end
+        end = cut
+    pieces.append(text[start:])
+    return Text("\n").join(pieces)
 
 
 def _plain(cell):
@@ -89,10 +119,11 @@ def _headers(table):
     return [str(column.header) for column in table.columns]
 
 
-def _rebuilt(table, hidden, fold=None):
+def _rebuilt(table, hidden, fold=None, breaks=None):
     """A copy of `table` without a title and without the columns whose header is in `hidden`
     (through rich's public API: a column's position is fixed when it is added). With `fold`,
-    (header, width): that column is `width` wide, its names broken after a '/' where they can."""
+    (header, width): that column is `width` wide, its names broken after a '/' where they can;
+    with `breaks`, {header: width}: those columns' one-word cells broken between CamelCase words."""
     copy_ = Table(box=table.box, show_header=table.show_header, show_edge=table.show_edge,
                   pad_edge=table.pad_edge, padding=table.padding, header_style=table.header_style)
     kept = [column for column in table.columns if str(column.header) not in hidden]
@@ -102,6 +133,8 @@ def _rebuilt(table, hidden, fold=None):
         copy_.add_column(column.header, justify=column.justify, style=column.style, width=width,
                          header_style=column.header_style, overflow=column.overflow, no_wrap=column.no_wrap)
         safe = [_cell(cell) for cell in column.cells]
+        if breaks and str(column.header) in breaks:
+            safe = [_break_words(cell, breaks[str(column.header)]) for cell in safe]
         cells.append([_break_at_slashes(cell, width) for cell in safe] if width else safe)
     for row in zip(*cells):
         copy_.add_row(*row)
