@@ -186,9 +186,15 @@ class Selection:
         return bool(self.tensors or self.tensor_match)
 
     def check(self, skip_bad):
+        """Every check that needs no model, so that a wrong option fails at once, before
+        TensorFlow loads the model (seconds)."""
+        from tensorprobe.text import regex
+
         if not (self.wants_layers or self.wants_tensors):
             raise errors.UsageError("nothing selected: give --layer NAME, --match REGEX, --all, "
                                     "--tensor NAME or --tensor-match REGEX")
+        regex(self.match, "--match")
+        regex(self.tensor_match, "--tensor-match")
         if self.gradients is None:
             if self.labels is not None or self.target_output is not None:
                 raise errors.UsageError("--labels and --target-output go with --gradients")

@@ -409,6 +409,8 @@ def dump(inputs, model, layer_names, match, all_layers, tensor_names, tensor_mat
     named_inputs = input_settings.pop("named_inputs")
     prep = _preparation(**input_settings)
     selection.check(prep.skip_bad)
+    if max_bytes is not None:
+        api.parse_size(max_bytes)  # a usage error now, not after the model has loaded
     if shard is not None:
         from_env = click.get_current_context().get_parameter_source("shard").name == "ENVIRONMENT"
         shard = sharding.parse(shard, sharding.ENV if from_env else "--shard")

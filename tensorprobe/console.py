@@ -12,12 +12,40 @@ import sys
 import warnings
 
 from rich.console import Console
+from rich.text import Text
+
+from tensorprobe.text import printable
+
+
+def escaped(value, keep_newlines=False):
+    """A str or rich Text with its control characters shown escaped (text.printable), styles
+    kept; anything else (a table, a rule) as it is."""
+    if isinstance(value, str):
+        return printable(value, keep_newlines)
+    if isinstance(value, Text) and printable(value.plain, keep_newlines) != value.plain:
+        pieces = value.divide(range(1, len(value.plain)))  # one piece a character, spans kept
+        for piece in pieces:
+            piece.plain = printable(piece.plain, keep_newlines)
+        return Text("").join(pieces)
+    return value
+
+
+class SafeConsole(Console):
+    """A console that writes no control character but the line breaks it was handed: a layer
+    name, a dump attribute or a file name holding ESC[31m is shown escaped and cannot colour
+    or clear the terminal. Values read from files that could hold a newline are escaped
+    where the line is made (report.py: table cells, provenance, footers; the `error:` line
+    joins its lines), so they cannot start a line of their own."""
+
+    def print(self, *objects, **kwargs):
+        super().print(*(escaped(o, keep_newlines=True) for o in objects), **kwargs)
+
 
 # soft_wrap: rich never breaks a line of text (a path, a message) itself. In a pipe or a log a
 # line stays whole; at a terminal, the terminal wraps it. Tables are laid out by
 # report.print_table.
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+out = SafeConsole(soft_wrap=True)
+err = SafeConsole(stderr=True, soft_wrap=True)
 
 # TensorFlow's C++ runtime reads this when it is first imported.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

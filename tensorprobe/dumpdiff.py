@@ -1,5 +1,5 @@
-"""`tensorprobe diff`: compare two dumps dataset by dataset, a block of rows at a time, in
-bounded memory.
+"""`tensorprobe diff`: compare two dumps dataset by dataset, a block of elements at a time
+(whole rows when they fit, parts of one sample when it is larger), in bounded memory.
 
 The rules, documented in the README (`tensorprobe diff`):
   - an element matches when both values are equal (NaN and NaN at the same place, or the same
@@ -23,7 +23,7 @@ from tensorprobe import store
 from tensorprobe.text import regex
 from tensorprobe.errors import DumpReadError, UsageError
 
-BLOCK_BYTES = 4 << 20  # float64 bytes per side per block; the memory bound of a comparison
+BLOCK_BYTES = 4 << 20  # float64 bytes per side per block, however large a sample; the memory bound
 
 
 class RunningDiff:
@@ -39,9 +39,11 @@ class RunningDiff:
         self.max_rel = 0.0
         self.worst = None  # (flat index, a, b)
 
-    def update(self, a, b, start_row):
-        """Compare a block: rows start_row... of both arrays."""
-        offset = start_row * int(np.prod(self.shape[1:], dtype=np.int64)) if self.shape else 0
+    def update(self, a, b, start_row=0, offset=None):
+        """Compare a block: rows start_row... of both arrays, or, with `offset`, the elements
+        from that flat (C-order) index on (a block of store.element_blocks)."""
+        if offset is None:
+            offset = start_row * int(np.prod(self.shape[1:], dtype=np.int64)) if self.shape else 0
         a = np.asarray(a, dtype=np.float64).ravel()
         b = np.asarray(b, dtype=np.float64).ravel()
         self.size += a.size
@@ -164,34 +166,18 @@ def _compare(name, ra, rb, fa, fb, path_a, path_b, rtol, atol):
         if ds.dtype.kind not in "biuf":  # never written by tensorprobe
             raise DumpReadError(f"'{path}': dataset '{ds.name}' has dtype {ds.dtype}; diff compares numbers only")
     running = RunningDiff(ds_a.shape, rtol, atol)
-    for start, stop in _blocks(ds_a):
+    for key, offset in store.element_blocks(ds_a, BLOCK_BYTES // 8):
         with store.reading(path_a):
-            a = ds_a[start:stop] if ds_a.ndim else ds_a[()]
+            a = ds_a[key]
         with store.reading(path_b):
-            b = ds_b[start:stop] if ds_b.ndim else ds_b[()]
-        running.update(np.asarray(a), np.asarray(b), start)
+            b = ds_b[key]
+        running.update(np.asarray(a), np.asarray(b), offset=offset)
     row.update(running.result())
     if row["dtype_a"] != row["dtype_b"]:
         row["status"] = "dtype"
     elif row["outside_tolerance"]:
         row["status"] = "values"
     return row
-
-
-def _blocks(ds):
-    """(start, stop) row ranges of about BLOCK_BYTES (in float64) each, at least one row,
-    aligned to the first file's chunks when they are smaller than a block."""
-    if ds.ndim == 0:
-        yield 0, 1
-        return
-    rows = ds.shape[0]
-    row_elements = max(1, int(np.prod(ds.shape[1:], dtype=np.int64)))
-    step = max(1, BLOCK_BYTES // (8 * row_elements))
-    chunk = ds.chunks[0] if ds.chunks else 1
-    if chunk < step:
-        step -= step % chunk
-    for start in range(0, rows, step):
-        yield start, min(rows, start + step)
 
 
 def _compare_sources(fa, fb, path_a, path_b, block=1 << 16):

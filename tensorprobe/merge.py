@@ -62,7 +62,11 @@ def _read(path):
         attrs = dict(f.attrs)
         if "shard" not in attrs:
             raise MergeError(f"'{path}' is not a shard (no 'shard' attribute: it was not written by dump --shard)")
-        shard = sharding.parse(store._plain(attrs["shard"]), f"'{path}': shard")
+        text = store._plain(attrs["shard"])
+        try:
+            shard = sharding.parse(text if isinstance(text, str) else None, f"'{path}': shard")
+        except UsageError as e:  # the file is at fault, not the command line
+            raise MergeError(f"'{path}': its 'shard' attribute is {text!r}, not K/N") from e
         result = ShardFile(path, attrs, shard, 0)
         result.sources = f["inputs/source"][()]
         result.rows = len(result.sources)
@@ -72,6 +76,7 @@ def _read(path):
         for group in store.data_groups(f):
             def visit(name, obj, group=group):
                 if isinstance(obj, h5py.Dataset):
+                    store.check_statistics(obj)  # merge combines them: refuse doctored ones
                     result.datasets[f"{group}/{name}"] = (obj.shape, obj.dtype, dict(obj.attrs), obj.chunks,
                                                           obj.compression, obj.compression_opts)
 
@@ -80,7 +85,10 @@ def _read(path):
 
 
 def rows_total(shard_file):
-    return int(store._plain(shard_file.attrs["total_rows"]))
+    total = store._plain(shard_file.attrs.get("total_rows"))
+    if isinstance(total, bool) or not isinstance(total, int) or total < 0:
+        raise MergeError(f"'{shard_file.path}': its 'total_rows' attribute is {total!r}, not a number of rows")
+    return total
 
 
 def _in_order(shards):
@@ -170,7 +178,11 @@ def _write(f, shards, output, copy):
                 ds.attrs[key] = value
         stats = RunningStats()
         for s, _ in filled:
-            stats.merge(RunningStats.from_attrs(s.datasets[path][2], s.rows, shape[1:]))
+            try:
+                part = RunningStats.from_attrs(s.datasets[path][2], s.rows, shape[1:])
+            except (KeyError, ValueError) as e:  # a statistic missing or of the wrong size
+                raise MergeError(f"'{s.path}': the statistics of {path} cannot be merged ({e})") from e
+            stats.merge(part)
         store.write_stats(ds, stats)
     f.attrs["samples"] = rows
     f.attrs["complete"] = True

@@ -3,12 +3,14 @@
 import io
 import json
 import math
+import re
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
-from tensorprobe.text import shape_text
+from tensorprobe.console import escaped
+from tensorprobe.text import printable, shape_text
 
 
 LAYER_COLUMNS = {"keep": "path", "drop": ("trainable", "params")}
@@ -16,7 +18,7 @@ TENSOR_COLUMNS = {"keep": "tensor", "drop": ("dtype", "#", "quantization", "shap
 SUMMARY_COLUMNS = {"keep": "dataset", "drop": ("std", "mean", "MiB", "zeros", "dtype", "min", "max", "Inf", "NaN")}
 DIFF_COLUMNS = {"keep": "dataset", "drop": ("worst at (sample, position)", "A", "B", "max rel err", "dtype",
                                            "outside tol", "shape")}
-FOLD_MIN = 4  # the narrowest a folded column is squeezed to before the kept column folds too
+FOLD_MIN = 4  # the narrowest the kept column (names) is folded to
 
 
 def print_table(console, table, keep=None, drop=()):
@@ -29,6 +31,7 @@ def print_table(console, table, keep=None, drop=()):
     which); then the other columns fold their text onto more lines; a name that does not fit
     even so folds too, onto more lines, whole, broken after a '/' where it can be."""
     title, table = table.title, _rebuilt(table, ())
+    title = escaped(title)
     if not console.is_terminal:
         # A table does not expand, so on a console this wide it takes its natural width.
         # Cells are plain text: no markup or emoji codes to parse (and none to misread).
@@ -50,13 +53,20 @@ def print_table(console, table, keep=None, drop=()):
             hidden.append(header)
             table = _rebuilt(table, hidden)
     total, columns = _widths(console, table)
+    if total > width and table.pad_edge:  # first give up the padding at the table's edges
+        table.pad_edge = False
+        total, columns = _widths(console, table)
     extra = total - sum(columns.values())
-    # the narrowest each other column can be: FOLD_MIN, or its header's longest word
-    floor = {h: min(w, max([FOLD_MIN, *map(len, h.split())])) for h, w in columns.items()}
+    # the narrowest each other column can be: its longest word, a class name counting as the
+    # words of its CamelCase (BatchNormalization: Batch, Normalization), so that a cell folds
+    # at a space or between two such words, never inside one
+    floor = _word_widths(table)
     squeezed = sum(w if h == keep else floor[h] for h, w in columns.items()) + extra
     fold = squeezed > width  # the kept names fold too, with all the room the others can give
-    if fold:
-        table = _rebuilt(table, hidden, fold=(keep, max(width - (squeezed - columns[keep]), FOLD_MIN)))
+    if total > width:
+        breaks = {h: w for h, w in floor.items() if h != keep}
+        kept = (keep, max(width - (squeezed - columns[keep]), FOLD_MIN)) if fold else None
+        table = _rebuilt(table, hidden, fold=kept, breaks=breaks)
     for column in table.columns:
         column.overflow = "fold"
         if not fold:  # rich narrows the columns that wrap: all but the kept one
@@ -69,14 +79,51 @@ def print_table(console, table, keep=None, drop=()):
                       soft_wrap=True)
 
 
+_CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")  # between the words of a CamelCase class name
+
+
+def _word_widths(table):
+    """{header: the length of the longest word in the column, header included}, a CamelCase
+    word counting as its parts."""
+    return {
+        str(column.header): max(len(part) for cell in [column.header, *column.cells]
+                                for word in [*_plain(cell).split(), ""] for part in _CAMEL.split(word))
+        for column in table.columns
+    }
+
+
+def _break_words(cell, width):
+    """A cell of one word longer than `width` on lines of at most `width` characters, broken
+    between its CamelCase words (as many on a line as fit); other cells as they are (rich
+    folds them at their spaces)."""
+    text = cell.copy() if isinstance(cell, Text) else Text(str(cell))
+    plain = text.plain
+    if len(plain) <= width or any(c.isspace() for c in plain):
+        return text
+    cuts = [m.start() for m in _CAMEL.finditer(plain)] + [len(plain)]
+    pieces, start, end = [], 0, 0
+    for cut in cuts:
+        if cut - start > width and end > start:
+            pieces.append(text[start:end])
+            start = end
+        end = cut
+    pieces.append(text[start:])
+    return Text("\n").join(pieces)
+
+
+def _plain(cell):
+    return cell.plain if isinstance(cell, Text) else str(cell)
+
+
 def _headers(table):
     return [str(column.header) for column in table.columns]
 
 
-def _rebuilt(table, hidden, fold=None):
+def _rebuilt(table, hidden, fold=None, breaks=None):
     """A copy of `table` without a title and without the columns whose header is in `hidden`
     (through rich's public API: a column's position is fixed when it is added). With `fold`,
-    (header, width): that column is `width` wide, its names broken after a '/' where they can."""
+    (header, width): that column is `width` wide, its names broken after a '/' where they can;
+    with `breaks`, {header: width}: those columns' one-word cells broken between CamelCase words."""
     copy_ = Table(box=table.box, show_header=table.show_header, show_edge=table.show_edge,
                   pad_edge=table.pad_edge, padding=table.padding, header_style=table.header_style)
     kept = [column for column in table.columns if str(column.header) not in hidden]
@@ -85,10 +132,19 @@ def _rebuilt(table, hidden, fold=None):
         width = fold[1] if fold is not None and column.header == fold[0] else None
         copy_.add_column(column.header, justify=column.justify, style=column.style, width=width,
                          header_style=column.header_style, overflow=column.overflow, no_wrap=column.no_wrap)
-        cells.append([_break_at_slashes(cell, width) for cell in column.cells] if width else list(column.cells))
+        safe = [_cell(cell) for cell in column.cells]
+        if breaks and str(column.header) in breaks:
+            safe = [_break_words(cell, breaks[str(column.header)]) for cell in safe]
+        cells.append([_break_at_slashes(cell, width) for cell in safe] if width else safe)
     for row in zip(*cells):
         copy_.add_row(*row)
     return copy_
+
+
+def _cell(cell):
+    """A cell as rich Text, never parsed as markup, its control characters escaped: names and
+    values come from files, which may hold `[bold]` or ESC[31m."""
+    return escaped(cell) if isinstance(cell, Text) else Text(printable(cell))
 
 
 def _break_at_slashes(cell, width):
@@ -191,8 +247,8 @@ def model_footer(info):
     else:
         params = (f"params:  {info.params:,} total, {info.trainable_params:,} trainable, "
                   f"{info.params - info.trainable_params:,} non-trainable")
-    return runtime + [f"inputs:  {tensors(info.inputs)}", f"outputs: {tensors(info.outputs)}", params,
-                      *info.notes]
+    return runtime + [printable(line) for line in (f"inputs:  {tensors(info.inputs)}",
+                                                   f"outputs: {tensors(info.outputs)}", params, *info.notes)]
 
 
 def layers_json(info):
@@ -236,8 +292,9 @@ def provenance_lines(summary, path):
         rows.append(("inputs", _inputs_text(summary["inputs"])))
     if "complete" not in attrs:
         rows.append(("complete", _attr_text("complete", None)))
+    rows = [(printable(key), escaped(value)) for key, value in rows]
     width = max(len(key) for key, _ in rows)
-    return [Text(f"{path}", style="bold")] + [Text(f"  {key:<{width}}  ") + value for key, value in rows]
+    return [Text(printable(path), style="bold")] + [Text(f"  {key:<{width}}  ") + value for key, value in rows]
 
 
 def _attr_text(key, value):
@@ -287,7 +344,8 @@ def tensors_footer(graph, shown):
 
     inputs = ", ".join(f"{spec_text(s)} -> {t}" for s, t in zip(graph.inputs, graph.input_tensors))
     outputs = ", ".join(f"{name} <- {t}" for name, t in graph.outputs)
-    return [f"inputs:  {inputs}", f"outputs: {outputs}", f"tensors: {shown} of {len(graph.tensors)} shown"]
+    return [printable(f"inputs:  {inputs}"), printable(f"outputs: {outputs}"),
+            f"tensors: {shown} of {len(graph.tensors)} shown"]
 
 
 def tensors_json(tensors):

@@ -395,6 +395,7 @@ def open_dump(path, allow_incomplete=False):
     """Open a dump for reading once it is known to be one: HDF5, written by tensorprobe in a
     format this version reads, and complete unless `allow_incomplete`. Returns an open
     h5py.File; anything else raises DumpReadError with a message naming `path`."""
+    check_regular_file(path)
     try:
         f = h5py.File(path, "r")
     except OSError as e:
@@ -433,6 +434,7 @@ def _check_dump(f, path, allow_incomplete):
             f"'{path}' has format_version {version!r}; this tensorprobe reads format_version "
             f"{FORMAT_VERSION} (a newer tensorprobe may read it)"
         )
+    _check_storage(f, path)
     if _plain(f.attrs.get("merge_mode")) == "virtual":
         _check_shards_beside(f, path)
     if not is_complete(f.attrs):
@@ -442,9 +444,41 @@ def _check_dump(f, path, allow_incomplete):
                 "or is still running); pass --allow-incomplete to read it anyway"
             )
         return  # rows may be missing, and the reader was warned
+    sources = f.get(f"{INPUTS}/source")
+    if isinstance(sources, h5py.Dataset) and h5py.check_string_dtype(sources.dtype) is None:
+        raise DumpReadError(f"'{path}' is a damaged dump: /inputs/source is not a list of strings")
     wrong = rows_disagree(f)
     if wrong:
         raise DumpReadError(f"'{path}' is a damaged dump: {wrong}")
+
+
+def element_blocks(ds, elements):
+    """(key, flat offset) for reading dataset `ds` in blocks of at most `elements` elements
+    (at least one), each contiguous in C order so that its flat indexes are offset, offset+1,
+    ...: whole rows when a row fits (aligned to the chunks along the first axis when they are
+    smaller than a block), else parts of one row along the first axis whose slices fit. Memory
+    stays bounded by `elements` however large one sample is."""
+    shape = ds.shape
+    if not shape:
+        yield (), 0
+        return
+    if 0 in shape:
+        yield (slice(0, shape[0]),), 0
+        return
+    elements = max(1, int(elements))
+    # the first axis k whose slices (all axes after k) fit in a block: blocks range over k
+    k, inner = 0, int(np.prod(shape[1:], dtype=np.int64))
+    while inner > elements:
+        k += 1
+        inner //= shape[k]
+    step = max(1, elements // inner)
+    if k == 0 and ds.chunks and ds.chunks[0] < step:
+        step -= step % ds.chunks[0]
+    for outer in np.ndindex(*shape[:k]):
+        for start in range(0, shape[k], step):
+            stop = min(shape[k], start + step)
+            offset = int(np.ravel_multi_index(outer + (start,) + (0,) * (len(shape) - k - 1), shape))
+            yield tuple(outer) + (slice(start, stop),), offset
 
 
 def row_counts(f):
@@ -499,6 +533,44 @@ def is_output_of(path, job):
     except DumpReadError:
         return False
     return all(attrs.get(k) == job.get(k) for k in JOB_KEYS)
+
+
+def check_regular_file(path):
+    """A dump (or shard) is read only from a regular file: a FIFO would block the reader
+    forever, and a device (/dev/zero) is no dump."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        raise DumpReadError(f"'{path}' cannot be read ({e.strerror})") from e
+    if not stat.S_ISREG(mode):
+        kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket")
+        raise DumpReadError(f"'{path}' is {kind}, not a dump file")
+
+
+def _check_storage(f, path):
+    """Every dataset of a dump keeps its values in the dump itself, or, in a virtual merged
+    dump, in the shards it records beside it. HDF5 can also point a dataset at any other
+    file (external storage: raw bytes of /etc/passwd read as numbers; a virtual dataset over
+    another file): such a file is refused, whatever its attributes say."""
+    merged = _plain(f.attrs.get("merge_mode")) == "virtual"
+    allowed = {os.path.normpath(n) for n in _plain(f.attrs.get("merged_from")) or []} if merged else set()
+    found = []
+    f.visititems(lambda name, obj: found.append(obj) if isinstance(obj, h5py.Dataset) else None)
+    for ds in found:
+        if ds.external:
+            raise DumpReadError(f"'{path}': dataset {ds.name} keeps its values in another file "
+                                f"('{_plain(ds.external[0][0])}', HDF5 external storage); a dump never does")
+        if ds.is_virtual:
+            for source in ds.virtual_sources():
+                name = os.path.normpath(source.file_name)
+                if name not in allowed or source.dset_name.lstrip("/") != ds.name.lstrip("/"):
+                    raise DumpReadError(
+                        f"'{path}': dataset {ds.name} reads {source.dset_name} of '{source.file_name}', "
+                        "which is not one of the shards this merged dump records (merged_from)"
+                    )
 
 
 def _check_shards_beside(f, path):
@@ -573,9 +645,47 @@ def _dataset_record(group, name, ds, all_attributes=True):
         "dtype": str(ds.dtype),
         "mib": ds.size * ds.dtype.itemsize / (1 << 20),
     }
+    if all_attributes:
+        check_statistics(ds, attrs)
     record.update({k: attrs.pop(k) for k in STAT_KEYS if k in attrs})
     record.update(sorted(attrs.items()))  # per-channel statistics, call, output, target, ...
     return record
+
+
+CHANNEL_STATS = ("channel_min", "channel_max", "channel_mean", "channel_std", "channel_count")
+
+
+def check_statistics(ds, attrs=None):
+    """Refuse a dataset whose statistics attributes are not what a dump writes: min, max,
+    mean, std and zeros_fraction numbers, nan_count and inf_count counts, per-channel lists
+    with one number per channel (the last axis). A doctored or damaged attribute is one
+    DumpReadError naming the file, the dataset and the attribute, never a wrong figure shown
+    or merged. Missing ones are allowed (a dump of an empty selection writes none)."""
+    attrs = {k: _plain(v) for k, v in ds.attrs.items()} if attrs is None else attrs
+    count_keys = ("nan_count", "inf_count", "first_nonfinite_sample")
+    for key in (*STAT_KEYS, "first_nonfinite_sample"):
+        if key in attrs:
+            value = attrs[key]
+            integral = isinstance(value, int) and not isinstance(value, bool)
+            if key in count_keys and not (integral and value >= 0):
+                _bad_statistic(ds, key, value, "a count")
+            if key not in count_keys and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                _bad_statistic(ds, key, value, "a number")
+    channels = ds.shape[-1] if ds.ndim >= 2 else None
+    for key in CHANNEL_STATS:
+        if key in attrs:
+            value = attrs[key]
+            numbers = isinstance(value, list) and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+            if not numbers or len(value) != channels:
+                _bad_statistic(ds, key, value, f"{channels} numbers, one a channel")
+
+
+def _bad_statistic(ds, key, value, expected):
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    raise DumpReadError(f"'{ds.file.filename}' is a damaged dump: dataset {ds.name} has statistics "
+                        f"attribute {key} = {shown}, not {expected}")
 
 
 def in_model_order(records):

@@ -3,7 +3,6 @@ showing, the "did you mean" suggestion of a name that does not exist; and how a 
 is read."""
 
 import difflib
-import re
 
 from tensorprobe.errors import UsageError
 
@@ -17,6 +16,20 @@ def shape_text(shape, unknown="None"):
 def dtype_name(dtype):
     """'float32' for a NumPy, TensorFlow or Keras dtype (or a dtype's name)."""
     return getattr(dtype, "name", None) or str(dtype)
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)]}
+_CONTROL.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
+_LINES = {**_CONTROL, ord("\n"): "\n"}
+
+
+def printable(value, keep_newlines=False):
+    """`value` as text with every control character escaped (`\\x1b`, `\\n`, ...), so that a
+    name or an attribute read from a file cannot move the cursor, colour the terminal or
+    start a line of its own in a table or a message. Everything else, non-ASCII letters
+    included, is shown as it is. `keep_newlines` keeps line breaks, for text whose lines are
+    its own (JSON, where a control character in a value is already escaped)."""
+    return str(value).translate(_LINES if keep_newlines else _CONTROL)
 
 
 def first_line(exc):
@@ -58,10 +71,25 @@ def did_you_mean(name, candidates):
 
 def regex(pattern, option):
     """`pattern` compiled (None stays None); a usage error naming `option` if it is not a
-    valid regular expression. Every REGEX option matches with `re.search`."""
+    valid regular expression. Every REGEX option matches with `search`.
+
+    Patterns are compiled by RE2 (google-re2), whose matching time is linear in the length
+    of the text: a pattern such as `^(\\w+/?)+$`, which makes Python's backtracking `re`
+    run for minutes on a long tensor name, answers at once. RE2 lacks back-references and
+    look-around assertions; a pattern using them is refused with RE2's own reason."""
     if pattern is None:
         return None
+    import re2  # about 2 ms; only commands that take a REGEX need it
+
+    options = re2.Options()
+    options.log_errors = False  # the reason goes into our one error line, not onto stderr
     try:
-        return re.compile(pattern)
-    except re.error as e:
-        raise UsageError(f"{option} '{pattern}': not a valid regular expression ({e})") from e
+        return re2.compile(pattern, options)
+    except re2.error as e:
+        reason = e.args[0] if e.args else e
+        if isinstance(reason, bytes):
+            reason = reason.decode("utf-8", "replace")
+        raise UsageError(
+            f"{option} '{printable(pattern)}': not a valid regular expression ({reason}); "
+            "RE2 is used, which has no back-references or look-around"
+        ) from e

@@ -22,6 +22,9 @@ from tensorprobe.errors import InputError, UsageError
 FORMATS = {"": "png", ".png": "png", ".svg": "svg", ".pdf": "pdf"}
 MAX_PANELS = 64  # channel maps shown without --channels
 MAX_SAMPLES = 16  # rows of bars
+# The most values of one sample that a channel grid, a bar chart or a heatmap reads (they
+# hold it in float64): 2**26 values, 512 MiB. --hist streams any size in blocks.
+MAX_SAMPLE_VALUES = 1 << 26
 
 
 @dataclass
@@ -60,6 +63,8 @@ def render(request):
             raise InputError(f"'{dump.path}': /activations/{path} holds {ds.shape} {ds.dtype}, "
                              "not numeric values with a sample axis")
         _check_samples(dump, ds, request.samples)
+        if request.kind != "hist":
+            _check_sample_size(dump, ds, path)
         if request.kind == "hist":
             draw = _hist(ds, path, request)
         elif request.kind == "heatmap":
@@ -124,6 +129,15 @@ def _check_samples(dump, ds, samples):
     for i in samples:
         if i >= n:
             raise UsageError(f"--sample {i}: '{dump.path}' holds {n} samples (0 to {n - 1})")
+
+
+def _check_sample_size(dump, ds, path):
+    values = int(np.prod(ds.shape[1:], dtype=np.int64))
+    if values > MAX_SAMPLE_VALUES:
+        raise InputError(
+            f"'{dump.path}': one sample of /activations/{path} {_shape(ds.shape)} holds {values:,} values, "
+            f"more than the {MAX_SAMPLE_VALUES:,} plot reads at once to draw it; --hist draws any size"
+        )
 
 
 def _one_sample(request, what):

@@ -82,15 +82,12 @@ class Dump:
 
 
 def stream(ds, max_bytes=None):
-    """Yield a dataset's values in blocks of whole sample rows (whole HDF5 chunks where they
-    fit), each block at most `max_bytes` (READ_BYTES by default; one row at the least)."""
+    """Yield a dataset's values in blocks of at most `max_bytes` (READ_BYTES by default):
+    whole sample rows where they fit, parts of one sample where it is larger
+    (store.element_blocks), so memory stays bounded however large one sample is."""
     max_bytes = READ_BYTES if max_bytes is None else max_bytes
-    row_bytes = max(1, int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize)
-    rows = max(1, max_bytes // row_bytes)
-    if ds.chunks and ds.chunks[0] <= rows:
-        rows -= rows % ds.chunks[0]
-    for start in range(0, ds.shape[0], rows):
-        yield ds[start : start + rows]
+    for key, _ in store.element_blocks(ds, max_bytes // max(1, ds.dtype.itemsize)):
+        yield ds[key]
 
 
 def _did_you_mean(name, paths):

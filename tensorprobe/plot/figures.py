@@ -11,11 +11,15 @@ import math
 
 import numpy as np
 
-from tensorprobe.errors import TensorprobeError
+from tensorprobe.errors import TensorprobeError, UsageError
 
 BLUE, ORANGE, RED = "#1f77b4", "#ff7f0e", "#d62728"
 CAM_ALPHA = 0.5
 TITLE_INCHES = 0.65  # room for a two-line title at the top
+# The largest picture drawn: matplotlib's Agg canvas refuses a side of 2**16 pixels or more,
+# and 64 Mpx is 256 MiB of RGBA in memory before the file is written.
+MAX_SIDE_PIXELS = (1 << 16) - 1
+MAX_PIXELS = 1 << 26
 
 
 def matplotlib_figure():
@@ -31,11 +35,24 @@ def matplotlib_figure():
         ) from e
 
     def new(width, height, dpi):
+        check_pixels(width, height, dpi)
         fig = Figure(figsize=(width, height), dpi=dpi)
         FigureCanvasAgg(fig)
         return fig
 
     return new
+
+
+def check_pixels(width, height, dpi):
+    """Refuse, before anything is allocated, a picture of `width` x `height` inches at `dpi`
+    larger than MAX_PIXELS (or a side over MAX_SIDE_PIXELS)."""
+    w, h = math.ceil(width * dpi), math.ceil(height * dpi)
+    if max(w, h) > MAX_SIDE_PIXELS or w * h > MAX_PIXELS:
+        raise UsageError(
+            f"--dpi {dpi}: the picture would be {w:,} x {h:,} pixels, over the {MAX_PIXELS / 1e6:.0f} Mpx "
+            f"(and {MAX_SIDE_PIXELS:,} pixels a side) plot draws; lower --dpi or show fewer channels "
+            "with --channels"
+        )
 
 
 def channel_grid(maps, labels, title, dpi):
