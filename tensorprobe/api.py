@@ -538,56 +538,109 @@ def _summary_record(summary, output):
 
 # ---- comparing two models --------------------------------------------------------------------
 
-def compare(model_a, model_b, x, *, layers=(), match=None, pairs=None, rtol=1e-5, atol=1e-8, metric=None,
+def compare(model_a, model_b, x, *, layers=(), match=None, pairs=None, rtol=None, atol=None, metric=None,
             batch_size=32, save_a=None, save_b=None, overwrite=False, **prepare):
     """Run two models on the same inputs and compare the layers both have, paired by path:
     what `tensorprobe compare --json` prints (`pairs` in model A's order, each with `status`
-    "ok" or "differ"; `first_divergence`, the first pair out of tolerance, or None).
-    `pairs`: {path in A: path in B} where names differ; `metric`: None (numpy's allclose rule
-    with `rtol`/`atol`), "snr:DB" or "cosine:X". `save_a`/`save_b`: also write each model's
-    outputs to a dump.
+    "ok" or "differ"; `first_divergence`, the first pair out of tolerance, or None;
+    `criterion`, the rule used and why). `layers`: a name or a list of names in A; `pairs`:
+    {path in A: path in B} (or [(A, B)]) where names differ. The criterion: `metric`
+    "scaled:X", "snr:DB", "cosine:X" or "allclose" (numpy's rule with `rtol`/`atol`, which
+    `rtol`/`atol` alone mean too); None: the default for the two models' precisions (scaled:1e-4
+    for float32 against float32, snr:20 where either is quantized or half precision).
+    `x`: as `activations` takes it; model B's inputs are fed by name (by position when the
+    two models name them differently). `save_a`/`save_b`: also write each model's outputs
+    to a dump.
 
         >>> report = tensorprobe.compare("model.keras", "model_export/", x)
         >>> report["first_divergence"]    # None: every pair within tolerance
     """
+    from tensorprobe import modelcompare
+
     prep = preparation(**prepare)
     _check_batch_size(batch_size)
     with _api_names():
-        return run_compare(model_a, model_b, x, (), prep, layers=tuple(layers), match=match,
-                           pairs=tuple((pairs or {}).items()), rtol=rtol, atol=atol, metric=metric,
-                           batch_size=batch_size, save_a=save_a, save_b=save_b, overwrite=overwrite)
+        criterion = modelcompare.parse_metric(metric, rtol, atol)
+        return run_compare(model_a, model_b, x, (), prep, layers=_names(layers, "layers"), match=match,
+                           pairs=_pairs(pairs), criterion=criterion, batch_size=batch_size, save_a=save_a,
+                           save_b=save_b, overwrite=overwrite)
 
 
-def run_compare(model_a, model_b, x, named, prep, *, layers=(), match=None, pairs=(), rtol=1e-5, atol=1e-8,
-                metric=None, batch_size=32, save_a=None, save_b=None, overwrite=False, stdin=None,
-                progress=None):
-    """The comparison behind `compare` and the CLI: a dict (see tensorprobe/compare.py)."""
+def _names(value, argument):
+    """A name or a sequence of names -> a tuple of names: a string is one name (`layers="fc1"`),
+    never its characters."""
+    if value is None:
+        return ()
+    if isinstance(value, (str, os.PathLike)):
+        return (os.fspath(value),)
+    try:
+        names = tuple(value)
+    except TypeError:
+        raise errors.UsageError(f"{argument}: expected a name or a list of names, not {type(value).__name__}") \
+            from None
+    for name in names:
+        if not isinstance(name, str):
+            raise errors.UsageError(f"{argument}: expected names (strings), got {name!r}")
+    return names
+
+
+def _pairs(pairs):
+    """`pairs` as {A path: B path}, [(A path, B path)], one (A, B) pair or "A=B" strings ->
+    ((A path, B path), ...)."""
+    if pairs is None:
+        return ()
+    if isinstance(pairs, dict):
+        items = list(pairs.items())
+    elif isinstance(pairs, str):
+        items = [pairs]
+    elif (isinstance(pairs, tuple) and len(pairs) == 2 and all(isinstance(p, str) and "=" not in p for p in pairs)):
+        items = [pairs]  # one pair: ("dense", "dense_renamed")
+    else:
+        try:
+            items = list(pairs)
+        except TypeError:
+            items = [pairs]
+    result = []
+    for item in items:
+        if isinstance(item, str) and "=" in item:
+            item = tuple(item.split("=", 1))
+        if not (isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(p, str) and p for p in item)):
+            raise errors.UsageError(f"pairs: expected {{A path: B path}} or [(A path, B path)], got {item!r}")
+        result.append(tuple(item))
+    return tuple(result)
+
+
+def run_compare(model_a, model_b, x, named, prep, *, layers=(), match=None, pairs=(), criterion=None,
+                batch_size=32, save_a=None, save_b=None, overwrite=False, stdin=None, progress=None):
+    """The comparison behind `compare` and the CLI: a dict (see tensorprobe/modelcompare.py).
+    `criterion`: a modelcompare.Criterion, or None for the default by the models' precisions."""
     from tensorprobe import modelcompare as comparing
     from tensorprobe import probe, store
     from tensorprobe.probe import Storage
 
-    criterion = comparing.parse_metric(metric)
     for path in (save_a, save_b):
         if path is not None:
             store.check_output(os.fspath(path), overwrite)
     model_a, model_b = open_model(model_a), open_model(model_b)
+    precisions = {"a": comparing.precision(model_a), "b": comparing.precision(model_b)}
+    if criterion is None:
+        criterion = comparing.default_criterion(precisions["a"], precisions["b"])
+    order, inputs_note = comparing.input_order(model_a.inputs, model_b.inputs)
     paired, only_a, only_b = comparing.pairings(model_a.graph, model_b.graph, layers, match, pairs)
     plan_a = probe.plan(model_a.graph, [model_a.graph.entries[a] for a, _ in paired])
     plan_b = probe.plan(model_b.graph, [model_b.graph.entries[b] for _, b in paired])
     matched, unmatched_a, unmatched_b = comparing.matched_specs(plan_a, plan_b, paired)
     source = _feed(model_a, x, named, prep, stdin=stdin)
-    if len(model_a.inputs) != len(model_b.inputs):
-        raise errors.UsageError(f"the models take different inputs: {model_a.path} {len(model_a.inputs)}, "
-                                f"{model_b.path} {len(model_b.inputs)}")
     run_a = _layer_function(model_a, plan_a, Storage())
     run_b = _layer_function(model_b, plan_b, Storage())
-    comparison = comparing.Comparison(matched, source.rows, rtol, atol, criterion)
+    comparison = comparing.Comparison(matched, source.rows, criterion)
     with contextlib.ExitStack() as stack:
         writers = [_compare_writer(stack, path, model, plan, prep, source.rows, overwrite)
                    for path, model, plan in ((save_a, model_a, plan_a), (save_b, model_b, plan_b))]
         advance = stack.enter_context(progress(source.rows)) if progress is not None else None
         for batch in source.batches(batch_size):
-            values_a, values_b = run_a(batch.arrays, None), run_b(batch.arrays, None)
+            values_a = run_a(batch.arrays, None)
+            values_b = run_b([batch.arrays[k] for k in order], None)
             comparison.update(values_a, values_b)
             for writer, values in zip(writers, (values_a, values_b)):
                 if writer is not None:
@@ -601,11 +654,17 @@ def run_compare(model_a, model_b, x, named, prep, *, layers=(), match=None, pair
     first = next((r["path"] for r in records if r["status"] != "ok"), None)
     for record, key in zip(records, comparing.node_keys(model_b, plan_b, matched)):
         record["node_b"] = key  # model B's tensor name (or layer path), for Model Explorer
+    fused_in_b, fused_in_a = comparing.fused(model_b.graph, only_a), comparing.fused(model_a.graph, only_b)
     return {
         "a": model_a.path, "b": model_b.path, "samples": source.rows,
-        "metric": str(criterion), "rtol": rtol, "atol": atol,
+        "metric": str(criterion), "rtol": criterion.rtol, "atol": criterion.atol,
+        "criterion": criterion.describe(), "precision": precisions,
+        "inputs": [{"a": model_a.inputs[k]["name"], "b": spec["name"]} for k, spec in zip(order, model_b.inputs)],
+        "inputs_by_position": inputs_note,
         "pairs": records, "first_divergence": first,
-        "only_in_a": only_a + unmatched_a, "only_in_b": only_b + unmatched_b,
+        "only_in_a": [p for p in only_a if p not in fused_in_b] + unmatched_a,
+        "only_in_b": [p for p in only_b if p not in fused_in_a] + unmatched_b,
+        "fused_in_a": fused_in_a, "fused_in_b": fused_in_b,
         "match": first is None,
     }
 
