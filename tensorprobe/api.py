@@ -15,6 +15,7 @@ whose messages name this API's arguments (`layers`, `output`) rather than the CL
 import contextlib
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from tensorprobe import errors
@@ -30,9 +31,26 @@ _ARGUMENTS = {
     "--max-bytes": "max_bytes", "--signature": "signature", "--custom-objects": "custom_objects",
     "--unsafe": "unsafe", "--batch-size": "batch_size", "--compression": "compression",
     "--dtype": "dtype", "--reduce": "reduce", "--allow-incomplete": "allow_incomplete",
-    "--raw-quantized": "raw_quantized",
+    "--raw-quantized": "raw_quantized", "--save-a": "save_a", "--save-b": "save_b", "--pair": "pairs",
+    "--metric": "metric", "--rtol": "rtol", "--atol": "atol",
 }
 _FLAG = re.compile("|".join(sorted((re.escape(k) + r"\b" for k in _ARGUMENTS), key=len, reverse=True)))
+# The CLI's syntax in the shared core's messages -> this API's, before the flags are renamed.
+_PHRASES = [
+    (re.compile(r"give INPUT\.\.\. or --input NAME=PATH"), "give x"),
+    (re.compile(r", or --input NAME=PATH for each input"),
+     ", a list of arrays in the model's input order, or a dict {input name: array or path}"),
+    (re.compile(r"--input NAME=PATH"), "a dict x={input name: array or path}"),
+    (re.compile(r"--input '([^'=]*)=\.\.\.'"), r"x['\1']"),
+    (re.compile(r"--input ([^\s':]+) '"), r"x['\1'] '"),
+    (re.compile(r"--pair A_PATH=B_PATH"), "pairs={A path: B path}"),
+]
+
+
+def _in_api_words(message):
+    for pattern, replacement in _PHRASES:
+        message = pattern.sub(replacement, message)
+    return _FLAG.sub(lambda m: _ARGUMENTS[m.group(0).rstrip()], message)
 
 
 @contextlib.contextmanager
@@ -41,7 +59,7 @@ def _api_names():
     try:
         yield
     except errors.TensorprobeError as e:
-        e.args = (_FLAG.sub(lambda m: _ARGUMENTS[m.group(0).rstrip()], str(e)),)
+        e.args = (_in_api_words(str(e)),)
         raise
 
 
@@ -298,26 +316,46 @@ def preparation(resize="stretch", interpolation="bilinear", size=None, preproces
 
 
 def _feed(model, x, named, prep, layers=True, stdin=None):
-    """The checked input feed for `x`: an array, a dict of arrays (one per input), or paths
-    as `dump` takes them; `named`: [(input name, path)] as --input NAME=PATH gives them."""
+    """The checked input feed for `x`: an array, a list of arrays (one per input, in the
+    model's order), a dict {input name: array or path}, or paths as `dump` takes them;
+    `named`: [(input name, path)] as --input NAME=PATH gives them."""
     from tensorprobe.inputs import feed, preprocess, spec
 
     keras_walk = model.loaded.model is not None and layers  # else the tensor graph's inputs
     specs = spec.from_graph(model.graph if keras_walk else model.tensor_graph)
-    positional, by_name = _sources(x, named)
+    positional, by_name = _sources(x, named, specs)
     function = preprocess.lookup(prep.preprocess) if prep.preprocess else None
     return feed.open_feed(specs, positional, by_name, prep, stdin, function)
 
 
-def _sources(x, named):
-    from tensorprobe.inputs import sources
+def _is_path(value):
+    return isinstance(value, (str, os.PathLike))
 
-    if x is None or isinstance(x, (str, os.PathLike)) or (isinstance(x, (list, tuple)) and all(
-            isinstance(p, (str, os.PathLike)) for p in x)):
-        paths = [] if x is None else [x] if isinstance(x, (str, os.PathLike)) else list(x)
+
+def _sources(x, named, specs):
+    from tensorprobe.inputs import sources
+    from tensorprobe.inputs.spec import describe_all
+
+    if x is None or _is_path(x) or (isinstance(x, (list, tuple)) and all(_is_path(p) for p in x)):
+        paths = [] if x is None else [x] if _is_path(x) else list(x)
         return sources.gather([os.fspath(p) for p in paths], named)
+    if isinstance(x, (list, tuple)) and len(specs) > 1:  # one array per input, as Keras takes them
+        if len(x) != len(specs) or any(_is_path(p) for p in x):
+            raise errors.UsageError(f"x: a list of {len(x)} items for the model's {len(specs)} inputs "
+                                    f"({describe_all(specs)}): give one array per input, in that order, "
+                                    "or a dict {input name: array or path}")
+        x = {s.name: value for s, value in zip(specs, x)}
     if isinstance(x, dict):
-        return [], [(name, [sources.in_memory(value, f"<{name}>")]) for name, value in x.items()]
+        found = []
+        for name, value in x.items():
+            if _is_path(value):
+                found.append((name, sources.expand([os.fspath(value)], f"x['{name}']")))
+            else:
+                found.append((name, [sources.in_memory(value, f"<{name}>")]))
+        return [], found
+    if len(specs) > 1:
+        raise errors.UsageError(f"x: the model has {len(specs)} inputs ({describe_all(specs)}): give a list "
+                                "of arrays in that order, or a dict {input name: array or path}")
     return [sources.in_memory(x, "<array>")], []
 
 
@@ -356,11 +394,11 @@ def activations(model, x, *, layers=(), match=None, all_layers=False, tensors=()
     from tensorprobe.probe import Storage
     from tensorprobe.store import MemorySink
 
-    selection = Selection(tuple(layers), match, all_layers, tuple(tensors), tensor_match, gradients,
-                          target_output, labels, training)
     prep = preparation(**prepare)
     _check_batch_size(batch_size)
     with _api_names():
+        selection = Selection(_names(layers, "layers"), match, all_layers, _names(tensors, "tensors"), tensor_match,
+                              gradients, target_output, labels, training)
         selection.check(prep.skip_bad)
         model = load(model)
         source = _feed(model, x, (), prep, selection.wants_layers)
@@ -388,11 +426,14 @@ def dump(model, x, output, *, layers=(), match=None, all_layers=False, tensors=(
     """
     from tensorprobe.probe import Storage, parse_compression
 
-    selection = Selection(tuple(layers), match, all_layers, tuple(tensors), tensor_match, gradients,
-                          target_output, labels, training, jit)
+    from tensorprobe import store
+
     prep = preparation(**prepare)
     _check_batch_size(batch_size)
     with _api_names():
+        selection = Selection(_names(layers, "layers"), match, all_layers, _names(tensors, "tensors"), tensor_match,
+                              gradients, target_output, labels, training, jit)
+        store.check_hdf5_name(output, "--output")  # as the CLI's --output is checked
         storage = Storage(dtype, reduce, parse_compression(compression) if compression else (None, None))
         bar = progress_bar() if progress is True else progress or None
         result = run_dump(model, x, (), output, selection, prep, storage, batch_size=batch_size,
@@ -555,12 +596,16 @@ def compare(model_a, model_b, x, *, layers=(), match=None, pairs=None, rtol=None
         >>> report = tensorprobe.compare("model.keras", "model_export/", x)
         >>> report["first_divergence"]    # None: every pair within tolerance
     """
-    from tensorprobe import modelcompare
+    from tensorprobe import modelcompare, store, text
 
     prep = preparation(**prepare)
     _check_batch_size(batch_size)
     with _api_names():
-        criterion = modelcompare.parse_metric(metric, rtol, atol)
+        criterion = modelcompare.parse_metric(metric, rtol, atol)  # before any model is loaded
+        text.regex(match, "--match")
+        for path, option in ((save_a, "--save-a"), (save_b, "--save-b")):
+            if path is not None:
+                store.check_hdf5_name(path, option)
         return run_compare(model_a, model_b, x, (), prep, layers=_names(layers, "layers"), match=match,
                            pairs=_pairs(pairs), criterion=criterion, batch_size=batch_size, save_a=save_a,
                            save_b=save_b, overwrite=overwrite)
@@ -681,13 +726,17 @@ def _compare_writer(stack, path, model, plan, prep, rows, overwrite):
 
 # ---- reading and comparing dumps -----------------------------------------------------------
 
-class DumpFile:
-    """A dump opened for reading: `attrs` (the root attributes), `names` (its datasets, in
-    model order), `file[name]` (an h5py dataset: read lazily, `[:]` or slices), `summary()`.
-    Use it as a context manager, or call close().
+class DumpFile(Mapping):
+    """A dump opened for reading, and a read-only mapping {dataset name: h5py dataset}:
+    `file[name]` (read lazily, `[:]` or slices), `name in file`, `list(file)` and `keys()`
+    (its dataset names, in model order), `len(file)`, `items()`; `attrs` (the root
+    attributes), `names` (the same list as `list(file)`), `summary()`. Use it as a context
+    manager, or call close().
 
         >>> with tensorprobe.open_dump("acts.h5") as dump:
         ...     first = dump["vgg16/block1_conv2"][0]
+        ...     "fc1" in dump, len(dump)
+        (True, 3)
     """
 
     def __init__(self, path, allow_incomplete=False):
@@ -695,23 +744,45 @@ class DumpFile:
 
         self.path = os.fspath(path)
         self.allow_incomplete = allow_incomplete
+        self._names = None
         with _api_names():
             self._file = store.open_dump(self.path, allow_incomplete)
         self.attrs = {k: _plain(v) for k, v in self._file.attrs.items()}
 
     @property
     def names(self):
-        return [d["name"] for d in self.summary()["datasets"]]
+        if self._names is None:
+            self._names = [d["name"] for d in self.summary()["datasets"]]
+        return list(self._names)
 
-    def __getitem__(self, name):
+    def _key(self, name):
+        """The HDF5 path of the dataset `name` (`fc1`, `gradients/fc1`, `tensors/...`), or None."""
+        if not isinstance(name, str):
+            return None
         group, path = ("activations", name)
         for prefix in ("gradients/", "tensors/"):
             if name.startswith(prefix):
                 group, path = prefix[:-1], name[len(prefix):]
         full = f"{group}/{path}"
-        if full not in self._file:
+        return full if full in self._file and name in self.names else None
+
+    def __getitem__(self, name):
+        full = self._key(name)
+        if full is None:
             raise KeyError(f"{name!r}: no such dataset in {self.path}; it holds {', '.join(self.names)}")
         return self._file[full]
+
+    def __contains__(self, name):
+        return self._key(name) is not None
+
+    def __iter__(self):
+        return iter(self.names)
+
+    def __len__(self):
+        return len(self.names)
+
+    def __repr__(self):
+        return f"<tensorprobe.DumpFile {self.path} ({len(self)} datasets)>"
 
     def summary(self):
         """What `tensorprobe summary --json` prints."""

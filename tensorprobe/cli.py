@@ -281,25 +281,12 @@ def _parsed(parse):
     return callback
 
 
-# Suffixes of files that are not HDF5: an --output named so would be an HDF5 file in disguise.
-OTHER_FORMATS = {
-    ".npy": "NumPy", ".npz": "NumPy", ".json": "JSON", ".jsonl": "JSON lines", ".csv": "CSV", ".tsv": "TSV",
-    ".txt": "text", ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".gif": "GIF", ".bmp": "BMP", ".tif": "TIFF",
-    ".tiff": "TIFF", ".webp": "WebP", ".svg": "SVG", ".pdf": "PDF", ".keras": "Keras", ".tflite": "TFLite",
-    ".pb": "protobuf", ".onnx": "ONNX", ".pt": "PyTorch", ".pth": "PyTorch", ".safetensors": "safetensors",
-    ".ckpt": "checkpoint", ".pkl": "pickle", ".pickle": "pickle", ".parquet": "Parquet", ".zip": "zip",
-    ".gz": "gzip", ".tar": "tar", ".py": "Python",
-}
-
-
 def hdf5_output(ctx, param, value):
     """A click callback: refuses an HDF5 --output named like another format's file (acts.npy)."""
-    from pathlib import Path
+    from tensorprobe import store
 
-    suffix = Path(value).suffix.lower() if value is not None else ""
-    if suffix in OTHER_FORMATS:
-        raise errors.UsageError(f"{param.opts[-1]} '{value}': the output is an HDF5 file, not {OTHER_FORMATS[suffix]} "
-                                f"({suffix}); name it .h5 or .hdf5")
+    if value is not None:
+        store.check_hdf5_name(value, param.opts[-1])
     return value
 
 
