@@ -128,24 +128,29 @@ def parse_metric(text, rtol=None, atol=None, option="--metric"):
 
 
 REDUCED = ("int4", "int8", "uint8", "float8", "int16", "float16", "bfloat16")  # narrowest first
+HALF = ("float16", "bfloat16")
 GRAPH_QUANTIZED = {"qint8": "int8", "quint8": "uint8", "qint16": "int16"}  # TensorFlow's quantized dtypes
 
 
 def precision(model):
     """What `model` (an api.Model) computes in: 'float32', or the narrowest of REDUCED it
-    holds: a quantized or float16 TFLite file (its tensors), a Keras model with a
-    mixed-precision or quantized dtype policy (its layers'), a graph with half-precision or
-    quantized tensors."""
+    computes with: a TFLite file's quantized tensors (those with a scale) and float16
+    tensors, a Keras model's half-precision compute dtypes (a mixed-precision policy) and
+    quantized layers (`layer.quantize("int8")`), a graph's half-precision and quantized
+    (qint8...) tensors. Plain integer data (uint8 images, int32 token ids, argmax) is not
+    a precision."""
     found = set()
     if model.loaded.model is not None:
         for entry in model.graph.entries.values():
-            found.add(str(getattr(entry.layer, "compute_dtype", None)))
+            compute = str(getattr(entry.layer, "compute_dtype", None))
+            found.add(compute if compute in HALF else None)
             policy = getattr(entry.layer, "dtype_policy", None)
             found.add(str(getattr(policy, "quantization_mode", None)))  # Keras' layer.quantize("int8")
     else:
         for t in model.tensor_graph.tensors:
             quantization = getattr(t, "quantization", None)  # a TFLite tensor's
-            found.add(quantization.dtype if quantization is not None else GRAPH_QUANTIZED.get(t.dtype, t.dtype))
+            found.add(quantization.dtype if quantization is not None else GRAPH_QUANTIZED.get(t.dtype, t.dtype)
+                      if t.dtype in HALF or t.dtype in GRAPH_QUANTIZED else None)
     return next((dtype for dtype in REDUCED if dtype in found), "float32")
 
 

@@ -50,6 +50,18 @@ def fc1_of(model, x):
     return np.asarray(keras.Model(model.inputs, model.get_layer("fc1").output)(x))
 
 
+def test_a_string_is_one_tensor_name(renamed):
+    import keras
+
+    folder, values, _ = renamed
+    model = tensorprobe.load(folder / "a.keras")
+    name = next(t["name"] for t in model.tensors() if t["op"] == "MatMul" and "hidden" in t["name"])
+    acts = tensorprobe.activations(model, values, tensors=name)
+    assert list(acts) == [f"tensors/{name}"]
+    kernel, _ = keras.saving.load_model(folder / "a.keras").get_layer("hidden").get_weights()
+    np.testing.assert_allclose(acts[f"tensors/{name}"], values @ kernel, rtol=1e-5, atol=1e-6)
+
+
 def test_a_string_is_one_layer_name(x, transfer, tmp_path):
     acts = tensorprobe.activations(SAMPLES / "transfer.keras", x, layers="fc1")
     assert list(acts) == ["fc1"]
@@ -98,7 +110,7 @@ def test_outputs_named_like_another_format_are_refused(cli, x, tmp_path, renamed
         tensorprobe.compare(folder / "a.keras", folder / "a.keras", values, save_b=tmp_path / "b.json")
 
 
-def test_a_list_of_arrays_feeds_the_inputs_in_order():
+def test_a_list_of_arrays_feeds_the_inputs_in_order(tmp_path):
     import keras
 
     model = keras.saving.load_model(SAMPLES / "two_inputs.keras")
@@ -108,6 +120,10 @@ def test_a_list_of_arrays_feeds_the_inputs_in_order():
     for given in ([image, meta], (image, meta), {"meta": meta, "image": image}):
         acts = tensorprobe.activations(SAMPLES / "two_inputs.keras", given, layers="merged")
         np.testing.assert_allclose(acts["merged"], expected, rtol=1e-5, atol=1e-5)
+    np.save(tmp_path / "image.npy", image)
+    acts = tensorprobe.activations(SAMPLES / "two_inputs.keras", {"image": tmp_path / "image.npy", "meta": meta},
+                                   layers="merged")
+    np.testing.assert_allclose(acts["merged"], expected, rtol=1e-5, atol=1e-5)
     with pytest.raises(tensorprobe.TensorprobeError) as e:
         tensorprobe.activations(SAMPLES / "two_inputs.keras", [image], layers="merged")
     assert str(e.value) == ("x: a list of 1 items for the model's 2 inputs (image (None, 32, 32, 3) float32, "

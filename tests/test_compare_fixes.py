@@ -244,3 +244,30 @@ def test_thresholds_at_their_limits_are_accepted(cli, files):
         r, result = run_json(cli, files / "two.keras", files / "two_export", files / "two.npz", "--metric", metric)
         assert r.exit_code == 0, (metric, r.stderr)  # the export is exact: every criterion passes
         assert result["metric"] == metric and result["criterion"].endswith("; given)")
+
+
+def test_mixed_precision_keras_gets_the_snr_default():
+    """A mixed_float16 model against the same weights in float32 (in-memory models)."""
+    import keras
+
+    import tensorprobe
+
+    L = keras.layers
+    keras.utils.set_random_seed(3)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        i = keras.Input((6,), name="v")
+        half = keras.Model(i, L.Dense(3, name="out")(L.Dense(8, activation="relu", name="hidden")(i)))
+    finally:
+        keras.config.set_dtype_policy(previous)
+    i = keras.Input((6,), name="v")
+    full = keras.Model(i, L.Dense(3, name="out")(L.Dense(8, activation="relu", name="hidden")(i)))
+    full.set_weights(half.get_weights())
+    x = np.random.default_rng(3).normal(size=(16, 6)).astype("float32")
+    result = tensorprobe.compare(half, full, x)
+    assert result["precision"] == {"a": "float16", "b": "float32"} and result["metric"] == "snr:20"
+    a, b = np.asarray(half(x), np.float64), np.asarray(full(x), np.float64)
+    out = next(p for p in result["pairs"] if p["path"] == "out")
+    assert out["snr_db"] == pytest.approx(10 * np.log10((b * b).sum() / ((a - b) ** 2).sum()), rel=1e-6)
+    assert out["status"] == "ok" and result["match"] is True
