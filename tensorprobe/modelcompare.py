@@ -11,9 +11,12 @@ pairs call by call and output by output. A layer only one model has is listed, n
 Per pair, over every element of every sample (float64): the largest absolute and relative
 error (relative to B, the reference, where B is not 0), the mean absolute error, the cosine
 similarity of A and B, and the signal-to-noise ratio 10 log10(sum B^2 / sum (A - B)^2) in dB
-(inf when they are equal). A pair is within tolerance, by default, when every element passes
-numpy's rule |a - b| <= atol + rtol |b| (NaN with NaN and equal infinities pass); with the
-metric `snr:DB`, when its SNR is at least DB; with `cosine:X`, when its cosine is at least X.
+(inf when they are equal). A pair is within tolerance by its criterion: `scaled:X` when its
+largest error is at most X times B's largest absolute value; `snr:DB` when its SNR is at least
+DB; `cosine:X` when its cosine is at least X; `allclose` when every element passes numpy's rule
+|a - b| <= atol + rtol |b| (NaN with NaN and equal infinities pass). A NaN on one side fails
+every criterion. Without one, the criterion is chosen by what the two models compute in
+(`default_criterion`). Model B's inputs are fed by name (`input_order`).
 Values of the same size whose shapes differ only by layout (NCHW in A, NHWC in B, or the other
 way) are compared after moving the channel axis, and the pair says so.
 
@@ -22,7 +25,6 @@ of inputs; `save_a`/`save_b` also write each model's outputs as a dump.
 """
 
 import math
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,7 +63,7 @@ class Criterion:
         return self.kind if self.value is None else f"{self.kind}:{self.value:g}"
 
     def describe(self):
-        """'scaled:0.0001 (max |A - B| <= X max |B|; the default for float32 vs float32)'."""
+        """'scaled:0.0001 (max |A - B| <= X max |B|; the default for A float32, B float32)'."""
         what = f"rtol {self.rtol:g}, atol {self.atol:g}" if self.kind == "allclose" else str(self)
         return f"{what} ({KINDS[self.kind]}; {self.reason})"
 
@@ -126,7 +128,6 @@ def parse_metric(text, rtol=None, atol=None, option="--metric"):
     return Criterion(kind, _threshold(text, option))
 
 
-
 REDUCED = ("int4", "int8", "uint8", "float8", "int16", "float16", "bfloat16")  # narrowest first
 HALF = ("float16", "bfloat16")
 GRAPH_QUANTIZED = {"qint8": "int8", "quint8": "uint8", "qint16": "int16"}  # TensorFlow's quantized dtypes
@@ -148,9 +149,13 @@ def precision(model):
             found.add(str(getattr(policy, "quantization_mode", None)))  # Keras' layer.quantize("int8")
     else:
         for t in model.tensor_graph.tensors:
-            quantization = getattr(t, "quantization", None)  # a TFLite tensor's
-            found.add(quantization.dtype if quantization is not None else GRAPH_QUANTIZED.get(t.dtype, t.dtype)
-                      if t.dtype in HALF or t.dtype in GRAPH_QUANTIZED else None)
+            quantization = getattr(t, "quantization", None)  # a TFLite tensor's scale and zero point
+            if quantization is not None:
+                found.add(quantization.dtype)
+            elif t.dtype in HALF:
+                found.add(t.dtype)
+            elif t.dtype in GRAPH_QUANTIZED:
+                found.add(GRAPH_QUANTIZED[t.dtype])
     return next((dtype for dtype in REDUCED if dtype in found), "float32")
 
 
