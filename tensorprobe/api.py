@@ -339,6 +339,8 @@ def _sources(x, named, specs):
     if x is None or _is_path(x) or (isinstance(x, (list, tuple)) and all(_is_path(p) for p in x)):
         paths = [] if x is None else [x] if _is_path(x) else list(x)
         return sources.gather([os.fspath(p) for p in paths], named)
+    if isinstance(x, (list, tuple)) and len(specs) == 1 and len(x) == 1 and hasattr(x[0], "shape"):
+        x = x[0]  # [array] for a model with one input, as Keras takes it
     if isinstance(x, (list, tuple)) and len(specs) > 1:  # one array per input, as Keras takes them
         if len(x) != len(specs) or any(_is_path(p) for p in x):
             raise errors.UsageError(f"x: a list of {len(x)} items for the model's {len(specs)} inputs "

@@ -66,6 +66,8 @@ def test_a_string_is_one_layer_name(x, transfer, tmp_path):
     acts = tensorprobe.activations(SAMPLES / "transfer.keras", x, layers="fc1")
     assert list(acts) == ["fc1"]
     np.testing.assert_allclose(acts["fc1"], fc1_of(transfer, x), rtol=1e-5, atol=1e-5)
+    as_list = tensorprobe.activations(SAMPLES / "transfer.keras", [x], layers="fc1")  # [array], as Keras takes it
+    np.testing.assert_array_equal(as_list["fc1"], acts["fc1"])
     summary = tensorprobe.dump(SAMPLES / "transfer.keras", x, tmp_path / "one.h5", layers="fc1")
     assert [d["name"] for d in summary["datasets"]] == ["fc1"]
     result = tensorprobe.compare(SAMPLES / "transfer.keras", SAMPLES / "transfer.keras", x, layers="fc1")
