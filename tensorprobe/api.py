@@ -15,6 +15,7 @@ whose messages name this API's arguments (`layers`, `output`) rather than the CL
 import contextlib
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from tensorprobe import errors
@@ -30,9 +31,26 @@ _ARGUMENTS = {
     "--max-bytes": "max_bytes", "--signature": "signature", "--custom-objects": "custom_objects",
     "--unsafe": "unsafe", "--batch-size": "batch_size", "--compression": "compression",
     "--dtype": "dtype", "--reduce": "reduce", "--allow-incomplete": "allow_incomplete",
-    "--raw-quantized": "raw_quantized",
+    "--raw-quantized": "raw_quantized", "--save-a": "save_a", "--save-b": "save_b", "--pair": "pairs",
+    "--metric": "metric", "--rtol": "rtol", "--atol": "atol",
 }
 _FLAG = re.compile("|".join(sorted((re.escape(k) + r"\b" for k in _ARGUMENTS), key=len, reverse=True)))
+# The CLI's syntax in the shared core's messages -> this API's, before the flags are renamed.
+_PHRASES = [
+    (re.compile(r"give INPUT\.\.\. or --input NAME=PATH"), "give x"),
+    (re.compile(r", or --input NAME=PATH for each input"),
+     ", a list of arrays in the model's input order, or a dict {input name: array or path}"),
+    (re.compile(r"--input NAME=PATH"), "a dict x={input name: array or path}"),
+    (re.compile(r"--input '([^'=]*)=\.\.\.'"), r"x['\1']"),
+    (re.compile(r"--input ([^\s':]+) '"), r"x['\1'] '"),
+    (re.compile(r"--pair A_PATH=B_PATH"), "pairs={A path: B path}"),
+]
+
+
+def _in_api_words(message):
+    for pattern, replacement in _PHRASES:
+        message = pattern.sub(replacement, message)
+    return _FLAG.sub(lambda m: _ARGUMENTS[m.group(0).rstrip()], message)
 
 
 @contextlib.contextmanager
@@ -41,7 +59,7 @@ def _api_names():
     try:
         yield
     except errors.TensorprobeError as e:
-        e.args = (_FLAG.sub(lambda m: _ARGUMENTS[m.group(0).rstrip()], str(e)),)
+        e.args = (_in_api_words(str(e)),)
         raise
 
 
@@ -304,26 +322,48 @@ def preparation(resize="stretch", interpolation="bilinear", size=None, preproces
 
 
 def _feed(model, x, named, prep, layers=True, stdin=None):
-    """The checked input feed for `x`: an array, a dict of arrays (one per input), or paths
-    as `dump` takes them; `named`: [(input name, path)] as --input NAME=PATH gives them."""
+    """The checked input feed for `x`: an array, a list of arrays (one per input, in the
+    model's order), a dict {input name: array or path}, or paths as `dump` takes them;
+    `named`: [(input name, path)] as --input NAME=PATH gives them."""
     from tensorprobe.inputs import feed, preprocess, spec
 
     keras_walk = model.loaded.model is not None and layers  # else the tensor graph's inputs
     specs = spec.from_graph(model.graph if keras_walk else model.tensor_graph)
-    positional, by_name = _sources(x, named)
+    positional, by_name = _sources(x, named, specs)
     function = preprocess.lookup(prep.preprocess) if prep.preprocess else None
     return feed.open_feed(specs, positional, by_name, prep, stdin, function)
 
 
-def _sources(x, named):
-    from tensorprobe.inputs import sources
+def _is_path(value):
+    return isinstance(value, (str, os.PathLike))
 
-    if x is None or isinstance(x, (str, os.PathLike)) or (isinstance(x, (list, tuple)) and all(
-            isinstance(p, (str, os.PathLike)) for p in x)):
-        paths = [] if x is None else [x] if isinstance(x, (str, os.PathLike)) else list(x)
+
+def _sources(x, named, specs):
+    from tensorprobe.inputs import sources
+    from tensorprobe.inputs.spec import describe_all
+
+    if x is None or _is_path(x) or (isinstance(x, (list, tuple)) and all(_is_path(p) for p in x)):
+        paths = [] if x is None else [x] if _is_path(x) else list(x)
         return sources.gather([os.fspath(p) for p in paths], named)
+    if isinstance(x, (list, tuple)) and len(specs) == 1 and len(x) == 1 and hasattr(x[0], "shape"):
+        x = x[0]  # [array] for a model with one input, as Keras takes it
+    if isinstance(x, (list, tuple)) and len(specs) > 1:  # one array per input, as Keras takes them
+        if len(x) != len(specs) or any(_is_path(p) for p in x):
+            raise errors.UsageError(f"x: a list of {len(x)} items for the model's {len(specs)} inputs "
+                                    f"({describe_all(specs)}): give one array per input, in that order, "
+                                    "or a dict {input name: array or path}")
+        x = {s.name: value for s, value in zip(specs, x)}
     if isinstance(x, dict):
-        return [], [(name, [sources.in_memory(value, f"<{name}>")]) for name, value in x.items()]
+        found = []
+        for name, value in x.items():
+            if _is_path(value):
+                found.append((name, sources.expand([os.fspath(value)], f"x['{name}']")))
+            else:
+                found.append((name, [sources.in_memory(value, f"<{name}>")]))
+        return [], found
+    if len(specs) > 1:
+        raise errors.UsageError(f"x: the model has {len(specs)} inputs ({describe_all(specs)}): give a list "
+                                "of arrays in that order, or a dict {input name: array or path}")
     return [sources.in_memory(x, "<array>")], []
 
 
@@ -362,11 +402,11 @@ def activations(model, x, *, layers=(), match=None, all_layers=False, tensors=()
     from tensorprobe.probe import Storage
     from tensorprobe.store import MemorySink
 
-    selection = Selection(tuple(layers), match, all_layers, tuple(tensors), tensor_match, gradients,
-                          target_output, labels, training)
     prep = preparation(**prepare)
     _check_batch_size(batch_size)
     with _api_names():
+        selection = Selection(_names(layers, "layers"), match, all_layers, _names(tensors, "tensors"), tensor_match,
+                              gradients, target_output, labels, training)
         selection.check(prep.skip_bad)
         model = load(model)
         source = _feed(model, x, (), prep, selection.wants_layers)
@@ -394,11 +434,14 @@ def dump(model, x, output, *, layers=(), match=None, all_layers=False, tensors=(
     """
     from tensorprobe.probe import Storage, parse_compression
 
-    selection = Selection(tuple(layers), match, all_layers, tuple(tensors), tensor_match, gradients,
-                          target_output, labels, training, jit)
+    from tensorprobe import store
+
     prep = preparation(**prepare)
     _check_batch_size(batch_size)
     with _api_names():
+        selection = Selection(_names(layers, "layers"), match, all_layers, _names(tensors, "tensors"), tensor_match,
+                              gradients, target_output, labels, training, jit)
+        store.check_hdf5_name(output, "--output")  # as the CLI's --output is checked
         storage = Storage(dtype, reduce, parse_compression(compression) if compression else (None, None))
         bar = progress_bar() if progress is True else progress or None
         result = run_dump(model, x, (), output, selection, prep, storage, batch_size=batch_size,
@@ -544,56 +587,113 @@ def _summary_record(summary, output):
 
 # ---- comparing two models --------------------------------------------------------------------
 
-def compare(model_a, model_b, x, *, layers=(), match=None, pairs=None, rtol=1e-5, atol=1e-8, metric=None,
+def compare(model_a, model_b, x, *, layers=(), match=None, pairs=None, rtol=None, atol=None, metric=None,
             batch_size=32, save_a=None, save_b=None, overwrite=False, **prepare):
     """Run two models on the same inputs and compare the layers both have, paired by path:
     what `tensorprobe compare --json` prints (`pairs` in model A's order, each with `status`
-    "ok" or "differ"; `first_divergence`, the first pair out of tolerance, or None).
-    `pairs`: {path in A: path in B} where names differ; `metric`: None (numpy's allclose rule
-    with `rtol`/`atol`), "snr:DB" or "cosine:X". `save_a`/`save_b`: also write each model's
-    outputs to a dump.
+    "ok" or "differ"; `first_divergence`, the first pair out of tolerance, or None;
+    `criterion`, the rule used and why). `layers`: a name or a list of names in A; `pairs`:
+    {path in A: path in B} (or [(A, B)]) where names differ. The criterion: `metric`
+    "scaled:X", "snr:DB", "cosine:X" or "allclose" (numpy's rule with `rtol`/`atol`, which
+    `rtol`/`atol` alone mean too); None: the default for the two models' precisions (scaled:1e-4
+    for float32 against float32, snr:20 where either is quantized or half precision).
+    `x`: as `activations` takes it; model B's inputs are fed by name (by position when the
+    two models name them differently). `save_a`/`save_b`: also write each model's outputs
+    to a dump.
 
         >>> report = tensorprobe.compare("model.keras", "model_export/", x)
         >>> report["first_divergence"]    # None: every pair within tolerance
     """
+    from tensorprobe import modelcompare, store, text
+
     prep = preparation(**prepare)
     _check_batch_size(batch_size)
     with _api_names():
-        return run_compare(model_a, model_b, x, (), prep, layers=tuple(layers), match=match,
-                           pairs=tuple((pairs or {}).items()), rtol=rtol, atol=atol, metric=metric,
-                           batch_size=batch_size, save_a=save_a, save_b=save_b, overwrite=overwrite)
+        criterion = modelcompare.parse_metric(metric, rtol, atol)  # before any model is loaded
+        text.regex(match, "--match")
+        for path, option in ((save_a, "--save-a"), (save_b, "--save-b")):
+            if path is not None:
+                store.check_hdf5_name(path, option)
+        return run_compare(model_a, model_b, x, (), prep, layers=_names(layers, "layers"), match=match,
+                           pairs=_pairs(pairs), criterion=criterion, batch_size=batch_size, save_a=save_a,
+                           save_b=save_b, overwrite=overwrite)
 
 
-def run_compare(model_a, model_b, x, named, prep, *, layers=(), match=None, pairs=(), rtol=1e-5, atol=1e-8,
-                metric=None, batch_size=32, save_a=None, save_b=None, overwrite=False, stdin=None,
-                progress=None):
-    """The comparison behind `compare` and the CLI: a dict (see tensorprobe/compare.py)."""
+def _names(value, argument):
+    """A name or a sequence of names -> a tuple of names: a string is one name (`layers="fc1"`),
+    never its characters."""
+    if value is None:
+        return ()
+    if isinstance(value, (str, os.PathLike)):
+        return (os.fspath(value),)
+    try:
+        names = tuple(value)
+    except TypeError:
+        raise errors.UsageError(f"{argument}: expected a name or a list of names, not {type(value).__name__}") \
+            from None
+    for name in names:
+        if not isinstance(name, str):
+            raise errors.UsageError(f"{argument}: expected names (strings), got {name!r}")
+    return names
+
+
+def _pairs(pairs):
+    """`pairs` as {A path: B path}, [(A path, B path)], one (A, B) pair or "A=B" strings ->
+    ((A path, B path), ...)."""
+    if pairs is None:
+        return ()
+    if isinstance(pairs, dict):
+        items = list(pairs.items())
+    elif isinstance(pairs, str):
+        items = [pairs]
+    elif (isinstance(pairs, tuple) and len(pairs) == 2 and all(isinstance(p, str) and "=" not in p for p in pairs)):
+        items = [pairs]  # one pair: ("dense", "dense_renamed")
+    else:
+        try:
+            items = list(pairs)
+        except TypeError:
+            items = [pairs]
+    result = []
+    for item in items:
+        if isinstance(item, str) and "=" in item:
+            item = tuple(item.split("=", 1))
+        if not (isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(p, str) and p for p in item)):
+            raise errors.UsageError(f"pairs: expected {{A path: B path}} or [(A path, B path)], got {item!r}")
+        result.append(tuple(item))
+    return tuple(result)
+
+
+def run_compare(model_a, model_b, x, named, prep, *, layers=(), match=None, pairs=(), criterion=None,
+                batch_size=32, save_a=None, save_b=None, overwrite=False, stdin=None, progress=None):
+    """The comparison behind `compare` and the CLI: a dict (see tensorprobe/modelcompare.py).
+    `criterion`: a modelcompare.Criterion, or None for the default by the models' precisions."""
     from tensorprobe import modelcompare as comparing
     from tensorprobe import probe, store
     from tensorprobe.probe import Storage
 
-    criterion = comparing.parse_metric(metric)
     for path in (save_a, save_b):
         if path is not None:
             store.check_output(os.fspath(path), overwrite)
     model_a, model_b = open_model(model_a), open_model(model_b)
+    precisions = {"a": comparing.precision(model_a), "b": comparing.precision(model_b)}
+    if criterion is None:
+        criterion = comparing.default_criterion(precisions["a"], precisions["b"])
+    order, inputs_note = comparing.input_order(model_a.inputs, model_b.inputs)
     paired, only_a, only_b = comparing.pairings(model_a.graph, model_b.graph, layers, match, pairs)
     plan_a = probe.plan(model_a.graph, [model_a.graph.entries[a] for a, _ in paired])
     plan_b = probe.plan(model_b.graph, [model_b.graph.entries[b] for _, b in paired])
     matched, unmatched_a, unmatched_b = comparing.matched_specs(plan_a, plan_b, paired)
     source = _feed(model_a, x, named, prep, stdin=stdin)
-    if len(model_a.inputs) != len(model_b.inputs):
-        raise errors.UsageError(f"the models take different inputs: {model_a.path} {len(model_a.inputs)}, "
-                                f"{model_b.path} {len(model_b.inputs)}")
     run_a = _layer_function(model_a, plan_a, Storage())
     run_b = _layer_function(model_b, plan_b, Storage())
-    comparison = comparing.Comparison(matched, source.rows, rtol, atol, criterion)
+    comparison = comparing.Comparison(matched, source.rows, criterion)
     with contextlib.ExitStack() as stack:
         writers = [_compare_writer(stack, path, model, plan, prep, source.rows, overwrite)
                    for path, model, plan in ((save_a, model_a, plan_a), (save_b, model_b, plan_b))]
         advance = stack.enter_context(progress(source.rows)) if progress is not None else None
         for batch in source.batches(batch_size):
-            values_a, values_b = run_a(batch.arrays, None), run_b(batch.arrays, None)
+            values_a = run_a(batch.arrays, None)
+            values_b = run_b([batch.arrays[k] for k in order], None)
             comparison.update(values_a, values_b)
             for writer, values in zip(writers, (values_a, values_b)):
                 if writer is not None:
@@ -607,11 +707,17 @@ def run_compare(model_a, model_b, x, named, prep, *, layers=(), match=None, pair
     first = next((r["path"] for r in records if r["status"] != "ok"), None)
     for record, key in zip(records, comparing.node_keys(model_b, plan_b, matched)):
         record["node_b"] = key  # model B's tensor name (or layer path), for Model Explorer
+    fused_in_b, fused_in_a = comparing.fused(model_b.graph, only_a), comparing.fused(model_a.graph, only_b)
     return {
         "a": model_a.path, "b": model_b.path, "samples": source.rows,
-        "metric": str(criterion), "rtol": rtol, "atol": atol,
+        "metric": str(criterion), "rtol": criterion.rtol, "atol": criterion.atol,
+        "criterion": criterion.describe(), "precision": precisions,
+        "inputs": [{"a": model_a.inputs[k]["name"], "b": spec["name"]} for k, spec in zip(order, model_b.inputs)],
+        "inputs_by_position": inputs_note,
         "pairs": records, "first_divergence": first,
-        "only_in_a": only_a + unmatched_a, "only_in_b": only_b + unmatched_b,
+        "only_in_a": [p for p in only_a if p not in fused_in_b] + unmatched_a,
+        "only_in_b": [p for p in only_b if p not in fused_in_a] + unmatched_b,
+        "fused_in_a": fused_in_a, "fused_in_b": fused_in_b,
         "match": first is None,
     }
 
@@ -628,13 +734,17 @@ def _compare_writer(stack, path, model, plan, prep, rows, overwrite):
 
 # ---- reading and comparing dumps -----------------------------------------------------------
 
-class DumpFile:
-    """A dump opened for reading: `attrs` (the root attributes), `names` (its datasets, in
-    model order), `file[name]` (an h5py dataset: read lazily, `[:]` or slices), `summary()`.
-    Use it as a context manager, or call close().
+class DumpFile(Mapping):
+    """A dump opened for reading, and a read-only mapping {dataset name: h5py dataset}:
+    `file[name]` (read lazily, `[:]` or slices), `name in file`, `list(file)` and `keys()`
+    (its dataset names, in model order), `len(file)`, `items()`; `attrs` (the root
+    attributes), `names` (the same list as `list(file)`), `summary()`. Use it as a context
+    manager, or call close().
 
         >>> with tensorprobe.open_dump("acts.h5") as dump:
         ...     first = dump["vgg16/block1_conv2"][0]
+        ...     "fc1" in dump, len(dump)
+        (True, 3)
     """
 
     def __init__(self, path, allow_incomplete=False):
@@ -642,23 +752,45 @@ class DumpFile:
 
         self.path = os.fspath(path)
         self.allow_incomplete = allow_incomplete
+        self._names = None
         with _api_names():
             self._file = store.open_dump(self.path, allow_incomplete)
         self.attrs = {k: _plain(v) for k, v in self._file.attrs.items()}
 
     @property
     def names(self):
-        return [d["name"] for d in self.summary()["datasets"]]
+        if self._names is None:
+            self._names = [d["name"] for d in self.summary()["datasets"]]
+        return list(self._names)
 
-    def __getitem__(self, name):
+    def _key(self, name):
+        """The HDF5 path of the dataset `name` (`fc1`, `gradients/fc1`, `tensors/...`), or None."""
+        if not isinstance(name, str):
+            return None
         group, path = ("activations", name)
         for prefix in ("gradients/", "tensors/"):
             if name.startswith(prefix):
                 group, path = prefix[:-1], name[len(prefix):]
         full = f"{group}/{path}"
-        if full not in self._file:
+        return full if full in self._file and name in self.names else None
+
+    def __getitem__(self, name):
+        full = self._key(name)
+        if full is None:
             raise KeyError(f"{name!r}: no such dataset in {self.path}; it holds {', '.join(self.names)}")
         return self._file[full]
+
+    def __contains__(self, name):
+        return self._key(name) is not None
+
+    def __iter__(self):
+        return iter(self.names)
+
+    def __len__(self):
+        return len(self.names)
+
+    def __repr__(self):
+        return f"<tensorprobe.DumpFile {self.path} ({len(self)} datasets)>"
 
     def summary(self):
         """What `tensorprobe summary --json` prints."""

@@ -281,25 +281,12 @@ def _parsed(parse):
     return callback
 
 
-# Suffixes of files that are not HDF5: an --output named so would be an HDF5 file in disguise.
-OTHER_FORMATS = {
-    ".npy": "NumPy", ".npz": "NumPy", ".json": "JSON", ".jsonl": "JSON lines", ".csv": "CSV", ".tsv": "TSV",
-    ".txt": "text", ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".gif": "GIF", ".bmp": "BMP", ".tif": "TIFF",
-    ".tiff": "TIFF", ".webp": "WebP", ".svg": "SVG", ".pdf": "PDF", ".keras": "Keras", ".tflite": "TFLite",
-    ".pb": "protobuf", ".onnx": "ONNX", ".pt": "PyTorch", ".pth": "PyTorch", ".safetensors": "safetensors",
-    ".ckpt": "checkpoint", ".pkl": "pickle", ".pickle": "pickle", ".parquet": "Parquet", ".zip": "zip",
-    ".gz": "gzip", ".tar": "tar", ".py": "Python",
-}
-
-
 def hdf5_output(ctx, param, value):
     """A click callback: refuses an HDF5 --output named like another format's file (acts.npy)."""
-    from pathlib import Path
+    from tensorprobe import store
 
-    suffix = Path(value).suffix.lower() if value is not None else ""
-    if suffix in OTHER_FORMATS:
-        raise errors.UsageError(f"{param.opts[-1]} '{value}': the output is an HDF5 file, not {OTHER_FORMATS[suffix]} "
-                                f"({suffix}); name it .h5 or .hdf5")
+    if value is not None:
+        store.check_hdf5_name(value, param.opts[-1])
     return value
 
 
@@ -579,6 +566,8 @@ def _warn_incomplete(path):
 def _tolerance(ctx, param, value):
     import math
 
+    if value is None:  # compare: not given
+        return value
     if not math.isfinite(value) or value < 0:
         raise click.BadParameter(f"{value!r} is not a finite number >= 0", ctx, param)
     return value
@@ -638,12 +627,14 @@ def _pairing(ctx, param, values):
 @click.option("--match", metavar="REGEX", help="Compare only the layers of MODEL_A whose path matches REGEX.")
 @click.option("--pair", "pairs", multiple=True, metavar="A_PATH=B_PATH", callback=_pairing,
               help="Pair these two layers (where names differ). Repeatable.")
-@click.option("--rtol", default=1e-5, show_default=True, type=float, callback=_tolerance,
-              help="Relative tolerance: values match when |a - b| <= atol + rtol * |b| (B is the reference).")
-@click.option("--atol", default=1e-8, show_default=True, type=float, callback=_tolerance,
-              help="Absolute tolerance.")
-@click.option("--metric", metavar="snr:DB|cosine:X",
-              help="Judge each pair by its signal-to-noise ratio or cosine similarity instead.")
+@click.option("--rtol", type=float, callback=_tolerance,
+              help="Judge by numpy's rule |a - b| <= atol + rtol * |b| (B is the reference), with this rtol "
+                   "(default 1e-5 when only --atol is given).")
+@click.option("--atol", type=float, callback=_tolerance,
+              help="The same rule with this atol (default 1e-8 when only --rtol is given).")
+@click.option("--metric", metavar="CRITERION",
+              help="scaled:X (max |A - B| <= X max |B|), snr:DB, cosine:X or allclose. Default: scaled:1e-4 "
+                   "for two float32 models, snr:20 where either is quantized or half precision.")
 @click.option("-b", "--batch-size", default=32, show_default=True, type=click.IntRange(min=1),
               help="Samples per forward pass.")
 @input_options
@@ -663,8 +654,9 @@ def compare(ctx, model_a, model_b, inputs, layer_names, match, pairs, rtol, atol
     """Run MODEL_A and MODEL_B on the same INPUTS and compare the outputs of the layers both
     have, paired by path, in model order; name the first divergence: the first pair out of
     tolerance. Any two formats tensorprobe reads (.keras vs its SavedModel export, Keras 2 vs
-    Keras 3, two versions of a model). Exit status 0 when every pair is within tolerance, 1
-    when one is not. Inputs and their options as for `dump`.
+    Keras 3, a float or int8 TFLite file, two versions of a model). Exit status 0 when every
+    pair is within tolerance, 1 when one is not. Inputs and their options as for `dump`;
+    MODEL_B's inputs are fed by name (by position, with a warning, when the names differ).
 
     \b
       tensorprobe compare model.keras model_export/ x.npy
@@ -672,8 +664,10 @@ def compare(ctx, model_a, model_b, inputs, layer_names, match, pairs, rtol, atol
       tensorprobe compare model.keras quantized/ x.npy --metric snr:30 --json | jq .first_divergence
       tensorprobe compare a.keras b.keras x.npy --pair dense=dense_renamed
     """
-    from tensorprobe import api, report
+    from tensorprobe import api, modelcompare, report, text
 
+    criterion = modelcompare.parse_metric(metric, rtol, atol)  # before any model is loaded
+    text.regex(match, "--match")
     named_inputs = input_settings.pop("named_inputs")
     prep = _preparation(**input_settings)
     if picture is not None:  # before the work: a wrong name or an existing file
@@ -696,15 +690,17 @@ def compare(ctx, model_a, model_b, inputs, layer_names, match, pairs, rtol, atol
         a = _load(model_a, unsafe, custom_objects)
         b = _load(model_b, unsafe, custom_objects)
         result = api.run_compare(a, b, list(inputs), named_inputs, prep, layers=layer_names, match=match,
-                                 pairs=pairs, rtol=rtol, atol=atol, metric=metric, batch_size=batch_size,
+                                 pairs=pairs, criterion=criterion, batch_size=batch_size,
                                  save_a=save_a, save_b=save_b, overwrite=overwrite,
                                  stdin=click.get_binary_stream("stdin"), progress=progress)
+    if result["inputs_by_position"] and not quiet:
+        err.print(f"warning: {result['inputs_by_position']}", markup=False, highlight=False, soft_wrap=True)
     if picture is not None:
         plot.compare_picture(result, picture, overwrite)
     if node_data is not None:
         import json
 
-        from tensorprobe import modelcompare, store
+        from tensorprobe import store
 
         with store.atomic_output(node_data, overwrite) as tmp:
             tmp.write_text(json.dumps(modelcompare.node_data(result), indent=2))

@@ -11,9 +11,12 @@ pairs call by call and output by output. A layer only one model has is listed, n
 Per pair, over every element of every sample (float64): the largest absolute and relative
 error (relative to B, the reference, where B is not 0), the mean absolute error, the cosine
 similarity of A and B, and the signal-to-noise ratio 10 log10(sum B^2 / sum (A - B)^2) in dB
-(inf when they are equal). A pair is within tolerance, by default, when every element passes
-numpy's rule |a - b| <= atol + rtol |b| (NaN with NaN and equal infinities pass); with the
-metric `snr:DB`, when its SNR is at least DB; with `cosine:X`, when its cosine is at least X.
+(inf when they are equal). A pair is within tolerance by its criterion: `scaled:X` when its
+largest error is at most X times B's largest absolute value; `snr:DB` when its SNR is at least
+DB; `cosine:X` when its cosine is at least X; `allclose` when every element passes numpy's rule
+|a - b| <= atol + rtol |b| (NaN with NaN and equal infinities pass). A NaN on one side fails
+every criterion. Without one, the criterion is chosen by what the two models compute in
+(`default_criterion`). Model B's inputs are fed by name (`input_order`).
 Values of the same size whose shapes differ only by layout (NCHW in A, NHWC in B, or the other
 way) are compared after moving the channel axis, and the pair says so.
 
@@ -22,7 +25,6 @@ of inputs; `save_a`/`save_b` also write each model's outputs as a dump.
 """
 
 import math
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,30 +35,143 @@ from tensorprobe.errors import UsageError
 CONTAINER = "/__output__"
 
 
+# numpy.allclose's tolerances: the rule when --rtol/--atol are given alone.
+RTOL, ATOL = 1e-5, 1e-8
+# The default criteria, chosen by what the two models compute in (see `default_criterion`).
+FLOAT_SCALED = 1e-4  # float32 vs float32: the largest error within 1e-4 of the layer's largest value
+REDUCED_SNR = 20.0  # int8, float16... on either side: an SNR of at least 20 dB
+KINDS = {
+    "allclose": "every element within numpy's |a - b| <= atol + rtol |b|",
+    "scaled": "max |A - B| <= X max |B|",
+    "snr": "SNR >= X dB",
+    "cosine": "cosine >= X",
+}
+
+
 @dataclass(frozen=True)
 class Criterion:
-    kind: str  # "allclose", "snr" or "cosine"
+    """When a pair is within tolerance. `reason`: why this one (given, or the default for the
+    two models' precisions)."""
+
+    kind: str  # "allclose" (rtol, atol), "scaled", "snr" or "cosine" (value)
     value: float | None = None
+    rtol: float = RTOL
+    atol: float = ATOL
+    reason: str = "given"
 
     def __str__(self):
         return self.kind if self.value is None else f"{self.kind}:{self.value:g}"
 
+    def describe(self):
+        """'scaled:0.0001 (max |A - B| <= X max |B|; the default for A float32, B float32)'."""
+        what = f"rtol {self.rtol:g}, atol {self.atol:g}" if self.kind == "allclose" else str(self)
+        return f"{what} ({KINDS[self.kind]}; {self.reason})"
+
     def passes(self, record):
+        if record["nonfinite_mismatches"]:  # NaN on one side, or unlike infinities: never within
+            return False
         if self.kind == "snr":
             return record["snr_db"] is not None and record["snr_db"] >= self.value
         if self.kind == "cosine":
             return record["cosine"] is not None and record["cosine"] >= self.value
-        return record["outside_tolerance"] == 0 and record["nonfinite_mismatches"] == 0
+        if self.kind == "scaled":
+            return record["max_abs_error"] <= self.value * record["max_abs_b"]
+        return record["outside_tolerance"] == 0
 
 
-def parse_metric(text):
-    """None -> numpy's allclose rule; 'snr:DB' or 'cosine:X' -> that criterion."""
-    if text is None or text == "allclose":
-        return Criterion("allclose")
-    m = re.fullmatch(r"(snr|cosine):(-?\d+(?:\.\d*)?(?:e-?\d+)?)", text.strip())
-    if not m:
-        raise UsageError(f"--metric '{text}': expected snr:DB (e.g. snr:30) or cosine:X (e.g. cosine:0.999)")
-    return Criterion(m.group(1), float(m.group(2)))
+def _threshold(text, option):
+    """The number after 'snr:'/'cosine:'/'scaled:', checked against the metric's range."""
+    kind, _, number = text.partition(":")
+    try:
+        value = float(number)
+    except ValueError:
+        value = None
+    if value is None or not math.isfinite(value):
+        raise UsageError(f"{option} '{text}': {number!r} is not a finite number")
+    if kind == "cosine" and not -1 <= value <= 1:
+        raise UsageError(f"{option} '{text}': a cosine similarity lies in [-1, 1]")
+    if kind == "scaled" and value < 0:
+        raise UsageError(f"{option} '{text}': the scaled tolerance must be >= 0")
+    return value
+
+
+def tolerance(value, option):
+    """A --rtol/--atol value: a finite number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise UsageError(f"{option} {value!r}: expected a finite number >= 0")
+    return float(value)
+
+
+def parse_metric(text, rtol=None, atol=None, option="--metric"):
+    """The criterion the user gave, or None for the default by the models' precisions (see
+    `default_criterion`): 'allclose' (numpy's rule with rtol/atol), 'scaled:X', 'snr:DB',
+    'cosine:X'; --rtol/--atol alone mean 'allclose'. Checked before any model is loaded."""
+    rtol = None if rtol is None else tolerance(rtol, "--rtol")
+    atol = None if atol is None else tolerance(atol, "--atol")
+    if isinstance(text, Criterion):
+        return text
+    if text is None:
+        if rtol is None and atol is None:
+            return None
+        text = "allclose"
+    if not isinstance(text, str):
+        raise UsageError(f"{option} {text!r}: expected a string such as 'snr:30'")
+    text = text.strip()
+    kind = text.partition(":")[0]
+    if text == "allclose":
+        return Criterion("allclose", rtol=RTOL if rtol is None else rtol, atol=ATOL if atol is None else atol)
+    if kind not in KINDS or kind == "allclose" or ":" not in text:
+        raise UsageError(f"{option} '{text}': expected allclose, scaled:X (e.g. scaled:1e-4), snr:DB "
+                         "(e.g. snr:30) or cosine:X (e.g. cosine:0.999)")
+    if rtol is not None or atol is not None:
+        raise UsageError(f"--rtol/--atol set the allclose rule, {option} '{text}' another: give one")
+    return Criterion(kind, _threshold(text, option))
+
+
+REDUCED = ("int4", "int8", "uint8", "float8", "int16", "float16", "bfloat16")  # narrowest first
+HALF = ("float16", "bfloat16")
+GRAPH_QUANTIZED = {"qint8": "int8", "quint8": "uint8", "qint16": "int16"}  # TensorFlow's quantized dtypes
+
+
+def precision(model):
+    """What `model` (an api.Model) computes in: 'float32', or the narrowest of REDUCED it
+    computes with: a TFLite file's quantized tensors (those with a scale) and float16
+    tensors, a Keras model's half-precision compute dtypes (a mixed-precision policy) and
+    quantized layers (`layer.quantize("int8")`), a graph's half-precision and quantized
+    (qint8...) tensors. Plain integer data (uint8 images, int32 token ids, argmax) is not
+    a precision."""
+    found = set()
+    if model.loaded.model is not None:
+        for entry in model.graph.entries.values():
+            compute = str(getattr(entry.layer, "compute_dtype", None))
+            found.add(compute if compute in HALF else None)
+            policy = getattr(entry.layer, "dtype_policy", None)
+            found.add(str(getattr(policy, "quantization_mode", None)))  # Keras' layer.quantize("int8")
+    else:
+        for t in model.tensor_graph.tensors:
+            quantization = getattr(t, "quantization", None)  # a TFLite tensor's scale and zero point
+            if quantization is not None:
+                found.add(quantization.dtype)
+            elif t.dtype in HALF:
+                found.add(t.dtype)
+            elif t.dtype in GRAPH_QUANTIZED:
+                found.add(GRAPH_QUANTIZED[t.dtype])
+    return next((dtype for dtype in REDUCED if dtype in found), "float32")
+
+
+def default_criterion(precision_a, precision_b):
+    """The criterion when none is given, by the pair of precisions. Two float32 models (Keras
+    against its export, a float TFLite file, a frozen graph) differ by float32 rounding, which
+    grows with the depth and the values' range but stays near 1e-6 of a layer's largest value:
+    `scaled:1e-4` takes that and refuses a real difference (a weight, a swapped input) on any
+    element. Against a quantized or half-precision model every element differs by up to a
+    quantization step, so an element-wise rule marks every pair: the SNR judges the whole
+    layer, and 20 dB (an error a tenth of the signal, in RMS) passes int8 quantization noise
+    and refuses a wrong computation (0 dB or less)."""
+    pair = f"A {precision_a}, B {precision_b}"
+    if precision_a == precision_b == "float32":
+        return Criterion("scaled", FLOAT_SCALED, reason=f"the default for {pair}")
+    return Criterion("snr", REDUCED_SNR, reason=f"the default for {pair}")
 
 
 class Agreement(RunningDiff):
@@ -67,6 +182,7 @@ class Agreement(RunningDiff):
         super().__init__(shape, rtol, atol)
         self.count = 0
         self.sum_abs = self.sum_ab = self.sum_aa = self.sum_bb = self.sum_err2 = 0.0
+        self.max_abs_b = 0.0  # the largest finite |b|: the layer's scale
 
     def update(self, a, b, start_row):
         super().update(a, b, start_row)
@@ -76,6 +192,8 @@ class Agreement(RunningDiff):
         if not finite.all():
             a, b = a[finite], b[finite]
         err = a - b
+        if b.size:
+            self.max_abs_b = max(self.max_abs_b, float(np.abs(b).max()))
         self.count += a.size
         self.sum_abs += float(np.abs(err).sum())
         self.sum_ab += float(a @ b)
@@ -96,6 +214,7 @@ class Agreement(RunningDiff):
             "mean_abs_error": self.sum_abs / self.count if self.count else 0.0,
             "cosine": self.sum_ab / norms if norms else (1.0 if self.sum_err2 == 0 else 0.0),
             "snr_db": snr,
+            "max_abs_b": self.max_abs_b,
         })
         return record
 
@@ -139,6 +258,36 @@ def pairings(graph_a, graph_b, layers=(), match=None, pairs=()):
         only_a = [p for p in in_a if p not in paired_a]
         only_b = [p for p in in_b if p not in used_b]
     return paired, only_a, only_b
+
+
+def fused(graph, paths):
+    """{path: the layer whose op computes it, or None} for those of `paths` that `graph` (a
+    converted model: TFLite) lists as fused into another layer's op, so they have no value of
+    their own to compare."""
+    found = {}
+    for path in paths:
+        entry = graph.entries.get(path)
+        if entry is not None and getattr(entry, "reach", None) == "fused":
+            found[path] = getattr(entry, "fused_into", None)
+    return found
+
+
+def input_order(inputs_a, inputs_b):
+    """(for each input of B, the index of A's input that feeds it; None, or why the inputs
+    were matched by position). `inputs_*`: Model.inputs. By name when both models name the
+    same inputs (a Keras model and its export, whose signature sorts them); by position when
+    the names differ, said so when there are several."""
+    names_a, names_b = [i["name"] for i in inputs_a], [i["name"] for i in inputs_b]
+    if len(names_a) != len(names_b):
+        raise UsageError(f"the models take different inputs: A {len(names_a)} ({', '.join(names_a)}), "
+                         f"B {len(names_b)} ({', '.join(names_b)})")
+    if sorted(names_a) == sorted(names_b) and len(set(names_a)) == len(names_a):
+        return [names_a.index(name) for name in names_b], None
+    note = None
+    if len(names_a) > 1:
+        note = (f"inputs matched by position, as their names differ: "
+                + ", ".join(f"A {a} -> B {b}" for a, b in zip(names_a, names_b)))
+    return list(range(len(names_b))), note
 
 
 def children_first(paths):
@@ -188,9 +337,9 @@ def aligned(a, b):
 class Comparison:
     """The running comparison of the matched datasets, batch by batch."""
 
-    def __init__(self, matched, rows, rtol, atol, criterion):
+    def __init__(self, matched, rows, criterion):
         self.matched, self.rows = matched, rows
-        self.rtol, self.atol, self.criterion = rtol, atol, criterion
+        self.rtol, self.atol, self.criterion = criterion.rtol, criterion.atol, criterion
         self.agreements = [None] * len(matched)
         self.layouts = [None] * len(matched)
         self.shapes = [None] * len(matched)  # (A's sample shape, B's) where they cannot be compared
@@ -223,7 +372,8 @@ class Comparison:
                     "shape": list(self.agreements[k].shape[1:]),
                     "max_abs": result["max_abs_error"], "max_rel": result["max_rel_error"],
                     "mean_abs": result["mean_abs_error"], "cosine": result["cosine"],
-                    "snr_db": result["snr_db"], "outside_tolerance": result["outside_tolerance"],
+                    "snr_db": result["snr_db"], "max_abs_b": result["max_abs_b"],
+                    "outside_tolerance": result["outside_tolerance"],
                     "nonfinite_mismatches": result["nonfinite_mismatches"],
                     "worst_sample": worst["sample"] if worst else None,
                     "worst_position": worst["position"] if worst else None,

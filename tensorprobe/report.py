@@ -532,20 +532,33 @@ def compare_table(result):
 
 
 def _criterion_text(result):
-    if result["metric"] == "allclose":
-        return f"rtol {result['rtol']:g}, atol {result['atol']:g}"
-    return f"metric {result['metric']}"
+    return result["criterion"]
 
 
 def _cosine(value):
     return "" if value is None else f"{value:.6f}"
 
 
-def compare_footer(result):
+def compare_footer(result, width=100):
+    """The lines under the table; the lists of layers folded to `width` columns, each line
+    naming one or more whole layers."""
     lines = [f"(layout): {p['path']}: {p['layout']}" for p in result["pairs"] if "layout" in p]
+    if result.get("inputs_by_position"):
+        lines.append(result["inputs_by_position"])
+    for side, other in (("b", "a"), ("a", "b")):
+        fused = result[f"fused_in_{side}"]
+        if fused:
+            into = {}
+            for path, owner in fused.items():
+                into.setdefault(owner, []).append(path)
+            lines.append(f"fused in {side.upper()} ({_count(len(fused))}: the converter merged their ops into "
+                         f"another layer's, so they have no value of their own to compare):")
+            lines.extend(f"  {', '.join(paths)}" + (f" -> {owner}" if owner else "") for owner, paths in into.items())
     for side in ("a", "b"):
-        if result[f"only_in_{side}"]:
-            lines.append(f"only in {side.upper()}: {', '.join(result[f'only_in_{side}'])}")
+        only = result[f"only_in_{side}"]
+        if only:
+            lines.append(f"only in {side.upper()} ({_count(len(only))}):")
+            lines.extend(_folded(only, width))
     first = result["first_divergence"]
     pairs = result["pairs"]
     if first is None:
@@ -558,9 +571,28 @@ def compare_footer(result):
     return lines
 
 
+def _count(n):
+    return f"{n} layer" if n == 1 else f"{n} layers"
+
+
+def _folded(names, width, indent="  "):
+    """`names` joined with ', ' on lines of at most `width` columns (a longer name alone)."""
+    lines, line = [], ""
+    for k, name in enumerate(names):
+        piece = name + ("," if k < len(names) - 1 else "")
+        if line and len(indent) + len(line) + 1 + len(piece) > width:
+            lines.append(indent + line)
+            line = piece
+        else:
+            line = f"{line} {piece}" if line else piece
+    if line:
+        lines.append(indent + line)
+    return lines
+
+
 def print_compare(console, result):
     print_table(console, compare_table(result), **COMPARE_COLUMNS)
-    for line in compare_footer(result):
+    for line in compare_footer(result, console.width if console.is_terminal else 100):
         console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 

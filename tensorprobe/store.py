@@ -83,6 +83,26 @@ def mib(n):
 STAT_KEYS = ("min", "max", "mean", "std", "zeros_fraction", "nan_count", "inf_count")
 
 
+# Suffixes of files that are not HDF5: an output named so would be an HDF5 file in disguise.
+OTHER_FORMATS = {
+    ".npy": "NumPy", ".npz": "NumPy", ".json": "JSON", ".jsonl": "JSON lines", ".csv": "CSV", ".tsv": "TSV",
+    ".txt": "text", ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".gif": "GIF", ".bmp": "BMP", ".tif": "TIFF",
+    ".tiff": "TIFF", ".webp": "WebP", ".svg": "SVG", ".pdf": "PDF", ".keras": "Keras", ".tflite": "TFLite",
+    ".pb": "protobuf", ".onnx": "ONNX", ".pt": "PyTorch", ".pth": "PyTorch", ".safetensors": "safetensors",
+    ".ckpt": "checkpoint", ".pkl": "pickle", ".pickle": "pickle", ".parquet": "Parquet", ".zip": "zip",
+    ".gz": "gzip", ".tar": "tar", ".py": "Python",
+}
+
+
+def check_hdf5_name(path, option="--output"):
+    """Refuse an HDF5 output named like another format's file (acts.npy), for the CLI's
+    --output/--save-a/--save-b and the API's `output`/`save_a`/`save_b` alike."""
+    suffix = Path(os.fspath(path)).suffix.lower()
+    if suffix in OTHER_FORMATS:
+        raise UsageError(f"{option} '{os.fspath(path)}': the output is an HDF5 file, not {OTHER_FORMATS[suffix]} "
+                         f"({suffix}); name it .h5 or .hdf5")
+
+
 def check_output(path, overwrite):
     """Fail early, before any work, when `path` cannot be the output of a dump."""
     path = Path(path)

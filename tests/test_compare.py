@@ -205,7 +205,8 @@ def test_keras_against_float_and_int8_tflite(cli, tflite_files, tmp_path):
             assert p["snr_db"] == pytest.approx(10 * np.log10((b * b).sum() / ((a - b) ** 2).sum()), rel=1e-6)
             assert p["cosine"] == pytest.approx((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()), rel=1e-9)
             assert 0 < p["max_abs"] and p["status"] == "ok"
-    r, result = run_json(cli, SAMPLES / "transfer.keras", tflite_files / "int8.tflite", SAMPLES / "input.npy")
+    r, result = run_json(cli, SAMPLES / "transfer.keras", tflite_files / "int8.tflite", SAMPLES / "input.npy",
+                         "--metric", "allclose")
     assert r.exit_code == 1 and result["first_divergence"] == "vgg16/block1_conv1"  # allclose: int8 differs at once
 
 
@@ -238,7 +239,8 @@ def test_node_data_for_model_explorer(cli, models, tflite_files, tmp_path):
     names = {t["name"] for t in interpreter.get_tensor_details()}
     assert set(data["results"]) <= names  # a nested model's output is its last layer's tensor: one key
     assert set(data["results"]) == {p["node_b"] for p in result["pairs"]}
-    assert all(data["results"][p["node_b"]]["value"] == p["max_abs"] for p in result["pairs"])
+    assert result["metric"] == "snr:20"  # the default against an int8 file: the values are SNRs
+    assert all(data["results"][p["node_b"]]["value"] == p["snr_db"] for p in result["pairs"])
     assert [g["stop"] for g in data["gradient"]] == [0, 1]
 
     out = tmp_path / "export_nodes.json"

@@ -185,11 +185,14 @@ def errors_by_layer(result, dpi):
     new = matplotlib_figure()
     pairs = [p for p in result["pairs"] if p["status"] != "shape"]
     metric = result["metric"].split(":")[0]
-    key, label = {"snr": ("snr_db", "SNR (dB)"), "cosine": ("cosine", "1 - cosine")}.get(
-        metric, ("max_abs", "max abs error"))
+    key, label = {"snr": ("snr_db", "SNR (dB)"), "cosine": ("cosine", "1 - cosine"),
+                  "scaled": ("max_abs", "max abs error / max |B|")}.get(metric, ("max_abs", "max abs error"))
     values = [p[key] for p in pairs]
     if metric == "cosine":
         values = [1 - v for v in values]
+    if metric == "scaled":
+        values = [v / p["max_abs_b"] if p["max_abs_b"] else (0.0 if v == 0 else math.inf)
+                  for v, p in zip(values, pairs)]
     width, height = _tenths(max(6.0, 1.2 + 0.28 * len(pairs))), 4.8
     fig = new(width, height, dpi)
     ax = fig.add_axes((0.9 / width, 1.9 / height, 1 - 1.15 / width, 1 - (TITLE_INCHES + 2.0) / height))
