@@ -17,7 +17,15 @@ kernels. It is created
 - with one thread, so that values do not depend on the machine.
 
 The interpreter lists ops only through a private method (`_get_ops_details`); it is read in
-`_ops` alone, and tests/test_tflite.py fails loudly if a TensorFlow upgrade changes it.
+`_ops` alone, and tests/test_tflite.py fails loudly if a TensorFlow upgrade changes it. It runs
+the ops in the file's order without checking it: a file whose op reads a tensor made by itself
+or a later op (a cyclic graph) is refused when it is loaded.
+
+After the file's tensors come the interpreter's own (op `SCRATCH`): its kernels' temporaries
+(im2col buffers, a hybrid op's quantized input, scaling factors and row sums), unnamed or
+sharing one name, picked by `#INDEX`; those whose first axis follows the batch can be dumped
+(found by allocating for one more sample), and the slots with no shape are listed as such
+(`_shapeless`, private too).
 """
 
 import warnings
