@@ -363,3 +363,48 @@ def test_a_cyclic_graph_is_refused_with_one_line(cli, files, cyclic, tmp_path, c
                                   "(FULLY_CONNECTED) makes after it: the graph is cyclic or its ops are out of "
                                   "order, so the tensor would be read before it is computed")
     assert not out.exists()
+
+
+def test_file_tensors_without_a_name_of_their_own(cli, files, tmp_path):
+    """A file whose output tensor is unnamed and whose MEAN bears the name of the
+    FULLY_CONNECTED's output (edited in the flatbuffer): every command works, a name two
+    tensors bear is ambiguous, `#N` picks each, and the values are the interpreter's."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(files["float"].read_bytes()))
+    graph = model.subgraphs[0]
+    output = int(graph.outputs[0])
+    mean = next(int(op.outputs[0]) for op in graph.operators
+                if flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) == "MEAN")
+    conv2 = next(int(op.outputs[0]) for op in graph.operators if b"conv2" in graph.tensors[op.outputs[0]].name)
+    shared = graph.tensors[conv2].name.decode()
+    graph.tensors[output].name = b""
+    graph.tensors[mean].name = shared.encode()
+    path = tmp_path / "names.tflite"
+    path.write_bytes(bytes(flatbuffer_utils.convert_object_to_bytearray(model)))
+
+    layers = cli("layers", path)
+    assert layers.exit_code == 0, layers.stderr
+    assert f"note:    #{output} (FULLY_CONNECTED): no scope in the name, given to logits" in layers.stdout
+    listed = cli("tensors", path)
+    assert listed.exit_code == 0, listed.stderr
+    assert f"outputs: output_0 <- #{output}" in listed.stdout.splitlines()
+    x = files["folder"] / "x.npy"
+    result = cli("dump", "-m", path, "--tensor", shared, "-o", tmp_path / "a.h5", x)
+    assert result.exit_code == 2
+    first, second = sorted([mean, conv2])
+    assert error_line(result) == (f"error: --tensor '{shared}' is ambiguous: 2 tensors bear this name "
+                                  f"(#{first}, #{second}); give one's number, '#N'")
+    out = tmp_path / "b.h5"
+    result = cli("dump", "-m", path, "--tensor", f"#{mean}", "--tensor", f"#{conv2}", "--tensor", f"#{output}",
+                 "-l", "logits", "-o", out, "-q", x)
+    assert result.exit_code == 0, result.stderr
+    data = _datasets(out)
+    expected = {f"tensors/{shared}#{mean}": mean, f"tensors/{shared}#{conv2}": conv2,
+                f"tensors/tensor#{output}": output, "activations/logits": output}
+    assert sorted(data) == sorted(expected)
+    interpreter = _run(path, {"image": files["x"]})
+    for name, index in expected.items():
+        assert data[name][1]["tensor_index"] == index
+        np.testing.assert_array_equal(data[name][0], interpreter.get_tensor(index))
+    _close(data["activations/logits"][0], files["clf"](files["x"]).numpy())

@@ -335,7 +335,8 @@ def resolve(graph, name):
         raise UsageError(f"--tensor '{name}' is ambiguous: {len(bearers)} tensors bear this name ({listed}); "
                          "give one's number, '#N'")
     if len(candidates) == 1:
-        return by_name[candidates.pop()]
+        full = candidates.pop()
+        return by_name[full] if full in by_name else resolve(graph, full)  # a name several bear: ambiguous
     if candidates:
         listed = ", ".join(sorted(candidates)[:5]) + (", ..." if len(candidates) > 5 else "")
         raise UsageError(f"--tensor '{name}' is ambiguous: it names {listed}; give the full name")

@@ -29,6 +29,7 @@ sharing one name, picked by `#INDEX`; those whose first axis follows the batch c
 """
 
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -166,9 +167,10 @@ class TFLiteGraph:
     ops: list  # [TFLiteOp], execution order
     tensors: list  # [TFLiteTensor]: the inputs, then each op's constant inputs and its outputs
     inputs: list  # [tf.TensorSpec] in feed order: batch axis None; float32 for quantized inputs
-    input_tensors: list  # the input tensors' names, same order
+    input_tensors: list  # the input tensors' names (`#INDEX` as in outputs), same order
     input_indices: list  # their indices
-    outputs: list  # [(output name, tensor name)]
+    outputs: list  # [(output name, tensor name, or `#INDEX` when the name is not its own)]
+    output_indices: list  # their tensors' indices, same order
     source: str
     batch: int | None  # the fixed batch size of the inputs; None when it is dynamic
     raw_quantized: bool = False  # extraction returns the integers of quantized tensors
@@ -319,10 +321,16 @@ def read_graph(interpreter, path, signature=None, raw_quantized=False, stored=No
         dtype = "float32" if t.quantization is not None else t.dtype
         key = input_names.get(index) or _input_name(t.name, k)
         specs.append(tf.TensorSpec((None, *t.shape[1:]), dtype, name=key))
-    outputs = [(output_names.get(i) or f"output_{k}", by_index[i].name) for k, i in enumerate(output_indices)]
+    bearers = Counter(t.name for t in tensors)
+
+    def key(index):  # what `by_name` knows the tensor by: its name, or `#INDEX` when others bear it too
+        return by_index[index].name if bearers[by_index[index].name] == 1 else f"#{index}"
+
+    outputs = [(output_names.get(i) or f"output_{k}", key(i)) for k, i in enumerate(output_indices)]
     source = f"TFLite main subgraph, signature '{name}'" if name else "TFLite main subgraph"
-    return TFLiteGraph(interpreter, ops, tensors, specs, [by_index[i].name for i in input_indices],
-                       input_indices, outputs, source, batch, raw_quantized, name, frozenset(batched))
+    return TFLiteGraph(interpreter, ops, tensors, specs, [key(i) for i in input_indices],
+                       input_indices, outputs, output_indices, source, batch, raw_quantized, name,
+                       frozenset(batched))
 
 
 def _batched(interpreter, input_indices, scratch):

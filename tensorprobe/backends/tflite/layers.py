@@ -134,7 +134,7 @@ def find_layers(graph):
     for index, node in owner.items():
         for n in node.ancestors():
             inside[n].add(index)
-    returned = {graph.by_name[name].index for _, name in graph.outputs}
+    returned = set(graph.output_indices)
 
     entries, order = {}, {}
     for node in sorted(nodes, key=lambda n: (n.depth, n.key)):
@@ -170,7 +170,7 @@ def find_layers(graph):
     for index, why in inherited.items():
         given.setdefault((owner[index].path, why), []).append(graph.by_index[index])
     for (path, why), tensors in given.items():
-        listed = ", ".join(f"{t.name} ({t.op})" for t in tensors)
+        listed = ", ".join(f"{t.name or f'#{t.index}'} ({t.op})" for t in tensors)
         notes.append(f"note:    {listed}: no scope in the name, given to {path}, {why} "
                      "(had a separate Activation layer made it, that layer left no name)")
     return TFLiteLayers(graph, model_name, entries, layer_of, total, notes)
