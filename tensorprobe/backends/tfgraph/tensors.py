@@ -297,13 +297,13 @@ def select(graph, names=(), match=None):
     chosen = {}
     for name in names:
         info = resolve(graph, name)
-        if info.name in chosen:
+        if info.origin in chosen:
             raise UsageError(f"--tensor '{name}' selects '{info.name}', which is already selected")
         problem = graph.why_not_dumpable(info)
         if problem:
-            which = f" ({info.name})" if name != info.name else ""
+            which = f" ({info.name})" if info.name and name != info.name else ""
             raise UsageError(f"--tensor '{name}'{which}: {problem}")
-        chosen[info.name] = info
+        chosen[info.origin] = info
     if match is not None:
         pattern = regex(match, "--tensor-match")
         found = [t for t in graph.tensors if pattern.search(t.name)]
@@ -315,7 +315,7 @@ def select(graph, names=(), match=None):
                 f"--tensor-match '{match}' matches {len(found)} tensors, none of which depends on "
                 "the inputs with a batch axis"
             )
-        chosen.update((t.name, t) for t in usable)
+        chosen.update((t.origin, t) for t in usable)
     return sorted(chosen.values(), key=lambda t: t.position)
 
 
@@ -329,8 +329,14 @@ def resolve(graph, name):
         return single
     candidates = {t.name for t in graph.tensors if t.name.endswith("/" + name)}
     candidates |= {t.name for t in graph.tensors if t.op_name.endswith("/" + name) and _op_output(graph, t.op_name)}
+    bearers = [t for t in graph.tensors if t.name == name]
+    if len(bearers) > 1:  # a TFLite interpreter's scratch tensors: unnamed, or one name for several
+        listed = ", ".join(f"#{t.number}" for t in bearers[:5]) + (", ..." if len(bearers) > 5 else "")
+        raise UsageError(f"--tensor '{name}' is ambiguous: {len(bearers)} tensors bear this name ({listed}); "
+                         "give one's number, '#N'")
     if len(candidates) == 1:
-        return by_name[candidates.pop()]
+        full = candidates.pop()
+        return by_name[full] if full in by_name else resolve(graph, full)  # a name several bear: ambiguous
     if candidates:
         listed = ", ".join(sorted(candidates)[:5]) + (", ..." if len(candidates) > 5 else "")
         raise UsageError(f"--tensor '{name}' is ambiguous: it names {listed}; give the full name")
