@@ -406,6 +406,22 @@ def test_deeply_nested_config_is_one_error_line(cli, keras3, tmp_path):
     assert error_line(r) == f"error: {h5}: the model's stored config is nested too deeply to read"
 
 
+def test_deeply_nested_savedmodel_metadata_is_one_error_line(cli, keras2, tmp_path):
+    import shutil
+
+    from tf_keras.protobuf import saved_metadata_pb2
+
+    path = tmp_path / "deep_savedmodel"
+    shutil.copytree(keras2 / "mask_savedmodel", path)
+    meta = saved_metadata_pb2.SavedMetadata()
+    meta.ParseFromString((path / "keras_metadata.pb").read_bytes())
+    meta.nodes[-1].metadata = DEEP
+    (path / "keras_metadata.pb").write_bytes(meta.SerializeToString())
+    r = cli("layers", path)
+    assert r.exit_code == 1
+    assert error_line(r) == f"error: {path}: a config in keras_metadata.pb is nested too deeply to read"
+
+
 # ---- --custom-objects files that end the process or break it -----------------------------------
 
 @pytest.mark.parametrize("code, message", [

@@ -177,10 +177,13 @@ def check_archive(path, archive):
 
 
 def _size(n):
-    """1.5 GiB, 300 KiB, 12 bytes."""
+    """2 GiB, 1.99 MiB, 23.6 KiB, 1022 KiB, 910 bytes: three figures, or all of the whole units
+    (store.mib writes every size in MiB, which says nothing of a few hundred bytes)."""
     for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if n >= scale:
-            return f"{n / scale:.3g} {unit}"
+            value = n / scale
+            decimals = 2 if value < 10 else 1 if value < 100 else 0
+            return f"{value:.{decimals}f}".rstrip("0").rstrip(".") + f" {unit}" if decimals else f"{value:.0f} {unit}"
     return f"{n} bytes"
 
 
