@@ -487,3 +487,26 @@ def test_stored_code_finds_every_field_in_a_deep_config():
         deep = [deep]
     assert stored_code({"class_name": "Functional", "config": {"name": "m", "layers": deep}}) == [("cell", "dropout_fn")]
     assert stored_code({"config": {"output_shape": [4], "output_shape_type": "raw"}}) == []
+
+
+def test_keras_conventions_the_checks_rely_on():
+    """Fails loudly when a Keras upgrade changes how it stores code or which packages it
+    imports for a file: formats.stored_code and keras.FILE_IMPORTED_PACKAGES follow them."""
+    import inspect
+    import warnings
+
+    import keras
+    from keras.src.saving import serialization_lib
+
+    from tensorprobe.models.formats import stored_code
+    from tensorprobe.models.keras import FILE_IMPORTED_PACKAGES
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Keras warns that a lambda is unsafe to save
+        anywhere = keras.saving.serialize_keras_object({"f": lambda t: t})
+    layer = keras.layers.Lambda(lambda t: t, output_shape=lambda s: s, mask=lambda t, m: m, name="lam")
+    assert stored_code({"class_name": "Lambda", "config": layer.get_config()}) == [
+        ("lam", "function"), ("lam", "output_shape"), ("lam", "mask")]
+    assert stored_code(anywhere) == [("?", "f")]
+    source = inspect.getsource(serialization_lib._retrieve_class_or_fn)
+    assert 'package in {"keras", ' + ", ".join(f'"{p}"' for p in FILE_IMPORTED_PACKAGES) + "}" in source

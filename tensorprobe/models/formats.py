@@ -182,8 +182,8 @@ def _size(n):
     for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if n >= scale:
             value = n / scale
-            decimals = 2 if value < 10 else 1 if value < 100 else 0
-            return f"{value:.{decimals}f}".rstrip("0").rstrip(".") + f" {unit}" if decimals else f"{value:.0f} {unit}"
+            text = f"{value:.{2 if value < 10 else 1 if value < 100 else 0}f}"
+            return (text.rstrip("0").rstrip(".") if "." in text else text) + f" {unit}"
     return f"{n} bytes"
 
 
