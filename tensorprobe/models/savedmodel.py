@@ -157,14 +157,18 @@ def _signature(name, function):
 
 
 def _keras_metadata_configs(path):
-    """The config of every object in keras_metadata.pb (JSON per saved Keras object)."""
+    """The config of every object in keras_metadata.pb (JSON per saved Keras object: tf_keras
+    rebuilds each layer, nested models' too, from its own), for `formats.refuse_code`."""
     from google.protobuf.message import DecodeError
     from tf_keras.protobuf import saved_metadata_pb2
 
     meta = saved_metadata_pb2.SavedMetadata()
     try:
-        meta.ParseFromString((Path(path) / KERAS_METADATA).read_bytes())
+        with formats.open_regular(Path(path) / KERAS_METADATA, "a Keras metadata file") as f:
+            meta.ParseFromString(f.read())
         return [json.loads(node.metadata) for node in meta.nodes if node.metadata]
+    except RecursionError as e:  # JSON nested deeper than Python's stack
+        raise ModelLoadError(f"{path}: a config in {KERAS_METADATA} is nested too deeply to read") from e
     except (OSError, ValueError, DecodeError) as e:
         raise ModelLoadError(f"{path}: damaged {KERAS_METADATA} ({first_line(e)})") from e
 
