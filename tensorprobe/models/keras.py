@@ -37,10 +37,13 @@ def load_model(path, unsafe=False, custom_objects=None):
 
     import keras
 
+    from tensorprobe.backends.keras.graph import generated_names
+
     try:
-        model = keras.saving.load_model(
-            path, custom_objects=custom_objects, compile=False, safe_mode=not unsafe
-        )
+        with generated_names(keras):
+            model = keras.saving.load_model(
+                path, custom_objects=custom_objects, compile=False, safe_mode=not unsafe
+            )
         return LoadedModel(path, model, keras, f"keras {keras.__version__}", fmt, sha)
     except Exception as e:  # any failure to rebuild the file is the file's problem, reported below
         keras3_error = e
@@ -48,7 +51,8 @@ def load_model(path, unsafe=False, custom_objects=None):
         import tf_keras
 
         try:
-            model = tf_keras.models.load_model(path, custom_objects=custom_objects, compile=False)
+            with generated_names(tf_keras):
+                model = tf_keras.models.load_model(path, custom_objects=custom_objects, compile=False)
         except Exception as e:
             raise _load_error(path, "cannot load this Keras 2 model", e) from e
         return LoadedModel(path, model, tf_keras, f"tf_keras {tf_keras.__version__}", fmt, sha)
