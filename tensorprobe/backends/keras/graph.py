@@ -127,13 +127,23 @@ def unroll(model, keras):
     static = _nodes_of(keras, model) is not None
     _register(keras, entries, model, "", "", 0, None, "graph" if static else "runtime")
     if static:
-        inputs = list(model.inputs)
+        inputs = [_batch_open(keras, t) for t in model.inputs]
     else:  # a subclassed model: inputs from the shape it was built with
         shape = model.get_build_config()["input_shape"]
         inputs = [keras.Input(batch_shape=(None, *shape[1:]), dtype=model.dtype, name="input")]
     walker = _Walker(keras, entries)
     outputs = walker.walk(model, inputs)
     return Graph(model, keras, inputs, [o for _, o in outputs], entries, walker.reads, walker.values)
+
+
+def _batch_open(keras, tensor):
+    """A model input, its batch axis open: a model built by calling it once on an array
+    (`model(np.zeros((1, 6)))`, the usual way without an `Input`) records that array's
+    batch size in its input, yet Keras runs it on batches of any size, and so does the walk."""
+    if len(tensor.shape) == 0 or tensor.shape[0] is None:
+        return tensor
+    return keras.Input(batch_shape=(None, *tensor.shape[1:]), dtype=tensor.dtype, name=producer_name(tensor),
+                       sparse=getattr(tensor, "sparse", False), ragged=getattr(tensor, "ragged", False))
 
 
 def _register(keras, entries, container, prefix, index, depth, parent, reach):
