@@ -496,6 +496,8 @@ def _call_order(nodes, inputs):
                 waiting[reader].discard(id(t))
                 if not waiting[reader]:
                     heapq.heappush(ready, priority(reader))
+    if len(order) != len(nodes):  # Keras builds no cycles: a node would be lost, never skipped quietly
+        raise RuntimeError(f"{len(nodes) - len(order)} nodes of the model's graph are never computable")
     return order
 
 
