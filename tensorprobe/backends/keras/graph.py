@@ -24,7 +24,8 @@ general: Keras refuses two layers of the same name, and nested models often reus
 Walking a functional graph needs Keras internals (`_nodes_by_depth` and the node objects,
 `_flatten_layers` for the sub-layers of a custom layer): they are kept to `_keras3_nodes`,
 `_tf_keras_nodes` and `_sublayers` below, and tests/test_graph.py fails loudly if a Keras
-upgrade changes them.
+upgrade changes them. So is telling the names Keras generated from the names an author gave
+(`generated_names`, checked in tests/test_corpus_walk.py).
 """
 
 import contextlib
