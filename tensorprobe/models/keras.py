@@ -49,10 +49,13 @@ def load_model(path, unsafe=False, custom_objects=None):
 
     import keras
 
+    from tensorprobe.backends.keras.graph import generated_names
+
     try:
-        model = keras.saving.load_model(
-            path, custom_objects=custom_objects, compile=False, safe_mode=not unsafe
-        )
+        with generated_names(keras):
+            model = keras.saving.load_model(
+                path, custom_objects=custom_objects, compile=False, safe_mode=not unsafe
+            )
         return LoadedModel(path, model, keras, f"keras {keras.__version__}", fmt, sha)
     except KeyboardInterrupt:
         raise
@@ -65,7 +68,8 @@ def load_model(path, unsafe=False, custom_objects=None):
             raise ModelLoadError(f"{path}: a Keras 2 file that Keras 3 cannot load ({first_line(keras3_error)}), "
                                  f"and tf_keras is not installed: install it (pip install {PIP_NAMES['tf_keras']})") from e
         try:
-            model = tf_keras.models.load_model(path, custom_objects=custom_objects, compile=False)
+            with generated_names(tf_keras):
+                model = tf_keras.models.load_model(path, custom_objects=custom_objects, compile=False)
         except KeyboardInterrupt:
             raise
         except BaseException as e:

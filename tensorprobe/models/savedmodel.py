@@ -113,8 +113,11 @@ def load_savedmodel(path, signature=None, unsafe=False, keras_model=True):
     if keras2 and keras_model:
         import tf_keras
 
+        from tensorprobe.backends.keras.graph import generated_names
+
         try:
-            loaded.model = tf_keras.models.load_model(path, compile=False)
+            with generated_names(tf_keras):
+                loaded.model = tf_keras.models.load_model(path, compile=False)
         except Exception as e:
             raise ModelLoadError(f"{path}: cannot load this Keras 2 SavedModel: {first_line(e)}") from e
         loaded.keras = tf_keras

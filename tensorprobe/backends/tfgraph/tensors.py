@@ -180,10 +180,10 @@ def from_keras(model):
         raise ModelLoadError(
             f"model '{model.name}' has no symbolic inputs, so its forward pass cannot be traced"
         )
-    structure = model.input  # a tensor, a list, or a dict of named inputs (keras-hub backbones)
+    structure = _symbolic(model, "input")
     keys = sorted(structure) if isinstance(structure, dict) else [None] * len(inputs)
-    specs = [
-        tf.TensorSpec(tuple(t.shape), dtype_name(t.dtype), name=_input_name(key or t.name, i))
+    specs = [  # the batch axis open, as the model's own may hold the size it was built with
+        tf.TensorSpec((None, *tuple(t.shape)[1:]), dtype_name(t.dtype), name=_input_name(key or t.name, i))
         for i, (t, key) in enumerate(zip(inputs, keys))
     ]
 
@@ -193,12 +193,22 @@ def from_keras(model):
 
     frozen = freeze(forward.get_concrete_function(), "the traced forward pass")
     placeholders = [t.name for t in frozen.inputs[: len(specs)]]
-    output = model.output
+    output = _symbolic(model, "output")
     names = sorted(output) if isinstance(output, dict) else list(getattr(model, "output_names", None) or [])
     if len(names) != len(frozen.outputs):
         names = [f"output_{i}" for i in range(len(frozen.outputs))]
     outputs = [(name, t.name) for name, t in zip(names, frozen.outputs)]
     return _build(frozen.graph, specs, placeholders, outputs, "traced forward pass (inference mode)")
+
+
+def _symbolic(model, name):
+    """`model.input` or `model.output`: a tensor, a list, or a dict (keras-hub backbones); a
+    Keras 3 Sequential, never called itself, has only `inputs` and `outputs`."""
+    try:
+        return getattr(model, name)
+    except AttributeError:
+        found = list(getattr(model, f"{name}s"))
+        return found[0] if len(found) == 1 else found
 
 
 def freeze(function, what):
