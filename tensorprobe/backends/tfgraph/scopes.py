@@ -272,10 +272,34 @@ class _Builder:
             self.op_by_name[op.name] = op
             for t in op.outputs:
                 self.producer[t] = op.name
-        self.readers = {}  # tensor name -> op names that read it
+        readers = {}  # tensor name -> op names that read it
         for op in tensor_graph.ops:
             for t in op.inputs:
-                self.readers.setdefault(t, []).append(op.name)
+                readers.setdefault(t, []).append(op.name)
+        returned = {t for _, t in tensor_graph.outputs}
+        self.readers = {t: self._past_inliner(t, readers, returned) for op in tensor_graph.ops for t in op.outputs}
+
+    def _past_inliner(self, tensor, readers, returned):
+        """The scoped ops that read `tensor`, looking through the inliner's plumbing: a
+        `Func/...` op (an Identity that passes a value into or out of an inlined function,
+        a while loop's body or condition) is not a reader but hands the value on to its own
+        readers, so an LSTM's loop body reading a tensor of the LSTM's scope is a read inside
+        that scope. A tensor the graph returns (through such plumbing or not) is also read
+        outside every scope (`None`)."""
+        found, todo, seen = [], [tensor], set()
+        while todo:
+            t = todo.pop()
+            if t in seen:
+                continue
+            seen.add(t)
+            if t in returned:
+                found.append(None)
+            for reader in readers.get(t, ()):
+                if scope_path(reader) is None:
+                    todo.extend(self.op_by_name[reader].outputs)
+                else:
+                    found.append(reader)
+        return found
 
     def layer_scopes(self, scope):
         return layer_scopes(scope, self.naming)
@@ -392,12 +416,14 @@ class _Builder:
         return tuple(sorted(found))
 
     def outputs_of(self, scope):
-        """The tensors made in `scope` and read outside it (rule 4), in topological order."""
+        """The tensors made in `scope` and read outside it (rule 4), in topological order.
+        A value made inside a while loop (an LSTM's step, through the loop's plumbing) never
+        leaves it as such: only what comes out of the loop's `Exit` can be a layer's output."""
         inside = {op.name for op in scope.all_ops}
         found = []
         for op in scope.all_ops:
             for t in op.outputs:
-                if any(reader not in inside for reader in self.readers.get(t, ())):
+                if t not in self.graph.in_loop and any(reader not in inside for reader in self.readers[t]):
                     found.append(t)
         return sorted(found, key=lambda t: self.graph.by_name[t].position)
 

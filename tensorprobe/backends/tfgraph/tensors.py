@@ -95,9 +95,13 @@ class TensorGraph:
         self.by_name = {t.name: t for t in self.tensors}
         self.in_loop = {name for op in self.ops if op.loop_depth for name in op.outputs}
         fed = set(self.input_tensors)
-        for op in self.ops:
-            if any(name in fed for name in op.inputs):
-                fed.update(op.outputs)
+        settled = False
+        while not settled:  # a loop's back edge (NextIteration into Merge) carries values to an op
+            settled = True  # before it in the order (a TensorList filled in the body): pass again
+            for op in self.ops:
+                if op.outputs and op.outputs[0] not in fed and any(name in fed for name in op.inputs):
+                    fed.update(op.outputs)
+                    settled = False
         self.fed = fed
 
     def op_types(self):
