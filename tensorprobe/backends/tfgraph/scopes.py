@@ -68,7 +68,12 @@ The rule, applied to the frozen graph of the signature:
    holds layers is a nested model (or a custom layer with sub-layers) and is searched in
    turn.
 4. A layer call's **output** is each tensor produced inside its scope (sub-scopes included)
-   and read by an op outside it, in topological order: one tensor for most layers.
+   and read by an op outside it, in topological order: one tensor for most layers. The
+   inliner's `Func/` ops only pass values on, so a read is where the value goes through them
+   (an LSTM's loop body reading the LSTM's weights reads inside the LSTM's scope). A value
+   made inside a while loop is never an output (each iteration makes one): a recurrent
+   layer's output is what its scope computes from the loop's `Exit` (`TensorListStack`,
+   `transpose`), and a scope whose values never leave a loop has no output.
 5. `params` counts the elements of the frozen variables read in the scope (its
    `ReadVariableOp`s); graphs do not say what was trainable.
 
