@@ -125,9 +125,75 @@ def test_rnn_export_compare_with_keras(cli, rnn, tmp_path):
 
 def test_loop_tensor_is_refused_with_its_reason(cli, rnn, tmp_path):
     r = cli("tensors", rnn["export"], "--json")
-    names = [t["name"] for t in json.loads(r.stdout)]
-    merge = next(n for n in names if "/gru_1/while/merge/" in n)
-    r = cli("dump", "-m", rnn["export"], "-t", merge, rnn["x.npy"], "-o", tmp_path / "t.h5")
+    # a matrix product of the GRU's step, in the loop's body
+    step = next(t["name"] for t in json.loads(r.stdout) if "/gru_1/while/body/" in t["name"] and t["op"] == "MatMul")
+    r = cli("dump", "-m", rnn["export"], "-t", step, rnn["x.npy"], "-o", tmp_path / "t.h5")
     assert r.exit_code == 2
-    assert error_line(r) == (f"error: --tensor '{merge}': is computed inside a while loop, once per iteration; "
+    assert error_line(r) == (f"error: --tensor '{step}': is computed inside a while loop, once per iteration; "
                              "only values that leave the loop can be fetched")
+
+
+# ---- a TensorFlow 1 frozen graph with a while loop (tf.compat.v1 control flow) -------------
+
+@pytest.fixture(scope="module")
+def tf1_loop(tmp_path_factory):
+    """x -> `rnn` (a tanh RNN over 5 steps in a v1 while loop, its cell in `rnn/while/cell`)
+    -> `head`; frozen; plus what a Session computes for `rnn`'s result and `head`."""
+    import tensorflow as tf
+
+    v1 = tf.compat.v1
+    folder = tmp_path_factory.mktemp("tf1_loop")
+    x_value = np.random.default_rng(2).normal(size=(4, 5, 3)).astype("float32")
+    was_v2 = v1.control_flow_v2_enabled()
+    v1.disable_control_flow_v2()  # Enter/Merge/Switch/NextIteration/Exit in the GraphDef itself
+    try:
+        graph = tf.Graph()
+        with graph.as_default():
+            v1.set_random_seed(4)
+            x = v1.placeholder(tf.float32, (None, 5, 3), name="x")
+            with v1.variable_scope("rnn"):
+                w, u = v1.get_variable("w", (3, 4)), v1.get_variable("u", (4, 4))
+                steps = tf.TensorArray(tf.float32, size=5).unstack(tf.transpose(x, [1, 0, 2]))
+
+                def body(t, h):
+                    with v1.variable_scope("cell"):
+                        return t + 1, tf.tanh(tf.matmul(steps.read(t), w) + tf.matmul(h, u))
+
+                _, h = v1.while_loop(lambda t, h: t < 5, body, [tf.constant(0), tf.zeros((tf.shape(x)[0], 4))])
+            with v1.variable_scope("head"):
+                y = tf.identity(tf.matmul(h, v1.get_variable("k", (4, 2))), name="y")
+            with v1.Session() as session:
+                session.run(v1.global_variables_initializer())
+                expected = dict(zip(("rnn", "head"), session.run([h, y], {x: x_value})))
+                frozen = v1.graph_util.convert_variables_to_constants(session, graph.as_graph_def(), ["head/y"])
+    finally:
+        if was_v2:
+            v1.enable_control_flow_v2()
+    assert any(node.op == "NextIteration" for node in frozen.node)
+    (folder / "loop.pb").write_bytes(frozen.SerializeToString())
+    np.save(folder / "x.npy", x_value)
+    return {"loop.pb": folder / "loop.pb", "x.npy": folder / "x.npy", "expected": expected}
+
+
+def test_tf1_loop_layers_are_what_leaves_the_loop(cli, tf1_loop):
+    r = cli("layers", tf1_loop["loop.pb"], "--json")
+    assert r.exit_code == 0, r.stderr
+    got = {layer["path"]: layer for layer in json.loads(r.stdout)}
+    assert got["rnn"]["class"] == "Exit" and got["rnn"]["params"] == 3 * 4 + 4 * 4
+    assert got["head"]["output_shape"] == [None, 2] and got["head"]["params"] == 4 * 2
+    assert got["rnn/while/cell"]["output_shape"] is None  # its values never leave the loop
+    r = cli("layers", tf1_loop["loop.pb"])
+    assert r.exit_code == 0, r.stderr
+    assert "outputs: head/y (None, 2) float32\n" in r.stdout  # no Merge/Switch of the loop
+
+
+def test_tf1_loop_dump_all(cli, tf1_loop, tmp_path):
+    out = tmp_path / "loop.h5"
+    r = cli("dump", "-m", tf1_loop["loop.pb"], "--all", tf1_loop["x.npy"], "-o", out)
+    assert r.exit_code == 0, r.stderr
+    with h5py.File(out, "r") as f:
+        assert sorted(f["activations"]) == ["head", "rnn"]
+        np.testing.assert_allclose(f["activations/head"][()], tf1_loop["expected"]["head"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(f["activations/rnn/__output__"][()], tf1_loop["expected"]["rnn"],
+                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(f["activations/rnn/while"][()], tf1_loop["expected"]["rnn"], rtol=1e-5, atol=1e-6)

@@ -10,7 +10,9 @@ each named below from TensorFlow's op registry (`tf.raw_ops`), and a test
 appears that the list does not classify. Not denied, on purpose: variables, lookup tables,
 random numbers, TensorLists and other state that lives and dies inside the computation;
 `Assert` (it fails the run, nothing more); ops that need a TPU or a cluster that a local run
-does not have (they cannot run here).
+does not have (they cannot run here). Printing (`tf.print`: `PrintV2`, and `Print`) is
+denied with the rest: it writes to tensorprobe's own stdout, where `--json` data goes, or to
+any file its `output_stream` names.
 
 Checkpoint ops (`SaveV2`, `RestoreV2`, `MergeV2Checkpoints`, ...) are in every SavedModel:
 its saver (the `saver_def`) saves and restores the variables with them. They are allowed in

@@ -158,7 +158,8 @@ def from_signature(signature):
 
 def from_graph_def(graph_def, source, path, effects=()):
     """A frozen GraphDef (from the file `path`), fed through its Placeholder ops in graph
-    order, each input named after its op; its outputs are the tensors no op reads. `effects`:
+    order, each input named after its op; its outputs are the tensors no op reads (outside a
+    while loop: a loop's unused `Merge`/`Switch` outputs are no results). `effects`:
     the ops acting outside the computation that it holds, which make it refuse to run."""
     import tensorflow as tf
 
@@ -176,6 +177,7 @@ def from_graph_def(graph_def, source, path, effects=()):
                for op in operations if op.type not in ("Placeholder", "Const")
                for t in op.outputs if t.name not in read]
     built = _build(graph, specs, [t.name for t in placeholders], outputs, source)
+    built.outputs = [(name, tensor) for name, tensor in outputs if tensor not in built.in_loop]
     built.effects, built.path = list(effects), path
     return built
 
