@@ -90,14 +90,20 @@ class TensorGraph:
     by_name: dict = field(default_factory=dict)
     fed: set = field(default_factory=set)  # names of the tensors that depend on the inputs
     in_loop: set = field(default_factory=set)  # names of the tensors made inside a while loop
+    effects: list = field(default_factory=list)  # [effects.Effect]: refused to run, unless --unsafe
+    path: str = ""  # the model file, for messages
 
     def __post_init__(self):
         self.by_name = {t.name: t for t in self.tensors}
         self.in_loop = {name for op in self.ops if op.loop_depth for name in op.outputs}
         fed = set(self.input_tensors)
-        for op in self.ops:
-            if any(name in fed for name in op.inputs):
-                fed.update(op.outputs)
+        settled = False
+        while not settled:  # a loop's back edge (NextIteration into Merge) carries values to an op
+            settled = True  # before it in the order (a TensorList filled in the body): pass again
+            for op in self.ops:
+                if op.outputs and op.outputs[0] not in fed and any(name in fed for name in op.inputs):
+                    fed.update(op.outputs)
+                    settled = False
         self.fed = fed
 
     def op_types(self):
@@ -150,9 +156,11 @@ def from_signature(signature):
     return _build(frozen.graph, signature.inputs, placeholders, outputs, f"signature '{signature.name}'")
 
 
-def from_graph_def(graph_def, source, path):
+def from_graph_def(graph_def, source, path, effects=()):
     """A frozen GraphDef (from the file `path`), fed through its Placeholder ops in graph
-    order, each input named after its op; its outputs are the tensors no op reads."""
+    order, each input named after its op; its outputs are the tensors no op reads (outside a
+    while loop: a loop's unused `Merge`/`Switch` outputs are no results). `effects`:
+    the ops acting outside the computation that it holds, which make it refuse to run."""
     import tensorflow as tf
 
     graph = tf.Graph()
@@ -168,7 +176,10 @@ def from_graph_def(graph_def, source, path):
     outputs = [(t.name[:-2] if t.name.endswith(":0") and len(op.outputs) == 1 else t.name, t.name)
                for op in operations if op.type not in ("Placeholder", "Const")
                for t in op.outputs if t.name not in read]
-    return _build(graph, specs, [t.name for t in placeholders], outputs, source)
+    built = _build(graph, specs, [t.name for t in placeholders], outputs, source)
+    built.outputs = [(name, tensor) for name, tensor in outputs if tensor not in built.in_loop]
+    built.effects, built.path = list(effects), path
+    return built
 
 
 def from_keras(model):
@@ -425,6 +436,9 @@ def extraction_function(graph, names):
     import numpy as np
     import tensorflow as tf
 
+    from tensorprobe.backends.tfgraph import effects
+
+    effects.refuse(graph.path, graph.effects)
     graph_def = graph.graph_def
 
     def imports():
