@@ -1,0 +1,143 @@
+"""Integer, bool and string data on the way in and out: statistics of integer and bool
+datasets (issue 22 item 8), text inputs (issue 22 item 9), and .npy headers checked before
+anything runs (issue 29 item 16).
+
+Every value is computed again here: by NumPy over the dataset itself, or by Keras calling
+the model (or a sub-model of it) on the same inputs.
+"""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import error_line
+
+
+@pytest.fixture(scope="module")
+def int_models(tmp_path_factory):
+    """An argmax head, an int32 input with an Embedding, and a uint64 input cast to float."""
+    import keras
+
+    L = keras.layers
+    folder = tmp_path_factory.mktemp("int_models")
+    keras.utils.set_random_seed(11)
+    x = keras.Input((4,), name="x")
+    h = L.Dense(5, name="d")(x)
+    keras.Model(x, keras.ops.argmax(h, axis=-1), name="argmax_head").save(folder / "argmax.keras")
+    ids = keras.Input((3,), dtype="int32", name="ids")
+    e = L.Embedding(10, 2, name="emb")(ids)
+    keras.Model(ids, L.Flatten(name="flat")(e), name="int_input").save(folder / "int_input.keras")
+    big = keras.Input((3,), dtype="uint64", name="big")
+    keras.Model(big, L.Dense(2, name="d")(keras.ops.cast(big, "float32")), name="u64").save(folder / "u64.keras")
+    rng = np.random.default_rng(5)
+    np.save(folder / "x.npy", rng.normal(size=(7, 4)).astype("float32"))
+    np.save(folder / "ids.npy", rng.integers(0, 10, (6, 3)).astype("int32"))
+    u64 = np.array([[2**64 - 1, 0, 5], [2**63 + 3, 7, 1], [2**53 + 1, 2, 2**64 - 2]], np.uint64)
+    np.save(folder / "u64.npy", u64)
+    return folder
+
+
+def _check_stats(ds, values):
+    """A dataset's statistics attributes against NumPy over its own values: min and max exact
+    and in the data's own type, mean and std in float64."""
+    assert ds.attrs["min"].dtype == values.dtype and ds.attrs["min"] == values.min()
+    assert ds.attrs["max"].dtype == values.dtype and ds.attrs["max"] == values.max()
+    wide = values.astype(np.float64)
+    assert ds.attrs["mean"] == pytest.approx(wide.mean(), rel=1e-12)
+    assert ds.attrs["std"] == pytest.approx(wide.std(), rel=1e-12)
+    assert ds.attrs["zeros_fraction"] == pytest.approx(np.count_nonzero(values == 0) / values.size)
+    assert ds.attrs["nan_count"] == 0 and ds.attrs["inf_count"] == 0
+    if values.ndim >= 2:
+        flat = values.reshape(-1, values.shape[-1])
+        np.testing.assert_array_equal(ds.attrs["channel_min"], flat.min(axis=0))
+        np.testing.assert_array_equal(ds.attrs["channel_max"], flat.max(axis=0))
+        assert ds.attrs["channel_min"].dtype == values.dtype
+        np.testing.assert_allclose(ds.attrs["channel_mean"], flat.astype(np.float64).mean(axis=0), rtol=1e-12)
+
+
+def test_argmax_head_is_written_with_integer_statistics(cli, int_models, keras_model, tmp_path):
+    import keras
+
+    out = tmp_path / "a.h5"
+    r = cli("dump", "-m", int_models / "argmax.keras", "--all", "-b", "3", "-o", out, int_models / "x.npy")
+    assert r.exit_code == 0, r.stderr
+    model = keras_model(str(int_models / "argmax.keras"))
+    x = np.load(int_models / "x.npy")
+    expected = np.asarray(model(x))
+    dense = np.asarray(keras.Model(model.inputs, model.get_layer("d").output)(x))
+    with h5py.File(out, "r") as f:
+        names = sorted(f["activations"])
+        assert names == ["argmax", "d"]
+        head = f["activations/argmax"][()]
+        np.testing.assert_array_equal(head, expected)
+        np.testing.assert_array_equal(head, dense.argmax(axis=-1))
+        _check_stats(f["activations/argmax"], head)
+    summary = json.loads(cli("summary", out, "--json").stdout)
+    record = {d["name"]: d for d in summary["datasets"]}["argmax"]
+    assert (record["min"], record["max"]) == (int(expected.min()), int(expected.max()))
+    assert type(record["min"]) is int
+
+
+def test_int32_input_layer_dumped_with_exact_statistics(cli, int_models, tmp_path):
+    out = tmp_path / "a.h5"
+    r = cli("dump", "-m", int_models / "int_input.keras", "-l", "ids", "-l", "emb", "-b", "4", "-o", out,
+            int_models / "ids.npy")
+    assert r.exit_code == 0, r.stderr
+    ids = np.load(int_models / "ids.npy")
+    with h5py.File(out, "r") as f:
+        assert f["activations/ids"].dtype == np.int32
+        np.testing.assert_array_equal(f["activations/ids"][()], ids)
+        _check_stats(f["activations/ids"], ids)
+
+
+def test_uint64_extremes_exact_in_writer_summary_api_and_merge(cli, int_models, tmp_path):
+    """2**64 - 1 and 2**53 + 1 are not float64 numbers: they must survive as themselves."""
+    import tensorprobe
+
+    u64 = np.load(int_models / "u64.npy")
+    model = int_models / "u64.keras"
+    summary = tensorprobe.dump(model, u64, tmp_path / "api.h5", layers=["big"], batch_size=2)
+    record = {d["name"]: d for d in summary["datasets"]}["big"]
+    assert record["max"] == 2**64 - 1 and record["min"] == 0
+    assert record["channel_max"] == [2**64 - 1, 7, 2**64 - 2]
+    assert record["channel_min"] == [2**53 + 1, 0, 1]
+    with tensorprobe.open_dump(tmp_path / "api.h5") as d:
+        np.testing.assert_array_equal(d["big"][()], u64)
+        assert d.summary()["datasets"][0]["channel_min"] == [2**53 + 1, 0, 1]
+    with h5py.File(tmp_path / "api.h5", "r") as f:
+        _check_stats(f["activations/big"], u64)
+
+    shards = []
+    for k in range(2):
+        shard = tmp_path / f"part{k}.h5"
+        r = cli("dump", "-m", model, "-l", "big", "--shard", f"{k}/2", "-o", shard, int_models / "u64.npy")
+        assert r.exit_code == 0, r.stderr
+        shards.append(shard)
+    r = cli("merge", *shards, "-o", tmp_path / "merged.h5")
+    assert r.exit_code == 0, r.stderr
+    with h5py.File(tmp_path / "merged.h5", "r") as f:
+        _check_stats(f["activations/big"], u64)
+
+
+def test_int64_and_bool_statistics_in_batches():
+    """RunningStats over batches of one row: int64 extremes exact, bool min/max bools."""
+    from tensorprobe.stats import RunningStats
+
+    info = np.iinfo(np.int64)
+    cases = [np.array([[info.min, 3], [5, info.max], [info.max - 1, -2]]),
+             np.array([[True, False], [True, True], [False, True]]),
+             np.arange(24, dtype=np.int8).reshape(3, 2, 4) - 12]
+    for values in cases:
+        st = RunningStats()
+        for row in values:
+            st.update(row[np.newaxis])
+        result, channels = st.result(), st.channel_result()
+        assert result["min"] == values.min() and result["max"] == values.max()
+        assert np.asarray(result["min"]).dtype == values.dtype
+        assert result["mean"] == pytest.approx(values.astype(np.float64).mean(), rel=1e-12)
+        assert result["std"] == pytest.approx(values.astype(np.float64).std(), rel=1e-12)
+        flat = values.reshape(-1, values.shape[-1])
+        np.testing.assert_array_equal(channels["channel_min"], flat.min(axis=0))
+        np.testing.assert_array_equal(channels["channel_max"], flat.max(axis=0))
