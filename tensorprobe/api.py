@@ -298,15 +298,27 @@ def preparation(resize="stretch", interpolation="bilinear", size=None, preproces
 
 
 def _feed(model, x, named, prep, layers=True, stdin=None):
-    """The checked input feed for `x`: an array, a dict of arrays (one per input), or paths
-    as `dump` takes them; `named`: [(input name, path)] as --input NAME=PATH gives them."""
-    from tensorprobe.inputs import feed, preprocess, spec
+    """The checked input feed for `x`: an array, a dict of arrays (one per input), a list of
+    str for a model whose one input takes strings, or paths as `dump` takes them; `named`:
+    [(input name, path)] as --input NAME=PATH gives them."""
+    import numpy as np
+
+    from tensorprobe.inputs import feed, lines, preprocess, spec
 
     keras_walk = model.loaded.model is not None and layers  # else the tensor graph's inputs
     specs = spec.from_graph(model.graph if keras_walk else model.tensor_graph)
+    if isinstance(x, lines.StrList) and len(specs) == 1 and specs[0].text:
+        x = np.array(x, dtype=object)  # text samples, not paths (give those as pathlib.Path)
     positional, by_name = _sources(x, named)
     function = preprocess.lookup(prep.preprocess) if prep.preprocess else None
     return feed.open_feed(specs, positional, by_name, prep, stdin, function)
+
+
+def _api_x(x):
+    """The API's `x`: a list of str is text for a model whose one input takes strings."""
+    from tensorprobe.inputs import lines
+
+    return lines.from_api(x)
 
 
 def _sources(x, named):
@@ -363,7 +375,7 @@ def activations(model, x, *, layers=(), match=None, all_layers=False, tensors=()
     with _api_names():
         selection.check(prep.skip_bad)
         model = load(model)
-        source = _feed(model, x, (), prep, selection.wants_layers)
+        source = _feed(model, _api_x(x), (), prep, selection.wants_layers)
         job = _extraction(model, selection, Storage(), source)
         sink = MemorySink(job.plan.specs, rows=source.rows)
         runner.dump(job.extract, source.batches(batch_size), sink, None, job.labels)
@@ -395,7 +407,7 @@ def dump(model, x, output, *, layers=(), match=None, all_layers=False, tensors=(
     with _api_names():
         storage = Storage(dtype, reduce, parse_compression(compression) if compression else (None, None))
         bar = progress_bar() if progress is True else progress or None
-        result = run_dump(model, x, (), output, selection, prep, storage, batch_size=batch_size,
+        result = run_dump(model, _api_x(x), (), output, selection, prep, storage, batch_size=batch_size,
                           overwrite=overwrite, shard=shard, resume=resume, max_bytes=max_bytes,
                           progress=bar)
         return _summary_record(result.summary, output)
@@ -553,7 +565,7 @@ def compare(model_a, model_b, x, *, layers=(), match=None, pairs=None, rtol=1e-5
     prep = preparation(**prepare)
     _check_batch_size(batch_size)
     with _api_names():
-        return run_compare(model_a, model_b, x, (), prep, layers=tuple(layers), match=match,
+        return run_compare(model_a, model_b, _api_x(x), (), prep, layers=tuple(layers), match=match,
                            pairs=tuple((pairs or {}).items()), rtol=rtol, atol=atol, metric=metric,
                            batch_size=batch_size, save_a=save_a, save_b=save_b, overwrite=overwrite)
 

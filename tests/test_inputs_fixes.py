@@ -141,3 +141,167 @@ def test_int64_and_bool_statistics_in_batches():
         flat = values.reshape(-1, values.shape[-1])
         np.testing.assert_array_equal(channels["channel_min"], flat.min(axis=0))
         np.testing.assert_array_equal(channels["channel_max"], flat.max(axis=0))
+
+
+# ---------------------------------------------------------------- text inputs (issue 22 item 9)
+
+TEXTS = ["the cat sat", "a dog ran far away", "", "héllo wörld", "dog\rcat", "the the the"]
+
+
+@pytest.fixture(scope="module")
+def text_models(tmp_path_factory):
+    """A TextVectorization classifier on `Input((), "string")`, a StringLookup on
+    `Input((1,), "string")`, and a float model to refuse text."""
+    import keras
+
+    L = keras.layers
+    folder = tmp_path_factory.mktemp("text_models")
+    keras.utils.set_random_seed(12)
+    text = keras.Input((), dtype="string", name="text")
+    tv = L.TextVectorization(max_tokens=20, output_sequence_length=5, name="tv")
+    tv.adapt(["the cat sat", "a dog ran far away", "héllo wörld"])
+    e = L.Embedding(20, 3, name="emb")(tv(text))
+    keras.Model(text, L.Dense(2, name="head")(L.GlobalAveragePooling1D(name="gap")(e)),
+                name="classifier").save(folder / "classifier.keras")
+    word = keras.Input((1,), dtype="string", name="word")
+    keras.Model(word, L.StringLookup(vocabulary=["cat", "dog", "héllo wörld"], name="lookup")(word),
+                name="lookup").save(folder / "lookup.keras")
+    return folder
+
+
+def _keras_text(model_path, keras_model, layer, texts, shape=()):
+    import keras
+    import tensorflow as tf
+
+    model = keras_model(str(model_path))
+    sub = keras.Model(model.inputs, model.get_layer(layer).output)
+    return np.asarray(sub(tf.reshape(tf.constant(texts), (-1, *shape))))
+
+
+def test_text_file_lines_crlf_empty_lines_bom(cli, text_models, keras_model, tmp_path):
+    """CRLF ends like LF, a final newline adds no sample, empty lines are samples, a BOM is
+    not text, a lone CR stays inside its line."""
+    path = tmp_path / "texts.txt"
+    body = "\r\n".join(TEXTS[:4]) + "\n" + "\n".join(TEXTS[4:]) + "\n"
+    path.write_bytes(b"\xef\xbb\xbf" + body.encode("utf-8"))
+    out = tmp_path / "a.h5"
+    r = cli("dump", "-m", text_models / "classifier.keras", "-l", "tv", "-l", "head", "-b", "4", "-o", out, path)
+    assert r.exit_code == 0, r.stderr
+    with h5py.File(out, "r") as f:
+        assert [s.decode() for s in f["inputs/source"][()]] == [f"{path}[{i}]" for i in range(len(TEXTS))]
+        np.testing.assert_array_equal(f["activations/tv"][()],
+                                      _keras_text(text_models / "classifier.keras", keras_model, "tv", TEXTS))
+        np.testing.assert_allclose(f["activations/head"][()],
+                                   _keras_text(text_models / "classifier.keras", keras_model, "head", TEXTS),
+                                   rtol=1e-6, atol=1e-7)
+        _check_stats(f["activations/tv"], f["activations/tv"][()])
+
+
+def test_string_arrays_and_stdin_feed_a_text_input(cli, text_models, keras_model, tmp_path):
+    expected = _keras_text(text_models / "classifier.keras", keras_model, "tv", TEXTS)
+    unicode, utf8 = np.array(TEXTS), np.array([t.encode("utf-8") for t in TEXTS])
+    assert unicode.dtype.kind == "U" and utf8.dtype.kind == "S"
+    for name, array in (("u.npy", unicode), ("s.npy", utf8)):
+        np.save(tmp_path / name, array)
+        out = tmp_path / f"{name}.h5"
+        r = cli("dump", "-m", text_models / "classifier.keras", "-l", "tv", "-b", "4", "-o", out, tmp_path / name)
+        assert r.exit_code == 0, r.stderr
+        with h5py.File(out, "r") as f:
+            np.testing.assert_array_equal(f["activations/tv"][()], expected)
+    out = tmp_path / "stdin.h5"
+    r = cli("dump", "-m", text_models / "classifier.keras", "-l", "tv", "-o", out, "-",
+            input=(tmp_path / "u.npy").read_bytes())
+    assert r.exit_code == 0, r.stderr
+    with h5py.File(out, "r") as f:
+        np.testing.assert_array_equal(f["activations/tv"][()], expected)
+        assert f["inputs/source"][0].decode() == "<stdin>[0]"
+
+
+def test_text_file_feeds_a_string_input_of_shape_one(cli, text_models, keras_model, tmp_path):
+    words = ["dog", "cat", "bird", "héllo wörld"]
+    path = tmp_path / "words.txt"
+    path.write_text("\n".join(words), encoding="utf-8")  # no newline at the end
+    out = tmp_path / "a.h5"
+    r = cli("dump", "-m", text_models / "lookup.keras", "-l", "lookup", "-o", out, path)
+    assert r.exit_code == 0, r.stderr
+    with h5py.File(out, "r") as f:
+        np.testing.assert_array_equal(
+            f["activations/lookup"][()], _keras_text(text_models / "lookup.keras", keras_model, "lookup", words, (1,)))
+        assert f["activations/lookup"].shape == (4, 1)
+
+
+def test_api_takes_lists_of_str_and_string_arrays(text_models, keras_model, tmp_path):
+    import tensorprobe
+
+    model = text_models / "classifier.keras"
+    expected = _keras_text(model, keras_model, "tv", TEXTS)
+    for x in (TEXTS, tuple(TEXTS), np.array(TEXTS), np.array(TEXTS, dtype=object)):
+        acts = tensorprobe.activations(model, x, layers=["tv"], batch_size=4)
+        np.testing.assert_array_equal(acts["tv"], expected)
+    summary = tensorprobe.dump(model, TEXTS, tmp_path / "a.h5", layers=["tv"])
+    assert summary["samples"] == len(TEXTS)
+    with h5py.File(tmp_path / "a.h5", "r") as f:
+        assert [s.decode() for s in f["inputs/source"][()]] == [f"<array>[{i}]" for i in range(len(TEXTS))]
+        np.testing.assert_array_equal(f["activations/tv"][()], expected)
+    # one str is still a path, as for every model
+    path = tmp_path / "t.txt"
+    path.write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
+    np.testing.assert_array_equal(tensorprobe.activations(model, str(path), layers=["tv"])["tv"], expected)
+    np.testing.assert_array_equal(tensorprobe.activations(model, [path], layers=["tv"])["tv"], expected)
+
+
+def test_api_refuses_mixed_objects(text_models):
+    import tensorprobe
+    from tensorprobe.errors import InputError
+
+    with pytest.raises(InputError, match=r"<array>: an array of Python objects \(bytes, str\) is taken only"):
+        tensorprobe.activations(text_models / "classifier.keras", np.array(["a", b"b"], dtype=object),
+                                layers=["tv"])
+
+
+def test_text_refusals(cli, text_models, int_models, tmp_path):
+    classifier = text_models / "classifier.keras"
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine\nnot \xff utf-8\n")
+    r = cli("dump", "-m", classifier, "-l", "tv", "-o", tmp_path / "a.h5", bad)
+    assert r.exit_code == 1
+    assert error_line(r) == f"error: {bad}: line 2 is not UTF-8 text (invalid start byte at byte 4)"
+
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    r = cli("dump", "-m", classifier, "-l", "tv", "-o", tmp_path / "a.h5", empty)
+    assert error_line(r) == f"error: {empty}: the text file is empty: it holds no line, so no sample"
+
+    np.save(tmp_path / "objects.npy", np.array(["a", "b"], dtype=object), allow_pickle=True)
+    r = cli("dump", "-m", classifier, "-l", "tv", "-o", tmp_path / "a.h5", tmp_path / "objects.npy")
+    assert error_line(r) == f"error: {tmp_path / 'objects.npy'}: holds Python objects, which are never unpickled"
+
+    np.save(tmp_path / "numbers.npy", np.zeros(3, np.float32))
+    r = cli("dump", "-m", classifier, "-l", "tv", "-o", tmp_path / "a.h5", tmp_path / "numbers.npy")
+    assert error_line(r) == (f"error: {tmp_path / 'numbers.npy'}: dtype float32 cannot be fed to input 'text', "
+                             "which takes strings: give a .txt file (one sample a line) or a .npy of strings")
+
+    good = tmp_path / "good.txt"
+    good.write_text("a b\n", encoding="utf-8")
+    r = cli("dump", "-m", int_models / "argmax.keras", "--all", "-o", tmp_path / "a.h5", good)
+    assert error_line(r) == f"error: {good}: a text file feeds only a string input; input x (None, 4) float32 is not one"
+    np.save(tmp_path / "strings.npy", np.array([["a"] * 4]))
+    r = cli("dump", "-m", int_models / "argmax.keras", "--all", "-o", tmp_path / "a.h5", tmp_path / "strings.npy")
+    assert error_line(r) == (f"error: {tmp_path / 'strings.npy'}: holds strings (<U1), which cannot be fed to "
+                             "input 'x' (float32); expected a numeric array")
+
+    r = cli("dump", "-m", classifier, "-l", "tv", "--scale", "2", "-o", tmp_path / "a.h5", good)
+    assert r.exit_code == 2
+    assert error_line(r) == ("error: --scale, --offset and --preprocess need floating-point inputs; "
+                             "input text (None,) string is not")
+    assert not (tmp_path / "a.h5").exists()
+
+
+def test_folders_pass_over_text_files(cli, text_models, tmp_path):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("a\n", encoding="utf-8")
+    r = cli("dump", "-m", text_models / "classifier.keras", "-l", "tv", "-o", tmp_path / "a.h5", folder)
+    assert r.exit_code == 2
+    assert error_line(r) == (f"error: input '{folder}': the folder holds no .npy, .npz or image file "
+                             "(PNG, JPEG, BMP, GIF)")

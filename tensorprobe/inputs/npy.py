@@ -70,12 +70,27 @@ def open_npy(path):
     return ArrayFile(path, shape, dtype, fortran, opener=opener)
 
 
-def in_memory(array, label):
-    """An array in memory (the Python API's input), read like a file's rows."""
-    array = np.asarray(array)
-    if array.dtype.kind not in "biuf":
-        raise InputError(f"{label}: dtype {array.dtype} is not numeric")
+def in_memory(values, label):
+    """An array in memory (the Python API's input), read like a file's rows: numbers, or
+    text for a string input (str or bytes arrays; a list of str, or an array of objects that
+    are all str or all bytes, stays one of objects so that no string is cut or padded)."""
+    if isinstance(values, (list, tuple)) and values and all(isinstance(v, (str, bytes)) for v in values):
+        values = np.array(values, dtype=object)
+    array = np.asarray(values)
+    if array.dtype.kind == "O":
+        _check_strings(array, label)
+    elif array.dtype.kind not in "biufUS":
+        raise InputError(f"{label}: dtype {array.dtype} is neither numbers nor text")
     return ArrayFile(label, array.shape, array.dtype, False, opener=lambda a: _MemoryReader(array))
+
+
+def _check_strings(array, label):
+    """An array of Python objects is taken only when they are all str or all bytes."""
+    items = array.reshape(-1)
+    if not (all(isinstance(v, str) for v in items) or all(isinstance(v, bytes) for v in items)):
+        kinds = ", ".join(sorted({type(v).__name__ for v in items}))
+        raise InputError(f"{label}: an array of Python objects ({kinds}) is taken only when they are all "
+                         "str or all bytes, for a string input")
 
 
 class _MemoryReader:

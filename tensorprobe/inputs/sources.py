@@ -1,10 +1,12 @@
 """Command-line arguments -> the input files they name, in order, before anything is read.
 
-An argument is a file, a folder (every supported file inside, recursively, sorted by relative
-path; other files and hidden names are passed over), a glob pattern the shell did not expand
+An argument is a file, a folder (every .npy, .npz and image file inside, recursively, sorted by
+relative path; other files, .txt files among them, and hidden names are passed over), a glob pattern the shell did not expand
 (`'images/*.png'`, `**` for any depth), `@LIST` (a text file with one path a line; blank lines
 and lines starting with `#` are ignored; relative paths are taken from the current folder, as
-`find` writes them) or `-` (one .npy read from standard input).
+`find` writes them) or `-` (one .npy read from standard input). A `.txt` file (one text
+sample a line, for a string input) is read when it is named, by itself, on a list or by a
+pattern, never found in a folder, where text files are more often notes than samples.
 
 A path that does not exist, a pattern that matches nothing and a folder with nothing to read
 are usage errors (exit status 2): the command line is wrong, not a file.
@@ -19,9 +21,10 @@ from tensorprobe.errors import InputError, UsageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 ARRAY_SUFFIXES = (".npy", ".npz")
+TEXT_SUFFIXES = (".txt",)
 STDIN = "-"
 STDIN_LABEL = "<stdin>"
-KINDS = "a .npy, .npz or image file (PNG, JPEG, BMP, GIF)"
+KINDS = "a .npy, .npz, .txt or image file (PNG, JPEG, BMP, GIF)"
 
 _MAGIC = (
     (b"\x93NUMPY", "npy"),
@@ -40,7 +43,7 @@ class Source:
     """One file to read. `path` is what /inputs/source records (the path as it was reached)."""
 
     path: str
-    kind: str  # "npy", "npz", "image", or "memory" (an array given to the Python API)
+    kind: str  # "npy", "npz", "image", "text", or "memory" (an array given to the Python API)
     array: object = field(default=None, compare=False)
 
 
@@ -127,10 +130,10 @@ def _expand_glob(pattern, what):
     for path in matches:
         if os.path.isdir(path):
             found.extend(_expand_folder(path, what))
-        elif _kind_by_suffix(path) is not None:
-            found.append(Source(path, _kind_by_suffix(path)))
+        elif _kind_by_suffix(path, text=True) is not None:
+            found.append(Source(path, _kind_by_suffix(path, text=True)))
     if not found:
-        raise UsageError(f"{what} '{pattern}': the pattern matches no .npy, .npz or image file")
+        raise UsageError(f"{what} '{pattern}': the pattern matches no .npy, .npz, .txt or image file")
     return found
 
 
@@ -139,18 +142,21 @@ def _parts(path):
     return tuple(os.path.normpath(path).split(os.sep))
 
 
-def _kind_by_suffix(name):
+def _kind_by_suffix(name, text=False):
+    """"npy", "npz", "image", "text" (only with `text`: a file named, not found) or None."""
     suffix = os.path.splitext(name)[1].lower()
     if suffix in ARRAY_SUFFIXES:
         return suffix[1:]
     if suffix in IMAGE_SUFFIXES:
         return "image"
+    if text and suffix in TEXT_SUFFIXES:
+        return "text"
     return None
 
 
 def _kind_of_file(path):
     """By suffix; a file named explicitly with another suffix is recognised by its first bytes."""
-    kind = _kind_by_suffix(path)
+    kind = _kind_by_suffix(path, text=True)
     if kind is not None:
         return kind
     try:
