@@ -268,15 +268,18 @@ def tensors(model, pattern, op_types, as_json, signature, unsafe, custom_objects
 def _parsed(parse):
     """A click callback that parses an option's value with `parse`, a usage error otherwise."""
 
+    def one(ctx, param, value):
+        try:
+            return parse(value)
+        except ValueError as e:  # the value at fault, as typed (one of a repeated option's)
+            raise click.BadParameter(f"'{value}': {e}", ctx, param) from None
+
     def callback(ctx, param, value):
         if value is None:
             return None
-        try:
-            if isinstance(value, tuple):
-                return tuple(parse(v) for v in value)
-            return parse(value)
-        except ValueError as e:
-            raise click.BadParameter(f"'{value}': {e}", ctx, param) from None
+        if isinstance(value, tuple):
+            return tuple(one(ctx, param, v) for v in value)
+        return one(ctx, param, value)
 
     return callback
 

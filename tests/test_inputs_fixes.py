@@ -305,3 +305,44 @@ def test_folders_pass_over_text_files(cli, text_models, tmp_path):
     assert r.exit_code == 2
     assert error_line(r) == (f"error: input '{folder}': the folder holds no .npy, .npz or image file "
                              "(PNG, JPEG, BMP, GIF)")
+
+
+# ---------------------------------------------------------------- forged headers, option values (issue 29 item 16)
+
+
+def _forged_npy(path, shape_text):
+    """A float32 .npy of 3x4 zeros whose header declares `shape_text` instead (padded to the
+    same header length, as NumPy writes it)."""
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros((3, 4), np.float32))
+    data = buffer.getvalue()
+    header_end = data.index(b"\n") + 1
+    header = data[10:header_end].decode("latin1")
+    forged = header.replace("(3, 4)", shape_text)
+    forged = forged.rstrip("\n").rstrip(" ")
+    forged = forged + " " * (header_end - 10 - len(forged) - 1) + "\n"
+    assert len(forged) == header_end - 10, "the forged shape must fit the header's padding"
+    path.write_bytes(data[:10] + forged.encode("latin1") + data[header_end:])
+    return path
+
+
+def test_negative_shape_in_a_header_is_refused_before_running(cli, int_models, tmp_path):
+    path = _forged_npy(tmp_path / "neg.npy", "(-1, 4)")
+    with pytest.raises(ValueError):  # NumPy itself cannot read it back
+        np.load(path).reshape(-1)[0]
+    out = tmp_path / "a.h5"
+    r = cli("dump", "-m", int_models / "argmax.keras", "--all", "-o", out, path)
+    assert r.exit_code == 1
+    assert error_line(r) == (f"error: {path}: not a readable .npy file (its header declares the shape "
+                             "(-1, 4), with a negative dimension)")
+    assert not out.exists()
+
+
+def test_named_input_without_a_name_shows_the_value_as_typed(cli, int_models, tmp_path):
+    r = cli("dump", "-m", int_models / "argmax.keras", "--all", "--input", "x=a.npy", "--input", "=x",
+            "-o", tmp_path / "a.h5")
+    assert r.exit_code == 2
+    assert error_line(r) == ("error: Invalid value for '--input': '=x': expected NAME=PATH, e.g. image=photos/ "
+                             "(see 'cli dump --help')")  # CliRunner's program name

@@ -9,6 +9,7 @@ The header is parsed with NumPy's own reader, and an array of Python objects is 
 the header alone: nothing is ever unpickled.
 """
 
+import math
 import os
 import tokenize
 import zipfile
@@ -18,6 +19,7 @@ import numpy as np
 
 from tensorprobe.errors import InputError
 from tensorprobe.inputs.sources import STDIN_LABEL
+from tensorprobe.text import shape_text
 
 
 class ArrayFile:
@@ -176,11 +178,14 @@ def read_header(stream, label):
         raise InputError(f"{label}: cannot read ({getattr(e, 'strerror', None) or e})") from e
     if dtype.hasobject:
         raise InputError(f"{label}: holds Python objects, which are never unpickled")
+    if any(d < 0 for d in shape):  # NumPy's reader takes any int; np.save never writes one
+        raise InputError(f"{label}: not a readable .npy file (its header declares the shape "
+                         f"{shape_text(shape)}, with a negative dimension)")
     return tuple(shape), fortran, dtype
 
 
 def _check_size(label, shape, dtype, data_bytes):
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: a forged shape cannot wrap around
     if data_bytes < expected:
         raise InputError(
             f"{label}: truncated: an array of shape {tuple(shape)} {dtype} needs {expected} bytes "
