@@ -514,11 +514,12 @@ def compression_text(storage):
     return "none" if name is None else name if level is None else f"{name}:{level}"
 
 
-def parse_size(text):
-    """'1500', '500K', '2M', '1.5G', '3GiB' -> bytes (binary multiples)."""
+def parse_size(text, what="--max-bytes"):
+    """'1500', '500K', '2M', '1.5G', '3GiB' -> bytes (binary multiples); `what` names the
+    option or variable in the error."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text, re.IGNORECASE)
     if not m:
-        raise errors.UsageError(f"--max-bytes '{text}': expected a size such as 500M or 2G")
+        raise errors.UsageError(f"{what} '{text}': expected a size such as 500M or 2G")
     scale = 1024 ** " kmgt".index(m.group(2).lower() or " ")
     return int(float(m.group(1)) * scale)
 

@@ -16,6 +16,7 @@ objects made here, never read from a file: no pickle is involved.
 import numpy as np
 
 from tensorprobe.errors import InputError
+from tensorprobe.inputs import limits
 from tensorprobe.inputs.npy import ArrayFile
 
 BOM = b"\xef\xbb\xbf"
@@ -27,7 +28,7 @@ def open_text(path, sample_shape):
     """An ArrayFile over the lines of the text file at `path`, one sample of `sample_shape`
     (() or (1,)) each. The lines are counted now; they are read when the rows are."""
     try:
-        with open(path, "rb") as f:
+        with limits.open_regular(path) as f:
             start = len(BOM) if f.read(len(BOM)) == BOM else 0
             f.seek(start)
             rows = _count_lines(f)
@@ -37,10 +38,7 @@ def open_text(path, sample_shape):
         raise InputError(f"{path}: the text file is empty: it holds no line, so no sample")
 
     def opener(array):
-        try:
-            f = open(path, "rb")
-        except OSError as e:
-            raise InputError(f"{path}: cannot read ({e.strerror or e})") from e
+        f = limits.open_regular(path)
         f.seek(start)
         return _LineReader(path, f)
 

@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass, field
 
 from tensorprobe.errors import InputError, UsageError
+from tensorprobe.inputs import limits
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 ARRAY_SUFFIXES = (".npy", ".npz")
@@ -91,11 +92,16 @@ def _expand_one(argument, what, from_list=None):
 
 
 def _expand_list(list_path, what):
+    if not os.path.lexists(list_path):
+        raise UsageError(f"{what} '@{list_path}': list file '{list_path}' does not exist")
     try:
-        with open(list_path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError:
-        raise UsageError(f"{what} '@{list_path}': list file '{list_path}' does not exist") from None
+        with limits.open_regular(list_path, f"{what} '@{list_path}'") as f:
+            limit = limits.LIST_BYTES.value()
+            data = _read_bounded(f, limit)
+        limits.LIST_BYTES.check(len(data), f"{what} '@{list_path}': the list file is too long")
+        lines = data.decode("utf-8").splitlines()
+    except InputError as e:
+        raise UsageError(str(e)) from None
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(f"{what} '@{list_path}': cannot read the list ({_reason(e)})") from e
     found = []
@@ -106,6 +112,19 @@ def _expand_list(list_path, what):
     if not found:
         raise UsageError(f"{what} '@{list_path}': the list names no file")
     return found
+
+
+def _read_bounded(f, limit, block=1 << 20):
+    """The file's bytes, at most `limit` + 1 of them (all with no limit), a block at a time
+    so that a signal is handled between blocks."""
+    chunks, have = [], 0
+    while limit is None or have <= limit:
+        chunk = f.read(block if limit is None else min(block, limit + 1 - have))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        have += len(chunk)
+    return b"".join(chunks)
 
 
 def _expand_folder(folder, what):
@@ -160,7 +179,7 @@ def _kind_of_file(path):
     if kind is not None:
         return kind
     try:
-        with open(path, "rb") as f:
+        with limits.open_regular(path) as f:
             head = f.read(8)
     except OSError as e:
         raise InputError(f"{path}: cannot read ({_reason(e)})") from e
