@@ -389,9 +389,16 @@ def dump(inputs, model, layer_names, match, all_layers, tensor_names, tensor_mat
 
     INPUTS are .npy, .npz and image files (PNG, JPEG, BMP, GIF), folders (searched
     recursively), quoted glob patterns, @LIST files (one path a line) and - (a .npy on
-    stdin). An array whose shape is the model's input shape is one sample; otherwise its
-    first axis is the batch. Images are resized to the model's input size. A model with
-    several inputs takes .npz files whose keys are its input names, or --input NAME=PATH.
+    stdin); a string input also takes .txt files (one UTF-8 sample a line). An array whose
+    shape is the model's input shape is one sample; otherwise its first axis is the batch.
+    Images are resized to the model's input size. A model with several inputs takes .npz
+    files whose keys are its input names, or --input NAME=PATH.
+
+    Inputs must be regular files, and what their headers declare is bounded: raise a limit
+    with TENSORPROBE_MAX_IMAGE_PIXELS (pixels of an image or --size; default 178956970),
+    TENSORPROBE_MAX_ARRAY_BYTES (one array's data; 16G), TENSORPROBE_MAX_INFLATE_RATIO
+    (an .npz member's inflation; 200) or TENSORPROBE_MAX_LIST_BYTES (an @LIST; 64M); 0
+    turns one off.
 
     \b
       tensorprobe dump -m model.keras --layer block1_conv2 input.npy

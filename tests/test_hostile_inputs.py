@@ -293,7 +293,7 @@ def test_listing_inputs_stops_on_a_signal(model, tmp_path, signum, status):
                           f"{loop}/**/*.npy"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                          cwd=tmp_path)
     try:
-        time.sleep(20)  # the model is loaded (a few seconds), the pattern is being expanded
+        time.sleep(15)  # the model is loaded (a few seconds), the pattern is being expanded
         assert p.poll() is None, p.communicate()
         p.send_signal(signum)
         sent = time.monotonic()
@@ -307,3 +307,13 @@ def test_listing_inputs_stops_on_a_signal(model, tmp_path, signum, status):
     assert stderr.decode().strip().splitlines()[-1] == "error: interrupted"
     assert elapsed < 5
     assert not (tmp_path / "a.h5").exists()
+
+
+def test_help_names_every_limit(cli):
+    from tensorprobe.inputs import limits
+
+    text = " ".join(cli("dump", "--help").stdout.split())
+    for limit in limits.ALL:
+        assert limit.variable in text
+    assert "TENSORPROBE_MAX_IMAGE_PIXELS (pixels of an image or --size; default 178956970)" in text
+    assert limits.IMAGE_PIXELS.default == 178956970 and limits.ARRAY_BYTES.default == 16 << 30
