@@ -317,3 +317,29 @@ def test_help_names_every_limit(cli):
         assert limit.variable in text
     assert "TENSORPROBE_MAX_IMAGE_PIXELS (pixels of an image or --size; default 178956970)" in text
     assert limits.IMAGE_PIXELS.default == 178956970 and limits.ARRAY_BYTES.default == 16 << 30
+
+
+def test_gif_frames_count_in_all(cli, model, tmp_path):
+    """TensorFlow's GIF decoder allocates every frame, even when only the first is used."""
+    rng = np.random.default_rng(4)
+    frames = [Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)) for _ in range(5)]
+    path = tmp_path / "anim.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    with Image.open(path) as im:
+        areas = []
+        for i in range(im.n_frames):
+            im.seek(i)
+            left, top, right, bottom = im.dispose_extent if hasattr(im, "dispose_extent") else (0, 0, *im.size)
+            areas.append((right - left) * (bottom - top))
+    total = sum(areas)
+    assert total > 30 * 40
+    r = cli("dump", "-m", model / "any.keras", "-l", "gap", "-o", tmp_path / "a.h5", path, env={PIXELS: str(total - 1)})
+    assert r.exit_code == 1
+    assert error_line(r) == (f"error: {path}: the animation is 30x40 (height x width), its frames {total:,} pixels "
+                             f"in all, more than the limit of {total - 1:,} pixels; set {PIXELS} to raise it "
+                             "(0 for none), for a file you trust")
+    r = cli("dump", "-m", model / "any.keras", "-l", "gap", "-o", tmp_path / "a.h5", path, env={PIXELS: str(total)})
+    assert r.exit_code == 0, r.stderr
+    with h5py.File(tmp_path / "a.h5", "r") as f:
+        first = np.asarray(Image.open(path).convert("RGB"), np.float64)
+        np.testing.assert_allclose(f["activations/gap"][0], first.reshape(-1, 3).mean(axis=0), rtol=1e-5)

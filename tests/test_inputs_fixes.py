@@ -272,6 +272,13 @@ def test_text_refusals(cli, text_models, int_models, tmp_path):
     r = cli("dump", "-m", classifier, "-l", "tv", "-o", tmp_path / "a.h5", empty)
     assert error_line(r) == f"error: {empty}: the text file is empty: it holds no line, so no sample"
 
+    long = tmp_path / "long.txt"
+    long.write_bytes(b"x" * 101)
+    r = cli("dump", "-m", classifier, "-l", "tv", "-o", tmp_path / "a.h5", long,
+            env={"TENSORPROBE_MAX_ARRAY_BYTES": "100"})
+    assert error_line(r) == (f"error: {long}: the text file holds 101 bytes, more than the limit of 100 bytes; set "
+                             "TENSORPROBE_MAX_ARRAY_BYTES to raise it (0 for none), for a file you trust")
+
     np.save(tmp_path / "objects.npy", np.array(["a", "b"], dtype=object), allow_pickle=True)
     r = cli("dump", "-m", classifier, "-l", "tv", "-o", tmp_path / "a.h5", tmp_path / "objects.npy")
     assert error_line(r) == f"error: {tmp_path / 'objects.npy'}: holds Python objects, which are never unpickled"

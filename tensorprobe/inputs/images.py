@@ -222,8 +222,10 @@ def check_image(path):
     try:
         with limits.open_regular(path) as f:
             size = declared_size(f)
-        if size is not None:
-            limits.check_pixels(path, *size)
+            if size is not None:
+                height, width = size
+                pixels = _gif_pixels(f, height * width) if size is not None and _is_gif(f) else height * width
+                limits.check_pixels(path, height, width, pixels)
     except OSError as e:
         return BadImage(f"{path}: cannot read ({e.strerror or e})")
     except InputError as e:
@@ -252,6 +254,45 @@ def declared_size(f):
         f.seek(2)
         return _jpeg_size(f)
     return None
+
+
+def _is_gif(f):
+    f.seek(0)
+    return f.read(4) == b"GIF8"
+
+
+def _gif_pixels(f, screen):
+    """The pixels a GIF's frames declare in all (at least its screen's): TensorFlow's decoder
+    (giflib's DGifSlurp) allocates every frame, even when only the first is kept. Blocks are
+    skipped by their lengths; a damaged stream ends the count (the decoder refuses it)."""
+    f.seek(10)
+    packed = f.read(3)[:1]
+    if packed and packed[0] & 0x80:  # the global colour table
+        f.seek(3 << ((packed[0] & 7) + 1), 1)
+    total = 0
+    while True:
+        kind = f.read(1)
+        if kind == b"\x2c":  # an image: its descriptor, colour table, LZW code size, data
+            descriptor = f.read(9)
+            if len(descriptor) < 9:
+                break
+            width, height, flags = struct.unpack("<HHB", descriptor[4:9])
+            total += width * height
+            if flags & 0x80:
+                f.seek(3 << ((flags & 7) + 1), 1)
+            f.seek(1, 1)
+        elif kind == b"\x21":  # an extension: its label, then data blocks
+            f.seek(1, 1)
+        else:  # the trailer, or the end of a damaged file
+            break
+        while True:  # data sub-blocks, each led by its length, up to an empty one
+            length = f.read(1)
+            if not length or length == b"\0":
+                break
+            f.seek(length[0], 1)
+        if not length:
+            break
+    return max(total, screen)
 
 
 def _jpeg_size(f):

@@ -94,9 +94,13 @@ def check_member(label, declared, compressed):
                          "raise it (0 for none), for a file you trust")
 
 
-def check_pixels(label, height, width, what="image"):
-    IMAGE_PIXELS.check(height * width, f"{label}: the {what} is {height}x{width} (height x width), "
-                                       f"{height * width:,} pixels")
+def check_pixels(label, height, width, pixels=None):
+    """An image of height x width (with frames of `pixels` in all, for an animation)."""
+    size = f"{height}x{width} (height x width)"
+    if pixels is None or pixels == height * width:
+        IMAGE_PIXELS.check(height * width, f"{label}: the image is {size}, {height * width:,} pixels")
+    else:
+        IMAGE_PIXELS.check(pixels, f"{label}: the animation is {size}, its frames {pixels:,} pixels in all")
 
 
 def open_regular(path, what=None):

@@ -13,6 +13,8 @@ Samples reach the model as Python str (TensorFlow encodes them as UTF-8), in an 
 objects made here, never read from a file: no pickle is involved.
 """
 
+import os
+
 import numpy as np
 
 from tensorprobe.errors import InputError
@@ -29,6 +31,8 @@ def open_text(path, sample_shape):
     (() or (1,)) each. The lines are counted now; they are read when the rows are."""
     try:
         with limits.open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size  # one array of text: no line can be longer
+            limits.ARRAY_BYTES.check(size, f"{path}: the text file holds {size:,} bytes")
             start = len(BOM) if f.read(len(BOM)) == BOM else 0
             f.seek(start)
             rows = _count_lines(f)
