@@ -352,8 +352,10 @@ def activations(model, x, *, layers=(), match=None, all_layers=False, tensors=()
     """{dataset name: array} for the inputs `x`, computed in batches of `batch_size`.
 
     `model`: a Model, a path or a keras.Model. `x`: a NumPy array (one sample of the input's
-    shape, or a batch), a dict of arrays for a model with several inputs, or what `dump`
-    takes as INPUTS (paths of .npy/.npz/image files, folders, globs). Keys are the names
+    shape, or a batch), a dict of arrays for a model with several inputs, a list of str (or a
+    str array) for a model whose one input takes strings, or what `dump` takes as INPUTS
+    (paths of .npy/.npz/.txt/image files, folders, globs; one str, or pathlib.Path items, where
+    a list of str would be text). Keys are the names
     `summary --json` prints: `vgg16/block1_conv2`, `gradients/vgg16/block1_conv2`,
     `tensors/<tensor name>`. `gradients` is a target as the CLI's --target takes it ("top",
     "class:2", "sum", "loss:NAME" with `labels`). Preparation options as `dump`'s: resize,
