@@ -12,6 +12,7 @@ A path that does not exist, a pattern that matches nothing and a folder with not
 are usage errors (exit status 2): the command line is wrong, not a file.
 """
 
+import fnmatch
 import glob
 import os
 import re
@@ -142,7 +143,7 @@ def _expand_folder(folder, what):
 
 
 def _expand_glob(pattern, what):
-    matches = sorted(glob.glob(pattern, recursive=True), key=_parts)
+    matches = sorted(_glob(pattern), key=_parts)
     if not matches:
         raise UsageError(f"{what} '{pattern}': no file matches the pattern")
     found = []
@@ -154,6 +155,51 @@ def _expand_glob(pattern, what):
     if not found:
         raise UsageError(f"{what} '{pattern}': the pattern matches no .npy, .npz, .txt or image file")
     return found
+
+
+def _glob(pattern):
+    """The paths `pattern` matches, as glob.glob(pattern, recursive=True) finds them, except
+    that `**` does not descend into linked folders, as a folder argument does not: glob's
+    would, and a link to a folder above it (`a -> ..`) made the listing endless."""
+    parts = [p for p in pattern.split(os.sep) if p]
+    paths = [os.sep if pattern.startswith(os.sep) else ""]
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        found = []
+        for base in paths:
+            if part == "**":
+                found.extend(_below(base, files=last))
+            elif not glob.has_magic(part):
+                path = os.path.join(base, part)
+                if os.path.lexists(path) if last else os.path.isdir(path):
+                    found.append(path)
+            else:
+                found.extend(os.path.join(base, name) for name in _listdir(base)
+                             if fnmatch.fnmatch(name, part) and (part.startswith(".") or not name.startswith("."))
+                             and (last or os.path.isdir(os.path.join(base, name))))
+        paths = found
+    if pattern.endswith(os.sep):
+        paths = [p for p in paths if os.path.isdir(p)]
+    return list(dict.fromkeys(p for p in paths if p))
+
+
+def _listdir(folder):
+    try:
+        return os.listdir(folder or os.curdir)
+    except OSError:
+        return []
+
+
+def _below(base, files):
+    """`base` and every folder under it (and with `files`, every file), hidden names and
+    linked folders' contents aside."""
+    for root, dirs, names in os.walk(base or os.curdir):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        rel = root if base else os.path.relpath(root)
+        rel = "" if rel == os.curdir else rel
+        yield rel
+        if files:
+            yield from (os.path.join(rel, n) for n in sorted(names) if not n.startswith("."))
 
 
 def _parts(path):
