@@ -10,7 +10,7 @@ the command line and the Python API alike); the error names the variable to rais
                                  default 178,956,970, the size at which Pillow refuses an
                                  image as a decompression bomb (twice its MAX_IMAGE_PIXELS)
   TENSORPROBE_MAX_ARRAY_BYTES    the data of one array (.npy, .npz member, stdin) as its header
-                                 declares it (shape x item size); default 16G
+                                 declares it (shape x item size), or of a .txt file; default 16G
   TENSORPROBE_MAX_INFLATE_RATIO  an .npz member's declared size over its compressed size, for
                                  a member over 64 MiB; default 200 (Deflate reaches about
                                  1000 only on runs of one byte)
@@ -48,9 +48,12 @@ class Limit:
 
             return parse_size(text, self.variable)
         try:
-            return int(text.replace(",", "").replace("_", ""))
+            value = int(text.replace(",", "").replace("_", ""))
         except ValueError:
-            raise UsageError(f"{self.variable} '{text}': expected a whole number") from None
+            value = -1
+        if value < 0:
+            raise UsageError(f"{self.variable} '{text}': expected a whole number")
+        return value
 
     def check(self, amount, subject, error=InputError):
         """Refuse `amount` (declared by `subject`, a phrase naming the file or option) above
