@@ -71,8 +71,7 @@ def forged_npy(path, shape, dtype="<f4"):
     """A .npy header declaring `shape`, followed by 64 bytes of data."""
     header = io.BytesIO()
     np.lib.format.write_array_header_2_0(header, {"descr": dtype, "fortran_order": False, "shape": shape})
-    path.write_bytes(b"\x93NUMPY\x02\x00" + header.getvalue()[8:] + bytes(64)
-                     if header.getvalue()[:6] == b"\x93NUMPY" else header.getvalue() + bytes(64))
+    path.write_bytes(header.getvalue() + bytes(64))  # the header as NumPy writes it, magic included
     return path
 
 
