@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from tensorprobe import errors
+from tensorprobe.text import parse_size
 
 # The CLI's option names -> this API's argument names, for the messages of errors raised by
 # the shared core (written with the CLI's names).
@@ -563,16 +564,6 @@ def _root_attrs(loaded, prep):
 def compression_text(storage):
     name, level = storage.compression
     return "none" if name is None else name if level is None else f"{name}:{level}"
-
-
-def parse_size(text, what="--max-bytes"):
-    """'1500', '500K', '2M', '1.5G', '3GiB' -> bytes (binary multiples); `what` names the
-    option or variable in the error."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text, re.IGNORECASE)
-    if not m:
-        raise errors.UsageError(f"{what} '{text}': expected a size such as 500M or 2G")
-    scale = 1024 ** " kmgt".index(m.group(2).lower() or " ")
-    return int(float(m.group(1)) * scale)
 
 
 def _max_bytes(value):

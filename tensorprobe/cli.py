@@ -383,9 +383,10 @@ def dump(inputs, model, layer_names, match, all_layers, tensor_names, tensor_mat
 
     Inputs must be regular files, and what their headers declare is bounded: raise a limit
     with TENSORPROBE_MAX_IMAGE_PIXELS (pixels of an image or --size; default 178956970),
-    TENSORPROBE_MAX_ARRAY_BYTES (one array's data; 16G), TENSORPROBE_MAX_INFLATE_RATIO
-    (an .npz member's inflation; 200) or TENSORPROBE_MAX_LIST_BYTES (an @LIST; 64M); 0
-    turns one off.
+    TENSORPROBE_MAX_ARRAY_BYTES (one array's data; 16G), TENSORPROBE_MAX_UNPACKED (what a
+    .keras or .npz archive unpacks to at any ratio; 256M), TENSORPROBE_MAX_INFLATE_RATIO
+    (the most it inflates beyond that; 200) or TENSORPROBE_MAX_LIST_BYTES (an @LIST; 64M);
+    0 turns one off.
 
     \b
       tensorprobe dump -m model.keras --layer block1_conv2 input.npy
@@ -397,7 +398,7 @@ def dump(inputs, model, layer_names, match, all_layers, tensor_names, tensor_mat
       tensorprobe dump -m saved_model_dir --tensor-match 'block1_conv2_1/BiasAdd' input.npy
       tensorprobe dump -m model.keras --all --shard 2/8 -o part-2.h5 photos/   # then: merge
     """
-    from tensorprobe import api, store
+    from tensorprobe import api, store, text
     from tensorprobe import shard as sharding
 
     target, labels, target_output = gradients if gradients is not None else (None, None, None)
@@ -407,7 +408,7 @@ def dump(inputs, model, layer_names, match, all_layers, tensor_names, tensor_mat
     prep = _preparation(**input_settings)
     selection.check(prep.skip_bad)
     if max_bytes is not None:
-        api.parse_size(max_bytes)  # a usage error now, not after the model has loaded
+        text.parse_size(max_bytes)  # a usage error now, not after the model has loaded
     if shard is not None:
         from_env = click.get_current_context().get_parameter_source("shard").name == "ENVIRONMENT"
         shard = sharding.parse(shard, sharding.ENV if from_env else "--shard")

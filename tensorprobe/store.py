@@ -37,6 +37,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from tensorprobe import limits
 from tensorprobe.errors import (
     DumpReadError,
     IncompleteDumpError,
@@ -415,7 +416,7 @@ def open_dump(path, allow_incomplete=False):
     """Open a dump for reading once it is known to be one: HDF5, written by tensorprobe in a
     format this version reads, and complete unless `allow_incomplete`. Returns an open
     h5py.File; anything else raises DumpReadError with a message naming `path`."""
-    check_regular_file(path)
+    limits.check_regular(path, f"'{path}'", "a dump is an HDF5 file", DumpReadError)
     try:
         f = h5py.File(path, "r")
     except OSError as e:
@@ -553,21 +554,6 @@ def is_output_of(path, job):
     except DumpReadError:
         return False
     return all(attrs.get(k) == job.get(k) for k in JOB_KEYS)
-
-
-def check_regular_file(path):
-    """A dump (or shard) is read only from a regular file: a FIFO would block the reader
-    forever, and a device (/dev/zero) is no dump."""
-    import stat
-
-    try:
-        mode = os.stat(path).st_mode
-    except OSError as e:
-        raise DumpReadError(f"'{path}' cannot be read ({e.strerror})") from e
-    if not stat.S_ISREG(mode):
-        kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
-                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket")
-        raise DumpReadError(f"'{path}' is {kind}, not a dump file")
 
 
 def _check_storage(f, path):
