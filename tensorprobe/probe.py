@@ -81,6 +81,9 @@ def plan(graph, selected):
             if fused_into:
                 raise UsageError(f"--layer '{entry.path}' has no tensor of its own: the converter fused it "
                                  f"into the op of '{fused_into}' (dump that layer)")
+            no_output = getattr(entry, "no_output", None)  # a Keras layer run only inside a loop
+            if no_output:
+                raise UsageError(f"--layer '{entry.path}' has no output: {no_output}")
             raise UsageError(
                 f"--layer '{entry.path}' is never called in the model's graph, so it has no output"
             )
@@ -206,7 +209,6 @@ def extraction_function(graph, plan, target=None, target_origin=None, label_shap
     if target is None:
         needed = graph.needed(plan.origins)
 
-        @tf.function(input_signature=signature, jit_compile=jit or None, autograph=False)
         def extract(*inputs):
             return [finish(v) for v in graph.evaluate(list(inputs), plan.origins, needed, training=training)]
 
@@ -217,7 +219,6 @@ def extraction_function(graph, plan, target=None, target_origin=None, label_shap
         if target.kind == "loss":  # one label row per sample, of `label_shape`
             signature.append(tf.TensorSpec(shape=(None, *label_shape), dtype=tf.float32, name="labels"))
 
-        @tf.function(input_signature=signature, jit_compile=jit or None, autograph=False)
         def extract(*args):
             inputs, labels = list(args[:count]), (args[count] if len(args) > count else None)
             with tf.GradientTape(watch_accessed_variables=False) as tape:
@@ -228,17 +229,43 @@ def extraction_function(graph, plan, target=None, target_origin=None, label_shap
                                   unconnected_gradients=tf.UnconnectedGradients.ZERO)
             return [finish(v) for v in list(activations) + list(grads)]
 
+    def compiled(xla):
+        return tf.function(extract, input_signature=signature, jit_compile=xla or None, autograph=False)
+
     def run(batch, labels=None):
         """One batch: a list of input arrays (and labels) -> a list of arrays."""
         args = list(batch) + ([labels] if labels is not None else [])
         try:
-            return [t.numpy() for t in extract(*args)]
-        except (ValueError, tf.errors.InvalidArgumentError) as e:
+            try:
+                return [t.numpy() for t in run.function(*args)]
+            except (tf.errors.UnimplementedError, tf.errors.InvalidArgumentError) as e:
+                # A channels_first convolution or pooling that this device runs only under XLA
+                # (TensorFlow's CPU kernels without oneDNN take NHWC only), as Keras' TF backend
+                # compiles the convolutions it knows to be missing there: from now on, compile
+                # the whole function with XLA. Only for such an op: XLA would turn other
+                # errors (an index out of range) into values.
+                if run.xla or not _channels_first_op_failed(run.function, e):
+                    raise
+                run.function, run.xla = compiled(True), True
+                return [t.numpy() for t in run.function(*args)]
+        except (ValueError, tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as e:
             # shapes that do not fit the model (labels against the output, say) surface here
             raise InputError(f"the model could not compute this batch: {tf_error_line(e)}") from e
 
-    run.function = extract  # the compiled tf.function, for inspection
+    run.function, run.xla = compiled(jit), jit  # the compiled tf.function, for inspection
     return run
+
+
+def _channels_first_op_failed(function, error):
+    """Whether the op a TensorFlow run-time `error` names ([[{{node NAME}}]]) is, in the graph
+    of the compiled `function`, one with a channels-first data_format (NCHW, NCDHW, NCW)."""
+    names = set(re.findall(r"\{\{node ([^}]+)\}\}", str(error)))
+    if not names:
+        return False
+    graph = function.get_concrete_function().graph.as_graph_def()
+    nodes = [*graph.node, *(n for f in graph.library.function for n in f.node_def)]
+    return any(n.name in names and "data_format" in n.attr and n.attr["data_format"].s.startswith(b"NC")
+               for n in nodes)
 
 
 def estimate_bytes(graph, plan, storage, rows):
