@@ -192,7 +192,10 @@ def extraction_function(graph, plan, target=None, target_origin=None, label_shap
     chosen output under a GradientTape that watches each selected activation as it is
     produced, and returns the activations and the gradients of the per-sample target with
     respect to them (zeros for an activation the output does not depend on). The batch axis
-    is left open in the signature, so a last, smaller batch runs the same compiled graph.
+    is left open in the signature, so a last, smaller batch runs the same compiled graph; any
+    other axis the model leaves open (a sequence's length) is traced at each batch's own
+    size, as Keras' eager call sees it, since layers may branch on static shapes: Keras'
+    TimeDistributed over an open time axis maps over the batch size instead (Keras 3.15).
     """
     import tensorflow as tf
 
@@ -201,10 +204,8 @@ def extraction_function(graph, plan, target=None, target_origin=None, label_shap
     # instead of 0.6 s. A `call` decorated with tf.function (the way to ask for AutoGraph)
     # is still converted: graph.py runs it through tf.autograph.to_graph.
     finish = _finisher(storage or Storage())
-    signature = [
-        tf.TensorSpec(shape=tuple(t.shape), dtype=dtype_name(t.dtype), name=f"input_{i}")
-        for i, t in enumerate(graph.inputs)
-    ]
+    specs = [(tuple(t.shape), dtype_name(t.dtype)) for t in graph.inputs]
+    extra_specs = []  # the labels'
     count = len(graph.inputs)
     if target is None:
         needed = graph.needed(plan.origins)
@@ -217,7 +218,7 @@ def extraction_function(graph, plan, target=None, target_origin=None, label_shap
         needed = graph.needed(origins)
         score = _score_function(graph, target, target_origin)
         if target.kind == "loss":  # one label row per sample, of `label_shape`
-            signature.append(tf.TensorSpec(shape=(None, *label_shape), dtype=tf.float32, name="labels"))
+            extra_specs.append(tf.TensorSpec(shape=(None, *label_shape), dtype=tf.float32, name="labels"))
 
         def extract(*args):
             inputs, labels = list(args[:count]), (args[count] if len(args) > count else None)
@@ -229,31 +230,53 @@ def extraction_function(graph, plan, target=None, target_origin=None, label_shap
                                   unconnected_gradients=tf.UnconnectedGradients.ZERO)
             return [finish(v) for v in list(activations) + list(grads)]
 
-    def compiled(xla):
-        return tf.function(extract, input_signature=signature, jit_compile=xla or None, autograph=False)
+    functions = {}  # (the sample shapes, XLA) -> the compiled function
+
+    def compiled(batch, xla):
+        signature = [
+            tf.TensorSpec(shape=_traced_shape(shape, x), dtype=dtype, name=f"input_{i}")
+            for i, ((shape, dtype), x) in enumerate(zip(specs, batch))
+        ] + extra_specs
+        key = (tuple(spec.shape for spec in signature), xla)
+        if key not in functions:
+            functions[key] = tf.function(extract, input_signature=signature, jit_compile=xla or None,
+                                         autograph=False)
+        run.function = functions[key]
+        return run.function
 
     def run(batch, labels=None):
         """One batch: a list of input arrays (and labels) -> a list of arrays."""
         args = list(batch) + ([labels] if labels is not None else [])
         try:
+            function = compiled(batch, run.xla)
             try:
-                return [t.numpy() for t in run.function(*args)]
+                return [t.numpy() for t in function(*args)]
             except (tf.errors.UnimplementedError, tf.errors.InvalidArgumentError) as e:
                 # A channels_first convolution or pooling that this device runs only under XLA
                 # (TensorFlow's CPU kernels without oneDNN take NHWC only), as Keras' TF backend
                 # compiles the convolutions it knows to be missing there: from now on, compile
                 # the whole function with XLA. Only for such an op: XLA would turn other
                 # errors (an index out of range) into values.
-                if run.xla or not _channels_first_op_failed(run.function, e):
+                if run.xla or not _channels_first_op_failed(function, e):
                     raise
-                run.function, run.xla = compiled(True), True
-                return [t.numpy() for t in run.function(*args)]
+                run.xla = True
+                return [t.numpy() for t in compiled(batch, True)(*args)]
         except (ValueError, tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as e:
             # shapes that do not fit the model (labels against the output, say) surface here
             raise InputError(f"the model could not compute this batch: {tf_error_line(e)}") from e
 
-    run.function, run.xla = compiled(jit), jit  # the compiled tf.function, for inspection
+    run.xla = jit
+    run.function = None  # the compiled tf.function of the last batch, for inspection
     return run
+
+
+def _traced_shape(shape, batch):
+    """The model input's `shape` with its open axes, the batch axis aside, at the size they
+    have in `batch` (an array); the model's own where the ranks differ (the call says so)."""
+    sizes = getattr(batch, "shape", None)
+    if sizes is None or len(sizes) != len(shape):
+        return shape
+    return (shape[0], *(d if d is not None else int(n) for d, n in zip(shape[1:], sizes[1:])))
 
 
 def _channels_first_op_failed(function, error):

@@ -51,6 +51,12 @@ def runs(tmp_path_factory):
     keras.Model(frames, L.Dense(2, name="head")(L.Flatten(name="flat")(y))).save(folder / "clstm.keras")
     np.save(folder / "frames.npy", rng.normal(size=(3, 4, 6, 6, 2)).astype("float32"))
 
+    # TimeDistributed over an open time axis: Keras loops over the axis when its size is known
+    # and maps over the batch size when it is not (Keras 3.15).
+    steps = keras.Input((None, 5), name="steps")
+    t = L.TimeDistributed(L.Dense(3, name="step_dense"), name="td")(steps)
+    keras.Model(steps, L.GlobalAveragePooling1D(name="avg")(t)).save(folder / "open_time.keras")
+
     T = tf_keras.layers
     old = tf_keras.Input((7, 5), name="seq")
     z = T.LSTM(6, return_sequences=True, name="lstm")(T.Masking(name="mask")(old))
@@ -210,6 +216,29 @@ def test_conv_lstm_and_its_gradients(cli, runs, tmp_path):
         tape.watch(hidden)
         total = tf.reduce_sum(model.get_layer("head")(model.get_layer("flat")(model.get_layer("pool")(hidden))))
     np.testing.assert_allclose(grads["clstm"], tape.gradient(total, hidden).numpy(), atol=ATOL)
+
+
+def test_time_distributed_over_an_open_time_axis(cli, runs, tmp_path):
+    """Traced at the batch's own length, as Keras' eager call runs it (a graph traced with the
+    axis open gives (5, 5, 3) for (5, 7, 5)); the sub-layer, run once per step, cannot be named."""
+    import keras
+
+    model_file = runs / "open_time.keras"
+    model = keras.saving.load_model(model_file)
+    x = np.load(runs / "seq.npy")
+    out = tmp_path / "a.h5"
+    r = cli("dump", "-q", "-m", model_file, "-l", "td", "-l", "avg", "-b", "2", "-o", out, runs / "seq.npy")
+    assert r.exit_code == 0, r.stderr
+    values = read_all(out)
+    td = model.get_layer("td")
+    np.testing.assert_allclose(values["td"], np.asarray(td(x)), atol=ATOL)
+    np.testing.assert_allclose(values["avg"], np.asarray(model(x)), atol=ATOL)
+    r = cli("dump", "-q", "-m", model_file, "-l", "td/step_dense", "-o", tmp_path / "b.h5", runs / "seq.npy")
+    assert (r.exit_code, error_line(r)) == (2, (
+        "error: layer 'td/step_dense' runs more often for these inputs than the 1 time(s) it ran when traced "
+        "with the model's open input axes (how often depends on an input's size, as in a TimeDistributed); "
+        "dump 'td' instead"))
+    assert not (tmp_path / "b.h5").exists()
 
 
 def test_keras2_h5_recurrent_layers(cli, runs, tmp_path):

@@ -115,6 +115,12 @@ class Graph:
         """
         walker = _Walker(self.keras, self.entries, needed, watch, set(origins), training)
         walker.walk(self.model, inputs)
+        for path, traced, parent in walker.overrun[:1]:
+            from tensorprobe.errors import UsageError
+
+            raise UsageError(f"layer '{path}' runs more often for these inputs than the {traced} time(s) "
+                             "it ran when traced with the model's open input axes (how often depends on "
+                             f"an input's size, as in a TimeDistributed); dump '{parent}' instead")
         values = [inputs[j] if key is None else walker.values.get((key, j)) for key, j in origins]
         if any(v is None for v in values):
             raise RuntimeError("a layer recorded at run time was called fewer times than when traced")
@@ -209,6 +215,7 @@ class _Walker:
         self.training = training
         self.reads = {}
         self.values = {}  # origin -> tensor, for every node called
+        self.overrun = []  # (path, calls traced, parent) of runtime layers called more often
 
     def walk(self, model, inputs):
         """Call the model on `inputs`; return its flat outputs as (tensor, origin)."""
@@ -379,6 +386,12 @@ class _Walker:
                                        f"output of the model's graph; dump {where} instead")
                     entry.calls.clear()
                 return plain(*args, **kwargs)
+            if not self.symbolic and count[0] >= _calls_under(entry, node_key):
+                # the calls depend on a size the model leaves open (Keras' TimeDistributed loops
+                # over a known time axis, and maps over an open one as if it were one call):
+                # the k-th call here is not the k-th call traced, so no value can be named
+                self.overrun.append((path, _calls_under(entry, node_key), entry.parent))
+                return plain(*args, **kwargs)
             result = plain(*args, **kwargs)
             key = node_key + (path, count[0])
             count[0] += 1
@@ -406,6 +419,11 @@ class _Walker:
 
             return tf.nest.flatten(outputs)
         return self.keras.tree.flatten(outputs)
+
+
+def _calls_under(entry, node_key):
+    """How many calls of a runtime layer the symbolic walk recorded inside the node `node_key`."""
+    return sum(1 for outputs in entry.calls if outputs and outputs[0][1][0][:-2] == node_key)
 
 
 def producer_name(tensor):
