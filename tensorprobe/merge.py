@@ -156,12 +156,15 @@ def _write(f, shards, output, copy):
     f.attrs["complete"] = False
     rows = sum(s.rows for s in shards)
     strings = h5py.string_dtype("utf-8")
+    # Each dataset is flushed while it is held: a failed write (a full disk) then raises,
+    # instead of happening when h5py releases the dataset, which can only print the error.
     f.create_dataset("inputs/source", data=np.concatenate([s.sources for s in shards]), dtype=strings,
-                     maxshape=(None,), chunks=(1024,) if rows else None)
+                     maxshape=(None,), chunks=(1024,) if rows else None).flush()
     skipped = [s.skipped for s in shards if s.skipped is not None]
     if skipped:
-        f.create_dataset("inputs/skipped", data=np.concatenate(skipped), dtype=strings)
-        f["inputs/skipped"].attrs["rows"] = sum(s.skipped_rows for s in shards)
+        ds = f.create_dataset("inputs/skipped", data=np.concatenate(skipped), dtype=strings)
+        ds.attrs["rows"] = sum(s.skipped_rows for s in shards)
+        ds.flush()
     f.require_group("activations")
     filled = [(s, name) for s, name in zip(shards, names) if s.rows]
     digests = {s.path: _source_digest(s) for s in shards} if copy else {}
@@ -185,12 +188,14 @@ def _write(f, shards, output, copy):
         for s, _ in filled:
             stats.merge(RunningStats.from_attrs(s.datasets[path][2], s.rows, shape[1:]))
         store.write_stats(ds, stats)
+        ds.flush()
     for s in shards:
         if copy and digests[s.path].hexdigest(_datasets(s)) != s.digest:
             raise MergeError(f"'{s.path}': its rows no longer give its content digest ({store.DIGEST}): the file "
                              "changed after it was written")
     f.attrs["samples"] = rows
     f.attrs["complete"] = True
+    f.flush()
 
 
 def _source_digest(s):
