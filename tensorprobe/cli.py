@@ -56,6 +56,9 @@ class TensorprobeGroup(click.Group):
         sys.exit(status)
 
     def invoke(self, ctx):
+        store = sys.modules.get("tensorprobe.store")
+        if store is not None:  # a command run before in this process (tests) leaves nothing behind
+            store.new_run()
         # Catch Ctrl-C here, before click turns it into Abort with a stray blank line.
         try:
             return super().invoke(ctx)
