@@ -824,8 +824,7 @@ def check_shards(f, path):
     recorded at the merge; that costs one stat and one read of its root attributes (about 1
     ms). A shard whose size or modification time changed since (copied without keeping
     times, or rewritten) has its contents hashed again (0.4 s per 100 MB in the page cache)
-    and must
-    give the recorded digest."""
+    and must give the recorded digest."""
     folder = Path(path).parent
     names = _plain(f.attrs.get("merged_from")) or []
     records = [_plain(f.attrs.get(key)) for key in SHARD_RECORDS]
