@@ -768,4 +768,9 @@ def main():
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(e.code if isinstance(e.code, int) else 1)
+        # The outcome is decided: an interrupt while the process shuts down (TensorFlow's
+        # threads and exit handlers take up to a second, after Python has put the default
+        # handlers back) must not kill it by the signal after a dump that succeeded.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
         raise

@@ -8,6 +8,7 @@ Every value checked is computed again here: layer outputs by Keras itself, conte
 with hashlib from the layout the docs give, row counts from the inputs.
 """
 
+import contextlib
 import hashlib
 import os
 import re
@@ -382,49 +383,61 @@ def test_an_interrupt_python_dropped_still_stops_before_the_rename(cli, net, tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.h5"]
 
 
-@pytest.mark.parametrize("fraction", [0.5, 0.97])
-def test_a_real_ctrl_c_near_the_end_either_stops_or_succeeds_never_both(net, tmp_path, fraction):
-    """SIGINT sent to a real dump once its partial file reaches `fraction` of the datasets'
-    size: either exit 130 with the old file untouched, or exit 0 with the new complete file;
-    never 130 after the old file was replaced, never 0 with the old file."""
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory):
+    """A model that writes 4 KiB a row, and 4,000 rows of input: with batches of one row, a
+    dump takes seconds, time to send it signals."""
     import keras
 
-    rows, units = 4000, 1024
-    data = np.random.default_rng(1).normal(size=(rows, 8)).astype("float32")
-    x = tmp_path / "x.npy"
-    np.save(x, data)
-    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(units, name="wide")], name="w")
-    model.save(tmp_path / "w.keras")
+    folder = tmp_path_factory.mktemp("wide")
+    data = np.random.default_rng(1).normal(size=(4000, 8)).astype("float32")
+    np.save(folder / "x.npy", data)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(1024, name="wide")], name="w")
+    model.save(folder / "w.keras")
+    return {"model": model, "path": folder / "w.keras", "x": folder / "x.npy", "data": data}
+
+
+@pytest.mark.parametrize("when", [0.5, 0.97, "renamed"])
+def test_a_real_ctrl_c_near_the_end_either_stops_or_succeeds_never_both(wide, tmp_path, when):
+    """SIGINT sent to a real dump once its partial file holds `when` of the datasets' bytes,
+    or once the output is the new file: either exit 130 with the old file untouched, or exit 0
+    with the new complete file; never 130 after the old file was replaced (once renamed, the
+    run has succeeded, also while the process shuts down), never 0 with the old file."""
+    rows, units = wide["data"].shape[0], 1024
     out = tmp_path / "out.h5"
     out.write_bytes(b"old results")
-    p = subprocess.Popen([BIN, "dump", "-m", str(tmp_path / "w.keras"), "-l", "wide", "-b", "1", "-q",
-                          "--overwrite", "-o", str(out), str(x)], stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen([BIN, "dump", "-m", str(wide["path"]), "-l", "wide", "-b", "1", "-q",
+                          "--overwrite", "-o", str(out), str(wide["x"])], stderr=subprocess.PIPE, text=True)
     deadline, seen = time.time() + 180, None
     while time.time() < deadline and p.poll() is None:
-        found = list(tmp_path.glob(".out.h5.*.partial"))
-        if found:
-            seen = found[0].name
-            try:
-                if found[0].stat().st_size >= fraction * rows * units * 4:
-                    break
-            except FileNotFoundError:  # renamed meanwhile
+        if when == "renamed":
+            if out.read_bytes()[:11] != b"old results":
                 break
-        time.sleep(0.005)
+        for partial in tmp_path.glob(".out.h5.*.partial"):
+            seen = partial.name
+            with contextlib.suppress(FileNotFoundError):  # renamed meanwhile
+                if when != "renamed" and partial.stat().st_size >= when * rows * units * 4:
+                    break
+        else:
+            time.sleep(0.002)
+            continue
+        break
     assert seen is not None and re.fullmatch(rf"\.out\.h5\.{p.pid}@[A-Za-z0-9-]+\.\w+\.partial", seen), seen
     assert p.poll() is None, "the dump ended before the signal: make it slower"
     p.send_signal(signal.SIGINT)
     _, stderr = p.communicate(timeout=120)
     if p.returncode == 130:
+        assert when != "renamed"
         assert stderr == "error: interrupted\n"
         assert out.read_bytes() == b"old results"
     else:
         assert p.returncode == 0, stderr
-        assert stderr == f"wrote {out} (interrupted once it was complete)\n"
+        assert stderr in ("", f"wrote {out} (interrupted once it was complete)\n")
         with h5py.File(out, "r") as f:
             assert f.attrs["complete"] and f["activations/wide"].shape == (rows, units)
-            np.testing.assert_allclose(f["activations/wide"][-5:], np.asarray(model(data[-5:])), rtol=1e-5,
-                                       atol=1e-5)
-    assert sorted(f.name for f in tmp_path.iterdir()) == ["out.h5", "w.keras", "x.npy"]
+            np.testing.assert_allclose(f["activations/wide"][-5:], np.asarray(wide["model"](wide["data"][-5:])),
+                                       rtol=1e-5, atol=1e-5)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["out.h5"]
 
 
 # ------------------------------------------------------ 5. faults while writing: one error line
