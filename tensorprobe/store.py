@@ -702,6 +702,7 @@ def _check_dump(f, path, allow_incomplete):
             f"{FORMAT_VERSION} (a newer tensorprobe may read it)"
         )
     if _plain(f.attrs.get("merge_mode")) == "virtual":
+        _check_shards_beside(f, path)
         check_shards(f, path)
     if not is_complete(f.attrs):
         if not allow_incomplete:
@@ -817,9 +818,10 @@ def shard_records(shards):
 
 
 def check_shards(f, path):
-    """A virtual merged dump reads its shards, named relative to its folder, and HDF5 reads a
-    missing or shorter one as zeros without a word: refuse it unless every shard is still the
-    file that was merged. Each must be a complete dump of the merged job (its fingerprints and
+    """A virtual merged dump reads its shards, named relative to its folder (which
+    _check_shards_beside checks are there), and HDF5 reads a shorter one as zeros without a
+    word, another file's rows under the old statistics: refuse it unless every shard is still
+    the file that was merged. Each must be a complete dump of the merged job (its fingerprints and
     total_rows), shard K/N at place K, with the rows and the content digest (data_sha256)
     recorded at the merge; that costs one stat and one read of its root attributes (about 1
     ms). A shard whose size or modification time changed since (copied without keeping
@@ -833,13 +835,7 @@ def check_shards(f, path):
                             "(merged by an older tensorprobe): merge the shards again")
     job = {key: _plain(f.attrs.get(key)) for key in JOB}
     for k, (name, rows, digest, size, mtime) in enumerate(zip(names, *records)):
-        shard = folder / str(name)
-        if not shard.is_file():
-            raise DumpReadError(
-                f"'{path}' is a merged dump whose shard '{name}' is missing: the shards must stay beside "
-                "it (merge --copy writes a self-contained file)"
-            )
-        wrong = _shard_differs(shard, f"{k}/{len(names)}", job, rows, digest, (size, mtime))
+        wrong = _shard_differs(folder / str(name), f"{k}/{len(names)}", job, rows, digest, (size, mtime))
         if wrong:
             raise DumpReadError(f"'{path}' is a merged dump whose shard '{name}' is no longer the file that was "
                                 f"merged: {wrong}; put that shard back or merge the shards again")
@@ -867,6 +863,18 @@ def _shard_differs(shard, place, job, rows, digest, stat_then):
     except (OSError, KeyError, RuntimeError, ValueError) as e:
         return f"it is not a readable dump ({_one_line(e)})"
     return None
+
+
+def _check_shards_beside(f, path):
+    """A virtual merged dump reads its shards, named relative to its folder; HDF5 would read
+    a missing one as zeros without a word, so refuse instead."""
+    folder = Path(path).parent
+    for name in _plain(f.attrs.get("merged_from")) or []:
+        if not (folder / name).is_file():
+            raise DumpReadError(
+                f"'{path}' is a merged dump whose shard '{name}' is missing: the shards must stay beside "
+                "it (merge --copy writes a self-contained file)"
+            )
 
 
 def is_complete(attrs):
