@@ -36,7 +36,6 @@ import os
 import re
 import shutil
 import socket
-import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
