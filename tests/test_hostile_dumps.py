@@ -175,6 +175,24 @@ def test_a_shard_copied_without_its_times_is_verified_and_read(cli, net, tmp_pat
         np.testing.assert_allclose(values(out)[name], net["reference"][name], rtol=1e-5, atol=1e-6)
 
 
+def test_shards_written_before_digests_are_hashed_by_merge(cli, net, tmp_path):
+    for k in range(3):
+        shutil.copy2(net["job"] / f"part-{k}.h5", tmp_path / f"part-{k}.h5")
+        with h5py.File(tmp_path / f"part-{k}.h5", "a") as f:
+            del f.attrs["data_sha256"]  # as an older tensorprobe wrote them
+    out = tmp_path / "all.h5"
+    r = cli("merge", *(tmp_path / f"part-{k}.h5" for k in range(3)), "-o", out)
+    assert r.exit_code == 0, r.stderr
+    with h5py.File(out, "r") as f:
+        assert list(f.attrs["merged_sha256"]) == [digest_by_hand(tmp_path / f"part-{k}.h5") for k in range(3)]
+    assert cli("summary", out).exit_code == 0
+    np.testing.assert_allclose(values(out)["d2"], net["reference"]["d2"], rtol=1e-5, atol=1e-6)
+    with h5py.File(tmp_path / "part-0.h5", "a") as f:
+        f["activations/d2"][0] = 0
+    r = cli("summary", out)
+    assert r.exit_code == 1 and "its contents differ from its digest (data_sha256)" in error_line(r)
+
+
 def test_an_old_merged_file_without_shard_records_is_refused(cli, net, tmp_path):
     out = merged_copy(net, tmp_path, cli=cli)
     with h5py.File(out, "a") as f:
