@@ -2,9 +2,10 @@
 
 The merged file holds, for every dataset path, an HDF5 virtual dataset that maps the shards'
 rows in shard order (or, with `copy`, a real dataset with the rows copied), /inputs/source
-and /inputs/skipped copied (they are small), the shards' root attributes without `shard` and
-`shard_rows` plus `merged_from`, and statistics combined exactly from the shards' statistics
-attributes (stats.RunningStats.from_attrs + merge); the data is not read for them.
+and /inputs/skipped copied (they are small), the shards' root attributes without those about
+one shard's file (SHARD_OWN) plus `merged_from`, and statistics combined exactly from the
+shards' statistics attributes (stats.RunningStats.from_attrs + merge); the data is not read
+for them.
 
 Each shard must hold exactly its rows: those of `shard_rows` but the ones it skipped as bad
 (/inputs/skipped's attribute `rows`), in every dataset (open_dump checks that they agree).
@@ -35,6 +36,8 @@ JOB_WORDS = {"total_rows": "number of input rows", "input_fingerprint": "input l
 STAT_ATTRS = set(store.STAT_KEYS) | {"channel_min", "channel_max", "channel_mean", "channel_std",
                                      "channel_count", "first_nonfinite_sample"}
 COPY_BLOCK = 64 << 20  # bytes per block copied with `copy`
+# root attributes about one shard's file, not copied from shard 0 to the merged file
+SHARD_OWN = ("shard", "shard_rows", "complete", "samples", store.DIGEST, sharding.CONTENTS)
 
 
 @dataclass
@@ -145,7 +148,7 @@ def _same_datasets(a, b):
 def _write(f, shards, output, copy):
     first = shards[0]
     for key, value in first.attrs.items():
-        if key not in ("shard", "shard_rows", "complete", "samples"):
+        if key not in SHARD_OWN:
             f.attrs[key] = value
     folder = output.parent.resolve()
     names = [os.path.relpath(s.path.resolve(), folder) for s in shards]

@@ -121,6 +121,7 @@ def test_a_virtual_merge_reads_its_shards_and_records_them(cli, net, tmp_path):
         assert list(f.attrs["merged_rows"]) == [21, 21, 22]  # rows [k*64//3, (k+1)*64//3)
         assert list(f.attrs["merged_sha256"]) == [digest_by_hand(tmp_path / f"part-{k}.h5") for k in range(3)]
         assert list(f.attrs["merged_size"]) == [os.stat(tmp_path / f"part-{k}.h5").st_size for k in range(3)]
+        assert "data_sha256" not in f.attrs and "input_contents" not in f.attrs  # shard 0's, not the file's
     r = cli("summary", "--json", out)
     assert r.exit_code == 0, r.stderr
 
