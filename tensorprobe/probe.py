@@ -291,12 +291,16 @@ def _channels_first_op_failed(function, error):
                for n in nodes)
 
 
-def estimate_bytes(graph, plan, storage, rows):
-    """The bytes the datasets will hold for `rows` samples, from the symbolic shapes; None
-    when a sample shape is not known before running."""
+def estimate_bytes(graph, plan, storage, rows, batch_rows):
+    """The bytes the datasets will take in the file for `rows` samples written `batch_rows` at
+    a time (store.datasets_bytes: whole chunks, their index and attributes; /inputs and the
+    file's own metadata are store.dump_bytes'), from the symbolic shapes; None when a sample
+    shape is not known before running."""
     import numpy as np
 
-    total = 0
+    from tensorprobe import store
+
+    datasets = []
     for i, _ in enumerate(plan.specs):
         tensor = graph.tensor(plan.origins[i % len(plan.origins)])
         shape = list(tensor.shape[1:])
@@ -307,8 +311,8 @@ def estimate_bytes(graph, plan, storage, rows):
         dtype = np.dtype(dtype_name(tensor.dtype))
         if storage.dtype is not None and dtype.kind == "f":
             dtype = np.dtype(storage.dtype)
-        total += int(np.prod(shape, dtype=np.int64)) * dtype.itemsize * rows
-    return total
+        datasets.append((int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, shape[-1] if shape else 0))
+    return store.datasets_bytes(datasets, rows, batch_rows)
 
 
 def _finisher(storage):
