@@ -1038,14 +1038,20 @@ def check_statistics(ds, attrs=None):
             integral = isinstance(value, int) and not isinstance(value, bool)
             if key in count_keys and not (integral and value >= 0):
                 _bad_statistic(ds, key, value, "a count")
-            if key not in count_keys and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            extreme_of_bools = key in ("min", "max") and ds.dtype.kind == "b"  # kept in the data's type
+            if key not in count_keys and not extreme_of_bools and (
+                    isinstance(value, bool) or not isinstance(value, (int, float))):
                 _bad_statistic(ds, key, value, "a number")
+            if extreme_of_bools and not isinstance(value, bool):
+                _bad_statistic(ds, key, value, "True or False")
     channels = ds.shape[-1] if ds.ndim >= 2 else None
     for key in CHANNEL_STATS:
         if key in attrs:
             value = attrs[key]
+            bools = key in ("channel_min", "channel_max") and ds.dtype.kind == "b"
             numbers = isinstance(value, list) and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+                isinstance(v, bool) if bools else isinstance(v, (int, float)) and not isinstance(v, bool)
+                for v in value)
             if not numbers or len(value) != channels:
                 _bad_statistic(ds, key, value, f"{channels} numbers, one a channel")
 
