@@ -323,12 +323,17 @@ def preparation(resize="stretch", interpolation="bilinear", size=None, preproces
 
 def _feed(model, x, named, prep, layers=True, stdin=None):
     """The checked input feed for `x`: an array, a list of arrays (one per input, in the
-    model's order), a dict {input name: array or path}, or paths as `dump` takes them;
-    `named`: [(input name, path)] as --input NAME=PATH gives them."""
-    from tensorprobe.inputs import feed, preprocess, spec
+    model's order), a dict {input name: array or path}, a list of str for a model whose one
+    input takes strings, or paths as `dump` takes them; `named`: [(input name, path)] as
+    --input NAME=PATH gives them."""
+    import numpy as np
+
+    from tensorprobe.inputs import feed, lines, preprocess, spec
 
     keras_walk = model.loaded.model is not None and layers  # else the tensor graph's inputs
     specs = spec.from_graph(model.graph if keras_walk else model.tensor_graph)
+    if isinstance(x, lines.StrList) and len(specs) == 1 and specs[0].text:
+        x = np.array(x, dtype=object)  # text samples, not paths (give those as pathlib.Path)
     positional, by_name = _sources(x, named, specs)
     function = preprocess.lookup(prep.preprocess) if prep.preprocess else None
     return feed.open_feed(specs, positional, by_name, prep, stdin, function)
@@ -336,6 +341,13 @@ def _feed(model, x, named, prep, layers=True, stdin=None):
 
 def _is_path(value):
     return isinstance(value, (str, os.PathLike))
+
+
+def _api_x(x):
+    """The API's `x`: a list of str is text for a model whose one input takes strings."""
+    from tensorprobe.inputs import lines
+
+    return lines.from_api(x)
 
 
 def _sources(x, named, specs):
@@ -386,8 +398,10 @@ def activations(model, x, *, layers=(), match=None, all_layers=False, tensors=()
     """{dataset name: array} for the inputs `x`, computed in batches of `batch_size`.
 
     `model`: a Model, a path or a keras.Model. `x`: a NumPy array (one sample of the input's
-    shape, or a batch), a dict of arrays for a model with several inputs, or what `dump`
-    takes as INPUTS (paths of .npy/.npz/image files, folders, globs). Keys are the names
+    shape, or a batch), a dict of arrays for a model with several inputs, a list of str (or a
+    str array) for a model whose one input takes strings, or what `dump` takes as INPUTS
+    (paths of .npy/.npz/.txt/image files, folders, globs; one str, or pathlib.Path items, where
+    a list of str would be text). Keys are the names
     `summary --json` prints: `vgg16/block1_conv2`, `gradients/vgg16/block1_conv2`,
     `tensors/<tensor name>`. `gradients` is a target as the CLI's --target takes it ("top",
     "class:2", "sum", "loss:NAME" with `labels`). Preparation options as `dump`'s: resize,
@@ -409,7 +423,7 @@ def activations(model, x, *, layers=(), match=None, all_layers=False, tensors=()
                               gradients, target_output, labels, training)
         selection.check(prep.skip_bad)
         model = load(model)
-        source = _feed(model, x, (), prep, selection.wants_layers)
+        source = _feed(model, _api_x(x), (), prep, selection.wants_layers)
         job = _extraction(model, selection, Storage(), source)
         sink = MemorySink(job.plan.specs, rows=source.rows)
         runner.dump(job.extract, source.batches(batch_size), sink, None, job.labels)
@@ -444,7 +458,7 @@ def dump(model, x, output, *, layers=(), match=None, all_layers=False, tensors=(
         store.check_hdf5_name(output, "--output")  # as the CLI's --output is checked
         storage = Storage(dtype, reduce, parse_compression(compression) if compression else (None, None))
         bar = progress_bar() if progress is True else progress or None
-        result = run_dump(model, x, (), output, selection, prep, storage, batch_size=batch_size,
+        result = run_dump(model, _api_x(x), (), output, selection, prep, storage, batch_size=batch_size,
                           overwrite=overwrite, shard=shard, resume=resume, max_bytes=max_bytes,
                           progress=bar)
         return _summary_record(result.summary, output)
@@ -551,11 +565,12 @@ def compression_text(storage):
     return "none" if name is None else name if level is None else f"{name}:{level}"
 
 
-def parse_size(text):
-    """'1500', '500K', '2M', '1.5G', '3GiB' -> bytes (binary multiples)."""
+def parse_size(text, what="--max-bytes"):
+    """'1500', '500K', '2M', '1.5G', '3GiB' -> bytes (binary multiples); `what` names the
+    option or variable in the error."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text, re.IGNORECASE)
     if not m:
-        raise errors.UsageError(f"--max-bytes '{text}': expected a size such as 500M or 2G")
+        raise errors.UsageError(f"{what} '{text}': expected a size such as 500M or 2G")
     scale = 1024 ** " kmgt".index(m.group(2).lower() or " ")
     return int(float(m.group(1)) * scale)
 
@@ -614,7 +629,7 @@ def compare(model_a, model_b, x, *, layers=(), match=None, pairs=None, rtol=None
         for path, option in ((save_a, "--save-a"), (save_b, "--save-b")):
             if path is not None:
                 store.check_hdf5_name(path, option)
-        return run_compare(model_a, model_b, x, (), prep, layers=_names(layers, "layers"), match=match,
+        return run_compare(model_a, model_b, _api_x(x), (), prep, layers=_names(layers, "layers"), match=match,
                            pairs=_pairs(pairs), criterion=criterion, batch_size=batch_size, save_a=save_a,
                            save_b=save_b, overwrite=overwrite)
 

@@ -268,15 +268,18 @@ def tensors(model, pattern, op_types, as_json, signature, unsafe, custom_objects
 def _parsed(parse):
     """A click callback that parses an option's value with `parse`, a usage error otherwise."""
 
+    def one(ctx, param, value):
+        try:
+            return parse(value)
+        except ValueError as e:  # the value at fault, as typed (one of a repeated option's)
+            raise click.BadParameter(f"'{value}': {e}", ctx, param) from None
+
     def callback(ctx, param, value):
         if value is None:
             return None
-        try:
-            if isinstance(value, tuple):
-                return tuple(parse(v) for v in value)
-            return parse(value)
-        except ValueError as e:
-            raise click.BadParameter(f"'{value}': {e}", ctx, param) from None
+        if isinstance(value, tuple):
+            return tuple(one(ctx, param, v) for v in value)
+        return one(ctx, param, value)
 
     return callback
 
@@ -373,9 +376,16 @@ def dump(inputs, model, layer_names, match, all_layers, tensor_names, tensor_mat
 
     INPUTS are .npy, .npz and image files (PNG, JPEG, BMP, GIF), folders (searched
     recursively), quoted glob patterns, @LIST files (one path a line) and - (a .npy on
-    stdin). An array whose shape is the model's input shape is one sample; otherwise its
-    first axis is the batch. Images are resized to the model's input size. A model with
-    several inputs takes .npz files whose keys are its input names, or --input NAME=PATH.
+    stdin); a string input also takes .txt files (one UTF-8 sample a line). An array whose
+    shape is the model's input shape is one sample; otherwise its first axis is the batch.
+    Images are resized to the model's input size. A model with several inputs takes .npz
+    files whose keys are its input names, or --input NAME=PATH.
+
+    Inputs must be regular files, and what their headers declare is bounded: raise a limit
+    with TENSORPROBE_MAX_IMAGE_PIXELS (pixels of an image or --size; default 178956970),
+    TENSORPROBE_MAX_ARRAY_BYTES (one array's data; 16G), TENSORPROBE_MAX_INFLATE_RATIO
+    (an .npz member's inflation; 200) or TENSORPROBE_MAX_LIST_BYTES (an @LIST; 64M); 0
+    turns one off.
 
     \b
       tensorprobe dump -m model.keras --layer block1_conv2 input.npy

@@ -188,7 +188,7 @@ def layers_table(info, title):
         if layer.output_shape is None:
             shape = "-"
         else:
-            shape = ", ".join(shape_text(s) for s in layer.output_shape)
+            shape = ", ".join("?" if s is None else shape_text(s) for s in layer.output_shape)  # ?: unknown rank
             if layer.calls > 1:
                 shape += f" ×{layer.calls} calls"
         path = Text(guide, style="dim") + Text(layer.path, style="bold" if layer.depth == 0 else "")

@@ -10,6 +10,9 @@ class RunningStats:
     Each batch yields per-channel (count, mean, M2), combined with the earlier ones by Chan et
     al.'s parallel update in float64; the overall figures combine the channels the same way.
     So the result is exact up to rounding and does not depend on the batch size.
+
+    min and max keep the data's own type for integer and bool data (an int64 or uint64
+    extreme is exact, not rounded to a float64); floating-point data has them in float64.
     """
 
     def __init__(self):
@@ -41,8 +44,7 @@ class RunningStats:
             self.count = np.zeros(channels, np.int64)
             self.mean = np.zeros(channels)
             self.m2 = np.zeros(channels)
-            self.min = np.full(channels, np.inf)
-            self.max = np.full(channels, -np.inf)
+            self.min, self.max = _empty_extremes(a.dtype, channels)
         self.size += a.size
         self.zeros += int(np.count_nonzero(a == 0))
         finite = None
@@ -54,11 +56,13 @@ class RunningStats:
                 bad_rows = ~np.isfinite(a.reshape(len(a), -1)).all(axis=1)
                 self.first_nonfinite_row = self.rows + int(np.flatnonzero(bad_rows)[0])
         self.rows += len(a)
+        if not flat.shape[0]:  # a sample shape with a zero in it: no value at all
+            return
         if finite is None:
             n = np.full(channels, flat.shape[0], np.int64)
             mean = flat.mean(axis=0, dtype=np.float64)
-            m2 = np.square(flat - mean).sum(axis=0)
-            low, high = flat.min(axis=0, initial=np.inf), flat.max(axis=0, initial=-np.inf)
+            m2 = np.square(flat.astype(np.float64) - mean).sum(axis=0)
+            low, high = flat.min(axis=0), flat.max(axis=0)
         else:
             n = finite.sum(axis=0)
             values = np.where(finite, flat, 0).astype(np.float64)
@@ -66,8 +70,8 @@ class RunningStats:
             m2 = np.where(finite, np.square(values - mean), 0).sum(axis=0)
             low = np.where(finite, flat, np.inf).min(axis=0)
             high = np.where(finite, flat, -np.inf).max(axis=0)
-        self.min = np.minimum(self.min, low)
-        self.max = np.maximum(self.max, high)
+        self.min = np.minimum(self.min, low.astype(self.min.dtype))
+        self.max = np.maximum(self.max, high.astype(self.max.dtype))
         self.count, self.mean, self.m2 = _combine(self.count, self.mean, self.m2, n, mean, m2)
 
     @classmethod
@@ -99,7 +103,8 @@ class RunningStats:
 
         st.mean = get("mean", 0.0)
         st.m2 = np.square(get("std", 0.0)) * st.count
-        st.min, st.max = get("min", np.inf), get("max", -np.inf)
+        st.min = _extreme(attrs[prefix + "min"], channels, seen, np.inf)
+        st.max = _extreme(attrs[prefix + "max"], channels, seen, -np.inf)
         return st
 
     def merge(self, other):
@@ -129,8 +134,8 @@ class RunningStats:
         if total:
             (count,), (mean,), (m2,) = _combine_all(self.count, self.mean, self.m2)
             overall = {
-                "min": float(self.min.min()),
-                "max": float(self.max.max()),
+                "min": _scalar(self.min[self.count > 0].min()),
+                "max": _scalar(self.max[self.count > 0].max()),
                 "mean": float(mean),
                 "std": float(np.sqrt(m2 / count)),
             }
@@ -148,11 +153,37 @@ class RunningStats:
         seen = self.count > 0
         with np.errstate(invalid="ignore", divide="ignore"):
             return {
-                "channel_min": np.where(seen, self.min, np.nan),
-                "channel_max": np.where(seen, self.max, np.nan),
+                "channel_min": self.min if seen.all() else np.where(seen, self.min, np.nan),
+                "channel_max": self.max if seen.all() else np.where(seen, self.max, np.nan),
                 "channel_mean": np.where(seen, self.mean, np.nan),
                 "channel_std": np.where(seen, np.sqrt(self.m2 / self.count), np.nan),
             }
+
+
+def _empty_extremes(dtype, channels):
+    """(min, max) before any value: the largest and smallest values of the type the extremes
+    are kept in (the data's own for integer and bool data, float64 otherwise)."""
+    if dtype.kind == "b":
+        return np.ones(channels, bool), np.zeros(channels, bool)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return np.full(channels, info.max, dtype), np.full(channels, info.min, dtype)
+    return np.full(channels, np.inf), np.full(channels, -np.inf)
+
+
+def _extreme(stored, channels, seen, missing):
+    """A min or max attribute as write_stats writes it: in its own type when it is an integer
+    or bool (exact), else in float64 with `missing` for a channel without finite values."""
+    values = np.asarray(stored).reshape(channels)
+    if values.dtype.kind in "biu":
+        return values
+    return np.where(seen, values.astype(np.float64), missing)
+
+
+def _scalar(value):
+    """The overall min or max: a NumPy scalar of the data's type for integer and bool data
+    (written as an attribute of that type, read back as an exact Python int), else a float."""
+    return value if value.dtype.kind in "biu" else float(value)
 
 
 def _combine(n_a, mean_a, m2_a, n_b, mean_b, m2_b):

@@ -524,6 +524,7 @@ def _error_files(tmp, photos):
     (tmp / "objects").mkdir()
     np.save(tmp / "objects" / "o.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     (tmp / "list.txt").write_text(f"{photos / 'a.png'}\n{tmp / 'gone.png'}\n")
+    (tmp / "notes.csv").write_text("hello")
     (tmp / "notes.txt").write_text("hello")
     png = (photos / "a.png").read_bytes()
     (tmp / "trunc.png").write_bytes(png[: len(png) // 3])
@@ -561,7 +562,8 @@ ERROR_CASES = [
     ("preprocess-non-image-input", ["-m", "{zoo:seq.keras}", "-l", "d1", "--preprocess", "vgg16", "{tmp}/vec.npy"],
      2, "--preprocess vgg16"),
     ("truncated-image", R + ["{tmp}/trunc.png"], 1, "{tmp}/trunc.png: not a readable image"),
-    ("unknown-file-kind", R + ["{tmp}/notes.txt"], 1, "{tmp}/notes.txt: not a .npy, .npz or image file"),
+    ("unknown-file-kind", R + ["{tmp}/notes.csv"], 1, "{tmp}/notes.csv: not a .npy, .npz, .txt or image file"),
+    ("text-to-image-model", R + ["{tmp}/notes.txt"], 1, "{tmp}/notes.txt: a text file feeds only a string input"),
     ("object-npy-in-folder", R + ["{tmp}/objects"], 1, "o.npy: holds Python objects, which are never unpickled"),
     ("images-to-vector-model", ["-m", "{zoo:seq.keras}", "-l", "d1", "{photo:a.png}"], 1, "images cannot feed input"),
     ("truncated-npz", R + ["{tmp}/cut.npz"], 1, "{tmp}/cut.npz: not a readable .npz file"),

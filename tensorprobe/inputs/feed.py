@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tensorprobe.errors import InputError, UsageError
-from tensorprobe.inputs import npy, preprocess
+from tensorprobe.inputs import lines, npy, preprocess
 from tensorprobe.inputs.images import BadImage, ImageReader
 from tensorprobe.inputs.sources import STDIN
 from tensorprobe.inputs.spec import describe_all
@@ -149,6 +149,8 @@ def _add(stream, source, stdin):
         stream.add_array(npy.in_memory(source.array, source.path))
     elif source.kind == "image":
         stream.add_image(source.path)
+    elif source.kind == "text":
+        stream.add_array(_open_text(source.path, stream.spec))
     elif source.kind == "npz":
         arrays = npy.open_npz(source.path)
         name = stream.spec.name
@@ -164,6 +166,16 @@ def _add(stream, source, stdin):
         stream.add_array(npy.open_stdin(stdin))
     else:
         stream.add_array(npy.open_npy(source.path))
+
+
+def _open_text(path, spec):
+    """A .txt file feeds a string input that takes one string a sample."""
+    if not spec.text:
+        raise InputError(f"{path}: a text file feeds only a string input; input {spec.describe()} is not one")
+    if spec.shape not in ((), (1,)):
+        raise InputError(f"{path}: a text file gives one string a sample (one a line); input "
+                         f"{spec.describe()} takes {shape_text(spec.shape, '?')} strings a sample")
+    return lines.open_text(path, spec.shape)
 
 
 def _input_key(key, names):
@@ -427,7 +439,16 @@ class _ImageRows:
 
 
 def _check_dtype(array, spec):
-    dtype, target = array.dtype, np.dtype(spec.dtype)
+    dtype = array.dtype
+    if spec.text:
+        if dtype.kind not in "USO":
+            raise InputError(f"{array.name}: dtype {dtype} cannot be fed to input '{spec.name}', which "
+                             "takes strings: give a .txt file (one sample a line) or a .npy of strings")
+        return
+    target = np.dtype(spec.dtype)
+    if dtype.kind in "USO":
+        raise InputError(f"{array.name}: holds strings ({dtype}), which cannot be fed to input "
+                         f"'{spec.name}' ({target}); expected a numeric array")
     if dtype.kind not in "biuf":
         raise InputError(f"{array.name}: dtype {dtype} cannot be fed to input '{spec.name}' ({target}); "
                          "expected a numeric array")

@@ -30,10 +30,12 @@ fails, `explain` decodes it again eagerly to say why.
 
 import os
 import re
+import struct
 
 import numpy as np
 
 from tensorprobe.errors import InputError
+from tensorprobe.inputs import limits
 
 READ_AHEAD = 64  # decoded images buffered by the pipeline, beyond those being decoded
 
@@ -65,14 +67,21 @@ class ImageReader:
         tf = self.tf
         if self.size is None:
             self._size_from_first_image(paths)
-        load = self._graph_function()
-        dataset = (
-            tf.data.Dataset.from_tensor_slices([os.fsencode(p) for p in paths])
-            .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-            .prefetch(READ_AHEAD)
-        )
-        iterator = iter(dataset)
-        for path in paths:
+        # Every header is checked before TensorFlow decodes anything: its decoders allocate
+        # what the header declares. A file refused here never enters the pipeline.
+        refused = [check_image(path) for path in paths]
+        good = [os.fsencode(p) for p, bad in zip(paths, refused) if bad is None]
+        if good:
+            dataset = (
+                tf.data.Dataset.from_tensor_slices(good)
+                .map(self._graph_function(), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+                .prefetch(READ_AHEAD)
+            )
+            iterator = iter(dataset)
+        for path, bad in zip(paths, refused):
+            if bad is not None:
+                yield bad
+                continue
             try:
                 yield next(iterator).numpy()
             except tf.errors.OpError as e:
@@ -169,8 +178,11 @@ class ImageReader:
     def _decode(self, path):
         """The decoded image, eagerly (for diagnosis and the first image's size)."""
         tf = self.tf
+        bad = check_image(path)
+        if bad is not None:
+            raise bad
         try:
-            with open(path, "rb") as f:
+            with limits.open_regular(path) as f:
                 data = f.read()
         except OSError as e:
             raise BadImage(f"{path}: cannot read ({e.strerror or e})") from e
@@ -201,6 +213,120 @@ class ImageReader:
                 f"{th}x{tw}, and --no-resize was given"
             )
         return BadImage(f"{path}: cannot be prepared ({tf_message(error)})")
+
+
+def check_image(path):
+    """None when the image at `path` may be decoded: a regular file whose header declares no
+    more pixels than TENSORPROBE_MAX_IMAGE_PIXELS (a file whose header is not one of the
+    four formats is left to the decoder, which refuses it). Else the BadImage saying why."""
+    try:
+        with limits.open_regular(path) as f:
+            size = declared_size(f)
+            if size is not None:
+                height, width = size
+                pixels = _gif_pixels(f, height * width) if size is not None and _is_gif(f) else height * width
+                limits.check_pixels(path, height, width, pixels)
+    except OSError as e:
+        return BadImage(f"{path}: cannot read ({e.strerror or e})")
+    except InputError as e:
+        return BadImage(str(e))
+    return None
+
+
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def declared_size(f):
+    """(height, width) as the header of the PNG, GIF, BMP or JPEG file `f` declares them, read
+    the way TensorFlow's decoders read them (PNG's IHDR, GIF's logical screen, BMP's
+    BITMAPINFOHEADER, JPEG's start-of-frame), or None for another file or a header cut short."""
+    head = f.read(32)
+    if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR" and len(head) >= 24:
+        width, height = struct.unpack(">II", head[16:24])
+        return height, width
+    if head[:4] == b"GIF8" and len(head) >= 10:
+        width, height = struct.unpack("<HH", head[6:10])
+        return height, width
+    if head[:2] == b"BM" and len(head) >= 26:
+        width, height = struct.unpack("<ii", head[18:26])
+        return abs(height), abs(width)
+    if head[:3] == b"\xff\xd8\xff":
+        f.seek(2)
+        return _jpeg_size(f)
+    return None
+
+
+def _is_gif(f):
+    f.seek(0)
+    return f.read(4) == b"GIF8"
+
+
+def _gif_pixels(f, screen):
+    """The pixels a GIF's frames declare in all (at least its screen's): TensorFlow's decoder
+    (giflib's DGifSlurp) allocates every frame, even when only the first is kept. Blocks are
+    skipped by their lengths; a damaged stream ends the count (the decoder refuses it)."""
+    f.seek(10)
+    packed = f.read(3)[:1]
+    if packed and packed[0] & 0x80:  # the global colour table
+        f.seek(3 << ((packed[0] & 7) + 1), 1)
+    total = 0
+    while True:
+        kind = f.read(1)
+        if kind == b"\x2c":  # an image: its descriptor, colour table, LZW code size, data
+            descriptor = f.read(9)
+            if len(descriptor) < 9:
+                break
+            width, height, flags = struct.unpack("<HHB", descriptor[4:9])
+            total += width * height
+            if flags & 0x80:
+                f.seek(3 << ((flags & 7) + 1), 1)
+            f.seek(1, 1)
+        elif kind == b"\x21":  # an extension: its label, then data blocks
+            f.seek(1, 1)
+        else:  # the trailer, or the end of a damaged file
+            break
+        while True:  # data sub-blocks, each led by its length, up to an empty one
+            length = f.read(1)
+            if not length or length == b"\0":
+                break
+            f.seek(length[0], 1)
+        if not length:
+            break
+    return max(total, screen)
+
+
+def _jpeg_size(f):
+    """The frame size of a JPEG stream positioned after its SOI marker: segments are skipped
+    by their lengths until a start-of-frame (None if the scan data comes first)."""
+    while True:
+        byte = f.read(1)
+        while byte == b"\xff":  # fill bytes before a marker
+            marker = f.read(1)
+            if marker != b"\xff":
+                break
+            byte = marker
+        else:
+            return None  # not at a marker: damaged, the decoder will say so
+        if not marker:
+            return None
+        code = marker[0]
+        if code in (0x01, 0xD8) or 0xD0 <= code <= 0xD7:
+            continue  # markers without a length
+        if code in (0xD9, 0xDA):
+            return None  # end of image, or scan data before any frame
+        length = f.read(2)
+        if len(length) < 2:
+            return None
+        size = struct.unpack(">H", length)[0]
+        if code in _SOF:
+            frame = f.read(5)
+            if len(frame) < 5:
+                return None
+            height, width = struct.unpack(">HH", frame[1:5])
+            return height, width
+        if size < 2:
+            return None
+        f.seek(size - 2, 1)
 
 
 def tf_message(exc):

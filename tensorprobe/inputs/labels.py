@@ -3,10 +3,13 @@
 import numpy as np
 
 from tensorprobe.errors import InputError
+from tensorprobe.inputs import limits
 
 
 def open_labels(path, rows):
-    """The --labels array (memory-mapped, pickles refused): one row per input sample."""
+    """The --labels array (memory-mapped, pickles refused): one row per input sample. A
+    regular file only: a FIFO would block the map."""
+    limits.open_regular(path, f"--labels '{path}'").close()
     try:
         labels = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:

@@ -9,6 +9,7 @@ The header is parsed with NumPy's own reader, and an array of Python objects is 
 the header alone: nothing is ever unpickled.
 """
 
+import math
 import os
 import tokenize
 import zipfile
@@ -17,7 +18,9 @@ import zlib
 import numpy as np
 
 from tensorprobe.errors import InputError
+from tensorprobe.inputs import limits
 from tensorprobe.inputs.sources import STDIN_LABEL
+from tensorprobe.text import shape_text
 
 
 class ArrayFile:
@@ -49,33 +52,46 @@ class ArrayFile:
 def open_npy(path):
     """The header of the .npy file at `path`; the file is closed again until it is read."""
     try:
-        with open(path, "rb") as f:
+        with limits.open_regular(path) as f:
             shape, fortran, dtype = read_header(f, path)
             offset = f.tell()
             size = os.fstat(f.fileno()).st_size
     except OSError as e:
         raise InputError(f"{path}: cannot read ({e.strerror or e})") from e
+    limits.check_array(path, shape, dtype)
     _check_size(path, shape, dtype, size - offset)
 
     def opener(array):
         if array.fortran:
             return _MapReader(array, path)
-        try:
-            f = open(path, "rb")
-        except OSError as e:
-            raise InputError(f"{path}: cannot read ({e.strerror or e})") from e
+        f = limits.open_regular(path)
         f.seek(offset)
         return _StreamReader(array, f, owned=True)
 
     return ArrayFile(path, shape, dtype, fortran, opener=opener)
 
 
-def in_memory(array, label):
-    """An array in memory (the Python API's input), read like a file's rows."""
-    array = np.asarray(array)
-    if array.dtype.kind not in "biuf":
-        raise InputError(f"{label}: dtype {array.dtype} is not numeric")
+def in_memory(values, label):
+    """An array in memory (the Python API's input), read like a file's rows: numbers, or
+    text for a string input (str or bytes arrays; a list of str, or an array of objects that
+    are all str or all bytes, stays one of objects so that no string is cut or padded)."""
+    if isinstance(values, (list, tuple)) and values and all(isinstance(v, (str, bytes)) for v in values):
+        values = np.array(values, dtype=object)
+    array = np.asarray(values)
+    if array.dtype.kind == "O":
+        _check_strings(array, label)
+    elif array.dtype.kind not in "biufUS":
+        raise InputError(f"{label}: dtype {array.dtype} is neither numbers nor text")
     return ArrayFile(label, array.shape, array.dtype, False, opener=lambda a: _MemoryReader(array))
+
+
+def _check_strings(array, label):
+    """An array of Python objects is taken only when they are all str or all bytes."""
+    items = array.reshape(-1)
+    if not (all(isinstance(v, str) for v in items) or all(isinstance(v, bytes) for v in items)):
+        kinds = ", ".join(sorted({type(v).__name__ for v in items}))
+        raise InputError(f"{label}: an array of Python objects ({kinds}) is taken only when they are all "
+                         "str or all bytes, for a string input")
 
 
 class _MemoryReader:
@@ -97,22 +113,26 @@ class _MemoryReader:
 def open_stdin(stream):
     """The .npy on standard input (a binary stream); its rows are then read once, in order."""
     shape, fortran, dtype = read_header(stream, STDIN_LABEL)
+    limits.check_array(STDIN_LABEL, shape, dtype)
     return ArrayFile(STDIN_LABEL, shape, dtype, fortran, stream=stream)
 
 
 def open_npz(path):
     """{key: ArrayFile} for every array in the .npz at `path` (keys without `.npy`)."""
     try:
-        with zipfile.ZipFile(path) as z:
+        with limits.open_regular(path) as f, zipfile.ZipFile(f) as z:
+            archive_size = os.fstat(f.fileno()).st_size
             arrays = {}
             for info in z.infolist():
                 if info.is_dir():
                     continue
                 key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+                label = f"{path} (array '{key}')"
+                _check_member(label, info, archive_size)
                 with z.open(info) as member:
-                    label = f"{path} (array '{key}')"
                     shape, fortran, dtype = read_header(member, label)
                     header_size = member.tell()
+                limits.check_array(label, shape, dtype)
                 _check_size(label, shape, dtype, info.file_size - header_size)
                 arrays[key] = ArrayFile(path, shape, dtype, fortran, key=key,
                                         opener=_npz_opener(path, info.filename))
@@ -125,22 +145,40 @@ def open_npz(path):
     return arrays
 
 
+def _check_member(label, info, archive_size):
+    """A member's sizes as the zip directory declares them, against the archive: its
+    compressed bytes must lie in the file, a stored member holds what it declares, and a
+    compressed one inflates no more than TENSORPROBE_MAX_INFLATE_RATIO allows. (Reading then
+    stops at the declared size, and zipfile checks the CRC.)"""
+    if info.compress_size > archive_size:
+        raise InputError(f"{label}: not a readable .npz file (the member declares {info.compress_size:,} "
+                         f"compressed bytes, the file holds {archive_size:,})")
+    if info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size:
+        raise InputError(f"{label}: not a readable .npz file (a stored member declares {info.file_size:,} "
+                         f"bytes in {info.compress_size:,})")
+    limits.check_member(label, info.file_size, info.compress_size)
+
+
 def _npz_opener(path, member_name):
     def opener(array):
+        f = limits.open_regular(path)
         try:
-            z = zipfile.ZipFile(path)
+            z = zipfile.ZipFile(f)
         except (OSError, zipfile.BadZipFile) as e:
+            f.close()
             raise InputError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from e
         try:
             member = z.open(member_name)
             read_header(member, array.name)
         except KeyError as e:  # the file changed since its header was checked
             z.close()
+            f.close()
             raise InputError(f"{array.name}: no longer in the file") from e
         except BaseException:
             z.close()
+            f.close()
             raise
-        return _StreamReader(array, member, owned=True, also_close=z)
+        return _StreamReader(array, member, owned=True, also_close=(z, f))
 
     return opener
 
@@ -161,11 +199,14 @@ def read_header(stream, label):
         raise InputError(f"{label}: cannot read ({getattr(e, 'strerror', None) or e})") from e
     if dtype.hasobject:
         raise InputError(f"{label}: holds Python objects, which are never unpickled")
+    if any(d < 0 for d in shape):  # NumPy's reader takes any int; np.save never writes one
+        raise InputError(f"{label}: not a readable .npy file (its header declares the shape "
+                         f"{shape_text(shape)}, with a negative dimension)")
     return tuple(shape), fortran, dtype
 
 
 def _check_size(label, shape, dtype, data_bytes):
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: a forged shape cannot wrap around
     if data_bytes < expected:
         raise InputError(
             f"{label}: truncated: an array of shape {tuple(shape)} {dtype} needs {expected} bytes "
@@ -176,7 +217,7 @@ def _check_size(label, shape, dtype, data_bytes):
 class _StreamReader:
     """Rows read in order from a binary stream positioned after the header."""
 
-    def __init__(self, array, stream, owned, also_close=None):
+    def __init__(self, array, stream, owned, also_close=()):
         self.array, self.stream, self.owned, self.also_close = array, stream, owned, also_close
         self.whole = None  # a Fortran-order array, read whole on first use
         self.row = 0
@@ -231,8 +272,8 @@ class _StreamReader:
     def close(self):
         if self.owned:
             self.stream.close()
-        if self.also_close is not None:
-            self.also_close.close()
+        for other in self.also_close:
+            other.close()
 
 
 class _MapReader:

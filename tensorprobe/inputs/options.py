@@ -30,6 +30,15 @@ class Options:
     offset: float = 0.0
     skip_bad: bool = False
 
+    def __post_init__(self):
+        if self.size is not None:  # images are resized to it: a bound like an image's own size
+            from tensorprobe.errors import UsageError
+            from tensorprobe.inputs.limits import IMAGE_PIXELS
+
+            height, width = self.size
+            IMAGE_PIXELS.check(height * width, f"--size {height}x{width}: {height * width:,} pixels",
+                               error=UsageError)
+
     @property
     def prepares(self):
         """Whether values change on the way in (besides resizing and channel conversion)."""

@@ -46,9 +46,10 @@ class Preparation:
 
     def __init__(self, spec, options, function=None, active=True):
         self.spec = spec
+        active = active and not spec.text  # check() refuses options that would change text
         self.scale, self.offset = (options.scale, options.offset) if active else (1.0, 0.0)
         self.function = function if active else None
-        self.dtype = np.dtype(spec.dtype)
+        self.dtype = np.dtype(object if spec.text else spec.dtype)
         changes = self.function is not None or self.scale != 1.0 or self.offset != 0.0
         self.work_dtype = np.result_type(self.dtype, np.float32) if changes else self.dtype
         self.kwargs = {}
@@ -56,6 +57,8 @@ class Preparation:
             self.kwargs["data_format"] = spec.data_format
 
     def __call__(self, batch):
+        if self.spec.text:
+            return batch  # str, bytes or objects that are all one of those: TensorFlow takes each
         x = batch.astype(self.work_dtype, copy=False)
         if self.scale != 1.0:
             x = x * self.work_dtype.type(self.scale)
@@ -89,7 +92,7 @@ def check(specs, options):
     for spec, on in zip(specs, active):
         if not on:
             continue
-        if np.dtype(spec.dtype).kind != "f":
+        if spec.text or np.dtype(spec.dtype).kind != "f":
             raise UsageError(f"--scale, --offset and --preprocess need floating-point inputs; "
                              f"input {spec.describe()} is not")
         if options.preprocess is not None and (len(spec.shape) != 3 or spec.channels != 3):

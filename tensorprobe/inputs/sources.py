@@ -1,27 +1,32 @@
 """Command-line arguments -> the input files they name, in order, before anything is read.
 
-An argument is a file, a folder (every supported file inside, recursively, sorted by relative
-path; other files and hidden names are passed over), a glob pattern the shell did not expand
+An argument is a file, a folder (every .npy, .npz and image file inside, recursively, sorted by
+relative path; other files, .txt files among them, and hidden names are passed over), a glob pattern the shell did not expand
 (`'images/*.png'`, `**` for any depth), `@LIST` (a text file with one path a line; blank lines
 and lines starting with `#` are ignored; relative paths are taken from the current folder, as
-`find` writes them) or `-` (one .npy read from standard input).
+`find` writes them) or `-` (one .npy read from standard input). A `.txt` file (one text
+sample a line, for a string input) is read when it is named, by itself, on a list or by a
+pattern, never found in a folder, where text files are more often notes than samples.
 
 A path that does not exist, a pattern that matches nothing and a folder with nothing to read
 are usage errors (exit status 2): the command line is wrong, not a file.
 """
 
+import fnmatch
 import glob
 import os
 import re
 from dataclasses import dataclass, field
 
 from tensorprobe.errors import InputError, UsageError
+from tensorprobe.inputs import limits
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 ARRAY_SUFFIXES = (".npy", ".npz")
+TEXT_SUFFIXES = (".txt",)
 STDIN = "-"
 STDIN_LABEL = "<stdin>"
-KINDS = "a .npy, .npz or image file (PNG, JPEG, BMP, GIF)"
+KINDS = "a .npy, .npz, .txt or image file (PNG, JPEG, BMP, GIF)"
 
 _MAGIC = (
     (b"\x93NUMPY", "npy"),
@@ -40,7 +45,7 @@ class Source:
     """One file to read. `path` is what /inputs/source records (the path as it was reached)."""
 
     path: str
-    kind: str  # "npy", "npz", "image", or "memory" (an array given to the Python API)
+    kind: str  # "npy", "npz", "image", "text", or "memory" (an array given to the Python API)
     array: object = field(default=None, compare=False)
 
 
@@ -88,11 +93,16 @@ def _expand_one(argument, what, from_list=None):
 
 
 def _expand_list(list_path, what):
+    if not os.path.lexists(list_path):
+        raise UsageError(f"{what} '@{list_path}': list file '{list_path}' does not exist")
     try:
-        with open(list_path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError:
-        raise UsageError(f"{what} '@{list_path}': list file '{list_path}' does not exist") from None
+        with limits.open_regular(list_path, f"{what} '@{list_path}'") as f:
+            limit = limits.LIST_BYTES.value()
+            data = _read_bounded(f, limit)
+        limits.LIST_BYTES.check(len(data), f"{what} '@{list_path}': the list file is too long")
+        lines = data.decode("utf-8").splitlines()
+    except InputError as e:
+        raise UsageError(str(e)) from None
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(f"{what} '@{list_path}': cannot read the list ({_reason(e)})") from e
     found = []
@@ -103,6 +113,19 @@ def _expand_list(list_path, what):
     if not found:
         raise UsageError(f"{what} '@{list_path}': the list names no file")
     return found
+
+
+def _read_bounded(f, limit, block=1 << 20):
+    """The file's bytes, at most `limit` + 1 of them (all with no limit), a block at a time
+    so that a signal is handled between blocks."""
+    chunks, have = [], 0
+    while limit is None or have <= limit:
+        chunk = f.read(block if limit is None else min(block, limit + 1 - have))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        have += len(chunk)
+    return b"".join(chunks)
 
 
 def _expand_folder(folder, what):
@@ -120,18 +143,63 @@ def _expand_folder(folder, what):
 
 
 def _expand_glob(pattern, what):
-    matches = sorted(glob.glob(pattern, recursive=True), key=_parts)
+    matches = sorted(_glob(pattern), key=_parts)
     if not matches:
         raise UsageError(f"{what} '{pattern}': no file matches the pattern")
     found = []
     for path in matches:
         if os.path.isdir(path):
             found.extend(_expand_folder(path, what))
-        elif _kind_by_suffix(path) is not None:
-            found.append(Source(path, _kind_by_suffix(path)))
+        elif _kind_by_suffix(path, text=True) is not None:
+            found.append(Source(path, _kind_by_suffix(path, text=True)))
     if not found:
-        raise UsageError(f"{what} '{pattern}': the pattern matches no .npy, .npz or image file")
+        raise UsageError(f"{what} '{pattern}': the pattern matches no .npy, .npz, .txt or image file")
     return found
+
+
+def _glob(pattern):
+    """The paths `pattern` matches, as glob.glob(pattern, recursive=True) finds them, except
+    that `**` does not descend into linked folders, as a folder argument does not: glob's
+    would, and a link to a folder above it (`a -> ..`) made the listing endless."""
+    parts = [p for p in pattern.split(os.sep) if p]
+    paths = [os.sep if pattern.startswith(os.sep) else ""]
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        found = []
+        for base in paths:
+            if part == "**":
+                found.extend(_below(base, files=last))
+            elif not glob.has_magic(part):
+                path = os.path.join(base, part)
+                if os.path.lexists(path) if last else os.path.isdir(path):
+                    found.append(path)
+            else:
+                found.extend(os.path.join(base, name) for name in _listdir(base)
+                             if fnmatch.fnmatch(name, part) and (part.startswith(".") or not name.startswith("."))
+                             and (last or os.path.isdir(os.path.join(base, name))))
+        paths = found
+    if pattern.endswith(os.sep):
+        paths = [p for p in paths if os.path.isdir(p)]
+    return list(dict.fromkeys(p for p in paths if p))
+
+
+def _listdir(folder):
+    try:
+        return os.listdir(folder or os.curdir)
+    except OSError:
+        return []
+
+
+def _below(base, files):
+    """`base` and every folder under it (and with `files`, every file), hidden names and
+    linked folders' contents aside."""
+    for root, dirs, names in os.walk(base or os.curdir):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        rel = root if base else os.path.relpath(root)
+        rel = "" if rel == os.curdir else rel
+        yield rel
+        if files:
+            yield from (os.path.join(rel, n) for n in sorted(names) if not n.startswith("."))
 
 
 def _parts(path):
@@ -139,22 +207,25 @@ def _parts(path):
     return tuple(os.path.normpath(path).split(os.sep))
 
 
-def _kind_by_suffix(name):
+def _kind_by_suffix(name, text=False):
+    """"npy", "npz", "image", "text" (only with `text`: a file named, not found) or None."""
     suffix = os.path.splitext(name)[1].lower()
     if suffix in ARRAY_SUFFIXES:
         return suffix[1:]
     if suffix in IMAGE_SUFFIXES:
         return "image"
+    if text and suffix in TEXT_SUFFIXES:
+        return "text"
     return None
 
 
 def _kind_of_file(path):
     """By suffix; a file named explicitly with another suffix is recognised by its first bytes."""
-    kind = _kind_by_suffix(path)
+    kind = _kind_by_suffix(path, text=True)
     if kind is not None:
         return kind
     try:
-        with open(path, "rb") as f:
+        with limits.open_regular(path) as f:
             head = f.read(8)
     except OSError as e:
         raise InputError(f"{path}: cannot read ({_reason(e)})") from e

@@ -18,6 +18,12 @@ class InputSpec:
     dtype: str
     data_format: str = "channels_last"
 
+    @property
+    def text(self):
+        """Whether the input takes strings (`keras.Input(dtype="string")`, a tf.string
+        placeholder): fed from text files, string arrays or lists of str."""
+        return self.dtype == "string"
+
     def describe(self):
         """'image (None, 32, 32, 3) float32', as `tensorprobe layers` shows inputs."""
         return f"{self.name} {shape_text((None, *self.shape))} {self.dtype}"
@@ -26,6 +32,8 @@ class InputSpec:
     def image_axes(self):
         """(height axis, width axis, channel axis or None) of one sample, or None when the input
         does not take images: (H, W, C), (C, H, W) channels-first, or (H, W) for one channel."""
+        if self.text:
+            return None
         if len(self.shape) == 2:
             return 0, 1, None
         if len(self.shape) != 3:

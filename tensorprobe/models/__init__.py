@@ -29,7 +29,7 @@ def load_model(path, signature=None, keras_model=True, raw_quantized=False, **op
         raise UsageError(f"--signature '{signature}': {path} is a model file; signatures belong to "
                          "SavedModel folders and TFLite files")
     if fmt in frozen.FORMATS:
-        return frozen.load_frozen_graph(path, fmt)
+        return frozen.load_frozen_graph(path, fmt, options.get("unsafe", False))
     return keras_files.load_model(path, **options)
 
 

@@ -8,7 +8,9 @@ import inspect
 import sys
 from pathlib import Path
 
-from tensorprobe.errors import ModelLoadError
+from tensorprobe.errors import ModelLoadError, TensorprobeError
+from tensorprobe.models.formats import open_regular
+from tensorprobe.text import first_line
 
 
 def load_custom_objects(paths):
@@ -30,19 +32,42 @@ def _import(path):
     name = f"tensorprobe_custom_{path.stem}_{abs(hash(str(path.resolve())))}"
     if name in sys.modules:
         return sys.modules[name]
+    try:
+        open_regular(path, "a Python file").close()  # a FIFO or a device would block the import forever
+    except TensorprobeError as e:
+        raise type(e)(f"--custom-objects {e}") from None
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise ModelLoadError(f"--custom-objects '{path}': not a Python module")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    sys.path.insert(0, str(path.parent))  # so that it can import modules beside it
+    folder = str(path.parent)
+    sys.path.insert(0, folder)  # so that it can import modules beside it
+    limit = sys.getrecursionlimit()
     try:
-        spec.loader.exec_module(module)
-    except Exception as e:  # the user's code failed: report it as theirs, in one line
+        try:
+            spec.loader.exec_module(module)
+        finally:  # first, so that what follows has its stack back
+            lowered = sys.getrecursionlimit() < limit
+            if lowered:
+                sys.setrecursionlimit(limit)
+            if folder in sys.path:
+                sys.path.remove(folder)
+        if lowered:
+            raise ModelLoadError(f"--custom-objects '{path}': importing it lowered Python's recursion limit "
+                                 f"(below {limit}), which loading a model needs")
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM while it runs: an interruption, not its failure
+        del sys.modules[name]
+        raise
+    except ModelLoadError:
+        del sys.modules[name]
+        raise
+    except SystemExit as e:  # sys.exit() in the module would end tensorprobe, silently
+        del sys.modules[name]
+        raise ModelLoadError(f"--custom-objects '{path}': importing it called sys.exit({e.code!r})") from e
+    except BaseException as e:  # the user's code failed: report it as theirs, in one line
         del sys.modules[name]
         raise ModelLoadError(
-            f"--custom-objects '{path}': importing it failed: {type(e).__name__}: {e}"
+            f"--custom-objects '{path}': importing it failed: {type(e).__name__}: {first_line(e)}"
         ) from e
-    finally:
-        sys.path.remove(str(path.parent))
     return module

@@ -2,13 +2,15 @@
 
 import hashlib
 import json
+import os
 import re
+import stat
 import zipfile
 from pathlib import Path
 
 import h5py
 
-from tensorprobe.errors import ModelLoadError, UnsafeModelError
+from tensorprobe.errors import ModelLoadError, UnsafeModelError, UsageError
 from tensorprobe.text import first_line
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -29,7 +31,7 @@ def detect_format(path):
         if (path / "saved_model.pb").is_file():
             return "savedmodel"
         raise ModelLoadError(f"{path}: is a folder that holds no SavedModel (no saved_model.pb)")
-    with open(path, "rb") as f:
+    with open_regular(path, "a model file (or a SavedModel folder)") as f:
         head = f.read(PROTOBUF_HEAD)
     if head.startswith(ZIP_SIGNATURE):
         return "keras"
@@ -47,6 +49,28 @@ def detect_format(path):
     if kind is not None:
         return kind
     raise ModelLoadError(f"{path}: {NOT_A_MODEL}")
+
+
+SPECIAL_FILES = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+                 (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def open_regular(path, wanted):
+    """`path` opened for reading in binary, refused (a UsageError saying it is not `wanted`)
+    unless it is a regular file: a FIFO would block the read forever and a device such as
+    /dev/zero never ends. It is opened without blocking and checked on the open descriptor,
+    so what is read is what was checked."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        raise ModelLoadError(f"{path}: cannot be read ({e.strerror or e})") from e
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = next((name for test, name in SPECIAL_FILES if test(mode)), "a special file")
+        raise UsageError(f"{path}: is {kind}, not {wanted}")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
 
 
 # Protobuf files are recognised by how they begin, without TensorFlow (which has their
@@ -105,17 +129,77 @@ def _varint(data, i):
     return None, len(data)
 
 
+# A `.keras` file is a zip archive whose members Keras unpacks into memory (config.json,
+# model.weights.h5) or onto disk (assets). Keras writes its members stored, uncompressed, and
+# Deflate cannot shrink data more than ~1032 times, so an archive whose members declare far
+# more than it holds is a decompression bomb. Declared sizes can be trusted: Python's zipfile
+# (which Keras reads with) never returns more than a member declares.
+MAX_EXPANSION = 100  # a member may declare at most this many times the bytes it is stored in,
+MAX_UNPACKED_BYTES = 256 << 20  # unless it (and the whole archive) unpacks to no more than this
+MAX_UNPACKED_ENV = "TENSORPROBE_MAX_UNPACKED"  # raises MAX_UNPACKED_BYTES: a size such as 4G
+
+
+def max_unpacked_bytes():
+    """MAX_UNPACKED_BYTES, or the size TENSORPROBE_MAX_UNPACKED gives (500M, 4G, ...)."""
+    text = os.environ.get(MAX_UNPACKED_ENV, "").strip()
+    if not text:
+        return MAX_UNPACKED_BYTES
+    from tensorprobe.api import parse_size  # the one reader of sizes, --max-bytes' too
+
+    try:
+        return parse_size(text)
+    except UsageError:
+        raise UsageError(f"{MAX_UNPACKED_ENV}='{text}': expected a size such as 500M or 4G") from None
+
+
+def check_archive(path, archive):
+    """Refuse a zip archive whose members declare more than they can hold: a member that
+    declares more than max(the limit, MAX_EXPANSION x its stored bytes), or members that
+    together declare more than max(the limit, MAX_EXPANSION x the archive's size). Reads
+    only the archive's directory."""
+    limit = max_unpacked_bytes()
+    members = archive.infolist()
+    too_big = [m for m in members if m.file_size > max(limit, MAX_EXPANSION * m.compress_size)]
+    total, size = sum(m.file_size for m in members), os.path.getsize(path)
+    if too_big:
+        worst = max(too_big, key=lambda m: m.file_size)
+        what = (f"the archive member '{worst.filename}' would unpack to {_size(worst.file_size)} "
+                f"from {_size(worst.compress_size)}")
+    elif total > max(limit, MAX_EXPANSION * size):
+        what = f"the archive's {len(members)} members would unpack to {_size(total)} from {_size(size)}"
+    else:
+        return
+    raise ModelLoadError(
+        f"{path}: {what}: a decompression bomb or a damaged file. An archive and each of its members "
+        f"may unpack to more than {MAX_EXPANSION} times their size only up to {_size(limit)}; "
+        f"{MAX_UNPACKED_ENV}=SIZE raises that limit (only for a file you trust)"
+    )
+
+
+def _size(n):
+    """2 GiB, 1.99 MiB, 23.6 KiB, 1022 KiB, 910 bytes: three figures, or all of the whole units
+    (store.mib writes every size in MiB, which says nothing of a few hundred bytes)."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            value = n / scale
+            text = f"{value:.{2 if value < 10 else 1 if value < 100 else 0}f}"
+            return (text.rstrip("0").rstrip(".") if "." in text else text) + f" {unit}"
+    return f"{n} bytes"
+
+
 def read_config(path, fmt):
     """The model's stored config (a dict) and the Keras version that wrote it."""
     try:
         if fmt == "keras":
             with zipfile.ZipFile(path) as z:
+                check_archive(path, z)
                 config = json.loads(z.read("config.json"))
                 try:
                     meta = json.loads(z.read("metadata.json"))
                 except KeyError:
                     meta = {}
-            return config, str(meta.get("keras_version", ""))
+            version = meta.get("keras_version", "") if isinstance(meta, dict) else ""
+            return config, str(version)
         with h5py.File(path, "r") as f:
             raw = f.attrs.get("model_config")
             if raw is None:
@@ -126,45 +210,61 @@ def read_config(path, fmt):
             version = f.attrs.get("keras_version", b"")
         config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
         return config, version.decode() if isinstance(version, bytes) else str(version)
-    except (zipfile.BadZipFile, KeyError, OSError, ValueError, EOFError) as e:
+    except RecursionError as e:  # JSON nested deeper than Python's stack
+        raise ModelLoadError(f"{path}: the model's stored config is nested too deeply to read") from e
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, KeyError, OSError, ValueError,
+            EOFError, TypeError) as e:
         raise ModelLoadError(f"{path}: damaged or incomplete model file ({first_line(e)})") from e
 
 
-def lambda_layers_with_code(config):
-    """Names of Lambda layers in a stored config whose function is serialised Python code.
+# Where Keras and tf_keras rebuild Python code from a stored config (marshalled bytecode,
+# which runs when loaded):
+# - Keras 3 (and tf_keras' new format) serialises a Python lambda, anywhere in a config (a
+#   Lambda layer's function, output_shape or mask, its arguments, any argument of any layer),
+#   as {"class_name": "__lambda__", "config": ...}; `deserialize_keras_object` and
+#   `Lambda.from_config` load it.
+# - tf_keras' legacy format (.h5, SavedModel metadata) stores a function as three keys, NAME,
+#   NAME_type and NAME_module, and loads NAME as bytecode when NAME_type is "lambda": a Lambda
+#   layer's function, output_shape and mask, the RNN cell wrappers' dropout_fn and
+#   residual_fn (`_parse_function_from_config`, `_parse_config_to_function`).
+# Both are matched wherever they are, whatever the layer's class says, nested models included.
+KERAS3_CODE = "__lambda__"
+KERAS2_CODE = "lambda"
 
-    Keras 3 stores such a function as {"class_name": "__lambda__", ...}; Keras 2 marks it
-    with "function_type": "lambda". A Lambda that names a registered function holds no code.
-    """
+
+def stored_code(config):
+    """[(layer name, field)] for every piece of Python code a stored config holds: the field
+    is the key it is stored under (function, mask, output_shape, ...); the layer is the
+    nearest enclosing object with a name ('?' when there is none)."""
     found = []
-
-    def visit(node):
+    stack = [(config, "?", "config")]  # iterative: a deep config must not exhaust the stack
+    while stack:
+        node, layer, field = stack.pop()
         if isinstance(node, dict):
-            if node.get("class_name") == "Lambda" and isinstance(node.get("config"), dict):
-                cfg = node["config"]
-                fn = cfg.get("function")
-                keras3_code = isinstance(fn, dict) and fn.get("class_name") == "__lambda__"
-                keras2_code = cfg.get("function_type") == "lambda"
-                if keras3_code or keras2_code:
-                    found.append(cfg.get("name", "?"))
-            for value in node.values():
-                visit(value)
+            inner = node.get("config")
+            if "class_name" in node and isinstance(inner, dict) and isinstance(inner.get("name"), str):
+                layer = inner["name"]
+            if node.get("class_name") == KERAS3_CODE:
+                found.append((layer, field))
+            for key, value in node.items():
+                if isinstance(key, str) and key.endswith("_type") and value == KERAS2_CODE:
+                    found.append((layer, key[:-len("_type")]))
+            stack.extend((value, layer, key) for key, value in reversed(node.items()))
         elif isinstance(node, list):
-            for value in node:
-                visit(value)
-
-    visit(config)
+            stack.extend((value, layer, field) for value in reversed(node))
     return found
 
 
 def refuse_code(path, config):
     """Raise UnsafeModelError when loading the config would run Python code stored in it."""
-    names = list(dict.fromkeys(lambda_layers_with_code(config)))  # each layer once
-    if names:
-        listed = ", ".join(f"'{n}'" for n in names)
+    fields = {}
+    for layer, field in stored_code(config):
+        fields.setdefault(layer, {})[field] = None  # each layer once, its fields in order
+    if fields:
+        listed = ", ".join(f"'{layer}' ({', '.join(names)})" for layer, names in fields.items())
+        which = f"layers {listed} hold" if len(fields) > 1 else f"layer {listed} holds"
         raise UnsafeModelError(
-            f"{path}: Lambda layer {listed} holds Python code that loading would run; "
-            "pass --unsafe only if you trust this file"
+            f"{path}: {which} Python code that loading would run; pass --unsafe only if you trust this file"
         )
 
 

@@ -6,9 +6,15 @@ Such a graph is all there is: no signature, no Keras model. Its inputs are its `
 ops; `tensorprobe.backends.tfgraph.tensors.from_graph_def` makes it a TensorGraph (listing, pruned runner) and
 `tensorprobe.backends.tfgraph.scopes` finds its layers in its name scopes (TensorFlow 1 naming). A graph that
 still holds variables needs their values, which live in a checkpoint beside it: refused.
+A graph holding ops that act outside the computation (`backends.tfgraph.effects`: files,
+Python callbacks, printing, the network) is listed but refused to run, unless --unsafe.
+
+A GraphDef carries no length and no end marker: a file cut exactly between two ops parses as
+a smaller graph. What can be checked is: every input names an op of the graph, every function
+called is in its library (which TensorFlow writes after the ops, so a cut loses it).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +33,12 @@ class LoadedFrozenGraph(LoadedModel):
     """A LoadedModel for a frozen GraphDef file: `model` and `keras` are None."""
 
     graph_def: Any = None  # tf.compat.v1.GraphDef
+    effects: list = field(default_factory=list)  # [effects.Effect]; [] with --unsafe
 
     def tensor_graph(self):
         from tensorprobe.backends.tfgraph.tensors import from_graph_def
 
-        return from_graph_def(self.graph_def, self.source, self.path)
+        return from_graph_def(self.graph_def, self.source, self.path, self.effects)
 
     @property
     def source(self):
@@ -40,8 +47,9 @@ class LoadedFrozenGraph(LoadedModel):
             "frozen graph (GraphDef)"
 
 
-def load_frozen_graph(path, fmt):
-    """Parse the GraphDef in `path` ('frozen_graph': binary, 'frozen_graph_text': text format)."""
+def load_frozen_graph(path, fmt, unsafe=False):
+    """Parse the GraphDef in `path` ('frozen_graph': binary, 'frozen_graph_text': text format);
+    unless `unsafe`, note the ops in it that act outside the computation (refused to run)."""
     from google.protobuf import message, text_format
     from tensorflow.core.framework import graph_pb2
 
@@ -64,7 +72,35 @@ def load_frozen_graph(path, fmt):
             f"({listed}), so it is not frozen and their values are elsewhere; freeze it first "
             "(tf.compat.v1.graph_util.convert_variables_to_constants, or the freeze_graph tool)"
         )
+    _check_complete(path, graph_def)
     import tensorflow as tf
 
+    from tensorprobe.backends.tfgraph import effects
+
     return LoadedFrozenGraph(path, None, None, f"tensorflow {tf.__version__}", fmt, formats.sha256_of(path),
-                             graph_def=graph_def)
+                             graph_def=graph_def, effects=[] if unsafe else effects.find(graph_def))
+
+
+def _check_complete(path, graph_def):
+    """Refuse a GraphDef whose ops read ops it does not hold, or call functions its library
+    does not hold (a file cut short between two ops, a library lost): ModelLoadError."""
+    from tensorprobe.backends.tfgraph.effects import called_functions, node_of
+
+    functions = {f.signature.name: f for f in graph_def.library.function}
+    damaged = "the file is incomplete or damaged"
+
+    def check(nodes, known, where):
+        for node in nodes:
+            for name in node.input:
+                if node_of(name) not in known:
+                    raise ModelLoadError(f"{path}: node '{node.name}'{where} reads '{node_of(name)}', "
+                                         f"which the graph does not hold: {damaged}")
+            for called in called_functions(node)[1:]:  # function-valued attributes
+                if called not in functions:
+                    raise ModelLoadError(f"{path}: node '{node.name}'{where} calls function '{called}', "
+                                         f"which the graph's library does not hold: {damaged}")
+
+    check(graph_def.node, {node.name for node in graph_def.node}, "")
+    for name, function in functions.items():
+        args = {arg.name for arg in function.signature.input_arg}
+        check(function.node_def, args | {node.name for node in function.node_def}, f" of function '{name}'")

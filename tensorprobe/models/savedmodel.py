@@ -96,6 +96,11 @@ def load_savedmodel(path, signature=None, unsafe=False, keras_model=True):
         # keras_metadata.pb holds the model's config and each layer's again: check them all
         formats.refuse_code(path, _keras_metadata_configs(path))
     sha = directory_sha256(path)
+    if not unsafe:
+        # before loading: TensorFlow's loader itself runs functions of the file (see _effects)
+        from tensorprobe.backends.tfgraph import effects
+
+        effects.refuse(path, _effects(path))
 
     import tensorflow as tf
 
@@ -113,13 +118,41 @@ def load_savedmodel(path, signature=None, unsafe=False, keras_model=True):
     if keras2 and keras_model:
         import tf_keras
 
+        from tensorprobe.backends.keras.graph import generated_names
+
         try:
-            loaded.model = tf_keras.models.load_model(path, compile=False)
+            with generated_names(tf_keras):
+                loaded.model = tf_keras.models.load_model(path, compile=False)
         except Exception as e:
             raise ModelLoadError(f"{path}: cannot load this Keras 2 SavedModel: {first_line(e)}") from e
         loaded.keras = tf_keras
         loaded.loader = f"tf_keras {tf_keras.__version__}"
     return loaded
+
+
+def _effects(path):
+    """The ops acting outside the computation in the SavedModel folder `path`: in the graph
+    of each of its MetaGraphs and in every function of their libraries, the saver's own
+    checkpoint ops aside (`backends.tfgraph.effects`).
+
+    The whole file is checked, not only the chosen signature, because loading runs more than
+    the signature: tf.saved_model.load calls the initializers of the resources it restores
+    (a lookup table's, from the file's functions), the restore functions of their saveables,
+    and a TF 1 SavedModel's init op; which function runs when is the loader's business, so
+    a SavedModel holding such an op anywhere is refused before TensorFlow opens it (its
+    tensors are not listed either)."""
+    from google.protobuf.message import DecodeError
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    from tensorprobe.backends.tfgraph import effects
+
+    saved = saved_model_pb2.SavedModel()
+    try:
+        saved.ParseFromString((Path(path) / SAVED_MODEL).read_bytes())
+    except (OSError, DecodeError) as e:
+        raise ModelLoadError(f"{path}: damaged {SAVED_MODEL} ({first_line(e)})") from e
+    return [found for meta in saved.meta_graphs
+            for found in effects.find(meta.graph_def, meta.saver_def if meta.HasField("saver_def") else None)]
 
 
 def _choose_signature(path, names, wanted):
@@ -157,14 +190,18 @@ def _signature(name, function):
 
 
 def _keras_metadata_configs(path):
-    """The config of every object in keras_metadata.pb (JSON per saved Keras object)."""
+    """The config of every object in keras_metadata.pb (JSON per saved Keras object: tf_keras
+    rebuilds each layer, nested models' too, from its own), for `formats.refuse_code`."""
     from google.protobuf.message import DecodeError
     from tf_keras.protobuf import saved_metadata_pb2
 
     meta = saved_metadata_pb2.SavedMetadata()
     try:
-        meta.ParseFromString((Path(path) / KERAS_METADATA).read_bytes())
+        with formats.open_regular(Path(path) / KERAS_METADATA, "a Keras metadata file") as f:
+            meta.ParseFromString(f.read())
         return [json.loads(node.metadata) for node in meta.nodes if node.metadata]
+    except RecursionError as e:  # JSON nested deeper than Python's stack
+        raise ModelLoadError(f"{path}: a config in {KERAS_METADATA} is nested too deeply to read") from e
     except (OSError, ValueError, DecodeError) as e:
         raise ModelLoadError(f"{path}: damaged {KERAS_METADATA} ({first_line(e)})") from e
 

@@ -36,7 +36,7 @@ def load_tflite(path, signature=None, raw_quantized=False):
     the signature of its main subgraph (the one tensorprobe runs), if given."""
     import tensorflow as tf
 
-    from tensorprobe.backends.tflite.graph import open_interpreter, read_graph
+    from tensorprobe.backends.tflite.graph import open_interpreter, read_graph, stored_tensors
 
     path = str(path)
     try:
@@ -45,7 +45,7 @@ def load_tflite(path, signature=None, raw_quantized=False):
     except OSError as e:
         raise ModelLoadError(f"{path}: cannot read the file ({first_line(e)})") from e
     interpreter = open_interpreter(path, content)
-    graph = read_graph(interpreter, path, signature, raw_quantized)
+    graph = read_graph(interpreter, path, signature, raw_quantized, stored_tensors(content))
     return LoadedTFLite(path, None, None, f"tf.lite {tf.__version__}", "tflite",
                         hashlib.sha256(content).hexdigest(), signature=TFLiteSignature(graph.signature or "main subgraph"),
                         interpreter=interpreter, raw_quantized=raw_quantized, graph=graph)

@@ -24,12 +24,14 @@ general: Keras refuses two layers of the same name, and nested models often reus
 Walking a functional graph needs Keras internals (`_nodes_by_depth` and the node objects,
 `_flatten_layers` for the sub-layers of a custom layer): they are kept to `_keras3_nodes`,
 `_tf_keras_nodes` and `_sublayers` below, and tests/test_graph.py fails loudly if a Keras
-upgrade changes them.
+upgrade changes them. So is telling the names Keras generated from the names an author gave
+(`generated_names`, checked in tests/test_corpus_walk.py).
 """
 
 import contextlib
 import functools
-import re
+import heapq
+import weakref
 from dataclasses import dataclass, field
 
 # A node key is the tuple of node positions from the outer model down to the node, so that a
@@ -126,13 +128,23 @@ def unroll(model, keras):
     static = _nodes_of(keras, model) is not None
     _register(keras, entries, model, "", "", 0, None, "graph" if static else "runtime")
     if static:
-        inputs = list(model.inputs)
+        inputs = [_batch_open(keras, t) for t in model.inputs]
     else:  # a subclassed model: inputs from the shape it was built with
         shape = model.get_build_config()["input_shape"]
         inputs = [keras.Input(batch_shape=(None, *shape[1:]), dtype=model.dtype, name="input")]
     walker = _Walker(keras, entries)
     outputs = walker.walk(model, inputs)
     return Graph(model, keras, inputs, [o for _, o in outputs], entries, walker.reads, walker.values)
+
+
+def _batch_open(keras, tensor):
+    """A model input, its batch axis open: a model built by calling it once on an array
+    (`model(np.zeros((1, 6)))`, the usual way without an `Input`) records that array's
+    batch size in its input, yet Keras runs it on batches of any size, and so does the walk."""
+    if len(tensor.shape) == 0 or tensor.shape[0] is None:
+        return tensor
+    return keras.Input(batch_shape=(None, *tensor.shape[1:]), dtype=tensor.dtype, name=producer_name(tensor),
+                       sparse=getattr(tensor, "sparse", False), ragged=getattr(tensor, "ragged", False))
 
 
 def _register(keras, entries, container, prefix, index, depth, parent, reach):
@@ -156,34 +168,65 @@ def _stable_names(layers):
 
     A sub-layer created without a name (MultiHeadAttention's `softmax`, `Dense(4)` in a
     custom layer's `__init__`) gets a name from a counter over the whole process, so the
-    same model loads with `softmax` in one process and `softmax_4` in another. Such
-    auto-named layers are named again by their class, numbered among their siblings in
-    order (`softmax`, `softmax_1`), as Keras would name them in a fresh process; names
-    given explicitly, and any that would collide with one, stay as they are."""
-    given = set()
-    auto = []
-    for layer in layers:
-        base = _snake_case(type(layer).__name__)
-        is_auto = re.fullmatch(re.escape(base) + r"(_\d+)?", layer.name) is not None
-        auto.append(base if is_auto else None)
-        if not is_auto:
-            given.add(layer.name)
+    same model loads with `softmax` in one process and `softmax_4` in another. The layers
+    Keras named so while tensorprobe loaded the file (`generated_names`) are named again by
+    the class they were named by, numbered among such siblings in order (`softmax`,
+    `softmax_1`), as Keras would name them in a fresh process, passing over any name a
+    sibling was given. A name the model's author gave (keras-hub's `mlp/dense_1`, a
+    Dense), and every name of a model built in memory, whose origin is not known, stays as
+    it is."""
+    given = {layer.name for layer in layers if layer not in _GENERATED}
     names, count = [], {}
-    for layer, base in zip(layers, auto):
+    for layer in layers:
+        base = _GENERATED.get(layer)
         if base is None:
             names.append(layer.name)
             continue
-        k = count[base] = count.get(base, -1) + 1
-        name = base if k == 0 else f"{base}_{k}"
-        names.append(layer.name if name in given else name)
+        k = count.get(base, 0)
+        while (name := f"{base}_{k}" if k else base) in given:
+            k += 1
+        count[base] = k + 1
+        names.append(name)
     return names
 
 
-def _snake_case(class_name):
-    """The name Keras (3 and tf_keras) derives from a class name for a layer named by it."""
-    name = re.sub(r"\W+", "", class_name)
-    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
-    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
+_GENERATED = weakref.WeakKeyDictionary()  # layer -> the base Keras numbered its name from
+
+
+@contextlib.contextmanager
+def generated_names(keras):
+    """Keras internals: while a model is built (a file loaded), record each layer that Keras
+    names itself from its counter (`dense_3`: the layer was made without `name=`), with the
+    base it numbered, for `_stable_names`. A name alone cannot say it: keras-hub's MLP names
+    its Dense layers `dense_1` and `dense_2` itself. Keras 3 names an operation in
+    `Operation.__init__(name=None)`, tf_keras a layer in `Layer._init_set_name(name)`."""
+    if _legacy(keras):
+        from tf_keras.src.engine.base_layer import Layer as owner
+        from tf_keras.src.utils.generic_utils import to_snake_case
+
+        method, original = "_init_set_name", owner._init_set_name
+
+        def naming(self, name, zero_based=True):
+            original(self, name, zero_based=zero_based)
+            if name is None:
+                _GENERATED[self] = to_snake_case(type(self).__name__)
+    else:
+        from keras.src.ops.operation import Operation as owner
+        from keras.src.utils.naming import to_snake_case
+
+        # the same signature: Keras reads it (getfullargspec) for classes that inherit it
+        method, original = "__init__", owner.__init__
+
+        def naming(self, name=None):
+            original(self, name=name)
+            if name is None:
+                _GENERATED[self] = to_snake_case(type(self).__name__)
+
+    setattr(owner, method, naming)
+    try:
+        yield
+    finally:
+        setattr(owner, method, original)
 
 
 def _children(keras, layer):
@@ -404,13 +447,59 @@ def _is_tf_function(method):
 
 
 def _nodes_of(keras, layer):
-    """(nodes, inputs, outputs) of a layer that holds a static graph of layers, else None."""
+    """(nodes, inputs, outputs) of a layer that holds a static graph of layers, else None;
+    the nodes in call order (`_call_order`)."""
     if not isinstance(layer, keras.Model):
         return None
     if _legacy(keras):
-        return _tf_keras_nodes(layer)
-    functional = getattr(layer, "_functional", None)  # a Keras 3 Sequential wraps one
-    return _keras3_nodes(functional if functional is not None else layer)
+        found = _tf_keras_nodes(layer)
+    else:
+        functional = getattr(layer, "_functional", None)  # a Keras 3 Sequential wraps one
+        found = _keras3_nodes(functional if functional is not None else layer)
+    if found is None:
+        return None
+    nodes, inputs, outputs = found
+    return _call_order(nodes, inputs), inputs, outputs
+
+
+def _call_order(nodes, inputs):
+    """The nodes in the order the model calls them, which numbers a shared layer's calls
+    (`call_0`, `call_1`) at every depth: each node as soon as the tensors it reads exist,
+    and of two nodes ready at once, the one whose latest input was made first (then the
+    next latest, and so on); the model's inputs are made in their order.
+
+    Keras' `_nodes_by_depth` is a topological order too, but within one depth it follows
+    Keras' search of the graph, not the inputs: it lists `enc(right)` before `enc(left)` for
+    an encoder shared by two inputs, while the layers after it come left first."""
+    rank = {id(t): i for i, t in enumerate(inputs)}
+    producer = {id(t): n for n, (_, _, _, outputs) in enumerate(nodes) for t in outputs}
+    waiting = []  # per node: the ids of its inputs that another node makes, still to come
+    readers = {}  # tensor id -> the nodes that read it
+    for n, (_, node_inputs, _, _) in enumerate(nodes):
+        pending = {id(t) for t in node_inputs if id(t) in producer and producer[id(t)] != n}
+        waiting.append(pending)
+        for i in pending:
+            readers.setdefault(i, []).append(n)
+
+    def priority(n):  # tensors from neither a node nor the inputs (none in a connected graph) first
+        made = sorted((rank.get(id(t), -1) for t in nodes[n][1]), reverse=True)
+        return tuple(made), n
+
+    ready = [priority(n) for n, pending in enumerate(waiting) if not pending]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        _, n = heapq.heappop(ready)
+        order.append(nodes[n])
+        for t in nodes[n][3]:
+            rank.setdefault(id(t), len(rank))
+            for reader in readers.pop(id(t), ()):
+                waiting[reader].discard(id(t))
+                if not waiting[reader]:
+                    heapq.heappush(ready, priority(reader))
+    if len(order) != len(nodes):  # Keras builds no cycles: a node would be lost, never skipped quietly
+        raise RuntimeError(f"{len(nodes) - len(order)} nodes of the model's graph are never computable")
+    return order
 
 
 def _graph_children(keras, model):

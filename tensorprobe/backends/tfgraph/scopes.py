@@ -68,7 +68,14 @@ The rule, applied to the frozen graph of the signature:
    holds layers is a nested model (or a custom layer with sub-layers) and is searched in
    turn.
 4. A layer call's **output** is each tensor produced inside its scope (sub-scopes included)
-   and read by an op outside it, in topological order: one tensor for most layers.
+   and read by an op outside it, in topological order: one tensor for most layers. The
+   inliner's `Func/` ops only pass values on, so a read is where the value goes through them
+   (an LSTM's loop body reading the LSTM's weights reads inside the LSTM's scope). Only values
+   of the samples count (computed from the inputs, with a batch axis, numbers): a value made
+   inside a while loop is never an output (each iteration makes one), so a recurrent layer's
+   output is what its scope computes from the loop's `Exit` (`TensorListStack`, `transpose`);
+   nor are a TensorList or TensorArray handed to a loop, or a weight another layer reads (tied
+   embeddings). A scope with no such value is listed without output.
 5. `params` counts the elements of the frozen variables read in the scope (its
    `ReadVariableOp`s); graphs do not say what was trainable.
 
@@ -272,10 +279,34 @@ class _Builder:
             self.op_by_name[op.name] = op
             for t in op.outputs:
                 self.producer[t] = op.name
-        self.readers = {}  # tensor name -> op names that read it
+        readers = {}  # tensor name -> op names that read it
         for op in tensor_graph.ops:
             for t in op.inputs:
-                self.readers.setdefault(t, []).append(op.name)
+                readers.setdefault(t, []).append(op.name)
+        returned = {t for _, t in tensor_graph.outputs}
+        self.readers = {t: self._past_inliner(t, readers, returned) for op in tensor_graph.ops for t in op.outputs}
+
+    def _past_inliner(self, tensor, readers, returned):
+        """The scoped ops that read `tensor`, looking through the inliner's plumbing: a
+        `Func/...` op (an Identity that passes a value into or out of an inlined function,
+        a while loop's body or condition) is not a reader but hands the value on to its own
+        readers, so an LSTM's loop body reading a tensor of the LSTM's scope is a read inside
+        that scope. A tensor the graph returns (through such plumbing or not) is also read
+        outside every scope (`None`)."""
+        found, todo, seen = [], [tensor], set()
+        while todo:
+            t = todo.pop()
+            if t in seen:
+                continue
+            seen.add(t)
+            if t in returned:
+                found.append(None)
+            for reader in readers.get(t, ()):
+                if scope_path(reader) is None:
+                    todo.extend(self.op_by_name[reader].outputs)
+                else:
+                    found.append(reader)
+        return found
 
     def layer_scopes(self, scope):
         return layer_scopes(scope, self.naming)
@@ -392,12 +423,16 @@ class _Builder:
         return tuple(sorted(found))
 
     def outputs_of(self, scope):
-        """The tensors made in `scope` and read outside it (rule 4), in topological order."""
+        """The tensors made in `scope` and read outside it (rule 4), in topological order,
+        that are values of the samples (`TensorGraph.why_not_dumpable`): not a value made
+        inside a while loop (an LSTM's step: only what leaves the loop's `Exit` is), a
+        TensorList or TensorArray handle passed to a loop, a weight read by another layer."""
         inside = {op.name for op in scope.all_ops}
         found = []
         for op in scope.all_ops:
             for t in op.outputs:
-                if any(reader not in inside for reader in self.readers.get(t, ())):
+                if any(reader not in inside for reader in self.readers[t]) and \
+                        self.graph.why_not_dumpable(self.graph.by_name[t]) is None:
                     found.append(t)
         return sorted(found, key=lambda t: self.graph.by_name[t].position)
 
@@ -414,7 +449,8 @@ class _Builder:
             if not READ_VARIABLE.fullmatch(op.name.rsplit("/", 1)[-1]) or not op.inputs:
                 continue
             source = self.op_by_name.get(self.producer.get(op.inputs[0], ""))
-            while source is not None and source.type == "Identity" and source.inputs:
+            # through Identity ops, and the Enter that hands a weight to a while loop's body
+            while source is not None and source.type in ("Identity", "Enter", "RefEnter") and source.inputs:
                 source = self.op_by_name.get(self.producer.get(source.inputs[0], ""))
             if source is not None and source.type == "Const":
                 info = self.graph.by_name[source.outputs[0]]

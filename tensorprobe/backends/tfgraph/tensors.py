@@ -90,14 +90,20 @@ class TensorGraph:
     by_name: dict = field(default_factory=dict)
     fed: set = field(default_factory=set)  # names of the tensors that depend on the inputs
     in_loop: set = field(default_factory=set)  # names of the tensors made inside a while loop
+    effects: list = field(default_factory=list)  # [effects.Effect]: refused to run, unless --unsafe
+    path: str = ""  # the model file, for messages
 
     def __post_init__(self):
         self.by_name = {t.name: t for t in self.tensors}
         self.in_loop = {name for op in self.ops if op.loop_depth for name in op.outputs}
         fed = set(self.input_tensors)
-        for op in self.ops:
-            if any(name in fed for name in op.inputs):
-                fed.update(op.outputs)
+        settled = False
+        while not settled:  # a loop's back edge (NextIteration into Merge) carries values to an op
+            settled = True  # before it in the order (a TensorList filled in the body): pass again
+            for op in self.ops:
+                if op.outputs and op.outputs[0] not in fed and any(name in fed for name in op.inputs):
+                    fed.update(op.outputs)
+                    settled = False
         self.fed = fed
 
     def op_types(self):
@@ -150,9 +156,11 @@ def from_signature(signature):
     return _build(frozen.graph, signature.inputs, placeholders, outputs, f"signature '{signature.name}'")
 
 
-def from_graph_def(graph_def, source, path):
+def from_graph_def(graph_def, source, path, effects=()):
     """A frozen GraphDef (from the file `path`), fed through its Placeholder ops in graph
-    order, each input named after its op; its outputs are the tensors no op reads."""
+    order, each input named after its op; its outputs are the tensors no op reads (outside a
+    while loop: a loop's unused `Merge`/`Switch` outputs are no results). `effects`:
+    the ops acting outside the computation that it holds, which make it refuse to run."""
     import tensorflow as tf
 
     graph = tf.Graph()
@@ -168,7 +176,10 @@ def from_graph_def(graph_def, source, path):
     outputs = [(t.name[:-2] if t.name.endswith(":0") and len(op.outputs) == 1 else t.name, t.name)
                for op in operations if op.type not in ("Placeholder", "Const")
                for t in op.outputs if t.name not in read]
-    return _build(graph, specs, [t.name for t in placeholders], outputs, source)
+    built = _build(graph, specs, [t.name for t in placeholders], outputs, source)
+    built.outputs = [(name, tensor) for name, tensor in outputs if tensor not in built.in_loop]
+    built.effects, built.path = list(effects), path
+    return built
 
 
 def from_keras(model):
@@ -180,10 +191,10 @@ def from_keras(model):
         raise ModelLoadError(
             f"model '{model.name}' has no symbolic inputs, so its forward pass cannot be traced"
         )
-    structure = model.input  # a tensor, a list, or a dict of named inputs (keras-hub backbones)
+    structure = _symbolic(model, "input")
     keys = sorted(structure) if isinstance(structure, dict) else [None] * len(inputs)
-    specs = [
-        tf.TensorSpec(tuple(t.shape), dtype_name(t.dtype), name=_input_name(key or t.name, i))
+    specs = [  # the batch axis open, as the model's own may hold the size it was built with
+        tf.TensorSpec((None, *tuple(t.shape)[1:]), dtype_name(t.dtype), name=_input_name(key or t.name, i))
         for i, (t, key) in enumerate(zip(inputs, keys))
     ]
 
@@ -193,12 +204,22 @@ def from_keras(model):
 
     frozen = freeze(forward.get_concrete_function(), "the traced forward pass")
     placeholders = [t.name for t in frozen.inputs[: len(specs)]]
-    output = model.output
+    output = _symbolic(model, "output")
     names = sorted(output) if isinstance(output, dict) else list(getattr(model, "output_names", None) or [])
     if len(names) != len(frozen.outputs):
         names = [f"output_{i}" for i in range(len(frozen.outputs))]
     outputs = [(name, t.name) for name, t in zip(names, frozen.outputs)]
     return _build(frozen.graph, specs, placeholders, outputs, "traced forward pass (inference mode)")
+
+
+def _symbolic(model, name):
+    """`model.input` or `model.output`: a tensor, a list, or a dict (keras-hub backbones); a
+    Keras 3 Sequential, never called itself, has only `inputs` and `outputs`."""
+    try:
+        return getattr(model, name)
+    except AttributeError:
+        found = list(getattr(model, f"{name}s"))
+        return found[0] if len(found) == 1 else found
 
 
 def freeze(function, what):
@@ -297,13 +318,13 @@ def select(graph, names=(), match=None):
     chosen = {}
     for name in names:
         info = resolve(graph, name)
-        if info.name in chosen:
+        if info.origin in chosen:
             raise UsageError(f"--tensor '{name}' selects '{info.name}', which is already selected")
         problem = graph.why_not_dumpable(info)
         if problem:
-            which = f" ({info.name})" if name != info.name else ""
+            which = f" ({info.name})" if info.name and name != info.name else ""
             raise UsageError(f"--tensor '{name}'{which}: {problem}")
-        chosen[info.name] = info
+        chosen[info.origin] = info
     if match is not None:
         pattern = regex(match, "--tensor-match")
         found = [t for t in graph.tensors if pattern.search(t.name)]
@@ -315,7 +336,7 @@ def select(graph, names=(), match=None):
                 f"--tensor-match '{match}' matches {len(found)} tensors, none of which depends on "
                 "the inputs with a batch axis"
             )
-        chosen.update((t.name, t) for t in usable)
+        chosen.update((t.origin, t) for t in usable)
     return sorted(chosen.values(), key=lambda t: t.position)
 
 
@@ -329,8 +350,14 @@ def resolve(graph, name):
         return single
     candidates = {t.name for t in graph.tensors if t.name.endswith("/" + name)}
     candidates |= {t.name for t in graph.tensors if t.op_name.endswith("/" + name) and _op_output(graph, t.op_name)}
+    bearers = [t for t in graph.tensors if t.name == name]
+    if len(bearers) > 1:  # a TFLite interpreter's scratch tensors: unnamed, or one name for several
+        listed = ", ".join(f"#{t.number}" for t in bearers[:5]) + (", ..." if len(bearers) > 5 else "")
+        raise UsageError(f"--tensor '{name}' is ambiguous: {len(bearers)} tensors bear this name ({listed}); "
+                         "give one's number, '#N'")
     if len(candidates) == 1:
-        return by_name[candidates.pop()]
+        full = candidates.pop()
+        return by_name[full] if full in by_name else resolve(graph, full)  # a name several bear: ambiguous
     if candidates:
         listed = ", ".join(sorted(candidates)[:5]) + (", ..." if len(candidates) > 5 else "")
         raise UsageError(f"--tensor '{name}' is ambiguous: it names {listed}; give the full name")
@@ -409,6 +436,9 @@ def extraction_function(graph, names):
     import numpy as np
     import tensorflow as tf
 
+    from tensorprobe.backends.tfgraph import effects
+
+    effects.refuse(graph.path, graph.effects)
     graph_def = graph.graph_def
 
     def imports():

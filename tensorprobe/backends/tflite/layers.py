@@ -22,8 +22,11 @@ SavedModel the file was converted from, so the name scopes in them are the same,
    else a linear op's (the order of the parts in the name is not the graph's order). The other
    layers of that name have *fused* into the owner's op: listed as such, with no tensor.
    A tensor whose name has no scope at all (the model's outputs are renamed after the
-   signature: `StatefulPartitionedCall_1:0`) belongs to the layer of the tensors its op reads,
-   when they all belong to one (a Dense layer's softmax output).
+   signature: `StatefulPartitionedCall_1:0`) belongs to the layer its op's constants are
+   named after (the converter names them after their op: a FULLY_CONNECTED that reads
+   `logits_1/MatMul1` is the Dense `logits`' op, not the layer before it that feeds it); for
+   an op with no such constant, to the layer of the tensors it reads, when they all belong to
+   one (a Dense layer's softmax output).
 3. A layer's outputs are the tensors it (or a layer inside it) owns that an op outside it
    reads, or that the model returns (scopes' rule 4). Two scopes with one path are two calls.
 4. Params are the elements of the weight tensors (float or quantized constants) its ops read,
@@ -126,12 +129,12 @@ def find_layers(graph):
         for m in node.scope.all_ops:
             node_of[m] = node
 
-    owner, inherited = _owners(graph, mentions, node_of, places)
+    owner, inherited = _owners(graph, mentions, node_of, places, readers)
     inside = {node: set() for node in nodes}
     for index, node in owner.items():
         for n in node.ancestors():
             inside[n].add(index)
-    returned = {graph.by_name[name].index for _, name in graph.outputs}
+    returned = set(graph.output_indices)
 
     entries, order = {}, {}
     for node in sorted(nodes, key=lambda n: (n.depth, n.key)):
@@ -164,11 +167,11 @@ def find_layers(graph):
     layer_of = {index: node.path for index, node in owner.items()}
     notes = [f"note:    {NOTE}"] if entries else []
     given = {}
-    for index in inherited:
-        given.setdefault(owner[index].path, []).append(graph.by_index[index])
-    for path, tensors in given.items():
-        listed = ", ".join(f"{t.name} ({t.op})" for t in tensors)
-        notes.append(f"note:    {listed}: no scope in the name, given to {path}, the layer the op reads "
+    for index, why in inherited.items():
+        given.setdefault((owner[index].path, why), []).append(graph.by_index[index])
+    for (path, why), tensors in given.items():
+        listed = ", ".join(f"{t.name or f'#{t.index}'} ({t.op})" for t in tensors)
+        notes.append(f"note:    {listed}: no scope in the name, given to {path}, {why} "
                      "(had a separate Activation layer made it, that layer left no name)")
     return TFLiteLayers(graph, model_name, entries, layer_of, total, notes)
 
@@ -221,16 +224,18 @@ def _candidates(scope):
     return [c for c in scope.children.values() if c.name not in own and c.computed]
 
 
-def _owners(graph, mentions, node_of, places):
+def _owners(graph, mentions, node_of, places, readers):
     """(tensor index -> the layer node that owns it (rule 2), for the tensors computed from
-    the inputs; the indices of those given to the layer of the tensors their op reads)."""
-    owner, first, inherited = {}, {}, []
+    the inputs; {index: why} of those whose name has no scope, owned by the layer of the
+    op's own constants or of the tensors it reads)."""
+    owner, first, inherited = {}, {}, {}
     for t in graph.tensors:
         for m in mentions[t.index]:
             node = node_of.get(m)
             if node is not None:
                 first[node] = min(first.get(node, places[t.index]), places[t.index])
     producer = {i: op for op in graph.ops for i in op.outputs}
+    unscoped = []
     for t in graph.tensors:
         if t.index not in graph.fed or t.op == INPUT_OP:
             continue
@@ -242,11 +247,33 @@ def _owners(graph, mentions, node_of, places):
         if ranks:
             owner[t.index] = max(ranks, key=lambda n: (ranks[n][0], first[n], ranks[n][1]))
         elif "/" not in t.name and t.index in producer:
-            sources = {owner.get(i) for i in producer[t.index].inputs if i in graph.fed}
-            if len(sources) == 1 and None not in sources:
-                owner[t.index] = sources.pop()
-                inherited.append(t.index)
+            unscoped.append(t.index)
+    for index in unscoped:  # in execution order: a chain of them passes its owner on
+        op = producer[index]
+        own = _constant_layers(graph, op, mentions, node_of, owner, readers)
+        sources = {owner.get(i) for i in op.inputs if i in graph.fed}
+        if len(own) == 1:
+            owner[index], inherited[index] = own.pop(), "the layer the op's constants are named after"
+        elif not own and len(sources) == 1 and None not in sources:
+            owner[index], inherited[index] = sources.pop(), "the layer the op reads"
     return owner, inherited
+
+
+def _constant_layers(graph, op, mentions, node_of, owner, readers):
+    """The layers that the constants `op` reads are named after (a Dense's kernel, a Mean's
+    reduction axes): the converter names an op's constants after that op, so they name its
+    layer. A constant that other ops read too (the converter shares equal constants) counts
+    only when those ops all belong to the layer it names (a layer called twice)."""
+    found = set()
+    for i in op.inputs:
+        if i in graph.fed:
+            continue
+        for m in mentions[i]:
+            node = node_of.get(m)
+            others = [o for o in readers.get(i, ()) if o is not op]
+            if node is not None and all(o.outputs and owner.get(o.outputs[0]) is node for o in others):
+                found.add(node)
+    return found
 
 
 def _outputs(graph, inside, readers, returned):

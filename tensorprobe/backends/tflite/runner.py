@@ -55,7 +55,11 @@ def extraction_function(graph, indices):
             except (RuntimeError, ValueError) as e:
                 raise InputError(f"the TFLite interpreter could not compute this batch: {first_line(e)}") from e
             for part, info in zip(parts, infos):
-                value = interpreter.get_tensor(info.index)
+                try:
+                    value = interpreter.get_tensor(info.index)
+                except ValueError as e:  # a scratch tensor its kernel left without data
+                    raise InputError(f"tensor #{info.index} ('{info.name}'): the TFLite interpreter holds no value "
+                                     f"for it after this batch ({first_line(e)})") from e
                 if value.ndim == 0 or value.shape[0] != len(chunk[0]):
                     raise InputError(f"tensor '{info.name}' has shape {shape_text(value.shape, '?')} for a batch of "
                                      f"{len(chunk[0])}: it has no batch axis")
