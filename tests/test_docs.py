@@ -44,6 +44,3 @@ def test_a_changed_number_in_an_output_fails_the_check(tmp_path):
     assert "layers.md" in done.stdout + done.stderr
     assert "-params:  11,574 total" in done.stdout + done.stderr  # --diff shows the line
     assert "+params:  11,573 total" in done.stdout + done.stderr
-    page.write_text(text)  # the page as it is passes
-    done = cog("--check", page, cwd=tmp_path)
-    assert done.returncode == 0, done.stdout + done.stderr
