@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from tensorprobe import errors
+from tensorprobe.text import parse_size
 
 # The CLI's option names -> this API's argument names, for the messages of errors raised by
 # the shared core (written with the CLI's names).
@@ -277,7 +278,8 @@ def _extraction(model, selection, storage, feed):
             extract = probe.extraction_function(graph, plan, target, target_origin, label_shape,
                                                 selection.training, storage, selection.jit)
         if keras_graph:
-            estimate = lambda rows, plan=plan: probe.estimate_bytes(graph, plan, storage, rows)  # noqa: E731
+            estimate = lambda rows, batch_rows, plan=plan: probe.estimate_bytes(graph, plan, storage, rows,  # noqa: E731
+                                                                                 batch_rows)
     if selection.wants_tensors:
         part = TensorPart.build(model.loaded, graph, selection.tensors, selection.tensor_match, plan)
         plan, extract = part.after(plan, extract)
@@ -488,13 +490,14 @@ def run_dump(model, x, named, output, selection, prep, storage, *, batch_size=32
                "reduce": storage.reduce, "signature": getattr(getattr(model.loaded, "signature", None), "name", None),
                "prepare": prep.attrs(), "size": prep.size, "skip_bad": prep.skip_bad,
                "raw_quantized": getattr(model.loaded, "raw_quantized", False)}
-    job = _job_attrs(source, shard, options)
+    job, source_bytes = _job_attrs(source, shard, options, _arrays(x))
     if resume and os.path.exists(output) and _resumed(output, job, overwrite):
         return DumpResult(store.read_summary(output), resumed=True)
     extraction = _extraction(model, selection, storage, source)
     if extraction.estimate is not None:
-        needed = extraction.estimate(source.rows)
+        needed = extraction.estimate(source.rows, batch_size)
         if needed is not None:
+            needed += store.dump_bytes([], source.rows, batch_size, source_bytes)
             free = store.check_room(output, needed, limit)
             if on_size is not None:
                 on_size(needed, free)
@@ -502,7 +505,8 @@ def run_dump(model, x, named, output, selection, prep, storage, *, batch_size=32
             "reduce": storage.reduce or "none", "dtype": storage.dtype or "as computed",
             "compression": compression_text(storage)}
     with store.DumpWriter(output, extraction.plan.specs, root, overwrite, storage.compression,
-                          rows=source.rows) as writer:
+                          rows=source.rows, max_bytes=limit, source_bytes=source_bytes,
+                          batch_rows=batch_size) as writer:
         with progress(source.rows) if progress is not None else contextlib.nullcontext() as advance:
             skipped = runner.dump(extraction.extract, source.batches(batch_size), writer, advance,
                                   extraction.labels)
@@ -510,9 +514,11 @@ def run_dump(model, x, named, output, selection, prep, storage, *, batch_size=32
     return DumpResult(store.read_summary(output), skipped, writer.nonfinite())
 
 
-def _job_attrs(source, shard, options):
+def _job_attrs(source, shard, options, arrays=()):
     """The root attributes that tie a dump to its inputs and options (and, for a shard, its
-    rows); selects the shard's rows of `source`."""
+    rows), and the UTF-8 bytes its /inputs/source will hold; selects the shard's rows of
+    `source`. `input_contents` fingerprints what the files of the dump's own rows hold (and
+    `arrays`, the arrays in memory): see shard.contents_fingerprint."""
     from tensorprobe import shard as sharding
 
     job = {"total_rows": source.rows, "input_fingerprint": source.fingerprint(),
@@ -521,7 +527,31 @@ def _job_attrs(source, shard, options):
         rows = shard.rows(source.rows)
         job = {"shard": str(shard), "shard_rows": list(rows), **job}
         source.select(*rows)
-    return job
+    files, source_bytes = _row_files(source)
+    job[sharding.CONTENTS] = sharding.contents_fingerprint(files, arrays)
+    return job, source_bytes
+
+
+def _row_files(source):
+    """The files of the rows `source` feeds, in order, and an upper bound of the UTF-8 bytes of
+    their /inputs/source entries (`name=file; ...` where inputs come from different files)."""
+    from tensorprobe import shard as sharding
+
+    streams = source.streams
+    joined = 0 if len(streams) == 1 else sum(len(s.spec.name.encode()) + 3 for s in streams)
+    files, size = {}, 0
+    for labels in zip(*(stream.all_sources() for stream in streams)):
+        size += joined
+        for label in labels:
+            size += len(label.encode("utf-8", "surrogateescape"))
+            files[sharding.source_file(label)] = None
+    return list(files), size
+
+
+def _arrays(x):
+    """The arrays in memory among `x` (the Python API's), for the input contents fingerprint."""
+    values = x.values() if isinstance(x, dict) else x if isinstance(x, (list, tuple)) else [x]
+    return [v for v in values if v is not None and not isinstance(v, (str, os.PathLike))]
 
 
 def _resumed(output, job, overwrite):
@@ -534,7 +564,8 @@ def _resumed(output, job, overwrite):
         return True
     if not overwrite:
         raise errors.OutputExistsError(f"--output '{output}' exists and is not this {what}'s complete output "
-                                       "(other inputs, options or shard); pass --overwrite to replace it")
+                                       "(other inputs, input contents, options or shard); pass --overwrite "
+                                       "to replace it")
     store.check_output(output, overwrite)
     return False
 
@@ -563,16 +594,6 @@ def _root_attrs(loaded, prep):
 def compression_text(storage):
     name, level = storage.compression
     return "none" if name is None else name if level is None else f"{name}:{level}"
-
-
-def parse_size(text, what="--max-bytes"):
-    """'1500', '500K', '2M', '1.5G', '3GiB' -> bytes (binary multiples); `what` names the
-    option or variable in the error."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text, re.IGNORECASE)
-    if not m:
-        raise errors.UsageError(f"{what} '{text}': expected a size such as 500M or 2G")
-    scale = 1024 ** " kmgt".index(m.group(2).lower() or " ")
-    return int(float(m.group(1)) * scale)
 
 
 def _max_bytes(value):

@@ -4,6 +4,7 @@ TensorFlow and Keras are imported only inside commands that load a model, so `--
 `--version` and usage errors stay fast.
 """
 
+import contextlib
 import functools
 import os
 import signal
@@ -55,6 +56,9 @@ class TensorprobeGroup(click.Group):
         sys.exit(status)
 
     def invoke(self, ctx):
+        store = sys.modules.get("tensorprobe.store")
+        if store is not None:  # a command run before in this process (tests) leaves nothing behind
+            store.new_run()
         # Catch Ctrl-C here, before click turns it into Abort with a stray blank line.
         try:
             return super().invoke(ctx)
@@ -383,9 +387,10 @@ def dump(inputs, model, layer_names, match, all_layers, tensor_names, tensor_mat
 
     Inputs must be regular files, and what their headers declare is bounded: raise a limit
     with TENSORPROBE_MAX_IMAGE_PIXELS (pixels of an image or --size; default 178956970),
-    TENSORPROBE_MAX_ARRAY_BYTES (one array's data; 16G), TENSORPROBE_MAX_INFLATE_RATIO
-    (an .npz member's inflation; 200) or TENSORPROBE_MAX_LIST_BYTES (an @LIST; 64M); 0
-    turns one off.
+    TENSORPROBE_MAX_ARRAY_BYTES (one array's data; 16G), TENSORPROBE_MAX_UNPACKED (what a
+    .keras or .npz archive unpacks to at any ratio; 256M), TENSORPROBE_MAX_INFLATE_RATIO
+    (the most it inflates beyond that; 200) or TENSORPROBE_MAX_LIST_BYTES (an @LIST; 64M);
+    0 turns one off.
 
     \b
       tensorprobe dump -m model.keras --layer block1_conv2 input.npy
@@ -397,7 +402,7 @@ def dump(inputs, model, layer_names, match, all_layers, tensor_names, tensor_mat
       tensorprobe dump -m saved_model_dir --tensor-match 'block1_conv2_1/BiasAdd' input.npy
       tensorprobe dump -m model.keras --all --shard 2/8 -o part-2.h5 photos/   # then: merge
     """
-    from tensorprobe import api, store
+    from tensorprobe import api, store, text
     from tensorprobe import shard as sharding
 
     target, labels, target_output = gradients if gradients is not None else (None, None, None)
@@ -407,12 +412,12 @@ def dump(inputs, model, layer_names, match, all_layers, tensor_names, tensor_mat
     prep = _preparation(**input_settings)
     selection.check(prep.skip_bad)
     if max_bytes is not None:
-        api.parse_size(max_bytes)  # a usage error now, not after the model has loaded
+        text.parse_size(max_bytes)  # a usage error now, not after the model has loaded
     if shard is not None:
         from_env = click.get_current_context().get_parameter_source("shard").name == "ENVIRONMENT"
         shard = sharding.parse(shard, sharding.ENV if from_env else "--shard")
     runner_limits()  # before TensorFlow starts its threads
-    signal.signal(signal.SIGTERM, _terminate)
+    _stop_on_signals(store)
 
     def on_size(needed, free):
         if not quiet and err.is_terminal:  # beside the progress bar; CI logs stay clean
@@ -421,12 +426,17 @@ def dump(inputs, model, layer_names, match, all_layers, tensor_names, tensor_mat
 
     progress = None if quiet or not err.is_terminal else api.progress_bar(err)
     command = ["tensorprobe", *click.get_current_context().find_root().command.argv]
-    with quiet_native_stderr(not _debug()):
-        model_ = _load(model, unsafe, custom_objects, signature, selection.wants_layers, raw_quantized)
-        result = api.run_dump(model_, list(inputs), named_inputs, output, selection, prep, storage,
-                              batch_size=batch_size, overwrite=overwrite, shard=shard, resume=resume,
-                              max_bytes=max_bytes, progress=progress, stdin=click.get_binary_stream("stdin"),
-                              attrs={"command": command}, on_size=on_size)
+    with _success_once_written(store, output):
+        with quiet_native_stderr(not _debug()):
+            model_ = _load(model, unsafe, custom_objects, signature, selection.wants_layers, raw_quantized)
+            result = api.run_dump(model_, list(inputs), named_inputs, output, selection, prep, storage,
+                                  batch_size=batch_size, overwrite=overwrite, shard=shard, resume=resume,
+                                  max_bytes=max_bytes, progress=progress, stdin=click.get_binary_stream("stdin"),
+                                  attrs={"command": command}, on_size=on_size)
+        _report_dump(result, output, shard, as_json, quiet, fail_on_nonfinite)
+
+
+def _report_dump(result, output, shard, as_json, quiet, fail_on_nonfinite):
     if result.resumed:
         what = "shard" if shard is not None else "dump"
         err.print(f"skipped: '{output}' is already this {what}'s complete output (--resume)",
@@ -446,6 +456,28 @@ def dump(inputs, model, layer_names, match, all_layers, tensor_names, tensor_mat
         for (path, nans, infs, row), source_name in zip(result.nonfinite, sources):
             _error(f"{path} holds {nans} NaN and {infs} Inf values, first in sample {row} ({source_name})")
         sys.exit(errors.FAILURE)
+
+
+def _stop_on_signals(store):
+    """Ctrl-C (SIGINT) and SIGTERM stop the command (see _terminate), and the store remembers
+    it, so that no output is moved into place after an interrupt Python dropped."""
+    store.new_run()
+    signal.signal(signal.SIGINT, _terminate)
+    signal.signal(signal.SIGTERM, _terminate)
+
+
+@contextlib.contextmanager
+def _success_once_written(store, output):
+    """An interrupt that comes once `output` was moved into place ends the command as the
+    success it is: `wrote OUTPUT` and exit 0. Before that, it stops it (exit 130 or 143) with
+    `output` as it was."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if not store.completed(output):
+            raise
+        err.print(f"wrote {output} (interrupted once it was complete)", markup=False, highlight=False,
+                  soft_wrap=True)
 
 
 def runner_limits():
@@ -475,12 +507,14 @@ def merge(shards, output, copy, overwrite, quiet):
       tensorprobe merge --copy part-0.h5 part-1.h5 part-2.h5 -o all.h5
     """
     from tensorprobe import merge as merging
+    from tensorprobe import store
 
-    signal.signal(signal.SIGTERM, _terminate)
-    rows, count = merging.merge(shards, output, copy, overwrite)
-    if not quiet:
-        err.print(f"wrote {output}: {rows} rows from {count} shards ({'copied' if copy else 'virtual'})",
-                  markup=False, highlight=False, soft_wrap=True)
+    _stop_on_signals(store)
+    with _success_once_written(store, output):
+        rows, count = merging.merge(shards, output, copy, overwrite)
+        if not quiet:
+            err.print(f"wrote {output}: {rows} rows from {count} shards ({'copied' if copy else 'virtual'})",
+                      markup=False, highlight=False, soft_wrap=True)
 
 
 @cli.command()
@@ -724,8 +758,13 @@ def compare(ctx, model_a, model_b, inputs, layer_names, match, pairs, rtol, atol
 
 
 def _terminate(signum, frame):
-    """SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so the partial output is removed."""
-    raise errors.Terminated
+    """SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C (SIGINT), so the partial output is
+    removed; where the store is in use it also remembers the interrupt (store.request_stop)."""
+    stop = KeyboardInterrupt if signum == signal.SIGINT else errors.Terminated
+    store = sys.modules.get("tensorprobe.store")
+    if store is not None:
+        store.request_stop(stop)
+    raise stop
 
 
 def main():
@@ -738,4 +777,9 @@ def main():
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(e.code if isinstance(e.code, int) else 1)
+        # The outcome is decided: an interrupt while the process shuts down (TensorFlow's
+        # threads and exit handlers take up to a second, after Python has put the default
+        # handlers back) must not kill it by the signal after a dump that succeeded.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
         raise

@@ -2,15 +2,21 @@
 
 The merged file holds, for every dataset path, an HDF5 virtual dataset that maps the shards'
 rows in shard order (or, with `copy`, a real dataset with the rows copied), /inputs/source
-and /inputs/skipped copied (they are small), the shards' root attributes without `shard` and
-`shard_rows` plus `merged_from`, and statistics combined exactly from the shards' statistics
-attributes (stats.RunningStats.from_attrs + merge); the data is not read for them.
+and /inputs/skipped copied (they are small), the shards' root attributes without those about
+one shard's file (SHARD_OWN) plus `merged_from`, and statistics combined exactly from the
+shards' statistics attributes (stats.RunningStats.from_attrs + merge); the data is not read
+for them.
 
 Each shard must hold exactly its rows: those of `shard_rows` but the ones it skipped as bad
 (/inputs/skipped's attribute `rows`), in every dataset (open_dump checks that they agree).
 
 Virtual datasets name their shard files relative to the merged file's folder, so the folder
-can move as a whole; the shards must stay beside the merged file (unless `copy`).
+can move as a whole; the shards must stay beside the merged file (unless `copy`). The merged
+file records each shard's rows, content digest (the `data_sha256` its writer stored) and the
+size and modification time of its file, and readers refuse a shard that no longer matches
+(store.check_shards). With `copy`, each shard's digest is computed again from the rows copied
+and must match; a virtual merge takes it from the shard (a shard without one, from an older
+tensorprobe, is read once to compute it).
 """
 
 import os
@@ -22,7 +28,7 @@ import numpy as np
 
 from tensorprobe import shard as sharding
 from tensorprobe import store
-from tensorprobe.errors import MergeError, UsageError
+from tensorprobe.errors import MergeError, UsageError, WriteError
 from tensorprobe.stats import RunningStats
 
 JOB_WORDS = {"total_rows": "number of input rows", "input_fingerprint": "input list",
@@ -30,6 +36,8 @@ JOB_WORDS = {"total_rows": "number of input rows", "input_fingerprint": "input l
 STAT_ATTRS = set(store.STAT_KEYS) | {"channel_min", "channel_max", "channel_mean", "channel_std",
                                      "channel_count", "first_nonfinite_sample"}
 COPY_BLOCK = 64 << 20  # bytes per block copied with `copy`
+# root attributes about one shard's file, not copied from shard 0 to the merged file
+SHARD_OWN = ("shard", "shard_rows", "complete", "samples", store.DIGEST, sharding.CONTENTS)
 
 
 @dataclass
@@ -42,6 +50,7 @@ class ShardFile:
     sources: np.ndarray = None
     skipped: np.ndarray = None
     skipped_rows: int = 0  # sample rows passed over as bad (--skip-bad)
+    digest: str = None  # its content digest, store.DIGEST
 
 
 def merge(paths, output, copy=False, overwrite=False):
@@ -52,8 +61,15 @@ def merge(paths, output, copy=False, overwrite=False):
             raise UsageError(f"--output '{output}' is one of the shards")
     shards = _in_order([_read(Path(p)) for p in paths])
     with store.atomic_output(output, overwrite) as tmp:
-        with h5py.File(tmp, "w") as f:
+        f = h5py.File(tmp, "w")
+        try:
             _write(f, shards, output, copy)
+            f.close()
+        except BaseException as e:
+            store.discard(f, tmp)
+            if isinstance(e, (OSError, RuntimeError)):  # h5py reports failed writes as either
+                raise WriteError(f"--output '{output}': write failed: {store._write_reason(e)}") from e
+            raise
     return sum(s.rows for s in shards), len(shards)
 
 
@@ -73,6 +89,7 @@ def _read(path):
         if "inputs/skipped" in f:
             result.skipped = f["inputs/skipped"][()]
         result.skipped_rows = store.skipped_rows(f)
+        result.digest = store._plain(attrs.get(store.DIGEST)) or store.content_digest(f)
         for group in store.data_groups(f):
             def visit(name, obj, group=group):
                 if isinstance(obj, h5py.Dataset):
@@ -139,33 +156,35 @@ def _same_datasets(a, b):
 def _write(f, shards, output, copy):
     first = shards[0]
     for key, value in first.attrs.items():
-        if key not in ("shard", "shard_rows", "complete", "samples"):
+        if key not in SHARD_OWN:
             f.attrs[key] = value
     folder = output.parent.resolve()
     names = [os.path.relpath(s.path.resolve(), folder) for s in shards]
     f.attrs["merged_from"] = names
     f.attrs["merge_mode"] = "copy" if copy else "virtual"
+    for key, value in store.shard_records(shards).items():
+        f.attrs[key] = value
     f.attrs["complete"] = False
     rows = sum(s.rows for s in shards)
     strings = h5py.string_dtype("utf-8")
+    # Each dataset is flushed while it is held: a failed write (a full disk) then raises,
+    # instead of happening when h5py releases the dataset, which can only print the error.
     f.create_dataset("inputs/source", data=np.concatenate([s.sources for s in shards]), dtype=strings,
-                     maxshape=(None,), chunks=(1024,) if rows else None)
+                     maxshape=(None,), chunks=(1024,) if rows else None).flush()
     skipped = [s.skipped for s in shards if s.skipped is not None]
     if skipped:
-        f.create_dataset("inputs/skipped", data=np.concatenate(skipped), dtype=strings)
-        f["inputs/skipped"].attrs["rows"] = sum(s.skipped_rows for s in shards)
+        ds = f.create_dataset("inputs/skipped", data=np.concatenate(skipped), dtype=strings)
+        ds.attrs["rows"] = sum(s.skipped_rows for s in shards)
+        ds.flush()
     f.require_group("activations")
     filled = [(s, name) for s, name in zip(shards, names) if s.rows]
-    if not filled:
-        f.attrs["samples"] = 0
-        f.attrs["complete"] = True
-        return
-    for path, (shape, dtype, attrs, chunks, compression, opts) in filled[0][0].datasets.items():
+    digests = {s.path: _source_digest(s) for s in shards} if copy else {}
+    for path, (shape, dtype, attrs, chunks, compression, opts) in (filled[0][0].datasets.items() if filled else ()):
         full = (rows,) + shape[1:]
         if copy:
             ds = f.create_dataset(path, shape=full, dtype=dtype, chunks=chunks, compression=compression,
                                   compression_opts=opts)
-            _copy_rows(ds, [s for s, _ in filled], path)
+            _copy_rows(ds, [s for s, _ in filled], path, digests)
         else:
             layout = h5py.VirtualLayout(shape=full, dtype=dtype)
             start = 0
@@ -184,18 +203,47 @@ def _write(f, shards, output, copy):
                 raise MergeError(f"'{s.path}': the statistics of {path} cannot be merged ({e})") from e
             stats.merge(part)
         store.write_stats(ds, stats)
+        ds.flush()
+    for s in shards:
+        if copy and digests[s.path].hexdigest(_datasets(s)) != s.digest:
+            raise MergeError(f"'{s.path}': its rows no longer give its content digest ({store.DIGEST}): the file "
+                             "changed after it was written")
     f.attrs["samples"] = rows
     f.attrs["complete"] = True
+    f.flush()
 
 
-def _copy_rows(ds, shards, path):
+def _source_digest(s):
+    """A shard's content digest, fed with its /inputs (the rows follow as they are copied)."""
+    digest = store.ContentDigest()
+    digest.strings(f"/{store.INPUTS}/source", s.sources.tolist())
+    if s.skipped is not None:
+        digest.strings(f"/{store.INPUTS}/skipped", s.skipped.reshape(-1).tolist())
+    return digest
+
+
+def _datasets(s):
+    """{path: (dtype, shape)} of a shard's datasets, as store.content_datasets gives them."""
+    strings = h5py.string_dtype("utf-8")
+    found = {f"/{store.INPUTS}/source": (strings, s.sources.shape)}
+    if s.skipped is not None:
+        found[f"/{store.INPUTS}/skipped"] = (strings, s.skipped.shape)
+    found.update({f"/{path}": (info[1], info[0]) for path, info in s.datasets.items()})
+    return found
+
+
+def _copy_rows(ds, shards, path, digests):
+    """Copy dataset `path` of each shard into `ds`, a block at a time, feeding each shard's
+    content digest. Reading errors name the shard; writing errors are the output's."""
     row_bytes = max(1, int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize)
     block = max(1, COPY_BLOCK // row_bytes)
     start = 0
     for s in shards:
-        with h5py.File(s.path, "r") as src, store.reading(s.path):
-            data = src[path]
+        with h5py.File(s.path, "r") as src:
             for low in range(0, s.rows, block):
                 high = min(low + block, s.rows)
-                ds[start + low : start + high] = data[low:high]
+                with store.reading(s.path):
+                    rows = src[path][low:high]
+                digests[s.path].rows(f"/{path}", rows, ds.dtype)
+                ds[start + low : start + high] = rows
         start += s.rows

@@ -81,6 +81,9 @@ def plan(graph, selected):
             if fused_into:
                 raise UsageError(f"--layer '{entry.path}' has no tensor of its own: the converter fused it "
                                  f"into the op of '{fused_into}' (dump that layer)")
+            no_output = getattr(entry, "no_output", None)  # a Keras layer run only inside a loop
+            if no_output:
+                raise UsageError(f"--layer '{entry.path}' has no output: {no_output}")
             raise UsageError(
                 f"--layer '{entry.path}' is never called in the model's graph, so it has no output"
             )
@@ -189,7 +192,10 @@ def extraction_function(graph, plan, target=None, target_origin=None, label_shap
     chosen output under a GradientTape that watches each selected activation as it is
     produced, and returns the activations and the gradients of the per-sample target with
     respect to them (zeros for an activation the output does not depend on). The batch axis
-    is left open in the signature, so a last, smaller batch runs the same compiled graph.
+    is left open in the signature, so a last, smaller batch runs the same compiled graph; any
+    other axis the model leaves open (a sequence's length) is traced at each batch's own
+    size, as Keras' eager call sees it, since layers may branch on static shapes: Keras'
+    TimeDistributed over an open time axis maps over the batch size instead (Keras 3.15).
     """
     import tensorflow as tf
 
@@ -198,15 +204,12 @@ def extraction_function(graph, plan, target=None, target_origin=None, label_shap
     # instead of 0.6 s. A `call` decorated with tf.function (the way to ask for AutoGraph)
     # is still converted: graph.py runs it through tf.autograph.to_graph.
     finish = _finisher(storage or Storage())
-    signature = [
-        tf.TensorSpec(shape=tuple(t.shape), dtype=dtype_name(t.dtype), name=f"input_{i}")
-        for i, t in enumerate(graph.inputs)
-    ]
+    specs = [(tuple(t.shape), dtype_name(t.dtype)) for t in graph.inputs]
+    extra_specs = []  # the labels'
     count = len(graph.inputs)
     if target is None:
         needed = graph.needed(plan.origins)
 
-        @tf.function(input_signature=signature, jit_compile=jit or None, autograph=False)
         def extract(*inputs):
             return [finish(v) for v in graph.evaluate(list(inputs), plan.origins, needed, training=training)]
 
@@ -215,9 +218,8 @@ def extraction_function(graph, plan, target=None, target_origin=None, label_shap
         needed = graph.needed(origins)
         score = _score_function(graph, target, target_origin)
         if target.kind == "loss":  # one label row per sample, of `label_shape`
-            signature.append(tf.TensorSpec(shape=(None, *label_shape), dtype=tf.float32, name="labels"))
+            extra_specs.append(tf.TensorSpec(shape=(None, *label_shape), dtype=tf.float32, name="labels"))
 
-        @tf.function(input_signature=signature, jit_compile=jit or None, autograph=False)
         def extract(*args):
             inputs, labels = list(args[:count]), (args[count] if len(args) > count else None)
             with tf.GradientTape(watch_accessed_variables=False) as tape:
@@ -228,25 +230,77 @@ def extraction_function(graph, plan, target=None, target_origin=None, label_shap
                                   unconnected_gradients=tf.UnconnectedGradients.ZERO)
             return [finish(v) for v in list(activations) + list(grads)]
 
+    functions = {}  # (the sample shapes, XLA) -> the compiled function
+
+    def compiled(batch, xla):
+        signature = [
+            tf.TensorSpec(shape=_traced_shape(shape, x), dtype=dtype, name=f"input_{i}")
+            for i, ((shape, dtype), x) in enumerate(zip(specs, batch))
+        ] + extra_specs
+        key = (tuple(spec.shape for spec in signature), xla)
+        if key not in functions:
+            functions[key] = tf.function(extract, input_signature=signature, jit_compile=xla or None,
+                                         autograph=False)
+        run.function = functions[key]
+        return run.function
+
     def run(batch, labels=None):
         """One batch: a list of input arrays (and labels) -> a list of arrays."""
         args = list(batch) + ([labels] if labels is not None else [])
         try:
-            return [t.numpy() for t in extract(*args)]
-        except (ValueError, tf.errors.InvalidArgumentError) as e:
+            function = compiled(batch, run.xla)
+            try:
+                return [t.numpy() for t in function(*args)]
+            except (tf.errors.UnimplementedError, tf.errors.InvalidArgumentError) as e:
+                # A channels_first convolution or pooling that this device runs only under XLA
+                # (TensorFlow's CPU kernels without oneDNN take NHWC only), as Keras' TF backend
+                # compiles the convolutions it knows to be missing there: from now on, compile
+                # the whole function with XLA. Only for such an op: XLA would turn other
+                # errors (an index out of range) into values.
+                if run.xla or not _channels_first_op_failed(function, e):
+                    raise
+                run.xla = True
+                return [t.numpy() for t in compiled(batch, True)(*args)]
+        except (ValueError, tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as e:
             # shapes that do not fit the model (labels against the output, say) surface here
             raise InputError(f"the model could not compute this batch: {tf_error_line(e)}") from e
 
-    run.function = extract  # the compiled tf.function, for inspection
+    run.xla = jit
+    run.function = None  # the compiled tf.function of the last batch, for inspection
     return run
 
 
-def estimate_bytes(graph, plan, storage, rows):
-    """The bytes the datasets will hold for `rows` samples, from the symbolic shapes; None
-    when a sample shape is not known before running."""
+def _traced_shape(shape, batch):
+    """The model input's `shape` with its open axes, the batch axis aside, at the size they
+    have in `batch` (an array); the model's own where the ranks differ (the call says so)."""
+    sizes = getattr(batch, "shape", None)
+    if sizes is None or len(sizes) != len(shape):
+        return shape
+    return (shape[0], *(d if d is not None else int(n) for d, n in zip(shape[1:], sizes[1:])))
+
+
+def _channels_first_op_failed(function, error):
+    """Whether the op a TensorFlow run-time `error` names ([[{{node NAME}}]]) is, in the graph
+    of the compiled `function`, one with a channels-first data_format (NCHW, NCDHW, NCW)."""
+    names = set(re.findall(r"\{\{node ([^}]+)\}\}", str(error)))
+    if not names:
+        return False
+    graph = function.get_concrete_function().graph.as_graph_def()
+    nodes = [*graph.node, *(n for f in graph.library.function for n in f.node_def)]
+    return any(n.name in names and "data_format" in n.attr and n.attr["data_format"].s.startswith(b"NC")
+               for n in nodes)
+
+
+def estimate_bytes(graph, plan, storage, rows, batch_rows):
+    """The bytes the datasets will take in the file for `rows` samples written `batch_rows` at
+    a time (store.datasets_bytes: whole chunks, their index and attributes; /inputs and the
+    file's own metadata are store.dump_bytes'), from the symbolic shapes; None when a sample
+    shape is not known before running."""
     import numpy as np
 
-    total = 0
+    from tensorprobe import store
+
+    datasets = []
     for i, _ in enumerate(plan.specs):
         tensor = graph.tensor(plan.origins[i % len(plan.origins)])
         shape = list(tensor.shape[1:])
@@ -257,8 +311,8 @@ def estimate_bytes(graph, plan, storage, rows):
         dtype = np.dtype(dtype_name(tensor.dtype))
         if storage.dtype is not None and dtype.kind == "f":
             dtype = np.dtype(storage.dtype)
-        total += int(np.prod(shape, dtype=np.int64)) * dtype.itemsize * rows
-    return total
+        datasets.append((int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, shape[-1] if shape else 0))
+    return store.datasets_bytes(datasets, rows, batch_rows)
 
 
 def _finisher(storage):

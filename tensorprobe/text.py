@@ -3,6 +3,7 @@ showing, the "did you mean" suggestion of a name that does not exist; and how a 
 is read."""
 
 import difflib
+import re
 
 from tensorprobe.errors import UsageError
 
@@ -93,3 +94,13 @@ def regex(pattern, option):
             f"{option} '{printable(pattern)}': not a valid regular expression ({reason}); "
             "RE2 is used, which has no back-references or look-around"
         ) from e
+
+
+def parse_size(text, what="--max-bytes"):
+    """'1500', '500K', '2M', '1.5G', '3GiB' -> bytes (binary multiples); `what` names the
+    option or variable in the error."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text, re.IGNORECASE)
+    if not m:
+        raise UsageError(f"{what} '{text}': expected a size such as 500M or 2G")
+    scale = 1024 ** " kmgt".index(m.group(2).lower() or " ")
+    return int(float(m.group(1)) * scale)

@@ -154,10 +154,11 @@ def test_a_fifo_or_a_device_is_no_dump_and_never_blocks(tmp_path):
     fifo = tmp_path / "acts.h5"
     os.mkfifo(fifo)
     started = time.monotonic()
-    for path, kind in ((fifo, "a FIFO (named pipe)"), ("/dev/zero", "a device")):  # a folder: click refuses
+    for path, kind in ((fifo, "a named pipe"), ("/dev/zero", "a character device")):  # a folder: click refuses
         for command in (["summary", path], ["diff", path, path], ["plot", path, "-l", "x", "-o", tmp_path / "p.png"]):
             r = run(*command)
-            assert (r.exit_code, error_line(r)) == (1, f"error: '{path}' is {kind}, not a dump file"), command
+            line = f"error: '{path}': not a regular file ({kind}); a dump is an HDF5 file"
+            assert (r.exit_code, error_line(r)) == (1, line), command
     assert time.monotonic() - started < 30
 
 

@@ -282,7 +282,7 @@ def test_sources_or_samples_that_disagree_with_the_datasets_are_refused(cli, goo
 
 def test_merge_refuses_a_shard_that_lost_rows_consistently(cli, good, tmp_path):
     """A shard whose datasets, sources and `samples` all lost the same last row still misses a
-    row of its shard_rows."""
+    row of its shard_rows: every reader refuses it, merge included."""
 
     def lose_last_row(f):
         for name in ("inputs/source", "activations/wide", "activations/head"):
@@ -290,10 +290,11 @@ def test_merge_refuses_a_shard_that_lost_rows_consistently(cli, good, tmp_path):
         f.attrs["samples"] = 5
 
     part = doctored(good / "p1.h5", tmp_path / "p1.h5", lose_last_row)
-    assert cli("summary", part).exit_code == 0  # consistent in itself
+    refused = f"error: '{part}' is a damaged dump: it holds 5 rows, not its shard's 6 rows [6, 12) of 12"
+    r = cli("summary", part)
+    assert r.exit_code == 1 and error_line(r) == refused
     r = cli("merge", part, good / "p0.h5", "-o", tmp_path / "all.h5")
-    assert r.exit_code == 1
-    assert error_line(r) == f"error: '{part}': shard 1/2 holds 5 rows, expected 6 (rows [6, 12) of 12)"
+    assert r.exit_code == 1 and error_line(r) == refused
     assert not (tmp_path / "all.h5").exists()
 
 

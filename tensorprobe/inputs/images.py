@@ -35,7 +35,7 @@ import struct
 import numpy as np
 
 from tensorprobe.errors import InputError
-from tensorprobe.inputs import limits
+from tensorprobe import limits
 
 READ_AHEAD = 64  # decoded images buffered by the pipeline, beyond those being decoded
 

@@ -3,7 +3,7 @@
 import numpy as np
 
 from tensorprobe.errors import InputError
-from tensorprobe.inputs import limits
+from tensorprobe import limits
 
 
 def open_labels(path, rows):

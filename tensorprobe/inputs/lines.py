@@ -18,7 +18,7 @@ import os
 import numpy as np
 
 from tensorprobe.errors import InputError
-from tensorprobe.inputs import limits
+from tensorprobe import limits
 from tensorprobe.inputs.npy import ArrayFile
 
 BOM = b"\xef\xbb\xbf"

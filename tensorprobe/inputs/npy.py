@@ -18,7 +18,7 @@ import zlib
 import numpy as np
 
 from tensorprobe.errors import InputError
-from tensorprobe.inputs import limits
+from tensorprobe import limits
 from tensorprobe.inputs.sources import STDIN_LABEL
 from tensorprobe.text import shape_text
 
@@ -122,6 +122,7 @@ def open_npz(path):
     try:
         with limits.open_regular(path) as f, zipfile.ZipFile(f) as z:
             archive_size = os.fstat(f.fileno()).st_size
+            limits.check_zip(path, z, archive_size)
             arrays = {}
             for info in z.infolist():
                 if info.is_dir():
@@ -147,16 +148,15 @@ def open_npz(path):
 
 def _check_member(label, info, archive_size):
     """A member's sizes as the zip directory declares them, against the archive: its
-    compressed bytes must lie in the file, a stored member holds what it declares, and a
-    compressed one inflates no more than TENSORPROBE_MAX_INFLATE_RATIO allows. (Reading then
-    stops at the declared size, and zipfile checks the CRC.)"""
+    compressed bytes must lie in the file and a stored member holds what it declares (what
+    they may inflate to is limits.check_zip's; reading then stops at the declared size, and
+    zipfile checks the CRC)."""
     if info.compress_size > archive_size:
         raise InputError(f"{label}: not a readable .npz file (the member declares {info.compress_size:,} "
                          f"compressed bytes, the file holds {archive_size:,})")
     if info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size:
         raise InputError(f"{label}: not a readable .npz file (a stored member declares {info.file_size:,} "
                          f"bytes in {info.compress_size:,})")
-    limits.check_member(label, info.file_size, info.compress_size)
 
 
 def _npz_opener(path, member_name):

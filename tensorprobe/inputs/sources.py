@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 
 from tensorprobe.errors import InputError, UsageError
-from tensorprobe.inputs import limits
+from tensorprobe import limits
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 ARRAY_SUFFIXES = (".npy", ".npz")

@@ -33,7 +33,7 @@ def _import(path):
     if name in sys.modules:
         return sys.modules[name]
     try:
-        open_regular(path, "a Python file").close()  # a FIFO or a device would block the import forever
+        open_regular(path, "--custom-objects takes a Python file").close()  # a FIFO or a device would block the import forever
     except TensorprobeError as e:
         raise type(e)(f"--custom-objects {e}") from None
     spec = importlib.util.spec_from_file_location(name, path)

@@ -4,12 +4,12 @@ import hashlib
 import json
 import os
 import re
-import stat
 import zipfile
 from pathlib import Path
 
 import h5py
 
+from tensorprobe import limits
 from tensorprobe.errors import ModelLoadError, UnsafeModelError, UsageError
 from tensorprobe.text import first_line
 
@@ -31,7 +31,7 @@ def detect_format(path):
         if (path / "saved_model.pb").is_file():
             return "savedmodel"
         raise ModelLoadError(f"{path}: is a folder that holds no SavedModel (no saved_model.pb)")
-    with open_regular(path, "a model file (or a SavedModel folder)") as f:
+    with open_regular(path, MODEL_FILE) as f:
         head = f.read(PROTOBUF_HEAD)
     if head.startswith(ZIP_SIGNATURE):
         return "keras"
@@ -51,26 +51,13 @@ def detect_format(path):
     raise ModelLoadError(f"{path}: {NOT_A_MODEL}")
 
 
-SPECIAL_FILES = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
-                 (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+MODEL_FILE = "a model is a file or a SavedModel folder"
 
 
 def open_regular(path, wanted):
-    """`path` opened for reading in binary, refused (a UsageError saying it is not `wanted`)
-    unless it is a regular file: a FIFO would block the read forever and a device such as
-    /dev/zero never ends. It is opened without blocking and checked on the open descriptor,
-    so what is read is what was checked."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError as e:
-        raise ModelLoadError(f"{path}: cannot be read ({e.strerror or e})") from e
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        kind = next((name for test, name in SPECIAL_FILES if test(mode)), "a special file")
-        raise UsageError(f"{path}: is {kind}, not {wanted}")
-    os.set_blocking(fd, True)
-    return os.fdopen(fd, "rb")
+    """`path` opened for reading, a UsageError unless it is a regular file (limits.open_regular):
+    `wanted` says what was expected there."""
+    return limits.open_regular(path, str(path), wanted, UsageError)
 
 
 # Protobuf files are recognised by how they begin, without TensorFlow (which has their
@@ -129,70 +116,12 @@ def _varint(data, i):
     return None, len(data)
 
 
-# A `.keras` file is a zip archive whose members Keras unpacks into memory (config.json,
-# model.weights.h5) or onto disk (assets). Keras writes its members stored, uncompressed, and
-# Deflate cannot shrink data more than ~1032 times, so an archive whose members declare far
-# more than it holds is a decompression bomb. Declared sizes can be trusted: Python's zipfile
-# (which Keras reads with) never returns more than a member declares.
-MAX_EXPANSION = 100  # a member may declare at most this many times the bytes it is stored in,
-MAX_UNPACKED_BYTES = 256 << 20  # unless it (and the whole archive) unpacks to no more than this
-MAX_UNPACKED_ENV = "TENSORPROBE_MAX_UNPACKED"  # raises MAX_UNPACKED_BYTES: a size such as 4G
-
-
-def max_unpacked_bytes():
-    """MAX_UNPACKED_BYTES, or the size TENSORPROBE_MAX_UNPACKED gives (500M, 4G, ...)."""
-    text = os.environ.get(MAX_UNPACKED_ENV, "").strip()
-    if not text:
-        return MAX_UNPACKED_BYTES
-    from tensorprobe.api import parse_size  # the one reader of sizes, --max-bytes' too
-
-    try:
-        return parse_size(text)
-    except UsageError:
-        raise UsageError(f"{MAX_UNPACKED_ENV}='{text}': expected a size such as 500M or 4G") from None
-
-
-def check_archive(path, archive):
-    """Refuse a zip archive whose members declare more than they can hold: a member that
-    declares more than max(the limit, MAX_EXPANSION x its stored bytes), or members that
-    together declare more than max(the limit, MAX_EXPANSION x the archive's size). Reads
-    only the archive's directory."""
-    limit = max_unpacked_bytes()
-    members = archive.infolist()
-    too_big = [m for m in members if m.file_size > max(limit, MAX_EXPANSION * m.compress_size)]
-    total, size = sum(m.file_size for m in members), os.path.getsize(path)
-    if too_big:
-        worst = max(too_big, key=lambda m: m.file_size)
-        what = (f"the archive member '{worst.filename}' would unpack to {_size(worst.file_size)} "
-                f"from {_size(worst.compress_size)}")
-    elif total > max(limit, MAX_EXPANSION * size):
-        what = f"the archive's {len(members)} members would unpack to {_size(total)} from {_size(size)}"
-    else:
-        return
-    raise ModelLoadError(
-        f"{path}: {what}: a decompression bomb or a damaged file. An archive and each of its members "
-        f"may unpack to more than {MAX_EXPANSION} times their size only up to {_size(limit)}; "
-        f"{MAX_UNPACKED_ENV}=SIZE raises that limit (only for a file you trust)"
-    )
-
-
-def _size(n):
-    """2 GiB, 1.99 MiB, 23.6 KiB, 1022 KiB, 910 bytes: three figures, or all of the whole units
-    (store.mib writes every size in MiB, which says nothing of a few hundred bytes)."""
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= scale:
-            value = n / scale
-            text = f"{value:.{2 if value < 10 else 1 if value < 100 else 0}f}"
-            return (text.rstrip("0").rstrip(".") if "." in text else text) + f" {unit}"
-    return f"{n} bytes"
-
-
 def read_config(path, fmt):
     """The model's stored config (a dict) and the Keras version that wrote it."""
     try:
         if fmt == "keras":
-            with zipfile.ZipFile(path) as z:
-                check_archive(path, z)
+            with open_regular(path, MODEL_FILE) as f, zipfile.ZipFile(f) as z:
+                limits.check_zip(path, z, os.fstat(f.fileno()).st_size, ModelLoadError)
                 config = json.loads(z.read("config.json"))
                 try:
                     meta = json.loads(z.read("metadata.json"))

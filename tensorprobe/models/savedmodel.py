@@ -197,7 +197,7 @@ def _keras_metadata_configs(path):
 
     meta = saved_metadata_pb2.SavedMetadata()
     try:
-        with formats.open_regular(Path(path) / KERAS_METADATA, "a Keras metadata file") as f:
+        with formats.open_regular(Path(path) / KERAS_METADATA, "a SavedModel's keras_metadata.pb is a file") as f:
             meta.ParseFromString(f.read())
         return [json.loads(node.metadata) for node in meta.nodes if node.metadata]
     except RecursionError as e:  # JSON nested deeper than Python's stack

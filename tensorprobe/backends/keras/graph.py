@@ -53,6 +53,7 @@ class LayerEntry:
     children: list = field(default_factory=list)  # paths of the layers it contains
     calls: list = field(default_factory=list)  # per call: list of (symbolic tensor, origin)
     output_names: list | None = None  # the keys, for a layer that returns a dict
+    no_output: str | None = None  # why a layer that runs has no output to dump (see _recorder)
 
     @property
     def name(self):
@@ -116,6 +117,12 @@ class Graph:
         """
         walker = _Walker(self.keras, self.entries, needed, watch, set(origins), training)
         walker.walk(self.model, inputs)
+        for path, traced, parent in walker.overrun[:1]:
+            from tensorprobe.errors import UsageError
+
+            raise UsageError(f"layer '{path}' runs more often for these inputs than the {traced} time(s) "
+                             "it ran when traced with the model's open input axes (how often depends on "
+                             f"an input's size, as in a TimeDistributed); dump '{parent}' instead")
         values = [inputs[j] if key is None else walker.values.get((key, j)) for key, j in origins]
         if any(v is None for v in values):
             raise RuntimeError("a layer recorded at run time was called fewer times than when traced")
@@ -251,6 +258,7 @@ class _Walker:
         self.training = training
         self.reads = {}
         self.values = {}  # origin -> tensor, for every node called
+        self.overrun = []  # (path, calls traced, parent) of runtime layers called more often
 
     def walk(self, model, inputs):
         """Call the model on `inputs`; return its flat outputs as (tensor, origin)."""
@@ -356,7 +364,7 @@ class _Walker:
         """While the node runs: its runtime layers' calls run as plain Python (tf.function
         unwrapped) and the chosen ones record their outputs under `node_key + (path, k)`.
         Yields a list that is not empty once the node's own `call` has run (Keras skips it on
-        symbolic inputs when the layer states its output shape)."""
+        symbolic inputs when the layer states its output shape): the graphs it ran in."""
         inside = self._runtime_inside(prefix)
         if self.symbolic:
             chosen = {e.path for e in inside}
@@ -372,9 +380,11 @@ class _Walker:
         try:
             for target, path in patched:
                 originals.append((target, target.__dict__.get("call")))
-                target.call = self._recorder(target, path, node_key, ran if target is layer else None)
+                target.call = self._recorder(target, path, node_key, ran, target is layer)
             recorded = [e.layer for e in inside if e.path in chosen]
-            with _attention_scores_computed(layer, recorded, self.watch is not None):
+            with contextlib.ExitStack() as stack:
+                for attention in [t for t, _ in patched if _is_attention(t)]:  # at any depth
+                    stack.enter_context(_attention_scores_computed(attention, recorded, self.watch is not None))
                 yield ran
         finally:
             for target, original in reversed(originals):
@@ -383,16 +393,18 @@ class _Walker:
                 else:
                     target.call = original
 
-    def _recorder(self, layer, path, node_key, ran=None):
+    def _recorder(self, layer, path, node_key, ran, is_node=False):
+        """`layer`'s call as plain Python; for the node itself, noting in `ran` the graph it
+        runs in; for a chosen runtime layer at `path`, recording what each call returns."""
+        import tensorflow as tf
+
         method = type(layer).call
         if _is_tf_function(method):  # its Python, converted by AutoGraph as tf.function would
-            import tensorflow as tf
-
             method = tf.autograph.to_graph(method.python_function)
         plain = functools.partial(method, layer)
-        if ran is not None:
+        if is_node:
             def mark(*args, **kwargs):
-                ran.append(True)
+                ran.append(tf.compat.v1.get_default_graph())
                 return plain(*args, **kwargs)
 
             return mark
@@ -402,6 +414,27 @@ class _Walker:
         count = [0]
 
         def record(*args, **kwargs):
+            # A call traced in a function graph of its own inside the node's (the body of a
+            # tf.while_loop: an RNN's cell, once per time step; a branch of a tf.cond) gives
+            # values that exist only inside that loop or branch: no output of the extraction
+            # function can hold them. Such a layer has no output, as one that never runs.
+            if entry.no_output is not None or (ran and tf.compat.v1.get_default_graph() is not ran[-1]):
+                if self.symbolic and entry.no_output is None:
+                    parent = entry.parent  # the nearest layer around it that has an output
+                    while parent is not None and self.entries[parent].no_output is not None:
+                        parent = self.entries[parent].parent
+                    where = f"'{parent}'" if parent is not None else "the model"
+                    entry.no_output = (f"it runs inside a tf.while_loop or tf.cond of {where} (an RNN's "
+                                       "cell runs once per time step), and no value inside one is an "
+                                       f"output of the model's graph; dump {where} instead")
+                    entry.calls.clear()
+                return plain(*args, **kwargs)
+            if not self.symbolic and count[0] >= _calls_under(entry, node_key):
+                # the calls depend on a size the model leaves open (Keras' TimeDistributed loops
+                # over a known time axis, and maps over an open one as if it were one call):
+                # the k-th call here is not the k-th call traced, so no value can be named
+                self.overrun.append((path, _calls_under(entry, node_key), entry.parent))
+                return plain(*args, **kwargs)
             result = plain(*args, **kwargs)
             key = node_key + (path, count[0])
             count[0] += 1
@@ -429,6 +462,11 @@ class _Walker:
 
             return tf.nest.flatten(outputs)
         return self.keras.tree.flatten(outputs)
+
+
+def _calls_under(entry, node_key):
+    """How many calls of a runtime layer the symbolic walk recorded inside the node `node_key`."""
+    return sum(1 for outputs in entry.calls if outputs and outputs[0][1][0][:-2] == node_key)
 
 
 def producer_name(tensor):

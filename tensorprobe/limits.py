@@ -1,19 +1,23 @@
-"""Bounds on what reading inputs may cost, checked from the sizes a file declares before it
-is read (the one place for them), and the opening of input files: regular files only.
+"""Bounds on what reading a file may cost, checked from the sizes it declares before it is
+read, and the opening of files: regular files only. The one place for both, for models,
+inputs and dumps alike.
 
 A crafted file can declare far more than it holds: a 1 MB PNG that decodes to 20000x20000
-pixels, an .npz member that inflates a thousandfold, an @LIST that never ends (/dev/zero).
-Each limit below is read from its environment variable when it is checked (so it applies to
-the command line and the Python API alike); the error names the variable to raise it:
+pixels, a zip member (of a .keras or an .npz) that inflates a thousandfold, an @LIST that
+never ends (/dev/zero). Each limit below is read from its environment variable when it is
+checked (so it applies to the command line and the Python API alike); the error names the
+variable to raise it:
 
   TENSORPROBE_MAX_IMAGE_PIXELS   pixels (height x width) of one image, and of --size;
                                  default 178,956,970, the size at which Pillow refuses an
                                  image as a decompression bomb (twice its MAX_IMAGE_PIXELS)
   TENSORPROBE_MAX_ARRAY_BYTES    the data of one array (.npy, .npz member, stdin) as its header
                                  declares it (shape x item size), or of a .txt file; default 16G
-  TENSORPROBE_MAX_INFLATE_RATIO  an .npz member's declared size over its compressed size, for
-                                 a member over 64 MiB; default 200 (Deflate reaches about
-                                 1000 only on runs of one byte)
+  TENSORPROBE_MAX_UNPACKED       what a zip archive (.keras, .npz) and each of its members may
+                                 unpack to whatever their compression ratio; default 256M
+  TENSORPROBE_MAX_INFLATE_RATIO  beyond that, the most an archive or a member may inflate
+                                 (declared size over stored size); default 200 (Deflate
+                                 reaches about 1000 only on runs of one byte)
   TENSORPROBE_MAX_LIST_BYTES     an @LIST file; default 64M
 
 Sizes take the suffixes --max-bytes takes (500M, 2G); 0 or "none" turns a limit off.
@@ -25,10 +29,7 @@ import stat
 from dataclasses import dataclass
 
 from tensorprobe.errors import InputError, UsageError
-from tensorprobe.text import shape_text
-
-INFLATE_GRACE = 64 << 20  # an .npz member this small inflates as it likes
-
+from tensorprobe.text import parse_size, shape_text
 
 @dataclass(frozen=True)
 class Limit:
@@ -44,8 +45,6 @@ class Limit:
         if text.lower() in ("0", "none"):
             return None
         if self.what == "bytes":
-            from tensorprobe.api import parse_size
-
             return parse_size(text, self.variable)
         try:
             value = int(text.replace(",", "").replace("_", ""))
@@ -72,9 +71,10 @@ class Limit:
 
 IMAGE_PIXELS = Limit("TENSORPROBE_MAX_IMAGE_PIXELS", 2 * (1024 * 1024 * 1024 // 4 // 3), "pixels")
 ARRAY_BYTES = Limit("TENSORPROBE_MAX_ARRAY_BYTES", 16 << 30, "bytes")
+UNPACKED_BYTES = Limit("TENSORPROBE_MAX_UNPACKED", 256 << 20, "bytes")
 INFLATE_RATIO = Limit("TENSORPROBE_MAX_INFLATE_RATIO", 200, "")
 LIST_BYTES = Limit("TENSORPROBE_MAX_LIST_BYTES", 64 << 20, "bytes")
-ALL = (IMAGE_PIXELS, ARRAY_BYTES, INFLATE_RATIO, LIST_BYTES)
+ALL = (IMAGE_PIXELS, ARRAY_BYTES, UNPACKED_BYTES, INFLATE_RATIO, LIST_BYTES)
 
 
 def check_array(label, shape, dtype):
@@ -85,16 +85,30 @@ def check_array(label, shape, dtype):
     return size
 
 
-def check_member(label, declared, compressed):
-    """An .npz member's declared (uncompressed) size against its compressed size."""
-    limit = INFLATE_RATIO.value()
-    if limit is None or declared <= INFLATE_GRACE:
+def check_zip(label, archive, archive_size, error=InputError):
+    """Refuse a zip archive (`archive`, a zipfile.ZipFile of `archive_size` bytes) whose
+    members declare more than they can hold: a member, or all of them together, declaring
+    more than TENSORPROBE_MAX_UNPACKED and more than TENSORPROBE_MAX_INFLATE_RATIO times the
+    bytes it is stored in (the archive's size for the total; overlapping members count as
+    often as they are listed). Reads only the archive's directory; zipfile never returns
+    more than a member declares, so the declared sizes bound what is read."""
+    grace, ratio = UNPACKED_BYTES.value(), INFLATE_RATIO.value()
+    if grace is None or ratio is None:
         return
-    ratio = declared / max(compressed, 1)
-    if ratio > limit:
-        raise InputError(f"{label}: {compressed:,} compressed bytes declare {declared:,} bytes, a ratio of "
-                         f"{ratio:,.0f}, more than the limit of {limit:,}; set {INFLATE_RATIO.variable} to "
-                         "raise it (0 for none), for a file you trust")
+    members = [m for m in archive.infolist() if not m.is_dir()]
+    worst = max(members, key=lambda m: m.file_size / max(m.compress_size, 1), default=None)
+    total = sum(m.file_size for m in members)
+    for declared, stored, what in (
+        (worst.file_size, worst.compress_size, f"its member '{worst.filename}'") if worst else (0, 0, ""),
+        (total, archive_size, f"its {len(members)} members together"),
+    ):
+        if declared > max(grace, ratio * max(stored, 1)):
+            raise error(
+                f"{label}: {what} would unpack to {declared:,} bytes from {stored:,}, a ratio of "
+                f"{declared / max(stored, 1):,.0f}: a decompression bomb or a damaged file. Past "
+                f"{UNPACKED_BYTES.amount(grace)} an archive may inflate at most {ratio:,} times; set "
+                f"{UNPACKED_BYTES.variable} or {INFLATE_RATIO.variable} to raise that, for a file you trust"
+            )
 
 
 def check_pixels(label, height, width, pixels=None):
@@ -106,19 +120,18 @@ def check_pixels(label, height, width, pixels=None):
         IMAGE_PIXELS.check(pixels, f"{label}: the animation is {size}, its frames {pixels:,} pixels in all")
 
 
-def open_regular(path, what=None):
-    """`path` opened for reading in binary, refused unless it is a regular file: a FIFO or a
-    device would block or never end. Opened without blocking (a FIFO's open would wait for
-    a writer), checked on the open file (no race with a swap), then read as usual."""
+def open_regular(path, what=None, wanted=None, error=InputError):
+    """`path` opened for reading in binary, refused (`error`, naming it as `what`, saying it is
+    not `wanted`) unless it is a regular file: a FIFO would block the read forever and a
+    device such as /dev/zero never ends. Opened without blocking (a FIFO's open would wait
+    for a writer), checked on the open file (no race with a swap), then read as usual."""
     name = what or str(path)
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError as e:
-        raise InputError(f"{name}: cannot read ({e.strerror or e})") from e
+        raise error(f"{name}: cannot read ({e.strerror or e})") from e
     try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise InputError(f"{name}: not a regular file ({_kind(mode)})")
+        _check_mode(os.fstat(fd).st_mode, name, wanted, error)
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
@@ -127,8 +140,23 @@ def open_regular(path, what=None):
         raise
 
 
+def check_regular(path, what=None, wanted=None, error=InputError):
+    """The same check as open_regular for a reader that opens `path` itself (h5py)."""
+    name = what or str(path)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        raise error(f"{name}: cannot read ({e.strerror or e})") from e
+    _check_mode(mode, name, wanted, error)
+
+
+def _check_mode(mode, name, wanted, error):
+    if not stat.S_ISREG(mode):
+        raise error(f"{name}: not a regular file ({_kind(mode)})" + (f"; {wanted}" if wanted else ""))
+
+
 def _kind(mode):
-    for test, kind in ((stat.S_ISFIFO, "a pipe"), (stat.S_ISCHR, "a character device"),
+    for test, kind in ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"),
                        (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
                        (stat.S_ISDIR, "a folder")):
         if test(mode):
