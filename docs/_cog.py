@@ -25,7 +25,9 @@ How a command runs:
   BUILDS), so paths read `sample_models/transfer.h5`, `activations.h5`, never a temporary path.
   WORK is $TENSORPROBE_DOCS_WORK, or tensorprobe-docs-UID in the temporary folder.
 - Output that changes from run to run is masked: the `created` time of a dump is shown as
-  `YYYY-MM-DDThh:mm:ss+00:00`. Pages choose what they show so that nothing else changes.
+  `YYYY-MM-DDThh:mm:ss+00:00`, its `input_contents` (which hashes the input files' modification
+  times, new in every clone) as `(hash of the inputs' sizes, times and bytes)`. Pages choose
+  what they show so that nothing else changes.
 - Trailing spaces are cut from every line (a terminal does not show them).
 """
 
@@ -238,10 +240,13 @@ _IN_PROCESS = re.compile(
 )
 _SHELL_OPERATORS = {"|", "||", "&", "&&", ";", ">", ">>", "<", "<<"}
 _CREATED = re.compile(r"(\bcreated\W+)\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?\+00:00")
+# input_contents hashes the input files' modification times, which a fresh clone sets anew
+_INPUT_CONTENTS = re.compile(r"(\binput_contents\W+)[0-9a-f]{64}")
 
 
 def _mask(text):
-    return _CREATED.sub(r"\1YYYY-MM-DDThh:mm:ss+00:00", text)
+    text = _CREATED.sub(r"\1YYYY-MM-DDThh:mm:ss+00:00", text)
+    return _INPUT_CONTENTS.sub(r"\1(hash of the inputs' sizes, times and bytes)", text)
 
 
 def _lines(text):
