@@ -290,7 +290,9 @@ def execute(line):
     with contextlib.chdir(folder):
         stdin = Path(match["stdin"]).read_bytes() if match["stdin"] else None
         stdout, stderr, status = _tensorprobe(args, env, stdin)
-    if match["filter"]:
+    if match["filter"] and shlex.split(match["filter"])[0] == "jq":
+        stdout = _jq(shlex.split(match["filter"])[1:], stdout)
+    elif match["filter"]:
         done = subprocess.run(["bash", "-c", match["filter"]], cwd=folder, env=_env(), input=stdout,
                               capture_output=True, text=True)
         stdout, status = done.stdout + done.stderr, done.returncode
@@ -298,6 +300,26 @@ def execute(line):
     if match["status"]:
         lines.append(f"exit status {status}")
     return lines, status
+
+
+def _jq(args, text):
+    """`| jq [-c] [-r] PROGRAM` applied with the jq Python package (libjq itself, installed with
+    the test extra), so the docs need no jq program on the machine; results printed as the jq
+    command prints them: indented by 2, or one line each with -c, strings bare with -r."""
+    import json
+
+    import jq
+
+    flags, program = set(args[:-1]), args[-1]
+    lines = []
+    for value in jq.compile(program).input_text(text):
+        if "-r" in flags and isinstance(value, str):
+            lines.append(value)
+        elif "-c" in flags or "-r" in flags:
+            lines.append(json.dumps(value, separators=(",", ":"), ensure_ascii=False))
+        else:
+            lines.append(json.dumps(value, indent=2, ensure_ascii=False))
+    return "".join(line + "\n" for line in lines)
 
 
 def run(*lines):
