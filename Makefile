@@ -6,12 +6,18 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= $(or $(TMPDIR),/tmp)/tensorprobe-demo
 
-.PHONY: demo test bench sample-models pictures clean
+.PHONY: demo test bench sample-models pictures docs docs-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
+
+# The docs extra (mkdocs-material, mkdocstrings, cogapp) on top of the test set-up.
+DOCS_STAMP := $(VENV)/.installed-docs
+$(DOCS_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,docs]'
+	touch $(DOCS_STAMP)
 
 demo: $(STAMP)
 	mkdir -p $(DEMO_DIR)
@@ -37,8 +43,8 @@ bench: $(STAMP)
 sample-models: $(STAMP)
 	$(BIN)/python sample_models/build.py sample_models
 
-# Regenerate the README's pictures (sample_models/pictures/) from a dump of the sample model.
-PICTURES := sample_models/pictures
+# Regenerate the pictures of the docs (docs/pictures/) from a dump of the sample model.
+PICTURES := docs/pictures
 pictures: $(STAMP)
 	mkdir -p $(DEMO_DIR) $(PICTURES)
 	$(BIN)/tensorprobe dump -q -m sample_models/transfer.keras -l block1_conv2 -l block3_conv3 -l fc1 \
@@ -48,5 +54,17 @@ pictures: $(STAMP)
 	$(BIN)/tensorprobe plot $(DEMO_DIR)/pictures.h5 -l block1_conv2 --hist -o $(PICTURES)/histogram.png --overwrite
 	$(BIN)/tensorprobe plot $(DEMO_DIR)/pictures.h5 -l block3_conv3 --heatmap -o $(PICTURES)/gradcam.png --overwrite
 
+# Run every command the docs pages and the README show, write what it prints into them (cog),
+# then build the site into site/. docs-check changes nothing: it fails when a page shows an
+# output the tool no longer prints, or when the site does not build without a warning.
+MKDOCS := NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs
+docs: $(DOCS_STAMP)
+	$(BIN)/python docs/_cog.py -r
+	$(MKDOCS) build --strict
+
+docs-check: $(DOCS_STAMP)
+	$(BIN)/python docs/_cog.py --check
+	$(MKDOCS) build --strict
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache site

@@ -1,26 +1,11 @@
 """The HDF5 dump layout: create it, append batch by batch, finish atomically; read it back.
 
-Layout (format_version 1), documented in the README:
-  root attributes   format, format_version, tensorprobe_version, model, model_sha256,
-                    model_format, loader, tensorflow_version, keras_version, created,
-                    command, training, reduce, dtype, compression, samples, complete, and
-                    how inputs were prepared: preprocess, scale, offset, resize, interpolation;
-                    total_rows, input_fingerprint, options_fingerprint, input_contents
-                    (shard.py), data_sha256 (ContentDigest); shard, shard_rows for
-                    --shard; merged_from, merge_mode, merged_rows, merged_sha256,
-                    merged_size, merged_mtime_ns for merged files (check_shards)
-  /inputs/source    one UTF-8 string per sample row
-  /inputs/skipped   (K, 2) UTF-8 strings [path, reason], inputs passed over by --skip-bad
-                    (present only when one was); attribute rows: the sample rows they cost
-                    (a row of a model with several inputs may have an entry per input)
-  /activations/...  one dataset per selected layer output, (N, *sample_shape), with the
-                    attributes layer, layer_class, order (position in the model's layer
-                    order), sample_shape and the statistics of stats.py
-  /gradients/...    with --gradients: the gradient of the target with respect to each
-                    activation, same paths and shapes, attribute target
-  /tensors/...      with --tensor: one dataset per graph tensor at its name unchanged
-                    ("a/b/Relu:0": groups a, b), attributes tensor and op_type
-  /<group>/...      readers treat every top-level group but /inputs alike
+The layout (format_version 1: root attributes, /inputs/source, /inputs/skipped, /activations,
+/gradients, /tensors, dataset attributes, naming rules) is specified once, in docs/hdf5-layout.md;
+a change here is a change there, and one that a reader of format_version 1 cannot read raises
+FORMAT_VERSION. Of its root attributes, input_contents comes from shard.py, data_sha256 from
+ContentDigest, and merged_rows, merged_sha256, merged_size, merged_mtime_ns are checked by
+check_shards.
 
 Every dataset of a data group and /inputs/source hold one row per sample. DumpWriter checks
 it, and that those are all the rows the job was to write, before it marks a file complete;
