@@ -259,7 +259,7 @@ def test_fifos_and_devices_are_refused_without_blocking(cli, model, tmp_path):
     from tensorprobe.limits import open_regular
     from tensorprobe.errors import InputError
 
-    with deadline(), pytest.raises(InputError, match=r"not a regular file \(a pipe\)$"):
+    with deadline(), pytest.raises(InputError, match=r"not a regular file \(a named pipe\)$"):
         open_regular(fifo)
 
 

@@ -134,7 +134,8 @@ def test_total_rows_that_is_no_number_is_one_merge_error(tmp_path):
         with h5py.File(path, "r+") as f:
             f.attrs["total_rows"] = "abc"
     r = run("merge", s0, s1, "-o", tmp_path / "m.h5")
-    assert (r.exit_code, error_line(r)) == (1, f"error: '{s0}': its 'total_rows' attribute is 'abc', not a number of rows")
+    assert (r.exit_code, error_line(r)) == (1, f"error: '{s0}' is a damaged dump: its attribute total_rows is 'abc', "
+                                               "not a number of rows")
 
 
 def test_integer_inputs_source_is_refused_by_every_reader(tmp_path):
