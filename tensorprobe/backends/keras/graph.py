@@ -300,7 +300,8 @@ class _Walker:
                 if outputs is None:
                     continue  # not needed
             entry = self.entries.get(path)
-            if self.symbolic and entry is not None and all(o is not None for o in outputs):
+            if self.symbolic and entry is not None and all(o is not None for o in outputs) \
+                    and _dense(entry, outputs):
                 entry.calls.append(outputs)
                 entry.output_names = names
             for t, v in zip(node_outputs, outputs):
@@ -309,7 +310,7 @@ class _Walker:
         if self.symbolic:
             for t, v in zip(container_inputs, inputs):  # an input layer's output: what reaches it
                 entry = self._input_layer_entry(prefix, t)
-                if entry is not None:
+                if entry is not None and _dense(entry, [v]):
                     entry.calls.append([v])
         return [values.get(id(t)) for t in container_outputs]
 
@@ -443,7 +444,7 @@ class _Walker:
             for x, origin in outputs:
                 self.values[origin] = x
                 self._watch(x, origin)
-            if self.symbolic:
+            if self.symbolic and _dense(entry, outputs):
                 entry.calls.append(outputs)
                 entry.output_names = sorted(result) if isinstance(result, dict) else None
             return result
@@ -462,6 +463,37 @@ class _Walker:
 
             return tf.nest.flatten(outputs)
         return self.keras.tree.flatten(outputs)
+
+
+def _dense(entry, outputs):
+    """Whether every output of a call of `entry` is a dense tensor. A tf.RaggedTensor (a
+    StringLookup inside TextVectorization, on the tokens of each string) or a tf.SparseTensor
+    has no array of one shape to store, and padding it would invent values: the layer gets
+    no output (`no_output` says why; --all and --match pass over it, --layer names the reason)."""
+    kinds = [_composite(x) for x, _ in outputs]
+    kind = next((k for k in kinds if k), None)
+    if kind is None:
+        return True
+    where = (f"dump '{entry.parent}', which makes it dense, instead" if entry.reach == "runtime"
+             and entry.parent is not None else "dump the layer that makes it dense instead")
+    entry.no_output = f"its value is a {kind}, which has no array of one shape to store; {where}"
+    entry.calls.clear()
+    return False
+
+
+def _composite(value):
+    """'tf.RaggedTensor' or 'tf.SparseTensor' for such a value (a tensor, or a Keras 3 or
+    tf_keras symbolic tensor standing for one), else None."""
+    import tensorflow as tf
+
+    spec = getattr(value, "type_spec", None)
+    if isinstance(value, tf.RaggedTensor) or isinstance(spec, tf.RaggedTensorSpec) or \
+            getattr(value, "ragged", False) is True:
+        return "tf.RaggedTensor"
+    if isinstance(value, tf.SparseTensor) or isinstance(spec, tf.SparseTensorSpec) or \
+            getattr(value, "sparse", False) is True:
+        return "tf.SparseTensor"
+    return None
 
 
 def _calls_under(entry, node_key):
