@@ -41,6 +41,10 @@ def string_models(tmp_path_factory):
     ids = L.StringLookup(vocabulary=vocabulary, name="ids")(toks)
     back = L.StringLookup(vocabulary=vocabulary, invert=True, name="tokens")(ids)
     keras.Model(toks, [ids, back], name="lookup").save(folder / "lookup.keras")
+    toks = keras.Input((3,), dtype="string", name="toks")  # the same ids, back to swapped words
+    ids = L.StringLookup(vocabulary=vocabulary, name="ids")(toks)
+    back = L.StringLookup(vocabulary=["dog", "cat", "héllo"], invert=True, name="tokens")(ids)
+    keras.Model(toks, [ids, back], name="lookup").save(folder / "swapped.keras")
     np.save(folder / "texts.npy", np.array(TEXTS))
     np.save(folder / "tokens.npy", np.array(TOKENS))
     return folder
@@ -271,3 +275,22 @@ def test_the_output_at_fault_is_named(cli, string_models, keras_model, tmp_path)
     assert tensorprobe.compare(model, model, TEXTS, layers="tv", save_b=saved)["match"] is True
     with tensorprobe.open_dump(saved) as dump:
         np.testing.assert_array_equal(dump["tv"][:], _keras(model, keras_model, "tv", TEXTS))
+
+
+def test_compare_counts_unequal_strings(cli, string_models, keras_model):
+    a, b = string_models / "lookup.keras", string_models / "swapped.keras"
+    r = cli("compare", a, b, "-l", "ids", "-l", "tokens", "--json", string_models / "tokens.npy")
+    assert r.exit_code == 1, r.stderr
+    pairs = {p["path"]: p for p in json.loads(r.stdout)["pairs"]}
+    np.testing.assert_array_equal(_keras(a, keras_model, "ids", TOKENS), _keras(b, keras_model, "ids", TOKENS))
+    assert pairs["ids"]["status"] == "ok" and pairs["ids"]["max_abs"] == 0
+    ta, tb = _keras(a, keras_model, "tokens", TOKENS), _keras(b, keras_model, "tokens", TOKENS)
+    unequal = np.argwhere(ta != tb)
+    assert len(unequal) == 7  # every cat and dog
+    tokens = pairs["tokens"]
+    assert tokens["status"] == "differ" and tokens["outside_tolerance"] == len(unequal)
+    assert (tokens["worst_sample"], tokens["worst_position"]) == (int(unequal[0][0]), [int(unequal[0][1])])
+    assert tokens["max_abs"] is None and tokens["cosine"] is None and tokens["snr_db"] is None
+    assert json.loads(r.stdout)["first_divergence"] == "tokens"
+    r = cli("compare", a, b, "-l", "tokens", string_models / "tokens.npy")
+    assert r.exit_code == 1 and "Traceback" not in r.stderr
