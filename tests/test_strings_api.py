@@ -45,6 +45,9 @@ def string_models(tmp_path_factory):
     ids = L.StringLookup(vocabulary=vocabulary, name="ids")(toks)
     back = L.StringLookup(vocabulary=["dog", "cat", "héllo"], invert=True, name="tokens")(ids)
     keras.Model(toks, [ids, back], name="lookup").save(folder / "swapped.keras")
+    toks = keras.Input((3,), dtype="string", name="toks")  # a SparseTensor its symbolic output calls dense
+    hot = L.StringLookup(vocabulary=vocabulary, output_mode="multi_hot", sparse=True, name="hot")(toks)
+    keras.Model(toks, L.Dense(2, name="d")(hot), name="sparse").save(folder / "sparse.keras")
     np.save(folder / "texts.npy", np.array(TEXTS))
     np.save(folder / "tokens.npy", np.array(TOKENS))
     return folder
@@ -125,6 +128,23 @@ def test_a_ragged_runtime_layer_has_no_output_and_says_why(cli, string_models, k
     assert r.exit_code == 2
     assert error_line(r) == "error: --match 'string_lookup' matches no layer path that has an output"
     assert not (tmp_path / "a.h5").exists()
+
+
+def test_a_sparse_value_is_stored_dense(cli, string_models, keras_model, tmp_path):
+    import keras
+    import tensorflow as tf
+
+    path = string_models / "sparse.keras"
+    model = keras_model(str(path))
+    hot = keras.Model(model.inputs, model.get_layer("hot").output)(tf.constant(TOKENS))
+    assert isinstance(hot, tf.SparseTensor)  # what Keras hands to the Dense layer
+    out = tmp_path / "sparse.h5"
+    r = cli("dump", "-m", path, "--all", "-o", out, string_models / "tokens.npy")
+    assert r.exit_code == 0, r.stderr
+    with h5py.File(out, "r") as f:
+        np.testing.assert_array_equal(f["activations/hot"][()], tf.sparse.to_dense(hot).numpy())
+        np.testing.assert_allclose(f["activations/d"][()], np.asarray(model(tf.constant(TOKENS))), rtol=1e-6,
+                                   atol=1e-7)
 
 
 def test_diff_counts_unequal_strings(cli, string_models, keras_model, tmp_path):
@@ -294,3 +314,19 @@ def test_compare_counts_unequal_strings(cli, string_models, keras_model):
     assert json.loads(r.stdout)["first_divergence"] == "tokens"
     r = cli("compare", a, b, "-l", "tokens", string_models / "tokens.npy")
     assert r.exit_code == 1 and "Traceback" not in r.stderr
+
+
+def test_tf_keras_model_in_memory():
+    tf_keras = pytest.importorskip("tf_keras")
+
+    import tensorprobe
+
+    tf_keras.utils.set_random_seed(23)
+    x = tf_keras.Input((3,), name="x")
+    model = tf_keras.Model(x, tf_keras.layers.Dense(2, name="d")(tf_keras.layers.Dense(4, name="h")(x)))
+    data = np.arange(6, dtype="float32").reshape(2, 3)
+    loaded = tensorprobe.load(model)
+    assert loaded.loaded.loader == f"tf_keras {tf_keras.__version__}"
+    acts = tensorprobe.activations(model, data, layers="h")
+    expected = tf_keras.Model(model.inputs, model.get_layer("h").output)(data)
+    np.testing.assert_allclose(acts["h"], np.asarray(expected), rtol=1e-6, atol=1e-7)

@@ -126,7 +126,25 @@ class Graph:
         values = [inputs[j] if key is None else walker.values.get((key, j)) for key, j in origins]
         if any(v is None for v in values):
             raise RuntimeError("a layer recorded at run time was called fewer times than when traced")
-        return values
+        return [self._dense_value(v, origin) for v, origin in zip(values, origins)]
+
+    def _dense_value(self, value, origin):
+        """`value` as an array holds it. A tf.SparseTensor (a StringLookup with sparse=True
+        returns one, though Keras' symbolic output says dense) becomes its dense tensor, zeros
+        where it has no entry, as the layers that read it take it: no value is invented. A
+        tf.RaggedTensor that the symbolic walk did not see (see `_dense`) cannot be stored."""
+        import tensorflow as tf
+
+        if isinstance(value, tf.SparseTensor):
+            return tf.sparse.to_dense(value)
+        if isinstance(value, tf.RaggedTensor):
+            from tensorprobe.errors import UsageError
+
+            path = next((p for p, e in self.entries.items() if any(o == origin for c in e.calls for _, o in c)),
+                        "?")
+            raise UsageError(f"--layer '{path}' has no output: its value is a tf.RaggedTensor, which has no "
+                             "array of one shape to store; dump the layer that makes it dense instead")
+        return value
 
 
 def unroll(model, keras):
@@ -466,34 +484,27 @@ class _Walker:
 
 
 def _dense(entry, outputs):
-    """Whether every output of a call of `entry` is a dense tensor. A tf.RaggedTensor (a
-    StringLookup inside TextVectorization, on the tokens of each string) or a tf.SparseTensor
-    has no array of one shape to store, and padding it would invent values: the layer gets
-    no output (`no_output` says why; --all and --match pass over it, --layer names the reason)."""
-    kinds = [_composite(x) for x, _ in outputs]
-    kind = next((k for k in kinds if k), None)
-    if kind is None:
+    """Whether no output of a call of `entry` is ragged. A tf.RaggedTensor (the StringLookup
+    inside TextVectorization maps the tokens of each string) has no array of one shape to
+    store, and padding it would invent values: the layer gets no output (`no_output` says
+    why; --all and --match pass over it, --layer names the reason). A sparse value is stored
+    dense (Graph._dense_value)."""
+    if not any(_ragged(x) for x, _ in outputs):
         return True
     where = (f"dump '{entry.parent}', which makes it dense, instead" if entry.reach == "runtime"
              and entry.parent is not None else "dump the layer that makes it dense instead")
-    entry.no_output = f"its value is a {kind}, which has no array of one shape to store; {where}"
+    entry.no_output = f"its value is a tf.RaggedTensor, which has no array of one shape to store; {where}"
     entry.calls.clear()
     return False
 
 
-def _composite(value):
-    """'tf.RaggedTensor' or 'tf.SparseTensor' for such a value (a tensor, or a Keras 3 or
-    tf_keras symbolic tensor standing for one), else None."""
+def _ragged(value):
+    """Whether `value` is a tf.RaggedTensor, or a Keras 3 or tf_keras symbolic tensor standing
+    for one."""
     import tensorflow as tf
 
-    spec = getattr(value, "type_spec", None)
-    if isinstance(value, tf.RaggedTensor) or isinstance(spec, tf.RaggedTensorSpec) or \
-            getattr(value, "ragged", False) is True:
-        return "tf.RaggedTensor"
-    if isinstance(value, tf.SparseTensor) or isinstance(spec, tf.SparseTensorSpec) or \
-            getattr(value, "sparse", False) is True:
-        return "tf.SparseTensor"
-    return None
+    return isinstance(value, tf.RaggedTensor) or isinstance(getattr(value, "type_spec", None), tf.RaggedTensorSpec) \
+        or getattr(value, "ragged", False) is True
 
 
 def _calls_under(entry, node_key):
