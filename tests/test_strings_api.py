@@ -330,3 +330,24 @@ def test_tf_keras_model_in_memory():
     acts = tensorprobe.activations(model, data, layers="h")
     expected = tf_keras.Model(model.inputs, model.get_layer("h").output)(data)
     np.testing.assert_allclose(acts["h"], np.asarray(expected), rtol=1e-6, atol=1e-7)
+
+
+def test_a_ragged_value_keras_declares_dense_is_named():
+    import keras
+
+    import tensorprobe
+
+    tv = keras.layers.TextVectorization(max_tokens=20, ragged=True, name="tvr")
+    tv.adapt(["the cat sat", "a dog ran far away"])
+    text = keras.Input((), dtype="string", name="text")
+    model = keras.Model(text, tv(text))
+    assert model.output.ragged is False  # Keras' symbolic output, though the value is ragged
+    import tensorflow as tf
+
+    assert isinstance(model(tf.constant(["the cat", "a"])), tf.RaggedTensor)
+    for kwargs in (dict(all_layers=True), dict(layers="tvr")):
+        with pytest.raises(errors.UsageError) as e:
+            tensorprobe.activations(model, ["the cat", "a"], **kwargs)
+        assert str(e.value) == ("layer 'tvr' returns a tf.RaggedTensor (its symbolic output says dense), which "
+                                "has no array of one shape to store; leave it out and dump the layer that makes "
+                                "it dense")

@@ -142,8 +142,9 @@ class Graph:
 
             path = next((p for p, e in self.entries.items() if any(o == origin for c in e.calls for _, o in c)),
                         "?")
-            raise UsageError(f"--layer '{path}' has no output: its value is a tf.RaggedTensor, which has no "
-                             "array of one shape to store; dump the layer that makes it dense instead")
+            raise UsageError(f"layer '{path}' returns a tf.RaggedTensor (its symbolic output says dense), "
+                             "which has no array of one shape to store; leave it out and dump the layer that "
+                             "makes it dense")
         return value
 
 
