@@ -15,6 +15,7 @@ whose messages name this API's arguments (`layers`, `output`) rather than the CL
 import contextlib
 import os
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -33,7 +34,9 @@ _ARGUMENTS = {
     "--unsafe": "unsafe", "--batch-size": "batch_size", "--compression": "compression",
     "--dtype": "dtype", "--reduce": "reduce", "--allow-incomplete": "allow_incomplete",
     "--raw-quantized": "raw_quantized", "--save-a": "save_a", "--save-b": "save_b", "--pair": "pairs",
-    "--metric": "metric", "--rtol": "rtol", "--atol": "atol",
+    "--metric": "metric", "--rtol": "rtol", "--atol": "atol", "--resize": "resize", "--no-resize": "resize='none'",
+    "--interpolation": "interpolation", "--scale": "scale", "--offset": "offset", "--training": "training",
+    "--jit": "jit", "--only": "only", "--model": "model",
 }
 _FLAG = re.compile("|".join(sorted((re.escape(k) + r"\b" for k in _ARGUMENTS), key=len, reverse=True)))
 # The CLI's syntax in the shared core's messages -> this API's, before the flags are renamed.
@@ -164,19 +167,19 @@ def open_model(model, custom_objects=(), unsafe=False, signature=None, layers=Tr
 
 
 def _in_memory(model):
+    """A keras.Model instance of Keras 3 or tf_keras, whatever module its class comes from (a
+    keras-hub backbone, a subclass of the user's) -> a LoadedModel. An instance of either's
+    Model exists only once that package is imported, so only the ones imported are asked:
+    nothing is imported here that the caller has not."""
     from tensorprobe.models.keras import LoadedModel
 
-    module = type(model).__module__.split(".")[0]
-    if module not in ("keras", "tf_keras"):
-        raise errors.UsageError(f"model: expected a path or a keras.Model, not {type(model).__name__}")
-    if module == "tf_keras":
-        import tf_keras as keras
-    else:
-        import keras
-    if not isinstance(model, keras.Model):
-        raise errors.UsageError(f"model: expected a path or a keras.Model, not {type(model).__name__}")
-    return LoadedModel(f"<in-memory {model.name}>", model, keras, f"{module} {keras.__version__}",
-                       "in-memory", "")
+    for name in ("keras", "tf_keras"):
+        keras = sys.modules.get(name)
+        model_class = getattr(keras, "Model", None)
+        if isinstance(model_class, type) and isinstance(model, model_class):
+            return LoadedModel(f"<in-memory {model.name}>", model, keras, f"{name} {keras.__version__}",
+                               "in-memory", "")
+    raise errors.UsageError(f"model: expected a path or a keras.Model, not {type(model).__name__}")
 
 
 # ---- what to compute -----------------------------------------------------------------------
@@ -315,12 +318,23 @@ def _labels(labels, rows):
 
 def preparation(resize="stretch", interpolation="bilinear", size=None, preprocess=None, scale=None,
                 offset=None, skip_bad=False):
-    """How inputs are prepared (dump's input options; `resize="none"` refuses other sizes)."""
-    from tensorprobe.inputs.options import Options
+    """How inputs are prepared (dump's input options; `resize="none"` refuses other sizes). The
+    CLI's click options check what this checks itself."""
+    from numbers import Real
 
-    return Options(resize=resize, interpolation=interpolation, size=size, preprocess=preprocess,
-                   scale=1.0 if scale is None else scale, offset=0.0 if offset is None else offset,
-                   skip_bad=skip_bad)
+    from tensorprobe.inputs.options import INTERPOLATIONS, RESIZE_MODES, Options
+
+    with _api_names():
+        for value, choices, option in ((resize, (*RESIZE_MODES, "none"), "--resize"),
+                                       (interpolation, INTERPOLATIONS, "--interpolation")):
+            if value not in choices:
+                raise errors.UsageError(f"{option} {value!r}: choose from {', '.join(choices)}")
+        for value, option in ((scale, "--scale"), (offset, "--offset")):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, Real)):
+                raise errors.UsageError(f"{option} {value!r}: expected a number")
+        return Options(resize=resize, interpolation=interpolation, size=size, preprocess=preprocess,
+                       scale=1.0 if scale is None else scale, offset=0.0 if offset is None else offset,
+                       skip_bad=skip_bad)
 
 
 def _feed(model, x, named, prep, layers=True, stdin=None):
@@ -707,9 +721,9 @@ def run_compare(model_a, model_b, x, named, prep, *, layers=(), match=None, pair
     from tensorprobe import probe, store
     from tensorprobe.probe import Storage
 
-    for path in (save_a, save_b):
+    for path, option in ((save_a, "--save-a"), (save_b, "--save-b")):
         if path is not None:
-            store.check_output(os.fspath(path), overwrite)
+            store.check_output(os.fspath(path), overwrite, option)
     model_a, model_b = open_model(model_a), open_model(model_b)
     precisions = {"a": comparing.precision(model_a), "b": comparing.precision(model_b)}
     if criterion is None:
@@ -724,8 +738,9 @@ def run_compare(model_a, model_b, x, named, prep, *, layers=(), match=None, pair
     run_b = _layer_function(model_b, plan_b, Storage())
     comparison = comparing.Comparison(matched, source.rows, criterion)
     with contextlib.ExitStack() as stack:
-        writers = [_compare_writer(stack, path, model, plan, prep, source.rows, overwrite)
-                   for path, model, plan in ((save_a, model_a, plan_a), (save_b, model_b, plan_b))]
+        writers = [_compare_writer(stack, path, option, model, plan, prep, source.rows, overwrite)
+                   for path, option, model, plan in ((save_a, "--save-a", model_a, plan_a),
+                                                     (save_b, "--save-b", model_b, plan_b))]
         advance = stack.enter_context(progress(source.rows)) if progress is not None else None
         for batch in source.batches(batch_size):
             values_a = run_a(batch.arrays, None)
@@ -758,14 +773,15 @@ def run_compare(model_a, model_b, x, named, prep, *, layers=(), match=None, pair
     }
 
 
-def _compare_writer(stack, path, model, plan, prep, rows, overwrite):
+def _compare_writer(stack, path, option, model, plan, prep, rows, overwrite):
     from tensorprobe import store
 
     if path is None:
         return None
     attrs = {**_root_attrs(model.loaded, prep), "total_rows": rows, "training": False, "reduce": "none",
              "dtype": "as computed", "compression": "none"}
-    return stack.enter_context(store.DumpWriter(os.fspath(path), plan.specs, attrs, overwrite, rows=rows))
+    return stack.enter_context(store.DumpWriter(os.fspath(path), plan.specs, attrs, overwrite, rows=rows,
+                                                option=option))
 
 
 # ---- reading and comparing dumps -----------------------------------------------------------

@@ -719,14 +719,14 @@ def compare(ctx, model_a, model_b, inputs, layer_names, match, pairs, rtol, atol
         from tensorprobe.plot import figures
 
         plot.picture_format(picture, "--plot")
-        store.check_output(picture, overwrite)
+        store.check_output(picture, overwrite, "--plot")
         figures.matplotlib_figure()
     if node_data is not None:
         from tensorprobe import store
 
         if not node_data.lower().endswith(".json"):
             raise errors.UsageError(f"--node-data '{node_data}': name it .json (Model Explorer's node data)")
-        store.check_output(node_data, overwrite)
+        store.check_output(node_data, overwrite, "--node-data")
     runner_limits()
     signal.signal(signal.SIGTERM, _terminate)
     progress = None if quiet or not err.is_terminal else api.progress_bar(err)
@@ -746,7 +746,7 @@ def compare(ctx, model_a, model_b, inputs, layer_names, match, pairs, rtol, atol
 
         from tensorprobe import store
 
-        with store.atomic_output(node_data, overwrite) as tmp:
+        with store.atomic_output(node_data, overwrite, "--node-data") as tmp:
             tmp.write_text(json.dumps(modelcompare.node_data(result), indent=2))
     if as_json:
         out.print(report.compare_json(result), markup=False, highlight=False)

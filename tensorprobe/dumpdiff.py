@@ -10,6 +10,8 @@ The rules, documented in the README (`tensorprobe diff`):
     counted as `nonfinite_mismatches`, and the first of them is the worst element;
   - otherwise the worst element is the largest |a - b| (the first one on ties); the relative
     error is |a - b| / |b| over the finite pairs where b != 0;
+  - strings (a string input layer, a StringLookup's tokens) match when equal byte for byte;
+    their rows give counts only (outside_tolerance: the unequal ones), no error;
   - a dataset differs when its shape or dtype differs, or when any element does not match;
   - datasets in one file only are listed, and make the files differ;
   - /inputs/source (where each row came from) is compared and reported, never a failure.
@@ -90,6 +92,51 @@ class RunningDiff:
         }
 
 
+class StringDiff:
+    """RunningDiff's counterpart for string datasets: an element matches when both strings
+    are equal (byte for byte); the worst element is the first unequal one; there is no
+    error to measure (max_abs_error and max_rel_error are None)."""
+
+    def __init__(self, shape, rtol=None, atol=None):
+        self.shape = tuple(shape)
+        self.size = 0
+        self.unequal = 0
+        self.worst = None  # (flat index, a, b)
+
+    def update(self, a, b, start_row=0, offset=None):
+        if offset is None:
+            offset = start_row * int(np.prod(self.shape[1:], dtype=np.int64)) if self.shape else 0
+        a, b = np.asarray(a, dtype=object).ravel(), np.asarray(b, dtype=object).ravel()
+        self.size += a.size
+        unequal = np.flatnonzero([x != y for x, y in zip(_bytes(a), _bytes(b))])
+        if unequal.size and self.worst is None:
+            i = int(unequal[0])
+            self.worst = (offset + i, a[i], b[i])
+        self.unequal += int(unequal.size)
+
+    def result(self):
+        worst = None
+        if self.worst is not None:
+            flat, a, b = self.worst
+            index = np.unravel_index(flat, self.shape) if self.shape else ()
+            worst = {"sample": int(index[0]) if index else None, "position": [int(i) for i in index[1:]],
+                     "a": _value(a), "b": _value(b)}
+        return {
+            "max_abs_error": None,
+            "max_rel_error": None,
+            "outside_tolerance": self.unequal,
+            "outside_fraction": self.unequal / self.size if self.size else 0.0,
+            "nonfinite_mismatches": 0,
+            "worst": worst,
+        }
+
+
+def _bytes(values):
+    """Strings as UTF-8 bytes (h5py reads a variable-length string as bytes, a str when one
+    was written so)."""
+    return [v if isinstance(v, bytes) else str(v).encode("utf-8", "surrogateescape") for v in values]
+
+
 def diff_dumps(path_a, path_b, rtol=1e-5, atol=1e-8, only=None, allow_incomplete=False):
     """Compare two dumps; a plain dict for report.diff_table / diff_json."""
     pattern = regex(only, "--only")
@@ -163,9 +210,13 @@ def _compare(name, ra, rb, fa, fb, path_a, path_b, rtol, atol):
     with store.reading(path_b):
         ds_b = fb[rb["group"]][rb["path"]]
     for ds, path in ((ds_a, path_a), (ds_b, path_b)):
-        if ds.dtype.kind not in "biuf":  # never written by tensorprobe
-            raise DumpReadError(f"'{path}': dataset '{ds.name}' has dtype {ds.dtype}; diff compares numbers only")
-    running = RunningDiff(ds_a.shape, rtol, atol)
+        if ds.dtype.kind not in "biuf" and not store.is_string(ds.dtype):  # never written by tensorprobe
+            raise DumpReadError(f"'{path}': dataset '{ds.name}' has dtype {ds.dtype}; diff compares numbers "
+                                "and strings only")
+    if store.is_string(ds_a.dtype) != store.is_string(ds_b.dtype):
+        row["status"] = "dtype"  # strings against numbers: no value to compare
+        return row
+    running = (StringDiff if store.is_string(ds_a.dtype) else RunningDiff)(ds_a.shape, rtol, atol)
     for key, offset in store.element_blocks(ds_a, BLOCK_BYTES // 8):
         with store.reading(path_a):
             a = ds_a[key]

@@ -192,14 +192,15 @@ def _write(f, shards, output, copy):
         for key, value in attrs.items():
             if key not in STAT_ATTRS:
                 ds.attrs[key] = value
-        stats = RunningStats()
-        for s, _ in filled:
-            try:
-                part = RunningStats.from_attrs(s.datasets[path][2], s.rows, shape[1:])
-            except (KeyError, ValueError) as e:  # a statistic missing or of the wrong size
-                raise MergeError(f"'{s.path}': the statistics of {path} cannot be merged ({e})") from e
-            stats.merge(part)
-        store.write_stats(ds, stats)
+        if not store.is_string(dtype):  # strings have no statistics
+            stats = RunningStats()
+            for s, _ in filled:
+                try:
+                    part = RunningStats.from_attrs(s.datasets[path][2], s.rows, shape[1:])
+                except (KeyError, ValueError) as e:  # a statistic missing or of the wrong size
+                    raise MergeError(f"'{s.path}': the statistics of {path} cannot be merged ({e})") from e
+                stats.merge(part)
+            store.write_stats(ds, stats)
         ds.flush()
     for s in shards:
         if copy and digests[s.path].hexdigest(_datasets(s)) != s.digest:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tensorprobe.dumpdiff import RunningDiff
+from tensorprobe.dumpdiff import RunningDiff, StringDiff
 from tensorprobe.errors import UsageError
 
 CONTAINER = "/__output__"
@@ -219,6 +219,22 @@ class Agreement(RunningDiff):
         return record
 
 
+class StringAgreement(StringDiff):
+    """Agreement's counterpart for string values (a StringLookup's tokens): equal or not, by
+    `diff`'s rule; no error, cosine or SNR, and the pair agrees only when every string is
+    equal, whatever the criterion."""
+
+    def update(self, a, b, start_row):
+        super().update(a, b, start_row)
+
+    def result(self):
+        return {**super().result(), "mean_abs_error": None, "cosine": None, "snr_db": None, "max_abs_b": None}
+
+
+def _is_string(array):
+    return array.dtype.kind in "OSU"
+
+
 def eligible(graph):
     """{path: entry} of the layers that have an output (input layers aside), in model order."""
     return {p: e for p, e in graph.entries.items() if e.calls and e.class_name != "InputLayer"}
@@ -354,10 +370,16 @@ class Comparison:
                 self.shapes[k] = (list(values_a[i].shape[1:]), list(values_b[j].shape[1:]))
                 continue
             if self.agreements[k] is None:
-                self.agreements[k] = Agreement((self.rows, *b.shape[1:]), self.rtol, self.atol)
+                kind = StringAgreement if _is_string(a) or _is_string(b) else Agreement
+                self.agreements[k] = kind((self.rows, *b.shape[1:]), self.rtol, self.atol)
                 self.layouts[k] = layout
             self.agreements[k].update(a, b, self.start)
         self.start += n or 0
+
+    def _passes(self, agreement, result):
+        if isinstance(agreement, StringAgreement):
+            return result["outside_tolerance"] == 0
+        return self.criterion.passes(result)
 
     def pairs(self):
         records = []
@@ -377,7 +399,7 @@ class Comparison:
                     "nonfinite_mismatches": result["nonfinite_mismatches"],
                     "worst_sample": worst["sample"] if worst else None,
                     "worst_position": worst["position"] if worst else None,
-                    "status": "ok" if self.criterion.passes(result) else "differ",
+                    "status": "ok" if self._passes(self.agreements[k], result) else "differ",
                 })
                 if self.layouts[k] is not None:
                     record["layout"] = self.layouts[k]

@@ -295,7 +295,8 @@ def estimate_bytes(graph, plan, storage, rows, batch_rows):
     """The bytes the datasets will take in the file for `rows` samples written `batch_rows` at
     a time (store.datasets_bytes: whole chunks, their index and attributes; /inputs and the
     file's own metadata are store.dump_bytes'), from the symbolic shapes; None when a sample
-    shape is not known before running."""
+    shape is not known before running, or a value is a string (its length is not: the writer
+    checks the size once the first batch gives it)."""
     import numpy as np
 
     from tensorprobe import store
@@ -307,6 +308,8 @@ def estimate_bytes(graph, plan, storage, rows, batch_rows):
         if storage.reduce is not None and len(shape) >= 2:
             shape = shape[-1:]
         if any(d is None for d in shape):
+            return None
+        if dtype_name(tensor.dtype) == "string":
             return None
         dtype = np.dtype(dtype_name(tensor.dtype))
         if storage.dtype is not None and dtype.kind == "f":

@@ -437,7 +437,8 @@ def diff_footer(result):
         elif d["status"] == "dtype":
             why = f"dtype {d['dtype_a']} in A, {d['dtype_b']} in B"
         else:
-            why = f"{_percent(d['outside_fraction'])} of values outside tolerance"
+            unequal = "unequal" if d["dtype_a"] == "string" else "outside tolerance"  # strings: no tolerance
+            why = f"{_percent(d['outside_fraction'])} of values {unequal}"
         if d.get("worst"):
             w = d["worst"]
             why += f"; worst at {_location(w)}: {_number(w['a'])} in A, {_number(w['b'])} in B"
@@ -498,6 +499,8 @@ def _finite_or_none(value):
 def _number(value):
     if value is None:
         return ""
+    if isinstance(value, str):  # a string dataset's value (diff's worst element)
+        return repr(printable(value))
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return f"{value:.4g}"

@@ -54,21 +54,22 @@ def hdf5_damaged():
     return _damaged
 
 
-def check_room(output, needed_bytes, max_bytes=None):
-    """Refuse a dump that cannot fit: more than --max-bytes, or than the free space."""
+def check_room(output, needed_bytes, max_bytes=None, option="--output"):
+    """Refuse a dump that cannot fit: more than --max-bytes, or than the free space. `option`:
+    the option (or API argument) that names `output`, in messages."""
     if max_bytes is not None and needed_bytes > max_bytes:
         raise UsageError(
-            f"--output '{output}': the dump needs about {mib(needed_bytes)}, more than --max-bytes {mib(max_bytes)}"
+            f"{option} '{output}': the dump needs about {mib(needed_bytes)}, more than --max-bytes {mib(max_bytes)}"
         )
-    free = free_bytes(output)
+    free = free_bytes(output, option)
     if needed_bytes + SPACE_MARGIN > free:
         raise WriteError(
-            f"--output '{output}': the dump needs about {mib(needed_bytes)} but only {mib(free)} are free"
+            f"{option} '{output}': the dump needs about {mib(needed_bytes)} but only {mib(free)} are free"
         )
     return free
 
 
-def free_bytes(output):
+def free_bytes(output, option="--output"):
     """The free space in `output`'s folder; a folder that is gone (removed while a dump runs)
     or cannot be asked is a WriteError naming it."""
     folder = Path(output).parent
@@ -77,7 +78,7 @@ def free_bytes(output):
     except OSError as e:
         gone = isinstance(e, FileNotFoundError)
         why = "no longer exists (removed while the dump ran?)" if gone else f"cannot be read ({e.strerror or e})"
-        raise WriteError(f"--output '{output}': its folder '{folder}' {why}") from e
+        raise WriteError(f"{option} '{output}': its folder '{folder}' {why}") from e
 
 
 def mib(n):
@@ -148,20 +149,21 @@ def check_hdf5_name(path, option="--output"):
                          f"({suffix}); name it .h5 or .hdf5")
 
 
-def check_output(path, overwrite):
+def check_output(path, overwrite, option="--output"):
     """Fail early, before any work, when `path` cannot be the output of a dump. A symbolic
     link counts as an existing output, dangling or not: --overwrite replaces the link itself
-    (never the file it points to)."""
+    (never the file it points to). `option`: the option (or API argument) that names `path`
+    (--output, --save-a, --plot, ...), in messages."""
     path = Path(path)
     if path.is_dir():
-        raise UsageError(f"--output '{path}' is a folder; give a file name")
+        raise UsageError(f"{option} '{path}' is a folder; give a file name")
     if os.path.lexists(path) and not overwrite:
-        raise OutputExistsError(f"--output '{path}' {_existing(path)}; pass --overwrite to replace it")
+        raise OutputExistsError(f"{option} '{path}' {_existing(path)}; pass --overwrite to replace it")
     parent = path.parent
     if not parent.is_dir():
-        raise UsageError(f"--output '{path}': folder '{parent}' does not exist")
+        raise UsageError(f"{option} '{path}': folder '{parent}' does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"--output '{path}': folder '{parent}' is not writable")
+        raise UsageError(f"{option} '{path}': folder '{parent}' is not writable")
 
 
 def _existing(path):
@@ -260,13 +262,13 @@ def stop_if_requested():
         raise _stop()
 
 
-def move_into_place(tmp, output, overwrite):
+def move_into_place(tmp, output, overwrite, option="--output"):
     """Rename the finished `tmp` to `output` (atomic within a folder): the moment a run has
     succeeded, which `completed(output)` tells afterwards, even after an interrupt that came
     just then. Refuses an output that appeared meanwhile unless `overwrite`, and raises the
     interrupt instead when one was requested: `output` then stays as it was."""
     if os.path.lexists(output) and not overwrite:
-        raise OutputExistsError(f"--output '{output}' {_existing(Path(output))}; pass --overwrite to replace it")
+        raise OutputExistsError(f"{option} '{output}' {_existing(Path(output))}; pass --overwrite to replace it")
     _commits[os.path.abspath(output)] = _identity(tmp)
     stop_if_requested()
     os.replace(tmp, output)
@@ -288,19 +290,19 @@ def _identity(path):
 
 
 @contextlib.contextmanager
-def atomic_output(output, overwrite):
+def atomic_output(output, overwrite, option="--output"):
     """Yield a temporary path to write the whole output to; on success move it to `output`,
     on any failure (or Ctrl-C) before that delete it, so `output` is never half-written and a
     file that was there survives a failure. An OSError inside the block is reported as a
     failed write of `output`, so the block should only write. For outputs written in one go
     (pictures, merged dumps); DumpWriter does the same for dumps written batch by batch."""
-    check_output(output, overwrite)
+    check_output(output, overwrite, option)
     tmp = partial_path(output)
     try:
         yield tmp
-        move_into_place(tmp, output, overwrite)
+        move_into_place(tmp, output, overwrite, option)
     except OSError as e:
-        raise WriteError(f"--output '{output}': write failed: {_write_reason(e)}") from e
+        raise WriteError(f"{option} '{output}': write failed: {_write_reason(e)}") from e
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -314,6 +316,43 @@ class DatasetSpec:
     layer_class: str
     extra: dict  # further attributes (call, output, target)
     group: str = "activations"  # or "gradients"
+
+
+STRING = h5py.string_dtype("utf-8")  # how string values are stored: variable-length UTF-8
+VLEN_BYTES = 16  # what one variable-length string takes in its dataset's chunks (its heap reference)
+
+
+def is_string(dtype):
+    """Whether a dataset's or array's dtype holds strings (a variable-length HDF5 string, or
+    NumPy's bytes, str and object arrays, as TensorFlow's string tensors give them)."""
+    return h5py.check_string_dtype(dtype) is not None or np.dtype(dtype).kind in "OSU"
+
+
+def stored_strings(array, spec):
+    """`array` as the writer stores it: unchanged unless it holds strings, then an object
+    array of bytes and str (HDF5 variable-length UTF-8 strings; TensorFlow's bytes are
+    stored as they are). An object array of anything else (a ragged value's rows) has no
+    HDF5 form: a TensorprobeError naming the layer, never a value stored as something else."""
+    if array.dtype.kind not in "OSU":
+        return array
+    if array.dtype.kind in "SU":
+        return array.astype(object)
+    odd = next((v for v in array.reshape(-1) if not isinstance(v, (bytes, str))), None)
+    if odd is not None:
+        raise TensorprobeError(f"layer '{spec.layer}' returned values of type {type(odd).__name__} "
+                               "(a ragged or nested value), which have no fixed shape to store")
+    return array
+
+
+def _row_bytes(array):
+    """What one row of `array` takes in a dataset: its bytes, or for strings their references
+    plus the mean UTF-8 length of a row."""
+    if not is_string(array.dtype):
+        return array[:1].nbytes
+    elements = int(np.prod(array.shape[1:], dtype=np.int64))
+    text = sum(len(v if isinstance(v, bytes) else str(v).encode("utf-8", "surrogateescape"))
+               for v in array.reshape(-1))
+    return elements * VLEN_BYTES + -(-text // max(1, len(array)))
 
 
 def dataset_name(group, path):
@@ -370,8 +409,9 @@ class DumpWriter:
     free space, so a limit holds whatever the model's shapes."""
 
     def __init__(self, output, specs, attrs, overwrite=False, compression=(None, None), *, rows,
-                 max_bytes=None, source_bytes=0, batch_rows=None):
+                 max_bytes=None, source_bytes=0, batch_rows=None, option="--output"):
         self.output = Path(output)
+        self.option = option  # what names the output in messages: --output, --save-a, --save-b
         self.specs = specs
         self.overwrite = overwrite
         self.compression = compression  # (h5py filter name or None, its options)
@@ -379,7 +419,7 @@ class DumpWriter:
         self.max_bytes = max_bytes
         self.source_bytes = source_bytes
         self.batch_rows = batch_rows
-        check_output(self.output, overwrite)
+        check_output(self.output, overwrite, option)
         self.tmp = partial_path(self.output)
         self.rows = 0
         self.skipped_rows = 0
@@ -417,10 +457,10 @@ class DumpWriter:
         if start == 0:
             self._check_size(n, arrays)
         needed = sum(a.nbytes for a in arrays) + SPACE_MARGIN
-        free = free_bytes(self.output)
+        free = free_bytes(self.output, self.option)
         if free < needed:  # fail before HDF5 does: a failed HDF5 write cannot be cleaned up
             raise WriteError(
-                f"--output '{self.output}': no space left on the device ({mib(free)} free, "
+                f"{self.option} '{self.output}': no space left on the device ({mib(free)} free, "
                 f"the next batch needs {mib(needed)})"
             )
         try:
@@ -432,22 +472,25 @@ class DumpWriter:
                     raise TensorprobeError(
                         f"layer '{spec.layer}' returned {array.shape[0]} rows for a batch of {n}"
                     )
+                array = stored_strings(array, spec)
                 ds = self.datasets[i] or self._create(i, array)
                 ds.resize((stop,) + ds.shape[1:])
                 ds[start:stop] = array
                 self.digest.rows(ds.name, array, ds.dtype)
-                self.stats[i].update(array)
+                if not is_string(ds.dtype):  # strings have no statistics
+                    self.stats[i].update(array)
         except (OSError, RuntimeError) as e:  # h5py reports failed writes as either
-            raise WriteError(f"--output '{self.output}': write failed: {_write_reason(e)}") from e
+            raise WriteError(f"{self.option} '{self.output}': write failed: {_write_reason(e)}") from e
         self.rows = stop
 
     def _check_size(self, n, arrays):
         """The whole dump's size, now that the first batch gives every dataset's shape, against
         --max-bytes and the free space: the check before the work covers only what the
-        model's symbolic shapes tell."""
-        datasets = [(a[:1].nbytes if n else 0, a.shape[-1] if a.ndim >= 2 else 0) for a in arrays]
+        model's symbolic shapes tell (and nothing of a string's length). A string dataset's
+        row counts its references (16 bytes each) and the first batch's mean UTF-8 length."""
+        datasets = [(_row_bytes(a) if n else 0, a.shape[-1] if a.ndim >= 2 else 0) for a in arrays]
         needed = dump_bytes(datasets, self.expected_rows, self.batch_rows or n, self.source_bytes)
-        check_room(self.output, needed, self.max_bytes)
+        check_room(self.output, needed, self.max_bytes, self.option)
 
     def skip(self, entries, rows):
         """Record inputs passed over as bad (--skip-bad): /inputs/skipped gets one row
@@ -464,18 +507,19 @@ class DumpWriter:
             ds[start:] = [list(entry) for entry in entries]
             ds.attrs["rows"] = self.skipped_rows + rows
         except (OSError, RuntimeError) as e:
-            raise WriteError(f"--output '{self.output}': write failed: {_write_reason(e)}") from e
+            raise WriteError(f"{self.option} '{self.output}': write failed: {_write_reason(e)}") from e
         self.digest.strings(f"/{INPUTS}/skipped", [text for entry in entries for text in entry])
         self.skipped_rows += rows
 
     def _create(self, i, array):
         spec = self.specs[i]
         sample_shape = array.shape[1:]
-        row_bytes = max(1, int(np.prod(sample_shape, dtype=np.int64)) * array.dtype.itemsize)
+        strings = is_string(array.dtype)
+        row_bytes = max(1, int(np.prod(sample_shape, dtype=np.int64)) * (VLEN_BYTES if strings else array.dtype.itemsize))
         rows_per_chunk = chunk_rows(row_bytes, array.shape[0])
         ds = self.file.require_group(spec.group).create_dataset(
             spec.name, shape=(0,) + sample_shape, maxshape=(None,) + sample_shape,
-            chunks=(rows_per_chunk,) + sample_shape, dtype=array.dtype,
+            chunks=(rows_per_chunk,) + sample_shape, dtype=STRING if strings else array.dtype,
             compression=self.compression[0], compression_opts=self.compression[1],
         )
         ds.attrs["layer"] = spec.layer
@@ -494,16 +538,16 @@ class DumpWriter:
         try:
             self._check_rows()
             for ds, stats in zip(self.datasets, self.stats):
-                if ds is not None:
+                if ds is not None and not is_string(ds.dtype):
                     write_stats(ds, stats)
             self.file.attrs["samples"] = self.rows
             self.file.attrs[DIGEST] = self.digest.hexdigest(content_datasets(self.file))
             self.file.attrs["complete"] = True
             self.file.close()
-            move_into_place(self.tmp, self.output, self.overwrite)
+            move_into_place(self.tmp, self.output, self.overwrite, self.option)
         except (OSError, RuntimeError) as e:
             self.abort()
-            raise WriteError(f"--output '{self.output}': write failed: {_write_reason(e)}") from e
+            raise WriteError(f"{self.option} '{self.output}': write failed: {_write_reason(e)}") from e
         except BaseException:
             self.abort()
             raise
@@ -520,7 +564,7 @@ class DumpWriter:
             name, n = wrong[0]
             skipped = f", {self.skipped_rows} skipped as bad" if self.skipped_rows else ""
             raise WriteError(
-                f"--output '{self.output}': {name} holds {n} rows, expected {expected} "
+                f"{self.option} '{self.output}': {name} holds {n} rows, expected {expected} "
                 f"({self.expected_rows} input rows{skipped}); the dump is not kept"
             )
 
@@ -996,7 +1040,7 @@ def _dataset_record(group, name, ds, all_attributes=True):
         "order": attrs.pop("order", None),
         "sample_shape": list(ds.shape[1:]),
         "samples": ds.shape[0] if ds.ndim else 1,
-        "dtype": str(ds.dtype),
+        "dtype": "string" if h5py.check_string_dtype(ds.dtype) is not None else str(ds.dtype),
         "mib": ds.size * ds.dtype.itemsize / (1 << 20),
     }
     if all_attributes:

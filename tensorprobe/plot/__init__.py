@@ -264,5 +264,5 @@ def compare_picture(result, output, overwrite, dpi=100):
 
     fmt = picture_format(output, "--plot")
     fig = figures.errors_by_layer(result, dpi)
-    with store.atomic_output(output, overwrite) as tmp:
+    with store.atomic_output(output, overwrite, "--plot") as tmp:
         figures.save(fig, tmp, fmt)

@@ -126,7 +126,26 @@ class Graph:
         values = [inputs[j] if key is None else walker.values.get((key, j)) for key, j in origins]
         if any(v is None for v in values):
             raise RuntimeError("a layer recorded at run time was called fewer times than when traced")
-        return values
+        return [self._dense_value(v, origin) for v, origin in zip(values, origins)]
+
+    def _dense_value(self, value, origin):
+        """`value` as an array holds it. A tf.SparseTensor (a StringLookup with sparse=True
+        returns one, though Keras' symbolic output says dense) becomes its dense tensor, zeros
+        where it has no entry, as the layers that read it take it: no value is invented. A
+        tf.RaggedTensor that the symbolic walk did not see (see `_dense`) cannot be stored."""
+        import tensorflow as tf
+
+        if isinstance(value, tf.SparseTensor):
+            return tf.sparse.to_dense(value)
+        if isinstance(value, tf.RaggedTensor):
+            from tensorprobe.errors import UsageError
+
+            path = next((p for p, e in self.entries.items() if any(o == origin for c in e.calls for _, o in c)),
+                        "?")
+            raise UsageError(f"layer '{path}' returns a tf.RaggedTensor (its symbolic output says dense), "
+                             "which has no array of one shape to store; leave it out and dump the layer that "
+                             "makes it dense")
+        return value
 
 
 def unroll(model, keras):
@@ -300,7 +319,8 @@ class _Walker:
                 if outputs is None:
                     continue  # not needed
             entry = self.entries.get(path)
-            if self.symbolic and entry is not None and all(o is not None for o in outputs):
+            if self.symbolic and entry is not None and all(o is not None for o in outputs) \
+                    and _dense(entry, outputs):
                 entry.calls.append(outputs)
                 entry.output_names = names
             for t, v in zip(node_outputs, outputs):
@@ -309,7 +329,7 @@ class _Walker:
         if self.symbolic:
             for t, v in zip(container_inputs, inputs):  # an input layer's output: what reaches it
                 entry = self._input_layer_entry(prefix, t)
-                if entry is not None:
+                if entry is not None and _dense(entry, [v]):
                     entry.calls.append([v])
         return [values.get(id(t)) for t in container_outputs]
 
@@ -443,7 +463,7 @@ class _Walker:
             for x, origin in outputs:
                 self.values[origin] = x
                 self._watch(x, origin)
-            if self.symbolic:
+            if self.symbolic and _dense(entry, outputs):
                 entry.calls.append(outputs)
                 entry.output_names = sorted(result) if isinstance(result, dict) else None
             return result
@@ -462,6 +482,30 @@ class _Walker:
 
             return tf.nest.flatten(outputs)
         return self.keras.tree.flatten(outputs)
+
+
+def _dense(entry, outputs):
+    """Whether no output of a call of `entry` is ragged. A tf.RaggedTensor (the StringLookup
+    inside TextVectorization maps the tokens of each string) has no array of one shape to
+    store, and padding it would invent values: the layer gets no output (`no_output` says
+    why; --all and --match pass over it, --layer names the reason). A sparse value is stored
+    dense (Graph._dense_value)."""
+    if not any(_ragged(x) for x, _ in outputs):
+        return True
+    where = (f"dump '{entry.parent}', which makes it dense, instead" if entry.reach == "runtime"
+             and entry.parent is not None else "dump the layer that makes it dense instead")
+    entry.no_output = f"its value is a tf.RaggedTensor, which has no array of one shape to store; {where}"
+    entry.calls.clear()
+    return False
+
+
+def _ragged(value):
+    """Whether `value` is a tf.RaggedTensor, or a Keras 3 or tf_keras symbolic tensor standing
+    for one."""
+    import tensorflow as tf
+
+    return isinstance(value, tf.RaggedTensor) or isinstance(getattr(value, "type_spec", None), tf.RaggedTensorSpec) \
+        or getattr(value, "ragged", False) is True
 
 
 def _calls_under(entry, node_key):
