@@ -226,3 +226,23 @@ def test_tflite_with_select_tf_ops_is_refused_and_writes_nothing(cli, made, tmp_
         assert error_line(result) == (f"error: {path}: holds Select TensorFlow (Flex) ops, which tensorprobe's "
                                       f"TFLite interpreter does not run: {flex}")
     assert not marker.exists()
+
+
+def test_op_layer_on_a_keras_tensor_is_only_built_while_loading(cli, made, tmp_path):
+    """With a Keras tensor among its inputs, tf_keras builds the op layer's ops in a scratch
+    graph while loading, and runs nothing: io.write_file on the model's own string tensor
+    passes the config check, and even with --unsafe loading writes no file (it fails on the
+    op's result, which is no tensor)."""
+    marker = tmp_path / "written_while_building.txt"
+
+    def edit(layers):
+        at = next(i for i, layer in enumerate(layers) if layer["name"] == "tf.__operators__.getitem") + 1
+        layers.insert(at, op_layer("w", "io.write_file", ["_CONSTANT_VALUE", -1, str(marker),
+                                                          {"contents": ["tf.__operators__.getitem", 0, 0]}]))
+
+    path = crafted(made["listing.h5"], tmp_path / "build.h5", edit)
+    for unsafe in ((), ("--unsafe",)):
+        result = cli("layers", path, *unsafe)
+        assert result.exit_code == 1
+        assert error_line(result).startswith(f"error: {path}: cannot load this Keras 2 model: ")
+        assert not marker.exists()
