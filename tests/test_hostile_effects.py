@@ -35,7 +35,9 @@ L = keras.layers
 
 x = keras.Input((4,), name="x")
 h = L.Dense(3, name="d")(x)
-keras.Model(x, L.Dense(2, name="head")(tf.nn.relu(h)), name="tfop").save(os.path.join(folder, "base.h5"))
+base = keras.Model(x, L.Dense(2, name="head")(tf.nn.relu(h)), name="tfop")
+base.save(os.path.join(folder, "base.h5"))
+base.save(os.path.join(folder, "base_savedmodel"), save_format="tf")
 
 printed = tf.compat.v1.Print(h, [h], "printed by the model")
 keras.Model(x, L.Dense(2, name="head")(printed), name="prints").save(os.path.join(folder, "print.h5"))
@@ -92,6 +94,31 @@ def test_op_layer_on_stored_constants_is_refused_and_writes_nothing(cli, made, t
     result = cli("layers", path, "--unsafe")
     assert result.exit_code == 1
     assert error_line(result).startswith(f"error: {path}: cannot load this Keras 2 model: ")
+    assert marker.read_text() == "loaded"
+
+
+def test_keras2_savedmodel_op_layer_on_stored_constants_is_refused(cli, made, tmp_path):
+    """The same layer in a Keras 2 SavedModel's keras_metadata.pb, which tf_keras rebuilds the
+    model from."""
+    from tf_keras.protobuf import saved_metadata_pb2
+
+    marker = tmp_path / "written_at_load.txt"
+    folder = tmp_path / "load_savedmodel"
+    shutil.copytree(made["base_savedmodel"], folder)
+    meta = saved_metadata_pb2.SavedMetadata()
+    meta.ParseFromString((folder / "keras_metadata.pb").read_bytes())
+    (model,) = [n for n in meta.nodes if n.node_path == "root"]
+    config = json.loads(model.metadata)
+    config["config"]["layers"].insert(2, op_layer(
+        "w", "io.write_file", ["_CONSTANT_VALUE", -1, str(marker), {"contents": "loaded"}]))
+    model.metadata = json.dumps(config)
+    (folder / "keras_metadata.pb").write_bytes(meta.SerializeToString())
+    result = cli("layers", folder)
+    assert result.exit_code == 1
+    assert error_line(result) == (f"error: {folder}: layers that call TensorFlow functions while loading: 'w' "
+                                  f"(TFOpLambda io.write_file called on stored constants alone){REFUSAL}")
+    assert not marker.exists()
+    cli("layers", folder, "--unsafe")  # what it would have done
     assert marker.read_text() == "loaded"
 
 
