@@ -188,6 +188,10 @@ def test_op_that_lists_files_runs_only_with_unsafe(cli, made, tmp_path):
     assert error_line(result) == (f"error: {path}: the graph holds ops that act outside the computation: "
                                   f"MatchingFiles (node tf.io.matching_files/MatchingFiles){REFUSAL}")
     assert not out.exists()
+    result = cli("dump", "-m", path, made["x.npy"], "--layer", "d", "--gradients", "--target", "sum", "-o", out)
+    assert result.exit_code == 1  # the gradients' function is checked too
+    assert "MatchingFiles (node tf.io.matching_files/MatchingFiles)" in error_line(result)
+    assert not out.exists()
     result = cli("dump", "-m", path, made["x.npy"], *layers, "-o", out, "--unsafe")
     assert result.exit_code == 0, result.stderr
     with h5py.File(out) as f:  # d plus the number of files it found: 3
