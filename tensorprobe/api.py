@@ -163,7 +163,9 @@ def open_model(model, custom_objects=(), unsafe=False, signature=None, layers=Tr
         objects = load_custom_objects(custom_objects)
         return Model(load_model(path, signature=signature, keras_model=layers, unsafe=unsafe,
                                 custom_objects=objects, raw_quantized=raw_quantized))
-    return Model(_in_memory(model))
+    loaded = _in_memory(model)
+    loaded.unsafe = True  # the caller's own objects, whose code has run already: no file to distrust
+    return Model(loaded)
 
 
 def _in_memory(model):
@@ -279,7 +281,7 @@ def _extraction(model, selection, storage, feed):
                 labels = labels[slice(*feed.row_range)]
             label_shape = labels.shape[1:] if labels is not None else None
             extract = probe.extraction_function(graph, plan, target, target_origin, label_shape,
-                                                selection.training, storage, selection.jit)
+                                                selection.training, storage, selection.jit, _check(model))
         if keras_graph:
             estimate = lambda rows, batch_rows, plan=plan: probe.estimate_bytes(graph, plan, storage, rows,  # noqa: E731
                                                                                  batch_rows)
@@ -295,7 +297,16 @@ def _layer_function(model, plan, storage, training=False, jit=False):
 
     if model.loaded.model is None:
         return model.graph.extraction_function(plan)
-    return probe.extraction_function(model.graph, plan, training=training, storage=storage, jit=jit)
+    return probe.extraction_function(model.graph, plan, training=training, storage=storage, jit=jit,
+                                     check=_check(model))
+
+
+def _check(model):
+    """What refuses a Keras model's traced graph before it runs, unless it was opened with
+    --unsafe: tf_keras' op layers call TensorFlow ops by name (backends/tfgraph/effects.py)."""
+    from tensorprobe.backends.tfgraph import effects
+
+    return effects.checker(model.path, model.loaded.unsafe)
 
 
 def _labels(labels, rows):

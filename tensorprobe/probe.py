@@ -183,7 +183,7 @@ def parse_compression(text):
 
 
 def extraction_function(graph, plan, target=None, target_origin=None, label_shape=None,
-                        training=False, storage=None, jit=False):
+                        training=False, storage=None, jit=False, check=None):
     """A compiled function: (list of input batches[, labels]) -> list of arrays, one per
     plan spec.
 
@@ -196,6 +196,8 @@ def extraction_function(graph, plan, target=None, target_origin=None, label_shap
     other axis the model leaves open (a sequence's length) is traced at each batch's own
     size, as Keras' eager call sees it, since layers may branch on static shapes: Keras'
     TimeDistributed over an open time axis maps over the batch size instead (Keras 3.15).
+    `check`, if given, is called with each traced concrete function before it first runs
+    (effects.checker: refuse ops that act outside the computation).
     """
     import tensorflow as tf
 
@@ -239,8 +241,10 @@ def extraction_function(graph, plan, target=None, target_origin=None, label_shap
         ] + extra_specs
         key = (tuple(spec.shape for spec in signature), xla)
         if key not in functions:
-            functions[key] = tf.function(extract, input_signature=signature, jit_compile=xla or None,
-                                         autograph=False)
+            function = tf.function(extract, input_signature=signature, jit_compile=xla or None, autograph=False)
+            if check is not None:  # traced here, once: the call below reuses this trace
+                check(function.get_concrete_function())
+            functions[key] = function
         run.function = functions[key]
         return run.function
 

@@ -16,6 +16,12 @@ def load_model(path, signature=None, keras_model=True, raw_quantized=False, **op
     Keras 2 SavedModel with tf_keras when only its graph is needed; `raw_quantized` makes a
     TFLite file's quantized tensors come out as their integers (a usage error for other
     formats). `options` go to the Keras loader."""
+    loaded = _load(path, signature, keras_model, raw_quantized, options)
+    loaded.unsafe = bool(options.get("unsafe", False))  # what runs is checked before it runs
+    return loaded
+
+
+def _load(path, signature, keras_model, raw_quantized, options):
     from tensorprobe.errors import UsageError
 
     fmt = formats.detect_format(path)

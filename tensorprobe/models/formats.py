@@ -197,6 +197,108 @@ def refuse_code(path, config):
         )
 
 
+# tf_keras records a call of a TensorFlow function on Keras tensors in a functional model as
+# an op layer (tf_keras/src/layers/core/tf_op_layer.py): TFOpLambda and SlicingOpLambda store
+# the function's API name (`nn.relu`, `__operators__.getitem`), ClassMethod a class's and a
+# method's, InstanceMethod and InstanceProperty an attribute of the tensor. Loading looks the
+# name up among *all* of TensorFlow's API symbols and calls it on the layer's stored inputs,
+# while loading, with no code stored in the file. Two rules keep that to what tf_keras itself
+# would have written (they refuse nothing tf_keras saves):
+# - every call must take a Keras tensor: tf_keras makes op layers only for a call on one
+#   (KerasOpDispatcher.handle), and a call on stored constants alone runs at once, while
+#   loading (`io.write_file` wrote its file during `tensorprobe layers`);
+# - a TFOpLambda or SlicingOpLambda must name a TensorFlow op, a function with TensorFlow's
+#   dispatch support, which is what tf_keras records: such a function only builds ops,
+#   symbolically while loading, and the ops are checked before they run, in the traced graph
+#   (backends/tfgraph/effects.py, probe.extraction_function). Any other symbol
+#   (`io.gfile.remove`, `load_op_library`, `config.*`) would run Python while loading.
+#   ClassMethod (tf_keras: RaggedTensor's `from_*` constructors) must name such a function too.
+OP_LAYERS = ("TFOpLambda", "SlicingOpLambda", "ClassMethod", "InstanceMethod", "InstanceProperty")
+CONSTANT_INPUT = "_CONSTANT_VALUE"  # tf_keras' mark of a stored constant among a node's inputs
+
+
+def op_layer_calls(config):
+    """[(layer name, class, API symbol or None, method or None, [stored node data])] for every
+    op layer of a tf_keras config, nested models included: the symbol is a TFOpLambda's or
+    SlicingOpLambda's `function`, a ClassMethod's `cls_symbol` (and `method_name`), None for
+    the tensor's own attributes (InstanceMethod, InstanceProperty)."""
+    found = []
+    stack = [config]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            inner = node.get("config")
+            if node.get("class_name") in OP_LAYERS and isinstance(inner, dict):
+                kind = node["class_name"]
+                symbol, method = inner.get("function"), None
+                if kind == "ClassMethod":
+                    symbol, method = inner.get("cls_symbol"), str(inner.get("method_name"))
+                elif kind in ("InstanceMethod", "InstanceProperty"):
+                    symbol = None
+                nodes = node.get("inbound_nodes")
+                found.append((str(inner.get("name", node.get("name", "?"))), kind,
+                              None if symbol is None else str(symbol), method,
+                              nodes if isinstance(nodes, list) else []))
+            stack.extend(reversed(list(node.values())))
+        elif isinstance(node, list):
+            stack.extend(reversed(node))
+    return found
+
+
+def takes_keras_tensor(node_data):
+    """Whether one stored call of a layer takes a Keras tensor, read as tf_keras' process_node
+    reads it: an entry is a list of 3 or 4 items that starts with a string ([layer, node,
+    tensor(, call kwargs)]), a Keras tensor unless it is a stored constant; in an entry's call
+    kwargs, every such list is one."""
+    def entries(data):
+        stack = [data]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, list) and len(item) in (3, 4) and isinstance(item[0], str):
+                yield item
+            elif isinstance(item, (list, tuple)):
+                stack.extend(item)
+            elif isinstance(item, dict):
+                stack.extend(item.values())
+
+    for entry in entries(node_data):
+        if entry[0] != CONSTANT_INPUT:
+            return True
+        if len(entry) == 4 and any(inner[0] != CONSTANT_INPUT for inner in entries(entry[3])):
+            return True
+    return False
+
+
+def refuse_op_layers(path, config):
+    """Raise UnsafeModelError for op layers of a tf_keras config that loading would run as
+    more than building ops on Keras tensors (see OP_LAYERS)."""
+    wrong = []
+    for name, kind, symbol, method, nodes in op_layer_calls(config):
+        what = kind if symbol is None else f"{kind} {symbol}" + (f".{method}" if method else "")
+        if not all(takes_keras_tensor(data) for data in nodes):  # a layer never called: none
+            wrong.append(f"'{name}' ({what} called on stored constants alone)")
+        elif symbol is not None and not _is_tensorflow_op(symbol, method):
+            wrong.append(f"'{name}' ({what}, not a TensorFlow op)")
+    if wrong:
+        shown = ", ".join(wrong[:5]) + (f", ... ({len(wrong)} in all)" if len(wrong) > 5 else "")
+        raise UnsafeModelError(f"{path}: layers that call TensorFlow functions while loading: {shown}; "
+                               "pass --unsafe only if you trust this file")
+
+
+def _is_tensorflow_op(symbol, method=None):
+    """Whether the TensorFlow API name `symbol` (its attribute `method`, for a ClassMethod)
+    is a function with dispatch support (what
+    tf_keras' op layers wrap). TensorFlow internals, as tf_keras uses them: the symbol table
+    tf_keras' TFOpLambda.from_config looks names up in, and the attribute that
+    `tf.__internal__.dispatch.add_dispatch_support` gives every function it wraps."""
+    from tensorflow.python.util import dispatch, tf_export
+
+    function = tf_export.get_symbol_from_name(symbol)
+    if method is not None:  # ClassMethod: looked up as its from_config and call do
+        function = getattr(function, method, None) if function is not None else None
+    return function is not None and hasattr(function, dispatch.FALLBACK_DISPATCH_ATTR)
+
+
 def sha256_of(path):
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -17,6 +17,7 @@ class LoadedModel:
     loader: str  # "keras 3.x.y" or "tf_keras 2.x.y"
     format: str  # "keras" or "h5"
     sha256: str
+    unsafe: bool = False  # --unsafe: what it runs may act outside the computation (effects.py)
 
 
 # Keras 3 imports the module a file names for a class when that module lies in one of these
@@ -45,6 +46,7 @@ def load_model(path, unsafe=False, custom_objects=None):
     if not unsafe:
         # tf_keras' .h5 loader has no safe mode, so the check is ours, for every format alike.
         formats.refuse_code(path, config)
+        formats.refuse_op_layers(path, config)
     sha = formats.sha256_of(path)
 
     import keras

@@ -94,7 +94,9 @@ def load_savedmodel(path, signature=None, unsafe=False, keras_model=True):
     keras2 = (Path(path) / KERAS_METADATA).is_file()
     if keras2 and keras_model and not unsafe:
         # keras_metadata.pb holds the model's config and each layer's again: check them all
-        formats.refuse_code(path, _keras_metadata_configs(path))
+        configs = _keras_metadata_configs(path)
+        formats.refuse_code(path, configs)
+        formats.refuse_op_layers(path, configs)
     sha = directory_sha256(path)
     if not unsafe:
         # before loading: TensorFlow's loader itself runs functions of the file (see _effects)

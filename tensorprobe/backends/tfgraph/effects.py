@@ -20,6 +20,10 @@ the saver's own part of a SavedModel (the nodes its save and restore tensors dep
 the functions only those call), which TensorFlow's loader runs to restore the variables from
 the folder's `variables/` checkpoint and tensorprobe never runs; anywhere else they are file
 I/O like any other.
+
+Keras models are programs too: tf_keras' op layers (TFOpLambda) call TensorFlow functions by
+name, so a Keras model's traced forward pass is checked with the same list before it first
+runs (`checker`, in probe.extraction_function and for a Keras model's tensor graph).
 """
 
 from dataclasses import dataclass
@@ -102,6 +106,15 @@ def refuse(path, found):
         listed = ", ".join(str(e) for e in found[:SHOWN]) + (f", ... ({len(found)} in all)" if len(found) > SHOWN else "")
         raise UnsafeModelError(f"{path}: the graph holds ops that act outside the computation: {listed}; "
                                "pass --unsafe only if you trust this file")
+
+
+def checker(path, unsafe):
+    """None with `unsafe`; else a function that refuses a traced concrete function (a Keras
+    model's forward pass, before it first runs) whose graph or function library holds ops
+    that act outside the computation: tf_keras' op layers can call any TensorFlow op."""
+    if unsafe:
+        return None
+    return lambda function: refuse(path, find(function.graph.as_graph_def()))
 
 
 def called_functions(node):

@@ -145,7 +145,13 @@ def tensor_graph(loaded):
     signature = getattr(loaded, "signature", None)
     if signature is not None:
         return from_signature(signature)
-    return from_keras(loaded.model)
+    from tensorprobe.backends.tfgraph import effects
+
+    built = from_keras(loaded.model)
+    built.path = loaded.path
+    if not loaded.unsafe:  # listed, but refused to run (extraction_function)
+        built.effects = effects.find(built.graph_def)
+    return built
 
 
 def from_signature(signature):

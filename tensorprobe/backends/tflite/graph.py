@@ -45,6 +45,10 @@ SCRATCH_OP = "SCRATCH"  # the `op` of a tensor the interpreter's kernels add, no
 UNSTORABLE = ("object", "bytes", "str", "resource", "variant")
 
 
+FLEX_PREFIX = "Flex"  # the converter's name for a Select TensorFlow op: "Flex" + its TF op type
+SHOWN_OPS = 5
+
+
 def open_interpreter(path, content):
     """A tf.lite.Interpreter over `content` (the bytes of the file at `path`), its tensors
     allocated; a ModelLoadError when the file is damaged or holds an op the interpreter lacks."""
@@ -63,9 +67,18 @@ def open_interpreter(path, content):
             )
         except (ValueError, RuntimeError) as e:  # "The model is not a valid Flatbuffer buffer"
             raise ModelLoadError(f"{path}: damaged or truncated TFLite file ({first_line(e)})") from e
+    # Select TensorFlow ops (Flex, "FlexWriteFile") are TensorFlow kernels, file and Python ops
+    # included, that only a Flex delegate runs. This interpreter has none (no default
+    # delegates, and the Flex delegate is not linked in): they are refused here, before
+    # allocation, so that no build of TensorFlow that links one could ever run them.
+    flex = sorted({name for _, name, _, _ in _ops(interpreter) if name.startswith(FLEX_PREFIX)})
+    if flex:
+        shown = ", ".join(flex[:SHOWN_OPS]) + (f", ... ({len(flex)} in all)" if len(flex) > SHOWN_OPS else "")
+        raise ModelLoadError(f"{path}: holds Select TensorFlow (Flex) ops, which tensorprobe's TFLite interpreter "
+                             f"does not run: {shown}")
     try:
         interpreter.allocate_tensors()
-    except RuntimeError as e:  # an op no kernel implements: a custom op, a Select TF (Flex) op
+    except RuntimeError as e:  # an op no kernel implements: a custom op
         raise ModelLoadError(f"{path}: the TFLite interpreter cannot run this model: {first_line(e)}") from e
     return interpreter
 
