@@ -75,6 +75,7 @@ def plan(graph, selected):
     """
     chosen = {e.path for e in selected}
     specs, origins = [], []
+    batch_open = all(len(t.shape) and t.shape[0] is None for t in graph.inputs)
     for entry in selected:
         if not entry.calls:
             fused_into = getattr(entry, "fused_into", None)  # a TFLite layer merged into another's op
@@ -104,6 +105,11 @@ def plan(graph, selected):
                     extra["call"] = k
                 if len(outputs) > 1:
                     extra["output"] = i
+                shape = getattr(symbolic, "shape", None)
+                if batch_open and shape is not None and len(shape) and shape[0] == 1:
+                    # a value the same for every sample (a position embedding: (1, N, D) while
+                    # the batch is open): stored once per sample, as every dataset is
+                    extra[SAME_FOR_EVERY_SAMPLE] = True
                 specs.append(DatasetSpec(name, entry.path, entry.class_name, extra))
                 origins.append(origin)
     return Plan(specs, origins)
@@ -135,11 +141,16 @@ def parse_target(text):
     raise UsageError(f"--target '{text}': expected class:K, top, sum or loss:NAME")
 
 
+SAME_FOR_EVERY_SAMPLE = "same_for_every_sample"  # the attribute of such a dataset
+
+
 def with_gradients(plan, target, output_name):
-    """The plan plus one gradient dataset per activation, at the same path under /gradients."""
+    """The plan plus one gradient dataset per activation, at the same path under /gradients;
+    none for a value the same for every sample (its gradient is the batch's sum, not a
+    sample's)."""
     extra = {"target": str(target), "target_output": output_name}
     grads = [DatasetSpec(s.name, s.layer, s.layer_class, {**s.extra, **extra}, "gradients")
-             for s in plan.specs]
+             for s in plan.specs if not s.extra.get(SAME_FOR_EVERY_SAMPLE)]
     return Plan(plan.specs + grads, plan.origins)
 
 
@@ -206,6 +217,14 @@ def extraction_function(graph, plan, target=None, target_origin=None, label_shap
     # instead of 0.6 s. A `call` decorated with tf.function (the way to ask for AutoGraph)
     # is still converted: graph.py runs it through tf.autograph.to_graph.
     finish = _finisher(storage or Storage())
+    shared = [s.extra.get(SAME_FOR_EVERY_SAMPLE, False) for s in plan.specs if s.group == "activations"]
+
+    def per_sample(values, inputs):
+        """Values the same for every sample (first axis 1) repeated along the batch."""
+        rows = tf.shape(inputs[0])[0]
+        return [tf.broadcast_to(v, tf.concat([[rows], tf.shape(v)[1:]], 0)) if same else v
+                for v, same in zip(values, shared)]
+
     specs = [(tuple(t.shape), dtype_name(t.dtype)) for t in graph.inputs]
     extra_specs = []  # the labels'
     count = len(graph.inputs)
@@ -213,7 +232,8 @@ def extraction_function(graph, plan, target=None, target_origin=None, label_shap
         needed = graph.needed(plan.origins)
 
         def extract(*inputs):
-            return [finish(v) for v in graph.evaluate(list(inputs), plan.origins, needed, training=training)]
+            values = graph.evaluate(list(inputs), plan.origins, needed, training=training)
+            return [finish(v) for v in per_sample(values, inputs)]
 
     else:
         origins = plan.origins + [target_origin]
@@ -227,10 +247,11 @@ def extraction_function(graph, plan, target=None, target_origin=None, label_shap
             with tf.GradientTape(watch_accessed_variables=False) as tape:
                 values = graph.evaluate(inputs, origins, needed, watch=tape.watch, training=training)
                 activations, output = values[:-1], values[-1]
-                per_sample = score(output, labels)
-            grads = tape.gradient(per_sample, activations,
+                per_sample_score = score(output, labels)
+            grads = tape.gradient(per_sample_score, activations,
                                   unconnected_gradients=tf.UnconnectedGradients.ZERO)
-            return [finish(v) for v in list(activations) + list(grads)]
+            grads = [g for g, same in zip(grads, shared) if not same]
+            return [finish(v) for v in per_sample(activations, inputs) + grads]
 
     functions = {}  # (the sample shapes, XLA) -> the compiled function
 

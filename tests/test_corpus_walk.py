@@ -306,3 +306,24 @@ def test_called_sequential_wrong_width_is_one_error_line(cli, walk, tmp_path):
     line = error_line(r)  # the input layer's name is Keras' own, made while loading
     assert line.startswith(f"error: {tmp_path / 'x4.npy'}: array of shape (5, 4) does not fit input 'input_layer")
     assert line.endswith("': expected (6,) for one sample or (N, 6) for a batch")
+
+
+# A value the same for every sample: keras-hub ViT's position embedding is (1, N, D) while the
+# batch is open; dumped once per sample (an attribute says so), with no per-sample gradient.
+
+def test_vit_dump_all_stores_the_position_embedding_per_sample(cli, walk, tmp_path):
+    vit = load(walk / "vit.keras")
+    embedding = vit.get_layer("vit_patching_and_embedding")
+    expected = np.asarray(embedding.position_embedding(np.arange(embedding.num_positions)[None]))
+    assert expected.shape == (1, 5, 8)
+    path = "vit_patching_and_embedding/position_embedding"
+    out = tmp_path / "all.h5"
+    r = cli("dump", "-q", "-m", walk / "vit.keras", "--all", "--gradients", "-o", out, walk / "images.npy")
+    assert r.exit_code == 0, r.stderr
+    with h5py.File(out, "r") as f:
+        ds = f["activations"][path]
+        assert ds.shape == (3, 5, 8) and ds.attrs["same_for_every_sample"]
+        np.testing.assert_array_equal(ds[()], np.broadcast_to(expected, (3, 5, 8)))
+        assert path not in f["gradients"] and "vit_patching_and_embedding/patch_embedding" in f["gradients"]
+        whole = np.asarray(vit(np.load(walk / "images.npy")))
+        np.testing.assert_allclose(f["activations/vit_encoder/__output__"][()], whole, atol=ATOL)
