@@ -1032,20 +1032,25 @@ def check_statistics(ds, attrs=None):
     or merged. Missing ones are allowed (a dump of an empty selection writes none)."""
     attrs = {k: _plain(v) for k, v in ds.attrs.items()} if attrs is None else attrs
     count_keys = ("nan_count", "inf_count", "first_nonfinite_sample")
+    # bool data keeps its min and max as bools (stats.RunningStats): a number there
+    boolean = ds.dtype == np.bool_
+
+    def number(key, v):
+        return isinstance(v, (int, float)) and (not isinstance(v, bool) or (boolean and key.endswith(("min", "max"))))
+
     for key in (*STAT_KEYS, "first_nonfinite_sample"):
         if key in attrs:
             value = attrs[key]
             integral = isinstance(value, int) and not isinstance(value, bool)
             if key in count_keys and not (integral and value >= 0):
                 _bad_statistic(ds, key, value, "a count")
-            if key not in count_keys and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            if key not in count_keys and not number(key, value):
                 _bad_statistic(ds, key, value, "a number")
     channels = ds.shape[-1] if ds.ndim >= 2 else None
     for key in CHANNEL_STATS:
         if key in attrs:
             value = attrs[key]
-            numbers = isinstance(value, list) and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+            numbers = isinstance(value, list) and all(number(key, v) for v in value)
             if not numbers or len(value) != channels:
                 _bad_statistic(ds, key, value, f"{channels} numbers, one a channel")
 

@@ -1,0 +1,73 @@
+"""Models written the ordinary way, every command a user runs on them (the sweep of issue 29's
+follow-up): each test computes its values with Keras/TF/numpy itself."""
+
+import h5py
+import numpy as np
+import pytest
+
+from tests.conftest import error_line
+
+
+@pytest.fixture(scope="module")
+def masked(tmp_path_factory):
+    """A text classifier (Embedding mask_zero) and a Masking + LSTM model: Keras adds its
+    mask computation (not_equal, any) to the graph as bool-valued op nodes."""
+    import keras
+
+    L = keras.layers
+    keras.utils.set_random_seed(3)
+    folder = tmp_path_factory.mktemp("masked")
+    tok = keras.Input((6,), dtype="int32", name="tok")
+    out = L.Dense(2, name="cls")(L.GlobalAveragePooling1D(name="gap")(L.Embedding(20, 4, mask_zero=True, name="emb")(tok)))
+    keras.Model(tok, out).save(folder / "txt.keras")
+    tokens = np.random.default_rng(0).integers(1, 20, (3, 6)).astype("int32")
+    tokens[:, 4:] = 0
+    np.save(folder / "tok.npy", tokens)
+
+    seq = keras.Input((5, 2), name="seq")
+    h = L.LSTM(3, name="lstm")(L.Masking(0.0, name="mask")(seq))
+    rnn = keras.Model(seq, L.Dense(2, name="o")(h))
+    rnn.save(folder / "rnn.keras")
+    x = np.random.default_rng(1).random((2, 5, 2)).astype("float32")
+    x[0, 3:] = 0
+    np.save(folder / "seq.npy", x)
+    return folder, tokens, x, rnn
+
+
+def test_bool_mask_nodes_dump_and_summarise(masked, cli):
+    """`dump --all` of a masked model wrote its bool mask datasets with bool min/max and then
+    refused its own file as 'damaged' (store.check_statistics took a bool for a doctored number)."""
+    folder, tokens, x, rnn = masked
+    out = folder / "txt.h5"
+    result = cli("dump", "-m", str(folder / "txt.keras"), "--all", "-o", str(out), str(folder / "tok.npy"))
+    assert result.exit_code == 0, result.stderr
+    with h5py.File(out) as f:
+        ds = f["activations/not_equal"]
+        np.testing.assert_array_equal(ds[()], tokens != 0)
+        assert ds.attrs["min"] == False and ds.attrs["max"] == True  # noqa: E712
+    result = cli("summary", str(out))
+    assert result.exit_code == 0, result.stderr
+    assert "not_equal" in result.stdout
+
+    out = folder / "rnn.h5"
+    result = cli("dump", "-m", str(folder / "rnn.keras"), "--all", "-o", str(out), str(folder / "seq.npy"))
+    assert result.exit_code == 0, result.stderr
+    with h5py.File(out) as f:
+        np.testing.assert_array_equal(f["activations/any"][()], np.any(x != 0, axis=-1))
+        import keras
+        lstm = keras.Model(rnn.inputs, rnn.get_layer("lstm").output)(x)
+        np.testing.assert_allclose(f["activations/lstm"][()], np.asarray(lstm), atol=1e-6)
+    assert cli("diff", str(out), str(out)).exit_code == 0
+
+
+def test_doctored_bool_statistic_still_refused(masked, cli, tmp_path):
+    """A bool is a min/max only for bool data: a float dataset's min = True is still damage."""
+    folder, *_ = masked
+    out = tmp_path / "d.h5"
+    assert cli("dump", "-m", str(folder / "txt.keras"), "--all", "-o", str(out), str(folder / "tok.npy")).exit_code == 0
+    with h5py.File(out, "a") as f:
+        f["activations/gap"].attrs["min"] = True
+        f["activations/not_equal"].attrs["mean"] = True
+    result = cli("summary", str(out))
+    assert result.exit_code == 1
+    assert error_line(result).startswith(f"error: '{out}' is a damaged dump: dataset /activations/")
