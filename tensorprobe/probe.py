@@ -75,6 +75,9 @@ def plan(graph, selected):
     """
     chosen = {e.path for e in selected}
     specs, origins = [], []
+    # only where every input leaves its batch axis open can a leading 1 mean "every sample"
+    inputs = getattr(graph, "inputs", None)
+    open_batch = bool(inputs) and all(_leading_axis(t) is None for t in inputs)
     for entry in selected:
         if not entry.calls:
             fused_into = getattr(entry, "fused_into", None)  # a TFLite layer merged into another's op
@@ -104,9 +107,19 @@ def plan(graph, selected):
                     extra["call"] = k
                 if len(outputs) > 1:
                     extra["output"] = i
-                specs.append(DatasetSpec(name, entry.path, entry.class_name, extra))
+                specs.append(DatasetSpec(name, entry.path, entry.class_name, extra,
+                                         broadcast=open_batch and _leading_axis(symbolic) == 1))
                 origins.append(origin)
     return Plan(specs, origins)
+
+
+def _leading_axis(tensor):
+    """The static size of `tensor`'s first axis (None where open or unknown)."""
+    shape = getattr(tensor, "shape", None)
+    try:
+        return shape[0] if shape is not None and len(shape) else None
+    except TypeError:  # an unknown rank
+        return None
 
 
 def _inside(path, container):

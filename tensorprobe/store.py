@@ -329,6 +329,21 @@ class DatasetSpec:
     layer_class: str
     extra: dict  # further attributes (call, output, target)
     group: str = "activations"  # or "gradients"
+    # the layer's output has a leading axis of 1 where the model's inputs have their open
+    # batch axis (keras-hub's position embeddings of constant positions, added to every sample
+    # by broadcasting): that one row is every sample's value, stored on each row
+    broadcast: bool = False
+
+
+def batch_rows(spec, array, n):
+    """`array`, the output of `spec`'s layer for a batch of `n` samples, as `n` rows: its one
+    row repeated when the layer's output is the same for every sample (spec.broadcast); any
+    other number of rows is refused."""
+    if spec.broadcast and array.shape[0] == 1 and n != 1:
+        return np.broadcast_to(array, (n,) + array.shape[1:])
+    if array.shape[0] != n:
+        raise TensorprobeError(f"layer '{spec.layer}' returned {array.shape[0]} rows for a batch of {n}")
+    return array
 
 
 def dataset_name(group, path):
@@ -352,9 +367,7 @@ class MemorySink:
     def append(self, sources, arrays):
         n = len(sources)
         for spec, part, array in zip(self.specs, self.parts, arrays):
-            if array.shape[0] != n:
-                raise TensorprobeError(f"layer '{spec.layer}' returned {array.shape[0]} rows for a batch of {n}")
-            part.append(array)
+            part.append(batch_rows(spec, array, n))
         self.rows += n
 
     def skip(self, entries, rows):
@@ -443,10 +456,7 @@ class DumpWriter:
             self.sources[start:stop] = sources
             self.digest.strings(f"/{INPUTS}/source", sources)
             for i, (spec, array) in enumerate(zip(self.specs, arrays)):
-                if array.shape[0] != n:
-                    raise TensorprobeError(
-                        f"layer '{spec.layer}' returned {array.shape[0]} rows for a batch of {n}"
-                    )
+                array = batch_rows(spec, array, n)
                 ds = self.datasets[i] or self._create(i, array)
                 ds.resize((stop,) + ds.shape[1:])
                 ds[start:stop] = array

@@ -71,3 +71,47 @@ def test_doctored_bool_statistic_still_refused(masked, cli, tmp_path):
     result = cli("summary", str(out))
     assert result.exit_code == 1
     assert error_line(result).startswith(f"error: '{out}' is a damaged dump: dataset /activations/")
+
+
+@pytest.fixture(scope="module")
+def vit(tmp_path_factory):
+    """keras-hub's ViTBackbone from its constructor: its position embedding is computed from
+    constant position ids, shape (1, patches, dim), and added to every sample by broadcasting."""
+    import keras
+    import keras_hub
+
+    keras.utils.set_random_seed(4)
+    folder = tmp_path_factory.mktemp("vit")
+    model = keras_hub.models.ViTBackbone(image_shape=(16, 16, 3), patch_size=8, num_layers=1, num_heads=2,
+                                         hidden_dim=8, mlp_dim=16)
+    model.save(folder / "vit.keras")
+    x = np.random.default_rng(2).random((3, 16, 16, 3)).astype("float32")
+    np.save(folder / "x.npy", x)
+    return folder, model, x
+
+
+def test_layer_output_shared_by_every_sample_is_stored_per_row(vit, cli):
+    """`dump --all` of a ViT failed with "layer '.../position_embedding' returned 1 rows for a
+    batch of 3": the layer's output has a leading 1 where the input has its batch axis (the
+    same value for every sample). Each row now holds that value, as Keras broadcasts it."""
+    folder, model, x = vit
+    out = folder / "vit.h5"
+    result = cli("dump", "-m", str(folder / "vit.keras"), "--all", "-o", str(out), "--batch-size", "2",
+                 str(folder / "x.npy"))
+    assert result.exit_code == 0, result.stderr
+    patching = model.get_layer("vit_patching_and_embedding")
+    position = np.asarray(patching.position_embedding(patching.position_ids))
+    assert position.shape == (1, 5, 8)
+    import keras
+    embedded = np.asarray(keras.Model(model.inputs, patching.output)(x))
+    with h5py.File(out) as f:
+        acts = f["activations"]
+        np.testing.assert_array_equal(acts["vit_patching_and_embedding/position_embedding"][()],
+                                      np.broadcast_to(position, (3, 5, 8)))
+        np.testing.assert_allclose(acts["vit_patching_and_embedding/__output__"][()], embedded, atol=1e-6)
+    assert cli("summary", str(out)).exit_code == 0
+
+    import tensorprobe
+    values = tensorprobe.activations(str(folder / "vit.keras"), x[:2], layers=["position_embedding"])
+    np.testing.assert_array_equal(values["vit_patching_and_embedding/position_embedding"],
+                                  np.broadcast_to(position, (2, 5, 8)))
