@@ -115,3 +115,20 @@ def test_layer_output_shared_by_every_sample_is_stored_per_row(vit, cli):
     values = tensorprobe.activations(str(folder / "vit.keras"), x[:2], layers=["position_embedding"])
     np.testing.assert_array_equal(values["vit_patching_and_embedding/position_embedding"],
                                   np.broadcast_to(position, (2, 5, 8)))
+
+
+def test_bool_mask_nodes_shard_and_merge(masked, cli, tmp_path):
+    """Shards of a masked model merge (their bool statistics pass the same check), and the
+    merged mask equals numpy's."""
+    folder, tokens, x, rnn = masked
+    for k in range(2):
+        result = cli("dump", "-m", str(folder / "rnn.keras"), "--all", "--shard", f"{k}/2",
+                     "-o", str(tmp_path / f"s{k}.h5"), str(folder / "seq.npy"))
+        assert result.exit_code == 0, result.stderr
+    merged = tmp_path / "all.h5"
+    result = cli("merge", str(tmp_path / "s0.h5"), str(tmp_path / "s1.h5"), "-o", str(merged))
+    assert result.exit_code == 0, result.stderr
+    with h5py.File(merged) as f:
+        np.testing.assert_array_equal(f["activations/any"][()], np.any(x != 0, axis=-1))
+        assert f["activations/any"].attrs["min"] == False  # noqa: E712  (row 0 is padded)
+    assert cli("summary", str(merged)).exit_code == 0
