@@ -132,3 +132,30 @@ def test_bool_mask_nodes_shard_and_merge(masked, cli, tmp_path):
         np.testing.assert_array_equal(f["activations/any"][()], np.any(x != 0, axis=-1))
         assert f["activations/any"].attrs["min"] == False  # noqa: E712  (row 0 is padded)
     assert cli("summary", str(merged)).exit_code == 0
+
+
+def test_int64_token_ids_feed_an_int32_input(masked, cli, tmp_path):
+    """NumPy's default integer is int64; token ids saved as such were refused by an int32
+    Embedding input ("cannot be cast safely"). They feed it when their values fit, as Keras
+    takes them; a value outside int32 is refused, naming the file and the row."""
+    import keras
+
+    folder, tokens, *_ = masked
+    ids = tmp_path / "ids.npy"
+    np.save(ids, tokens.astype(np.int64))
+    out = tmp_path / "t.h5"
+    result = cli("dump", "-m", str(folder / "txt.keras"), "-l", "emb", "-l", "cls", "-o", str(out), str(ids))
+    assert result.exit_code == 0, result.stderr
+    model = keras.models.load_model(folder / "txt.keras")
+    with h5py.File(out) as f:
+        np.testing.assert_array_equal(f["activations/emb"][()], np.asarray(model.get_layer("emb")(tokens)))
+        np.testing.assert_allclose(f["activations/cls"][()], np.asarray(model(tokens)), atol=1e-6)
+
+    over = tokens.astype(np.int64)
+    over[1, 2] = 2**40
+    np.save(ids, over)
+    result = cli("dump", "-m", str(folder / "txt.keras"), "-l", "emb", "-o", str(tmp_path / "o.h5"), str(ids))
+    assert result.exit_code == 1
+    assert error_line(result) == (f"error: {ids}: row 1 holds 1099511627776, outside the range of input 'tok' "
+                                  "(int32: -2147483648 to 2147483647)")
+    assert not (tmp_path / "o.h5").exists()
