@@ -325,12 +325,12 @@ class _Stream:
 class _ArrayPart:
     """One stored array: a single sample (shape = the input's), or a batch (first axis)."""
 
-    __slots__ = ("array", "single", "rows", "sample_shape", "first")
+    __slots__ = ("array", "single", "rows", "sample_shape", "first", "narrow")
 
     def __init__(self, array, spec):
         self.array = array
         self.first = 0  # the first row to read (a shard's part may start inside the array)
-        _check_dtype(array, spec)
+        self.narrow = _check_dtype(array, spec)
         shape, expected = array.shape, spec.shape
         if _fits(shape, expected):
             self.single, self.rows, self.sample_shape = True, 1, tuple(shape)
@@ -354,6 +354,7 @@ class _ArrayPart:
             return self
         part = object.__new__(_ArrayPart)
         part.array, part.single, part.sample_shape = self.array, self.single, self.sample_shape
+        part.narrow = self.narrow
         part.first, part.rows = self.first + start, stop - start
         return part
 
@@ -377,6 +378,8 @@ class _ArrayRows:
     def read(self, count):
         part = self.part
         values = self.reader.read(count, part.sample_shape)
+        if part.narrow is not None:
+            _check_range(values, part, self.row)
         if part.single:
             sources = [part.array.label]
         else:
@@ -452,9 +455,25 @@ def _check_dtype(array, spec):
     if dtype.kind not in "biuf":
         raise InputError(f"{array.name}: dtype {dtype} cannot be fed to input '{spec.name}' ({target}); "
                          "expected a numeric array")
-    if not (target.kind == "f" or np.can_cast(dtype, target, casting="safe")):
-        raise InputError(f"{array.name}: dtype {dtype} cannot be cast safely to input "
-                         f"'{spec.name}' ({target})")
+    if target.kind == "f" or np.can_cast(dtype, target, casting="safe"):
+        return None
+    if dtype.kind in "iu" and target.kind in "iu":  # int64 token ids (NumPy's default) for int32
+        return (spec.name, target)  # cast where each batch's values fit: _check_range
+    raise InputError(f"{array.name}: dtype {dtype} cannot be cast safely to input "
+                     f"'{spec.name}' ({target})")
+
+
+def _check_range(values, part, row):
+    """Refuse rows of an integer array whose values the narrower integer input cannot hold
+    (a cast would wrap them around), naming the file, the row and the value."""
+    name, target = part.narrow
+    info = np.iinfo(target)
+    outside = (values < info.min) | (values > info.max)
+    if outside.any():
+        at = np.unravel_index(int(np.argmax(outside.reshape(-1))), outside.shape)
+        where = "" if part.single else f" row {row + int(at[0])}"
+        raise InputError(f"{part.array.name}:{where} holds {values[at]}, outside the range of input "
+                         f"'{name}' ({target}: {info.min} to {info.max})")
 
 
 def _fits(shape, expected):
