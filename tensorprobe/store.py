@@ -174,7 +174,7 @@ def _existing(path):
         "replaced by the new file)"
 
 
-# ---- partial files: `.NAME.PID@HOST.XXXXXXXX.partial` beside the output ----------------------
+# ---- partial files: `.NAME.PID@HOST.<random>.partial` beside the output ----------------------
 
 _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
 

@@ -243,7 +243,6 @@ def test_diff_reads_one_large_sample_in_blocks_of_elements(tmp_path, monkeypatch
 
 
 def test_plot_hist_streams_one_large_sample_in_blocks(tmp_path, monkeypatch):
-    pytest.importorskip("matplotlib")
     from tensorprobe.plot import dumpfile, histogram
 
     a = np.random.default_rng(4).normal(size=(1, 50, 40)).astype(np.float32)
@@ -262,7 +261,6 @@ def test_plot_hist_streams_one_large_sample_in_blocks(tmp_path, monkeypatch):
 
 
 def test_plot_refuses_a_picture_too_large_to_draw(tmp_path):
-    pytest.importorskip("matplotlib")
     path = write_dump(tmp_path / "a.h5", {"maps": np.ones((1, 2, 2, 4096), np.float32)})
     out = tmp_path / "p.png"
     r = run("plot", path, "-l", "maps", "--channels", ":", "--dpi", "1200", "-o", out)
@@ -272,7 +270,6 @@ def test_plot_refuses_a_picture_too_large_to_draw(tmp_path):
 
 
 def test_plot_refuses_a_sample_too_large_to_read(tmp_path, monkeypatch):
-    pytest.importorskip("matplotlib")
     from tensorprobe import plot
 
     path = write_dump(tmp_path / "a.h5", {"maps": np.ones((1, 8, 8, 4), np.float32)})
