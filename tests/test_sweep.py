@@ -1,6 +1,8 @@
 """Models written the ordinary way, every command a user runs on them (the sweep of issue 29's
 follow-up): each test computes its values with Keras/TF/numpy itself."""
 
+import json
+
 import h5py
 import numpy as np
 import pytest
@@ -31,29 +33,41 @@ def masked(tmp_path_factory):
     x = np.random.default_rng(1).random((2, 5, 2)).astype("float32")
     x[0, 3:] = 0
     np.save(folder / "seq.npy", x)
-    return folder, tokens, x, rnn
+    return folder, tokens, x, rnn, op_path(folder / "txt.keras", "NotEqual"), op_path(folder / "rnn.keras", "Any")
+
+
+def op_path(model, class_name):
+    """The path `layers` gives the one operation of `class_name` (Keras names the mask ops it
+    makes while loading from its counter; tensorprobe renumbers them, not_equal_3 -> not_equal)."""
+    from click.testing import CliRunner
+
+    from tensorprobe.cli import cli
+
+    rows = json.loads(CliRunner().invoke(cli, ["layers", str(model), "--json"]).stdout)
+    (path,) = [row["path"] for row in rows if row["class"] == class_name]
+    return path
 
 
 def test_bool_mask_nodes_dump_and_summarise(masked, cli):
     """`dump --all` of a masked model wrote its bool mask datasets with bool min/max and then
     refused its own file as 'damaged' (store.check_statistics took a bool for a doctored number)."""
-    folder, tokens, x, rnn = masked
+    folder, tokens, x, rnn, not_equal, any_ = masked
     out = folder / "txt.h5"
     result = cli("dump", "-m", str(folder / "txt.keras"), "--all", "-o", str(out), str(folder / "tok.npy"))
     assert result.exit_code == 0, result.stderr
     with h5py.File(out) as f:
-        ds = f["activations/not_equal"]
+        ds = f[f"activations/{not_equal}"]
         np.testing.assert_array_equal(ds[()], tokens != 0)
         assert ds.attrs["min"] == False and ds.attrs["max"] == True  # noqa: E712
     result = cli("summary", str(out))
     assert result.exit_code == 0, result.stderr
-    assert "not_equal" in result.stdout
+    assert not_equal in result.stdout
 
     out = folder / "rnn.h5"
     result = cli("dump", "-m", str(folder / "rnn.keras"), "--all", "-o", str(out), str(folder / "seq.npy"))
     assert result.exit_code == 0, result.stderr
     with h5py.File(out) as f:
-        np.testing.assert_array_equal(f["activations/any"][()], np.any(x != 0, axis=-1))
+        np.testing.assert_array_equal(f[f"activations/{any_}"][()], np.any(x != 0, axis=-1))
         import keras
         lstm = keras.Model(rnn.inputs, rnn.get_layer("lstm").output)(x)
         np.testing.assert_allclose(f["activations/lstm"][()], np.asarray(lstm), atol=1e-6)
@@ -62,12 +76,12 @@ def test_bool_mask_nodes_dump_and_summarise(masked, cli):
 
 def test_doctored_bool_statistic_still_refused(masked, cli, tmp_path):
     """A bool is a min/max only for bool data: a float dataset's min = True is still damage."""
-    folder, *_ = masked
+    folder, *_, not_equal, any_ = masked
     out = tmp_path / "d.h5"
     assert cli("dump", "-m", str(folder / "txt.keras"), "--all", "-o", str(out), str(folder / "tok.npy")).exit_code == 0
     with h5py.File(out, "a") as f:
         f["activations/gap"].attrs["min"] = True
-        f["activations/not_equal"].attrs["mean"] = True
+        f[f"activations/{not_equal}"].attrs["mean"] = True
     result = cli("summary", str(out))
     assert result.exit_code == 1
     assert error_line(result).startswith(f"error: '{out}' is a damaged dump: dataset /activations/")
@@ -120,7 +134,7 @@ def test_layer_output_shared_by_every_sample_is_stored_per_row(vit, cli):
 def test_bool_mask_nodes_shard_and_merge(masked, cli, tmp_path):
     """Shards of a masked model merge (their bool statistics pass the same check), and the
     merged mask equals numpy's."""
-    folder, tokens, x, rnn = masked
+    folder, tokens, x, rnn, not_equal, any_ = masked
     for k in range(2):
         result = cli("dump", "-m", str(folder / "rnn.keras"), "--all", "--shard", f"{k}/2",
                      "-o", str(tmp_path / f"s{k}.h5"), str(folder / "seq.npy"))
@@ -129,8 +143,8 @@ def test_bool_mask_nodes_shard_and_merge(masked, cli, tmp_path):
     result = cli("merge", str(tmp_path / "s0.h5"), str(tmp_path / "s1.h5"), "-o", str(merged))
     assert result.exit_code == 0, result.stderr
     with h5py.File(merged) as f:
-        np.testing.assert_array_equal(f["activations/any"][()], np.any(x != 0, axis=-1))
-        assert f["activations/any"].attrs["min"] == False  # noqa: E712  (row 0 is padded)
+        np.testing.assert_array_equal(f[f"activations/{any_}"][()], np.any(x != 0, axis=-1))
+        assert f[f"activations/{any_}"].attrs["min"] == False  # noqa: E712  (row 0 is padded)
     assert cli("summary", str(merged)).exit_code == 0
 
 
