@@ -134,10 +134,12 @@ def open_regular(path, what=None, wanted=None, error=InputError):
         _check_mode(os.fstat(fd).st_mode, name, wanted, error)
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
         raise
+    # outside the try: fdopen owns the descriptor (and closes it if it fails, even on Ctrl-C
+    # in its middle), so closing it again would turn that interrupt into EBADF
+    return os.fdopen(fd, "rb")
 
 
 def check_regular(path, what=None, wanted=None, error=InputError):
