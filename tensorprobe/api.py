@@ -15,9 +15,7 @@ whose messages name this API's arguments (`layers`, `output`) rather than the CL
 import contextlib
 import os
 import re
-import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 from tensorprobe import errors
 from tensorprobe.text import parse_size
@@ -71,59 +69,36 @@ def _api_names():
 
 class Model:
     """A loaded model of any format tensorprobe reads. `layers()` and `tensors()` return what
-    `tensorprobe layers --json` and `tensors --json` print; `inputs` the model's inputs."""
+    `tensorprobe layers --json` and `tensors --json` print; `inputs` the model's inputs.
+    `backend` is the format's backends.base.Backend."""
 
-    def __init__(self, loaded):
-        self.loaded = loaded
-        self._graph = None
-        self._tensor_graph = None
+    def __init__(self, backend):
+        self.backend = backend
 
     def __repr__(self):
-        return f"<tensorprobe.Model {self.loaded.path} ({self.loaded.loader})>"
+        return f"<tensorprobe.Model {self.path} ({self.loader})>"
 
     @property
     def path(self):
-        return self.loaded.path
+        return self.backend.path
 
     @property
-    def graph(self):
-        """The graph of layers: the Keras walk, or the name scopes of a graph-only model."""
-        if self._graph is None:
-            if self.loaded.model is None:
-                from tensorprobe.backends.tfgraph import scopes
-
-                self._graph = scopes.scope_graph(self.tensor_graph, scopes.naming(self.loaded))
-            else:
-                from tensorprobe.backends.keras.graph import unroll
-
-                self._graph = unroll(self.loaded.model, self.loaded.keras)
-        return self._graph
+    def loader(self):
+        """What read it: 'keras 3.x.y', 'tf_keras 2.x.y', 'tensorflow 2.x.y', 'tf.lite 2.x.y'."""
+        return self.backend.loader
 
     @property
-    def tensor_graph(self):
-        """The frozen graph of tensors (a SavedModel signature, or the traced forward pass)."""
-        if self._tensor_graph is None:
-            from tensorprobe.backends.tfgraph.tensors import tensor_graph
-
-            self._tensor_graph = tensor_graph(self.loaded)
-        return self._tensor_graph
+    def format(self):
+        return self.backend.format
 
     def describe(self):
         """The model's ModelInfo: its layers, inputs, outputs and parameter counts."""
-        from tensorprobe.backends.tfgraph import scopes
-        from tensorprobe.layers import describe
-
-        if isinstance(self.graph, scopes.ScopeGraph):
-            return scopes.describe(self.graph)
-        return describe(self.loaded, self.graph)
+        return self.backend.describe()
 
     @property
     def inputs(self):
         """[{"name", "shape", "dtype"}] per model input, shapes with None for the batch."""
-        from tensorprobe.inputs.spec import from_graph
-
-        graph = self.graph if self.loaded.model is not None else self.tensor_graph
-        return [{"name": s.name, "shape": [None, *s.shape], "dtype": s.dtype} for s in from_graph(graph)]
+        return [{"name": s.name, "shape": [None, *s.shape], "dtype": s.dtype} for s in self.backend.input_specs()]
 
     def layers(self):
         """[{"index", "path", "name", "class", ...}]: `tensorprobe layers --json`."""
@@ -131,14 +106,15 @@ class Model:
 
     def tensors(self):
         """[{"name", "op", "dtype", "shape", ...}]: `tensorprobe tensors --json`."""
-        return [t.to_json() for t in self.tensor_graph.tensors]
+        return [t.to_json() for t in self.backend.tensor_graph.tensors]
 
 
 def load(model, *, custom_objects=(), unsafe=False, signature=None, raw_quantized=False):
-    """A Model from a path (`.keras`, `.h5`, a SavedModel folder) or an in-memory
-    `keras.Model` (Keras 3 or tf_keras). `custom_objects`: paths of Python files defining the
-    custom classes the file needs; `unsafe`: allow Lambda layers holding code;
-    `raw_quantized`: a TFLite file's quantized tensors as their integers, not dequantized.
+    """A Model from a path (`.keras`, `.h5`, a SavedModel folder, a frozen graph, a `.tflite`
+    file) or an in-memory `keras.Model` (Keras 3 or tf_keras). `custom_objects`: paths of
+    Python files defining the custom classes the file needs; `unsafe`: allow Lambda layers
+    holding code; `raw_quantized`: a TFLite file's quantized tensors as their integers, not
+    dequantized.
 
         >>> model = tensorprobe.load("sample_models/transfer.keras")
         >>> [layer["path"] for layer in model.layers()][:3]
@@ -151,178 +127,40 @@ def load(model, *, custom_objects=(), unsafe=False, signature=None, raw_quantize
 def open_model(model, custom_objects=(), unsafe=False, signature=None, layers=True, raw_quantized=False):
     """`load` with the errors in the CLI's words (its flags), for the CLI. Without `layers`
     only the graph of tensors is wanted: a Keras 2 SavedModel is not rebuilt with tf_keras."""
+    from tensorprobe import pipeline
+
     if isinstance(model, Model):
         return model
+    options = None
     if isinstance(model, (str, os.PathLike)):
-        from tensorprobe.models import load_model
-        from tensorprobe.models.custom import load_custom_objects
+        from tensorprobe.backends.detect import OpenOptions
+        from tensorprobe.backends.keras.custom import load_custom_objects
 
-        path = os.fspath(model)
-        if not os.path.exists(path):
-            raise errors.UsageError(f"model '{path}': no such file or folder")
-        objects = load_custom_objects(custom_objects)
-        return Model(load_model(path, signature=signature, keras_model=layers, unsafe=unsafe,
-                                custom_objects=objects, raw_quantized=raw_quantized))
-    loaded = _in_memory(model)
-    loaded.unsafe = True  # the caller's own objects, whose code has run already: no file to distrust
-    return Model(loaded)
+        options = OpenOptions(signature, layers, raw_quantized, unsafe, load_custom_objects(custom_objects))
+    return Model(pipeline.open_backend(model, options))
 
 
-def _in_memory(model):
-    """A keras.Model instance of Keras 3 or tf_keras, whatever module its class comes from (a
-    keras-hub backbone, a subclass of the user's) -> a LoadedModel. An instance of either's
-    Model exists only once that package is imported, so only the ones imported are asked:
-    nothing is imported here that the caller has not."""
-    from tensorprobe.models.keras import LoadedModel
-
-    for name in ("keras", "tf_keras"):
-        keras = sys.modules.get(name)
-        model_class = getattr(keras, "Model", None)
-        if isinstance(model_class, type) and isinstance(model, model_class):
-            return LoadedModel(f"<in-memory {model.name}>", model, keras, f"{name} {keras.__version__}",
-                               "in-memory", "")
-    raise errors.UsageError(f"model: expected a path or a keras.Model, not {type(model).__name__}")
+def _backend(model):
+    """The Backend of a Model, a path or an in-memory model, for the pipeline."""
+    return open_model(model).backend
 
 
-# ---- what to compute -----------------------------------------------------------------------
+def _selection(layers, match, all_layers, tensors, tensor_match, gradients, target_output, labels, training,
+               jit=False):
+    from tensorprobe.pipeline import Selection
 
-@dataclass
-class Selection:
-    """What a job computes: layers (names, a regex, all), graph tensors, gradients."""
-
-    layers: tuple = ()
-    match: str | None = None
-    all_layers: bool = False
-    tensors: tuple = ()
-    tensor_match: str | None = None
-    gradients: str | None = None  # the target: "top", "class:K", "sum", "loss:NAME"
-    target_output: str | None = None
-    labels: object = None  # a .npy path or an array, for loss:NAME
-    training: bool = False
-    jit: bool = False
-
-    @property
-    def wants_layers(self):
-        return bool(self.layers or self.match or self.all_layers)
-
-    @property
-    def wants_tensors(self):
-        return bool(self.tensors or self.tensor_match)
-
-    def check(self, skip_bad):
-        """Every check that needs no model, so that a wrong option fails at once, before
-        TensorFlow loads the model (seconds)."""
-        from tensorprobe.text import regex
-
-        if not (self.wants_layers or self.wants_tensors):
-            raise errors.UsageError("nothing selected: give --layer NAME, --match REGEX, --all, "
-                                    "--tensor NAME or --tensor-match REGEX")
-        regex(self.match, "--match")
-        regex(self.tensor_match, "--tensor-match")
-        if self.gradients is None:
-            if self.labels is not None or self.target_output is not None:
-                raise errors.UsageError("--labels and --target-output go with --gradients")
-            return
-        if self.wants_tensors:
-            raise errors.UsageError("--gradients works with --layer, --match and --all, not with --tensor")
-        from tensorprobe.probe import parse_target
-
-        target = parse_target(self.gradients)
-        if (target.kind == "loss") != (self.labels is not None):
-            raise errors.UsageError("--target loss:NAME and --labels go together")
-        if self.labels is not None and skip_bad:
-            raise errors.UsageError("--labels cannot be combined with --skip-bad: the rows would no longer match")
-
-    def options(self):
-        """The selection as the options fingerprint records it."""
-        gradients = None
-        if self.gradients is not None:
-            labels = self.labels if self.labels is None or isinstance(self.labels, (str, os.PathLike)) \
-                else "<array>"
-            gradients = (self.gradients, None if labels is None else os.fspath(labels), self.target_output)
-        return {"layers": tuple(self.layers), "match": self.match, "all": self.all_layers,
-                "tensors": tuple(self.tensors), "tensor_match": self.tensor_match,
-                "training": self.training, "jit": self.jit, "gradients": gradients}
+    return Selection(_names(layers, "layers"), match, all_layers, _names(tensors, "tensors"), tensor_match,
+                     gradients, target_output, labels, training, jit)
 
 
-@dataclass
-class _Extraction:
-    plan: object  # probe.Plan: the datasets, in order
-    extract: object  # (input batches, labels) -> one array per dataset
-    labels: object  # the label rows (all input rows), or None
-    estimate: object  # bytes -> total, for the size check; None when unknown
+def _job(batch_size, progress=None):
+    from tensorprobe.pipeline import Job
 
-
-def _extraction(model, selection, storage, feed):
-    """The plan of datasets and the compiled function that computes them."""
-    from tensorprobe import probe
-    from tensorprobe.backends.tfgraph.tensors import TensorPart
-
-    graph = model.graph if selection.wants_layers else None
-    plan = extract = labels = estimate = None
-    if (storage.dtype or storage.reduce) and (model.loaded.model is None or selection.wants_tensors):
-        # graph tensors are stored as computed: say so rather than record options not applied
-        option = "--dtype" if storage.dtype else "--reduce"
-        what = f"{model.path} holds only a graph" if model.loaded.model is None else "--tensor selects graph tensors"
-        raise errors.UsageError(f"{option} applies to the layers of a Keras model; {what}, stored as computed")
-    if selection.wants_layers:
-        plan = probe.plan(graph, probe.select(graph, selection.layers, selection.match, selection.all_layers))
-        keras_graph = model.loaded.model is not None
-        if not keras_graph and selection.gradients is not None:
-            raise errors.UsageError(f"--gradients needs a Keras model; {model.path} holds only a graph")
-        if selection.gradients is None:
-            extract = _layer_function(model, plan, storage, selection.training, selection.jit)
-        else:
-            target = probe.parse_target(selection.gradients)
-            target_origin, output_name = probe.output_origin(graph, selection.target_output)
-            plan = probe.with_gradients(plan, target, output_name)
-            labels = _labels(selection.labels, feed.total_rows)
-            if labels is not None and feed.row_range != (0, feed.total_rows):
-                labels = labels[slice(*feed.row_range)]
-            label_shape = labels.shape[1:] if labels is not None else None
-            extract = probe.extraction_function(graph, plan, target, target_origin, label_shape,
-                                                selection.training, storage, selection.jit, _check(model))
-        if keras_graph:
-            estimate = lambda rows, batch_rows, plan=plan: probe.estimate_bytes(graph, plan, storage, rows,  # noqa: E731
-                                                                                 batch_rows)
-    if selection.wants_tensors:
-        part = TensorPart.build(model.loaded, graph, selection.tensors, selection.tensor_match, plan)
-        plan, extract = part.after(plan, extract)
-    return _Extraction(plan, extract, labels, estimate)
-
-
-def _layer_function(model, plan, storage, training=False, jit=False):
-    """The compiled function that computes `plan`'s layer outputs (no gradients)."""
-    from tensorprobe import probe
-
-    if model.loaded.model is None:
-        return model.graph.extraction_function(plan)
-    return probe.extraction_function(model.graph, plan, training=training, storage=storage, jit=jit,
-                                     check=_check(model))
-
-
-def _check(model):
-    """What refuses a Keras model's traced graph before it runs, unless it was opened with
-    --unsafe: tf_keras' op layers call TensorFlow ops by name (backends/tfgraph/effects.py)."""
-    from tensorprobe.backends.tfgraph import effects
-
-    return effects.checker(model.path, model.loaded.unsafe)
-
-
-def _labels(labels, rows):
-    import numpy as np
-
-    from tensorprobe.inputs import open_labels
-
-    if labels is None:
-        return None
-    if isinstance(labels, (str, os.PathLike)):
-        return open_labels(os.fspath(labels), rows)
-    labels = np.asarray(labels)
-    if labels.ndim == 0 or len(labels) != rows or labels.dtype.kind not in "biuf":
-        raise errors.InputError(f"--labels: {len(labels) if labels.ndim else 0} numeric rows for "
-                                f"{rows} input samples")
-    return labels
+    bar = progress_bar() if progress is True else progress or None
+    job = Job(batch_size, bar)
+    with _api_names():
+        job.check()
+    return job
 
 
 # ---- inputs ----------------------------------------------------------------------------------
@@ -348,28 +186,6 @@ def preparation(resize="stretch", interpolation="bilinear", size=None, preproces
                        skip_bad=skip_bad)
 
 
-def _feed(model, x, named, prep, layers=True, stdin=None):
-    """The checked input feed for `x`: an array, a list of arrays (one per input, in the
-    model's order), a dict {input name: array or path}, a list of str for a model whose one
-    input takes strings, or paths as `dump` takes them; `named`: [(input name, path)] as
-    --input NAME=PATH gives them."""
-    import numpy as np
-
-    from tensorprobe.inputs import feed, lines, preprocess, spec
-
-    keras_walk = model.loaded.model is not None and layers  # else the tensor graph's inputs
-    specs = spec.from_graph(model.graph if keras_walk else model.tensor_graph)
-    if isinstance(x, lines.StrList) and len(specs) == 1 and specs[0].text:
-        x = np.array(x, dtype=object)  # text samples, not paths (give those as pathlib.Path)
-    positional, by_name = _sources(x, named, specs)
-    function = preprocess.lookup(prep.preprocess) if prep.preprocess else None
-    return feed.open_feed(specs, positional, by_name, prep, stdin, function)
-
-
-def _is_path(value):
-    return isinstance(value, (str, os.PathLike))
-
-
 def _api_x(x):
     """The API's `x`: a list of str is text for a model whose one input takes strings."""
     from tensorprobe.inputs import lines
@@ -377,47 +193,7 @@ def _api_x(x):
     return lines.from_api(x)
 
 
-def _sources(x, named, specs):
-    from tensorprobe.inputs import sources
-    from tensorprobe.inputs.spec import describe_all
-
-    if x is None or _is_path(x) or (isinstance(x, (list, tuple)) and all(_is_path(p) for p in x)):
-        paths = [] if x is None else [x] if _is_path(x) else list(x)
-        return sources.gather([os.fspath(p) for p in paths], named)
-    if isinstance(x, (list, tuple)) and len(specs) == 1 and len(x) == 1 and hasattr(x[0], "shape"):
-        x = x[0]  # [array] for a model with one input, as Keras takes it
-    if isinstance(x, (list, tuple)) and len(specs) > 1:  # one array per input, as Keras takes them
-        if len(x) != len(specs) or any(_is_path(p) for p in x):
-            raise errors.UsageError(f"x: a list of {len(x)} items for the model's {len(specs)} inputs "
-                                    f"({describe_all(specs)}): give one array per input, in that order, "
-                                    "or a dict {input name: array or path}")
-        x = {s.name: value for s, value in zip(specs, x)}
-    if isinstance(x, dict):
-        found = []
-        for name, value in x.items():
-            if _is_path(value):
-                found.append((name, sources.expand([os.fspath(value)], f"x['{name}']")))
-            else:
-                found.append((name, [sources.in_memory(value, f"<{name}>")]))
-        return [], found
-    if len(specs) > 1:
-        raise errors.UsageError(f"x: the model has {len(specs)} inputs ({describe_all(specs)}): give a list "
-                                "of arrays in that order, or a dict {input name: array or path}")
-    return [sources.in_memory(x, "<array>")], []
-
-
 # ---- running ---------------------------------------------------------------------------------
-
-@dataclass
-class DumpResult:
-    """What a dump did: its summary (`summary --json`), the inputs skipped as bad, the
-    datasets holding NaN or Inf, and whether --resume found it already done."""
-
-    summary: dict
-    skipped: list = field(default_factory=list)
-    nonfinite: list = field(default_factory=list)
-    resumed: bool = False
-
 
 def activations(model, x, *, layers=(), match=None, all_layers=False, tensors=(), tensor_match=None,
                 gradients=None, target_output=None, labels=None, training=False, batch_size=32,
@@ -439,22 +215,15 @@ def activations(model, x, *, layers=(), match=None, all_layers=False, tensors=()
         >>> sorted(acts)
         ['fc1', 'gradients/fc1']
     """
-    from tensorprobe import runner
-    from tensorprobe.probe import Storage
-    from tensorprobe.store import MemorySink
+    from tensorprobe import pipeline
 
     prep = preparation(**prepare)
-    _check_batch_size(batch_size)
+    job = _job(batch_size)
     with _api_names():
-        selection = Selection(_names(layers, "layers"), match, all_layers, _names(tensors, "tensors"), tensor_match,
-                              gradients, target_output, labels, training)
+        selection = _selection(layers, match, all_layers, tensors, tensor_match, gradients, target_output, labels,
+                               training)
         selection.check(prep.skip_bad)
-        model = load(model)
-        source = _feed(model, _api_x(x), (), prep, selection.wants_layers)
-        job = _extraction(model, selection, Storage(), source)
-        sink = MemorySink(job.plan.specs, rows=source.rows)
-        runner.dump(job.extract, source.batches(batch_size), sink, None, job.labels)
-        return sink.finish()
+        return pipeline.run_activations(_backend(model), _api_x(x), selection, prep, job)
 
 
 def dump(model, x, output, *, layers=(), match=None, all_layers=False, tensors=(), tensor_match=None,
@@ -473,187 +242,42 @@ def dump(model, x, output, *, layers=(), match=None, all_layers=False, tensors=(
         >>> summary["samples"]
         4
     """
+    from tensorprobe import pipeline, store
     from tensorprobe.probe import Storage, parse_compression
-
-    from tensorprobe import store
+    from tensorprobe.report import summary_record
 
     prep = preparation(**prepare)
-    _check_batch_size(batch_size)
+    job = _job(batch_size, progress)
     with _api_names():
-        selection = Selection(_names(layers, "layers"), match, all_layers, _names(tensors, "tensors"), tensor_match,
-                              gradients, target_output, labels, training, jit)
+        selection = _selection(layers, match, all_layers, tensors, tensor_match, gradients, target_output, labels,
+                               training, jit)
         store.check_hdf5_name(output, "--output")  # as the CLI's --output is checked
         storage = Storage(dtype, reduce, parse_compression(compression) if compression else (None, None))
-        bar = progress_bar() if progress is True else progress or None
-        result = run_dump(model, _api_x(x), (), output, selection, prep, storage, batch_size=batch_size,
-                          overwrite=overwrite, shard=shard, resume=resume, max_bytes=max_bytes,
-                          progress=bar)
-        return _summary_record(result.summary, output)
-
-
-def run_dump(model, x, named, output, selection, prep, storage, *, batch_size=32, overwrite=False,
-             shard=None, resume=False, max_bytes=None, progress=None, stdin=None, attrs=None,
-             on_size=None):
-    """The dump pipeline behind `dump` and the CLI: returns a DumpResult.
-
-    `progress(total)`: a context manager yielding `advance(n)`, or None. `attrs`: root
-    attributes to add (the CLI's `command`). `on_size(bytes, free)`: told the estimated
-    size before the work starts."""
-    from tensorprobe import runner, store
-    from tensorprobe import shard as sharding
-
-    selection.check(prep.skip_bad)
-    if isinstance(shard, str):
-        shard = sharding.parse(shard)
-    output = os.fspath(output)
-    if not (resume and os.path.exists(output)):
-        store.check_output(output, overwrite)
-    limit = _max_bytes(max_bytes)
-    model = open_model(model)
-    source = _feed(model, x, named, prep, selection.wants_layers, stdin)
-    options = {**selection.options(), "model_sha256": model.loaded.sha256, "dtype": storage.dtype,
-               "reduce": storage.reduce, "signature": getattr(getattr(model.loaded, "signature", None), "name", None),
-               "prepare": prep.attrs(), "size": prep.size, "skip_bad": prep.skip_bad,
-               "raw_quantized": getattr(model.loaded, "raw_quantized", False)}
-    job, source_bytes = _job_attrs(source, shard, options, _arrays(x))
-    if resume and os.path.exists(output) and _resumed(output, job, overwrite):
-        return DumpResult(store.read_summary(output), resumed=True)
-    extraction = _extraction(model, selection, storage, source)
-    if extraction.estimate is not None:
-        needed = extraction.estimate(source.rows, batch_size)
-        if needed is not None:
-            needed += store.dump_bytes([], source.rows, batch_size, source_bytes)
-            free = store.check_room(output, needed, limit)
-            if on_size is not None:
-                on_size(needed, free)
-    root = {**_root_attrs(model.loaded, prep), **(attrs or {}), **job, "training": selection.training,
-            "reduce": storage.reduce or "none", "dtype": storage.dtype or "as computed",
-            "compression": compression_text(storage)}
-    with store.DumpWriter(output, extraction.plan.specs, root, overwrite, storage.compression,
-                          rows=source.rows, max_bytes=limit, source_bytes=source_bytes,
-                          batch_rows=batch_size) as writer:
-        with progress(source.rows) if progress is not None else contextlib.nullcontext() as advance:
-            skipped = runner.dump(extraction.extract, source.batches(batch_size), writer, advance,
-                                  extraction.labels)
-        writer.finish()
-    return DumpResult(store.read_summary(output), skipped, writer.nonfinite())
-
-
-def _job_attrs(source, shard, options, arrays=()):
-    """The root attributes that tie a dump to its inputs and options (and, for a shard, its
-    rows), and the UTF-8 bytes its /inputs/source will hold; selects the shard's rows of
-    `source`. `input_contents` fingerprints what the files of the dump's own rows hold (and
-    `arrays`, the arrays in memory): see shard.contents_fingerprint."""
-    from tensorprobe import shard as sharding
-
-    job = {"total_rows": source.rows, "input_fingerprint": source.fingerprint(),
-           "options_fingerprint": sharding.options_fingerprint(options)}
-    if shard is not None:
-        rows = shard.rows(source.rows)
-        job = {"shard": str(shard), "shard_rows": list(rows), **job}
-        source.select(*rows)
-    files, source_bytes = _row_files(source)
-    job[sharding.CONTENTS] = sharding.contents_fingerprint(files, arrays)
-    return job, source_bytes
-
-
-def _row_files(source):
-    """The files of the rows `source` feeds, in order, and an upper bound of the UTF-8 bytes of
-    their /inputs/source entries (`name=file; ...` where inputs come from different files)."""
-    from tensorprobe import shard as sharding
-
-    streams = source.streams
-    joined = 0 if len(streams) == 1 else sum(len(s.spec.name.encode()) + 3 for s in streams)
-    files, size = {}, 0
-    for labels in zip(*(stream.all_sources() for stream in streams)):
-        size += joined
-        for label in labels:
-            size += len(label.encode("utf-8", "surrogateescape"))
-            files[sharding.source_file(label)] = None
-    return list(files), size
-
-
-def _arrays(x):
-    """The arrays in memory among `x` (the Python API's), for the input contents fingerprint."""
-    values = x.values() if isinstance(x, dict) else x if isinstance(x, (list, tuple)) else [x]
-    return [v for v in values if v is not None and not isinstance(v, (str, os.PathLike))]
-
-
-def _resumed(output, job, overwrite):
-    """With `resume` and an existing output: True when it is this job's complete output (the
-    work is skipped); False to redo it with `overwrite`; otherwise refused."""
-    from tensorprobe import store
-
-    what = "shard" if "shard" in job else "dump"
-    if store.is_output_of(output, job):
-        return True
-    if not overwrite:
-        raise errors.OutputExistsError(f"--output '{output}' exists and is not this {what}'s complete output "
-                                       "(other inputs, input contents, options or shard); pass --overwrite "
-                                       "to replace it")
-    store.check_output(output, overwrite)
-    return False
-
-
-def _root_attrs(loaded, prep):
-    from datetime import datetime, timezone
-
-    import tensorflow as tf
-
-    from tensorprobe import __version__
-
-    return {
-        **prep.attrs(),
-        "tensorprobe_version": __version__,
-        "model": loaded.path,
-        "model_sha256": loaded.sha256,
-        "model_format": loaded.format,
-        "loader": loaded.loader,
-        "tensorflow_version": tf.__version__,
-        "keras_version": loaded.keras.__version__ if loaded.keras is not None else "",
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": ["python", "tensorprobe.dump"],
-    }
-
-
-def compression_text(storage):
-    name, level = storage.compression
-    return "none" if name is None else name if level is None else f"{name}:{level}"
-
-
-def _max_bytes(value):
-    if value is None or isinstance(value, int):
-        return value
-    return parse_size(value)
-
-
-def _check_batch_size(batch_size):
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise errors.UsageError(f"batch_size {batch_size!r}: expected an integer >= 1")
+        if isinstance(max_bytes, str):
+            parse_size(max_bytes)
+        selection.check(prep.skip_bad)
+        result = pipeline.run_dump(_backend(model), _api_x(x), (), output, selection, prep, storage, job,
+                                   overwrite=overwrite, shard=shard, resume=resume, max_bytes=max_bytes)
+        return summary_record(result.summary, output)
 
 
 def progress_bar(console=None):
-    """A `progress` for run_dump/run_compare: a rich bar on `console` (None: stderr, which
-    Jupyter renders in the notebook)."""
+    """A `progress` for dump/compare: a rich bar on `console` (None: stderr, which Jupyter
+    renders in the notebook)."""
     from tensorprobe.progress import bar
 
     return lambda total: bar(total, console)
 
 
-def _summary_record(summary, output):
-    from tensorprobe.report import summary_record
-
-    return summary_record(summary, output)
-
-
 # ---- comparing two models --------------------------------------------------------------------
 
 def compare(model_a, model_b, x, *, layers=(), match=None, pairs=None, rtol=None, atol=None, metric=None,
-            batch_size=32, save_a=None, save_b=None, overwrite=False, **prepare):
+            batch_size=32, save_a=None, save_b=None, overwrite=False, progress=None, **prepare):
     """Run two models on the same inputs and compare the layers both have, paired by path:
     what `tensorprobe compare --json` prints (`pairs` in model A's order, each with `status`
     "ok" or "differ"; `first_divergence`, the first pair out of tolerance, or None;
-    `criterion`, the rule used and why). `layers`: a name or a list of names in A; `pairs`:
+    `criterion`, the rule used and why; `skipped`, the inputs passed over with `skip_bad`).
+    `layers`: a name or a list of names in A; `pairs`:
     {path in A: path in B} (or [(A, B)]) where names differ. The criterion: `metric`
     "scaled:X", "snr:DB", "cosine:X" or "allclose" (numpy's rule with `rtol`/`atol`, which
     `rtol`/`atol` alone mean too); None: the default for the two models' precisions (scaled:1e-4
@@ -665,19 +289,19 @@ def compare(model_a, model_b, x, *, layers=(), match=None, pairs=None, rtol=None
         >>> report = tensorprobe.compare("model.keras", "model_export/", x)
         >>> report["first_divergence"]    # None: every pair within tolerance
     """
-    from tensorprobe import modelcompare, store, text
+    from tensorprobe import modelcompare, pipeline, store, text
 
     prep = preparation(**prepare)
-    _check_batch_size(batch_size)
+    job = _job(batch_size, progress)
     with _api_names():
         criterion = modelcompare.parse_metric(metric, rtol, atol)  # before any model is loaded
         text.regex(match, "--match")
         for path, option in ((save_a, "--save-a"), (save_b, "--save-b")):
             if path is not None:
                 store.check_hdf5_name(path, option)
-        return run_compare(model_a, model_b, _api_x(x), (), prep, layers=_names(layers, "layers"), match=match,
-                           pairs=_pairs(pairs), criterion=criterion, batch_size=batch_size, save_a=save_a,
-                           save_b=save_b, overwrite=overwrite)
+        return pipeline.run_compare(_backend(model_a), _backend(model_b), _api_x(x), (), prep, job,
+                                    layers=_names(layers, "layers"), match=match, pairs=_pairs(pairs),
+                                    criterion=criterion, save_a=save_a, save_b=save_b, overwrite=overwrite)
 
 
 def _names(value, argument):
@@ -722,77 +346,6 @@ def _pairs(pairs):
             raise errors.UsageError(f"pairs: expected {{A path: B path}} or [(A path, B path)], got {item!r}")
         result.append(tuple(item))
     return tuple(result)
-
-
-def run_compare(model_a, model_b, x, named, prep, *, layers=(), match=None, pairs=(), criterion=None,
-                batch_size=32, save_a=None, save_b=None, overwrite=False, stdin=None, progress=None):
-    """The comparison behind `compare` and the CLI: a dict (see tensorprobe/modelcompare.py).
-    `criterion`: a modelcompare.Criterion, or None for the default by the models' precisions."""
-    from tensorprobe import modelcompare as comparing
-    from tensorprobe import probe, store
-    from tensorprobe.probe import Storage
-
-    for path, option in ((save_a, "--save-a"), (save_b, "--save-b")):
-        if path is not None:
-            store.check_output(os.fspath(path), overwrite, option)
-    model_a, model_b = open_model(model_a), open_model(model_b)
-    precisions = {"a": comparing.precision(model_a), "b": comparing.precision(model_b)}
-    if criterion is None:
-        criterion = comparing.default_criterion(precisions["a"], precisions["b"])
-    order, inputs_note = comparing.input_order(model_a.inputs, model_b.inputs)
-    paired, only_a, only_b = comparing.pairings(model_a.graph, model_b.graph, layers, match, pairs)
-    plan_a = probe.plan(model_a.graph, [model_a.graph.entries[a] for a, _ in paired])
-    plan_b = probe.plan(model_b.graph, [model_b.graph.entries[b] for _, b in paired])
-    matched, unmatched_a, unmatched_b = comparing.matched_specs(plan_a, plan_b, paired)
-    source = _feed(model_a, x, named, prep, stdin=stdin)
-    run_a = _layer_function(model_a, plan_a, Storage())
-    run_b = _layer_function(model_b, plan_b, Storage())
-    comparison = comparing.Comparison(matched, source.rows, criterion)
-    with contextlib.ExitStack() as stack:
-        writers = [_compare_writer(stack, path, option, model, plan, prep, source.rows, overwrite)
-                   for path, option, model, plan in ((save_a, "--save-a", model_a, plan_a),
-                                                     (save_b, "--save-b", model_b, plan_b))]
-        advance = stack.enter_context(progress(source.rows)) if progress is not None else None
-        for batch in source.batches(batch_size):
-            values_a = run_a(batch.arrays, None)
-            values_b = run_b([batch.arrays[k] for k in order], None)
-            comparison.update(values_a, values_b)
-            for writer, values in zip(writers, (values_a, values_b)):
-                if writer is not None:
-                    writer.append(batch.sources, values)
-            if advance is not None:
-                advance(batch.consumed)
-        for writer in writers:
-            if writer is not None:
-                writer.finish()
-    records = comparison.pairs()
-    first = next((r["path"] for r in records if r["status"] != "ok"), None)
-    for record, key in zip(records, comparing.node_keys(model_b, plan_b, matched)):
-        record["node_b"] = key  # model B's tensor name (or layer path), for Model Explorer
-    fused_in_b, fused_in_a = comparing.fused(model_b.graph, only_a), comparing.fused(model_a.graph, only_b)
-    return {
-        "a": model_a.path, "b": model_b.path, "samples": source.rows,
-        "metric": str(criterion), "rtol": criterion.rtol, "atol": criterion.atol,
-        "criterion": criterion.describe(), "precision": precisions,
-        "inputs": [{"a": model_a.inputs[k]["name"], "b": spec["name"]} for k, spec in zip(order, model_b.inputs)],
-        "inputs_by_position": inputs_note,
-        "pairs": records, "first_divergence": first,
-        "only_in_a": [p for p in only_a if p not in fused_in_b] + unmatched_a,
-        "only_in_b": [p for p in only_b if p not in fused_in_a] + unmatched_b,
-        "fused_in_a": fused_in_a, "fused_in_b": fused_in_b,
-        "match": first is None,
-    }
-
-
-def _compare_writer(stack, path, option, model, plan, prep, rows, overwrite):
-    from tensorprobe import store
-
-    if path is None:
-        return None
-    attrs = {**_root_attrs(model.loaded, prep), "total_rows": rows, "training": False, "reduce": "none",
-             "dtype": "as computed", "compression": "none"}
-    return stack.enter_context(store.DumpWriter(os.fspath(path), plan.specs, attrs, overwrite, rows=rows,
-                                                option=option))
 
 
 # ---- reading and comparing dumps -----------------------------------------------------------
@@ -859,8 +412,10 @@ class DumpFile(Mapping):
         """What `tensorprobe summary --json` prints."""
         from tensorprobe import store
 
+        from tensorprobe.report import summary_record
+
         with _api_names():
-            return _summary_record(store.read_summary(self.path, self.allow_incomplete), self.path)
+            return summary_record(store.read_summary(self.path, self.allow_incomplete), self.path)
 
     def close(self):
         self._file.close()

@@ -215,21 +215,10 @@ def layers(model, as_json, pattern, signature, unsafe, custom_objects):
     if as_json:
         out.print(report.layers_json(info), markup=False, highlight=False)
         return
-    report.print_table(out, report.layers_table(info, f"{model}: {_title(info.name, loaded.loaded)}"),
+    report.print_table(out, report.layers_table(info, f"{model}: {loaded.backend.title(info.name)}"),
                        **report.LAYER_COLUMNS)
     for line in report.model_footer(info):
         out.print(line, markup=False, highlight=False)
-
-
-def _title(name, loaded):
-    """'transfer (keras 3.x)'; for a graph, 'transfer, signature serving_default (tensorflow 2.x)'."""
-    parts = [name] if name else []
-    signature = getattr(loaded, "signature", None)
-    if signature is not None:
-        parts.append(f"signature {signature.name}")
-    elif loaded.model is None:  # a frozen graph: what it is
-        parts.append(loaded.source)
-    return f"{', '.join(parts)} ({loaded.loader})" if parts else loaded.loader
 
 
 @cli.command()
@@ -259,7 +248,7 @@ def tensors(model, pattern, op_types, as_json, signature, unsafe, custom_objects
     with quiet_native_stderr(not _debug()):
         from tensorprobe.backends.tfgraph.tensors import filter_tensors
 
-        graph = _load(model, unsafe, custom_objects, signature, layers=False).tensor_graph
+        graph = _load(model, unsafe, custom_objects, signature, layers=False).backend.tensor_graph
     shown = filter_tensors(graph, regex, op_types)
     if as_json:
         out.print(report.tensors_json(shown), markup=False, highlight=False)
@@ -402,11 +391,11 @@ def dump(inputs, model, layer_names, match, all_layers, tensor_names, tensor_mat
       tensorprobe dump -m saved_model_dir --tensor-match 'block1_conv2_1/BiasAdd' input.npy
       tensorprobe dump -m model.keras --all --shard 2/8 -o part-2.h5 photos/   # then: merge
     """
-    from tensorprobe import api, store, text
+    from tensorprobe import api, pipeline, store, text
     from tensorprobe import shard as sharding
 
     target, labels, target_output = gradients if gradients is not None else (None, None, None)
-    selection = api.Selection(layer_names, match, all_layers, tensor_names, tensor_match, target,
+    selection = pipeline.Selection(layer_names, match, all_layers, tensor_names, tensor_match, target,
                               target_output, labels, training, jit)
     named_inputs = input_settings.pop("named_inputs")
     prep = _preparation(**input_settings)
@@ -429,10 +418,10 @@ def dump(inputs, model, layer_names, match, all_layers, tensor_names, tensor_mat
     with _success_once_written(store, output):
         with quiet_native_stderr(not _debug()):
             model_ = _load(model, unsafe, custom_objects, signature, selection.wants_layers, raw_quantized)
-            result = api.run_dump(model_, list(inputs), named_inputs, output, selection, prep, storage,
-                                  batch_size=batch_size, overwrite=overwrite, shard=shard, resume=resume,
-                                  max_bytes=max_bytes, progress=progress, stdin=click.get_binary_stream("stdin"),
-                                  attrs={"command": command}, on_size=on_size)
+            job = pipeline.Job(batch_size, progress, click.get_binary_stream("stdin"))
+            result = pipeline.run_dump(model_.backend, list(inputs), named_inputs, output, selection, prep, storage,
+                                       job, overwrite=overwrite, shard=shard, resume=resume, max_bytes=max_bytes,
+                                       attrs={"command": command}, on_size=on_size)
         _report_dump(result, output, shard, as_json, quiet, fail_on_nonfinite)
 
 
@@ -708,7 +697,7 @@ def compare(ctx, model_a, model_b, inputs, layer_names, match, pairs, rtol, atol
       tensorprobe compare model.keras quantized/ x.npy --metric snr:30 --json | jq .first_divergence
       tensorprobe compare a.keras b.keras x.npy --pair dense=dense_renamed
     """
-    from tensorprobe import api, modelcompare, report, text
+    from tensorprobe import api, modelcompare, pipeline, report, text
 
     criterion = modelcompare.parse_metric(metric, rtol, atol)  # before any model is loaded
     text.regex(match, "--match")
@@ -733,10 +722,10 @@ def compare(ctx, model_a, model_b, inputs, layer_names, match, pairs, rtol, atol
     with quiet_native_stderr(not _debug()):
         a = _load(model_a, unsafe, custom_objects)
         b = _load(model_b, unsafe, custom_objects)
-        result = api.run_compare(a, b, list(inputs), named_inputs, prep, layers=layer_names, match=match,
-                                 pairs=pairs, criterion=criterion, batch_size=batch_size,
-                                 save_a=save_a, save_b=save_b, overwrite=overwrite,
-                                 stdin=click.get_binary_stream("stdin"), progress=progress)
+        job = pipeline.Job(batch_size, progress, click.get_binary_stream("stdin"))
+        result = pipeline.run_compare(a.backend, b.backend, list(inputs), named_inputs, prep, job, layers=layer_names,
+                                      match=match, pairs=pairs, criterion=criterion, save_a=save_a, save_b=save_b,
+                                      overwrite=overwrite)
     if result["inputs_by_position"] and not quiet:
         err.print(f"warning: {result['inputs_by_position']}", markup=False, highlight=False, soft_wrap=True)
     if picture is not None:

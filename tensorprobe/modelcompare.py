@@ -128,37 +128,6 @@ def parse_metric(text, rtol=None, atol=None, option="--metric"):
     return Criterion(kind, _threshold(text, option))
 
 
-REDUCED = ("int4", "int8", "uint8", "float8", "int16", "float16", "bfloat16")  # narrowest first
-HALF = ("float16", "bfloat16")
-GRAPH_QUANTIZED = {"qint8": "int8", "quint8": "uint8", "qint16": "int16"}  # TensorFlow's quantized dtypes
-
-
-def precision(model):
-    """What `model` (an api.Model) computes in: 'float32', or the narrowest of REDUCED it
-    computes with: a TFLite file's quantized tensors (those with a scale) and float16
-    tensors, a Keras model's half-precision compute dtypes (a mixed-precision policy) and
-    quantized layers (`layer.quantize("int8")`), a graph's half-precision and quantized
-    (qint8...) tensors. Plain integer data (uint8 images, int32 token ids, argmax) is not
-    a precision."""
-    found = set()
-    if model.loaded.model is not None:
-        for entry in model.graph.entries.values():
-            compute = str(getattr(entry.layer, "compute_dtype", None))
-            found.add(compute if compute in HALF else None)
-            policy = getattr(entry.layer, "dtype_policy", None)
-            found.add(str(getattr(policy, "quantization_mode", None)))  # Keras' layer.quantize("int8")
-    else:
-        for t in model.tensor_graph.tensors:
-            quantization = getattr(t, "quantization", None)  # a TFLite tensor's scale and zero point
-            if quantization is not None:
-                found.add(quantization.dtype)
-            elif t.dtype in HALF:
-                found.add(t.dtype)
-            elif t.dtype in GRAPH_QUANTIZED:
-                found.add(GRAPH_QUANTIZED[t.dtype])
-    return next((dtype for dtype in REDUCED if dtype in found), "float32")
-
-
 def default_criterion(precision_a, precision_b):
     """The criterion when none is given, by the pair of precisions. Two float32 models (Keras
     against its export, a float TFLite file, a frozen graph) differ by float32 rounding, which
@@ -283,8 +252,8 @@ def fused(graph, paths):
     found = {}
     for path in paths:
         entry = graph.entries.get(path)
-        if entry is not None and getattr(entry, "reach", None) == "fused":
-            found[path] = getattr(entry, "fused_into", None)
+        if entry is not None and entry.reach == "fused":
+            found[path] = entry.fused_into
     return found
 
 
@@ -407,23 +376,30 @@ class Comparison:
         return records
 
 
+class ComparisonSink:
+    """The sink of a comparison in the dump's loop (runner.dump): each batch's values, A's
+    `count` first and B's after, go to the comparison and to the writers of --save-a and
+    --save-b (None where not asked), which also hear of the inputs skipped as bad."""
+
+    def __init__(self, comparison, count, writers):
+        self.comparison, self.count, self.writers = comparison, count, writers
+        self.rows = 0
+
+    def append(self, sources, arrays):
+        values = (arrays[:self.count], arrays[self.count:])
+        self.comparison.update(*values)
+        self.rows += len(sources)
+        for writer, side in zip(self.writers, values):
+            if writer is not None:
+                writer.append(sources, side)
+
+    def skip(self, entries, rows):
+        for writer in self.writers:
+            if writer is not None:
+                writer.skip(entries, rows)
+
+
 GREEN, RED = "#2ca02c", "#d62728"
-
-
-def node_keys(model, plan, matched):
-    """For each matched pair, the key Model Explorer knows B's node by: the tensor name of a
-    graph (a SavedModel's or frozen graph's op output, a TFLite tensor's name), else the layer
-    path (a Keras model)."""
-    keys = []
-    for _, j, _ in matched:
-        origin = plan.origins[j]
-        if isinstance(origin, str):
-            keys.append(origin)
-        elif model.loaded.model is None:  # TFLite: origins are tensor indices
-            keys.append(model.graph.tensor_graph.by_index[origin].name)
-        else:
-            keys.append(plan.specs[j].layer)
-    return keys
 
 
 def node_data(result):

@@ -480,7 +480,7 @@ def test_the_api_refuses_a_fifo_too(tmp_path):
 def test_stored_code_finds_every_field_in_a_deep_config():
     """Deeper than Python's stack: the walk is not recursive. The config as tf_keras' RNN cell
     wrappers store a lambda (dropout_fn), under a thousand levels of lists."""
-    from tensorprobe.models.formats import stored_code
+    from tensorprobe.backends.keras.config import stored_code
 
     wrapper = {"class_name": "DropoutWrapper", "config": {"name": "cell", "dropout_fn": ["code", None, None],
                                                           "dropout_fn_type": "lambda"}}
@@ -493,15 +493,15 @@ def test_stored_code_finds_every_field_in_a_deep_config():
 
 def test_keras_conventions_the_checks_rely_on():
     """Fails loudly when a Keras upgrade changes how it stores code or which packages it
-    imports for a file: formats.stored_code and keras.FILE_IMPORTED_PACKAGES follow them."""
+    imports for a file: config.stored_code and loader.FILE_IMPORTED_PACKAGES follow them."""
     import inspect
     import warnings
 
     import keras
     from keras.src.saving import serialization_lib
 
-    from tensorprobe.models.formats import stored_code
-    from tensorprobe.models.keras import FILE_IMPORTED_PACKAGES
+    from tensorprobe.backends.keras.config import stored_code
+    from tensorprobe.backends.keras.loader import FILE_IMPORTED_PACKAGES
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Keras warns that a lambda is unsafe to save

@@ -239,7 +239,7 @@ def test_keras3_export_with_inline_ops_in_model_scopes(cli, graphs, tmp_path):
 
 def test_which_naming_a_savedmodel_follows(graphs):
     """The object graph says it: tf.keras 2.x layers (and their names) or none."""
-    from tensorprobe.models.savedmodel import keras2_layers
+    from tensorprobe.backends.tfgraph.savedmodel import keras2_layers
 
     assert keras2_layers(graphs["inline_export"]) is None
     layers, models = keras2_layers(graphs["keras2_graph"])

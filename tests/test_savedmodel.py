@@ -308,10 +308,9 @@ def test_module_two_inputs_extraction_from_python(saved):
     """The extraction function itself, with two arrays in the documented order (the
     signature's inputs sorted by name), and its error for arrays of the wrong shape."""
     from tensorprobe.backends.tfgraph import tensors
-    from tensorprobe.models import load_model
+    from tensorprobe.backends.detect import open_model
 
-    loaded = load_model(saved["module"])
-    graph = tensors.tensor_graph(loaded)
+    graph = open_model(saved["module"]).tensor_graph
     assert [s.name for s in graph.inputs] == ["a", "b"]
     names = ["StatefulPartitionedCall/proj/MatMul:0", "StatefulPartitionedCall/Relu:0"]
     run = tensors.extraction_function(graph, names)

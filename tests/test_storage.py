@@ -78,12 +78,13 @@ def test_one_compiled_graph_for_every_batch_size(zoo):
     import keras
 
     from tensorprobe import probe
+    from tensorprobe.backends.keras import runner
     from tensorprobe.backends.keras.graph import unroll
 
     model = keras.saving.load_model(zoo["transfer.keras"], compile=False)
     graph = unroll(model, keras)
     plan = probe.plan(graph, probe.select(graph, ["fc1"]))
-    run = probe.extraction_function(graph, plan)
+    run = runner.extraction_function(graph, plan)
     x = np.load(zoo["images7.npy"])
     for size in (3, 3, 1, 2):
         assert run([x[:size]])[0].shape == (size, 12)

@@ -326,7 +326,7 @@ def test_tf_keras_model_in_memory():
     model = tf_keras.Model(x, tf_keras.layers.Dense(2, name="d")(tf_keras.layers.Dense(4, name="h")(x)))
     data = np.arange(6, dtype="float32").reshape(2, 3)
     loaded = tensorprobe.load(model)
-    assert loaded.loaded.loader == f"tf_keras {tf_keras.__version__}"
+    assert loaded.loader == f"tf_keras {tf_keras.__version__}"
     acts = tensorprobe.activations(model, data, layers="h")
     expected = tf_keras.Model(model.inputs, model.get_layer("h").output)(data)
     np.testing.assert_allclose(acts["h"], np.asarray(expected), rtol=1e-6, atol=1e-7)

@@ -398,10 +398,9 @@ def test_raw_quantized_keeps_the_integers(lite):
     """The backend's raw_quantized (the CLI's --raw-quantized) returns what the interpreter
     stores, as it stores it."""
     from tensorprobe.errors import UsageError
-    from tensorprobe.models import load_model
+    from tensorprobe.backends.detect import OpenOptions, open_model
 
-    loaded = load_model(lite["int8"], raw_quantized=True)
-    graph = loaded.tensor_graph()
+    graph = open_model(lite["int8"], OpenOptions(raw_quantized=True)).tensor_graph
     indices = [t.index for t in graph.tensors if t.op != "SCRATCH" and not graph.why_not_dumpable(t)]
     values = graph.extraction_function(indices)([lite["x"]])
     reference = _reference(lite["int8"], {"image": lite["x"]}, batch=ROWS)
@@ -409,7 +408,7 @@ def test_raw_quantized_keeps_the_integers(lite):
         assert value.dtype == np.int8
         np.testing.assert_array_equal(value, reference[index][1])
     with pytest.raises(UsageError, match="not a TFLite file"):
-        load_model(lite["folder"] / "tiny.keras", raw_quantized=True)
+        open_model(lite["folder"] / "tiny.keras", OpenOptions(raw_quantized=True))
 
 
 def test_per_channel_dequantisation(lite):

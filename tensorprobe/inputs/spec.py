@@ -61,17 +61,17 @@ def describe_all(specs):
     return ", ".join(s.describe() for s in specs)
 
 
-def from_graph(graph):
-    """One InputSpec per model input, in the model's order.
+def from_tensors(tensors, names=None, data_format=None):
+    """One InputSpec per model input tensor (a tf.TensorSpec, a Keras tensor), in the model's
+    order, named `names` (else each tensor's own name).
 
-    The channel axis comes from the model's own layers: the first layer with a `data_format`
-    (Conv2D, pooling...) says where it is. A model without one (a Dense net on images) is
+    The channel axis is `data_format`, what the model's own layers say (backends: the first
+    layer with a `data_format`); a model without one (a Dense net on images, a graph) is
     taken as channels-last unless its input shape only makes sense channels-first.
     """
-    data_format = _model_data_format(graph) if hasattr(graph, "entries") else None
-    names = graph.input_names() if hasattr(graph, "input_names") else [None] * len(graph.inputs)
+    names = names or [None] * len(tensors)
     specs = []
-    for i, (t, name) in enumerate(zip(graph.inputs, names)):
+    for i, (t, name) in enumerate(zip(tensors, names)):
         name = name or str(getattr(t, "name", None) or f"input_{i}").split(":")[0]
         rank = getattr(t.shape, "rank", 1)  # a graph's TensorShape; Keras 3 gives a tuple
         if rank is None:  # a TF 1 placeholder made without a shape
@@ -85,14 +85,6 @@ def from_graph(graph):
         fmt = data_format or _guess_data_format(shape)
         specs.append(InputSpec(name, shape, dtype, fmt))
     return specs
-
-
-def _model_data_format(graph):
-    for entry in graph.entries.values():
-        fmt = getattr(entry.layer, "data_format", None)
-        if fmt in LAYOUTS:
-            return fmt
-    return None
 
 
 def _guess_data_format(shape):

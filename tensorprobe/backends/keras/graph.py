@@ -32,36 +32,14 @@ import contextlib
 import functools
 import heapq
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from tensorprobe.backends.base import LayerEntry
 
 # A node key is the tuple of node positions from the outer model down to the node, so that a
 # nested model called twice has distinct keys for its two calls; the k-th recorded call of the
 # runtime layer at `path` inside the node `key` has the key `key + (path, k)`. A value's
 # origin is (key, output position); the model's own inputs have the origin (None, position).
-
-
-@dataclass
-class LayerEntry:
-    """One layer of the model at any depth, and the outputs of each of its calls."""
-
-    path: str  # "vgg16/block1_conv2"
-    index: str  # position among its parent's layers at each level: "1.3"
-    depth: int
-    layer: object
-    parent: str | None
-    reach: str  # "graph": a node of a static graph; "runtime": recorded while its parent runs
-    children: list = field(default_factory=list)  # paths of the layers it contains
-    calls: list = field(default_factory=list)  # per call: list of (symbolic tensor, origin)
-    output_names: list | None = None  # the keys, for a layer that returns a dict
-    no_output: str | None = None  # why a layer that runs has no output to dump (see _recorder)
-
-    @property
-    def name(self):
-        return self.layer.name
-
-    @property
-    def class_name(self):
-        return type(self.layer).__name__
 
 
 @dataclass
@@ -97,6 +75,15 @@ class Graph:
         if isinstance(structure, dict) and len(structure) == len(self.outputs):
             return sorted(structure)  # the order the outputs are flattened in
         return [producer_name(self.tensor(origin)) for origin in self.outputs]
+
+    def data_format(self):
+        """'channels_first' or 'channels_last' as the first layer with a `data_format`
+        (Conv2D, pooling...) says; None when no layer says."""
+        for entry in self.entries.values():
+            fmt = getattr(entry.layer, "data_format", None)
+            if fmt in ("channels_first", "channels_last"):
+                return fmt
+        return None
 
     def needed(self, origins):
         """The node keys that computing `origins` requires."""

@@ -93,8 +93,7 @@ scope; `params` also counts the constants read through a TF 1 variable's `<name>
 import re
 from dataclasses import dataclass, field
 
-from tensorprobe.backends.keras.graph import LayerEntry
-from tensorprobe.layers import LayerInfo, ModelInfo
+from tensorprobe.backends.base import LayerEntry, LayerInfo, ModelInfo
 
 CALL_WRAPPER = re.compile(r"(Stateful)?PartitionedCall(_\d+)?")
 SUFFIXED = re.compile(r"(.+)_\d+")
@@ -124,25 +123,6 @@ KERAS3 = Naming()
 TF1 = Naming(tf1=True)
 
 
-def naming(loaded):
-    """The Naming of a LoadedModel's graph: a SavedModel's says its object graph; a model that
-    tf_keras loaded names its layers itself; a frozen GraphDef file is TensorFlow 1's;
-    anything else is Keras 3's."""
-    from tensorprobe.models import frozen, savedmodel
-
-    if isinstance(loaded, frozen.LoadedFrozenGraph):
-        return TF1
-    if isinstance(loaded, savedmodel.LoadedSavedModel):
-        found = savedmodel.keras2_layers(loaded.path)
-        return KERAS3 if found is None else Naming(True, *found)
-    if loaded.model is not None and getattr(loaded.keras, "__name__", "") == "tf_keras":
-        Layer, Model = loaded.keras.layers.Layer, loaded.keras.Model
-        layers = [loaded.model, *(m for m in loaded.model.submodules if isinstance(m, Layer))]
-        return Naming(True, frozenset(layer.name for layer in layers),
-                      frozenset(layer.name for layer in layers if isinstance(layer, Model)))
-    return KERAS3
-
-
 @dataclass
 class ScopeLayer(LayerEntry):
     """A layer found in the name scopes. `layer` is None; `calls` hold (TensorInfo, tensor
@@ -150,7 +130,6 @@ class ScopeLayer(LayerEntry):
 
     op_type: str = ""  # the type of the op that computes the first output
     params: int = 0
-    fused_into: str | None = None  # reach "fused": the layer whose op computes this one's output
 
     @property
     def name(self):
@@ -159,6 +138,9 @@ class ScopeLayer(LayerEntry):
     @property
     def class_name(self):
         return self.op_type
+
+    def dataset_attributes(self, symbolic):
+        return symbolic.layer_attributes
 
 
 @dataclass
@@ -240,12 +222,6 @@ def layer_scopes(scope, naming):
     if scope.name in naming.models:
         return candidates
     return [c for c in candidates if c.name in naming.layers]
-
-
-def scope_graph(tensor_graph, naming=KERAS3):
-    """The layers of `tensor_graph`, its scopes named as `naming` says: the graph's own
-    `scope_graph(naming)` (a TFLite file finds its layers in its tensor names)."""
-    return tensor_graph.scope_graph(naming)
 
 
 def find_layers(tensor_graph, naming=KERAS3):

@@ -63,6 +63,11 @@ class TensorInfo:
         """Columns a format adds to `tensorprobe tensors`: {header: text}."""
         return {}
 
+    @property
+    def layer_attributes(self):
+        """The attributes a format adds to a layer's dataset of this tensor (TFLite's)."""
+        return {}
+
     def to_json(self):
         return {"name": self.name, "op": self.op, "dtype": self.dtype, "shape": self.shape}
 
@@ -113,12 +118,6 @@ class TensorGraph:
         """A function: list of input batches -> one array per tensor name (see below)."""
         return extraction_function(self, names)
 
-    def scope_graph(self, naming):
-        """The Keras layers found again in the graph's name scopes (scopes.py)."""
-        from tensorprobe.backends.tfgraph import scopes
-
-        return scopes.find_layers(self, naming)
-
     def why_not_dumpable(self, info):
         """Why a tensor cannot be dumped per sample (None when it can)."""
         if info.name not in self.fed:
@@ -133,25 +132,6 @@ class TensorGraph:
             if not info.shape or (batch_open and info.shape[0] is not None):
                 return f"has static shape {shape_text(info.shape, '?')}, which has no batch axis"
         return None
-
-
-def tensor_graph(loaded):
-    """The TensorGraph of a LoadedModel: its own for a format that has one (a TFLite file, a
-    frozen GraphDef), its signature's graph for a SavedModel, else the Keras model's traced
-    forward pass."""
-    own = getattr(loaded, "tensor_graph", None)
-    if own is not None:
-        return own()
-    signature = getattr(loaded, "signature", None)
-    if signature is not None:
-        return from_signature(signature)
-    from tensorprobe.backends.tfgraph import effects
-
-    built = from_keras(loaded.model)
-    built.path = loaded.path
-    if not loaded.unsafe:  # listed, but refused to run (extraction_function)
-        built.effects = effects.find(built.graph_def)
-    return built
 
 
 def from_signature(signature):
@@ -396,40 +376,6 @@ def plan(graph, selected, layer_of=None, start=0):
         extra = {**info.attributes(), "order": start + i}
         specs.append(DatasetSpec(info.dataset_name, layer or "", "", extra, GROUP))
     return Plan(specs, [info.origin for info in selected])
-
-
-@dataclass
-class TensorPart:
-    """The --tensor/--tensor-match part of a dump: its graph, plan and extraction function."""
-
-    graph: TensorGraph
-    plan: Plan
-    run: object
-
-    @classmethod
-    def build(cls, loaded, layer_graph, names, match, layer_plan=None):
-        """Select tensors in `loaded`'s graph (the scope graph's own, for a graph-only
-        SavedModel); their datasets follow `layer_plan`'s in the `order` attribute."""
-        from tensorprobe.backends.tfgraph import scopes
-
-        if isinstance(layer_graph, scopes.ScopeGraph):
-            graph, layer_of = layer_graph.tensor_graph, layer_graph.layer_of
-        else:
-            graph = tensor_graph(loaded)
-            layer_of = scopes.scope_graph(graph, scopes.naming(loaded)).layer_of
-        start = len(layer_plan.specs) if layer_plan is not None else 0
-        tensor_plan = plan(graph, select(graph, names, match), layer_of, start)
-        return cls(graph, tensor_plan, graph.extraction_function(tensor_plan.origins))
-
-    def after(self, layer_plan, layer_extract):
-        """One plan and one extraction function: the layers' datasets, then these."""
-        if layer_plan is None:
-            return self.plan, self.run
-
-        def run(batch, labels=None):
-            return layer_extract(batch, labels) + self.run(batch)
-
-        return Plan(layer_plan.specs + self.plan.specs, layer_plan.origins + self.plan.origins), run
 
 
 def extraction_function(graph, names):

@@ -210,13 +210,6 @@ class TFLiteGraph:
 
         return extraction_function(self, list(indices))
 
-    def scope_graph(self, naming=None):
-        """The Keras layers found again in the tensor names (see layers.py). `naming` is a
-        SavedModel's (its object graph's) and does not apply: the names alone decide here."""
-        from tensorprobe.backends.tflite.layers import find_layers
-
-        return find_layers(self)
-
     def why_not_dumpable(self, info):
         if info.op == SCRATCH_OP:
             if info.shape is None:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from tensorprobe.errors import ModelLoadError, TensorprobeError
-from tensorprobe.models.formats import open_regular
+from tensorprobe.backends.keras.config import open_regular
 from tensorprobe.text import first_line
 
 

@@ -13,13 +13,13 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tensorprobe.backends import base
+from tensorprobe.backends.keras import config
 from tensorprobe.errors import ModelLoadError, UsageError
-from tensorprobe.models import formats
-from tensorprobe.models.keras import LoadedModel
 from tensorprobe.text import first_line
 
 KERAS_METADATA = "keras_metadata.pb"
@@ -43,17 +43,6 @@ class Signature:
     function: Any  # the tf.types.experimental.ConcreteFunction
     inputs: list  # [tf.TensorSpec], named after the signature's keyword arguments
     outputs: list  # [(output name, tf.TensorSpec)]
-
-
-@dataclass
-class LoadedSavedModel(LoadedModel):
-    """A LoadedModel for a SavedModel folder. `model` and `keras` are the tf_keras model and
-    module for a Keras 2 SavedModel (when asked for), None for a graph."""
-
-    signature: Signature = None
-    keras2: bool = False  # the folder holds keras_metadata.pb
-    signatures: list = field(default_factory=list)  # every signature name, sorted
-    saved_object: Any = None  # the restored object; keeps the signature's variables alive
 
 
 def is_savedmodel(path):
@@ -80,7 +69,7 @@ def directory_sha256(path):
                 files.append((full.relative_to(root).as_posix(), full))
     total = hashlib.sha256()
     for rel, full in sorted(files, key=lambda item: item[0].encode("utf-8", "surrogateescape")):
-        line = f"{formats.sha256_of(full)}  {rel}\n"
+        line = f"{base.file_sha256(full)}  {rel}\n"
         total.update(line.encode("utf-8", "surrogateescape"))
     return total.hexdigest()
 
@@ -95,8 +84,8 @@ def load_savedmodel(path, signature=None, unsafe=False, keras_model=True):
     if keras2 and keras_model and not unsafe:
         # keras_metadata.pb holds the model's config and each layer's again: check them all
         configs = _keras_metadata_configs(path)
-        formats.refuse_code(path, configs)
-        formats.refuse_op_layers(path, configs)
+        config.refuse_code(path, configs)
+        config.refuse_op_layers(path, configs)
     sha = directory_sha256(path)
     if not unsafe:
         # before loading: TensorFlow's loader itself runs functions of the file (see _effects)
@@ -113,23 +102,29 @@ def load_savedmodel(path, signature=None, unsafe=False, keras_model=True):
     names = sorted(obj.signatures.keys())
     chosen = _choose_signature(path, names, signature)
     sig = _signature(chosen, obj.signatures[chosen])
-    loaded = LoadedSavedModel(
-        path, None, None, f"tensorflow {tf.__version__}", "savedmodel", sha,
-        signature=sig, keras2=keras2, signatures=names, saved_object=obj,
-    )
     if keras2 and keras_model:
         import tf_keras
 
+        from tensorprobe.backends.keras.backend import KerasBackend
         from tensorprobe.backends.keras.graph import generated_names
 
         try:
             with generated_names(tf_keras):
-                loaded.model = tf_keras.models.load_model(path, compile=False)
+                model = tf_keras.models.load_model(path, compile=False)
         except Exception as e:
             raise ModelLoadError(f"{path}: cannot load this Keras 2 SavedModel: {first_line(e)}") from e
-        loaded.keras = tf_keras
-        loaded.loader = f"tf_keras {tf_keras.__version__}"
-    return loaded
+        backend = KerasBackend(path, model, tf_keras, f"tf_keras {tf_keras.__version__}", "savedmodel", sha,
+                               signature=sig)
+    else:
+        from tensorprobe.backends.tfgraph import scopes
+        from tensorprobe.backends.tfgraph.backend import GraphBackend
+
+        found = keras2_layers(path)
+        naming = scopes.KERAS3 if found is None else scopes.Naming(True, *found)
+        backend = GraphBackend(path, f"tensorflow {tf.__version__}", "savedmodel", sha, naming, signature=sig)
+        backend.signatures = names
+    backend.saved_object = obj
+    return backend
 
 
 def _effects(path):
@@ -193,13 +188,13 @@ def _signature(name, function):
 
 def _keras_metadata_configs(path):
     """The config of every object in keras_metadata.pb (JSON per saved Keras object: tf_keras
-    rebuilds each layer, nested models' too, from its own), for `formats.refuse_code`."""
+    rebuilds each layer, nested models' too, from its own), for `config.refuse_code`."""
     from google.protobuf.message import DecodeError
     from tf_keras.protobuf import saved_metadata_pb2
 
     meta = saved_metadata_pb2.SavedMetadata()
     try:
-        with formats.open_regular(Path(path) / KERAS_METADATA, "a SavedModel's keras_metadata.pb is a file") as f:
+        with config.open_regular(Path(path) / KERAS_METADATA, "a SavedModel's keras_metadata.pb is a file") as f:
             meta.ParseFromString(f.read())
         return [json.loads(node.metadata) for node in meta.nodes if node.metadata]
     except RecursionError as e:  # JSON nested deeper than Python's stack

@@ -1,23 +1,12 @@
 """Load Keras 3 files with Keras 3, and Keras 2 `.h5` files that Keras 3 cannot rebuild with tf_keras."""
 
 import re
-from dataclasses import dataclass
-from typing import Any
 
+from tensorprobe.backends import base
+from tensorprobe.backends.keras import config
+from tensorprobe.backends.keras.backend import KerasBackend
 from tensorprobe.errors import ModelLoadError
-from tensorprobe.models import formats
 from tensorprobe.text import first_line
-
-
-@dataclass
-class LoadedModel:
-    path: str  # as the user gave it
-    model: Any  # a keras.Model or tf_keras.Model
-    keras: Any  # the module that built it: keras or tf_keras
-    loader: str  # "keras 3.x.y" or "tf_keras 2.x.y"
-    format: str  # "keras" or "h5"
-    sha256: str
-    unsafe: bool = False  # --unsafe: what it runs may act outside the computation (effects.py)
 
 
 # Keras 3 imports the module a file names for a class when that module lies in one of these
@@ -29,7 +18,7 @@ FILE_IMPORTED_PACKAGES = ("keras_hub", "keras_cv", "keras_nlp")
 PIP_NAMES = {"keras_hub": "keras-hub", "keras_cv": "keras-cv", "keras_nlp": "keras-nlp", "tf_keras": "tf-keras"}
 
 
-def load_model(path, unsafe=False, custom_objects=None):
+def load_model(path, fmt, unsafe=False, custom_objects=None):
     """Load a Keras model file. Stored Python code (Lambda layers) is refused unless `unsafe`.
 
     `custom_objects` ({name: class or function}) are the user's classes the file refers to.
@@ -39,15 +28,12 @@ def load_model(path, unsafe=False, custom_objects=None):
     """
     custom_objects = custom_objects or {}
     path = str(path)
-    fmt = formats.detect_format(path)
-    if fmt not in ("keras", "h5"):
-        raise ModelLoadError(f"{path}: not a Keras model file (.keras, .h5); tensorprobe.models.load_model reads it")
-    config, written_by = formats.read_config(path, fmt)
+    stored, written_by = config.read_config(path, fmt)
     if not unsafe:
         # tf_keras' .h5 loader has no safe mode, so the check is ours, for every format alike.
-        formats.refuse_code(path, config)
-        formats.refuse_op_layers(path, config)
-    sha = formats.sha256_of(path)
+        config.refuse_code(path, stored)
+        config.refuse_op_layers(path, stored)
+    sha = base.file_sha256(path)
 
     import keras
 
@@ -58,7 +44,7 @@ def load_model(path, unsafe=False, custom_objects=None):
             model = keras.saving.load_model(
                 path, custom_objects=custom_objects, compile=False, safe_mode=not unsafe
             )
-        return LoadedModel(path, model, keras, f"keras {keras.__version__}", fmt, sha)
+        return KerasBackend(path, model, keras, f"keras {keras.__version__}", fmt, sha)
     except KeyboardInterrupt:
         raise
     except BaseException as e:  # any failure to rebuild the file (or of the user's classes) is reported below
@@ -76,7 +62,7 @@ def load_model(path, unsafe=False, custom_objects=None):
             raise
         except BaseException as e:
             raise _load_error(path, "cannot load this Keras 2 model", e) from e
-        return LoadedModel(path, model, tf_keras, f"tf_keras {tf_keras.__version__}", fmt, sha)
+        return KerasBackend(path, model, tf_keras, f"tf_keras {tf_keras.__version__}", fmt, sha)
     raise _load_error(path, "cannot load the model", keras3_error) from keras3_error
 
 

@@ -14,37 +14,14 @@ a smaller graph. What can be checked is: every input names an op of the graph, e
 called is in its library (which TensorFlow writes after the ops, so a cut loses it).
 """
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from tensorprobe.backends import base
 from tensorprobe.errors import ModelLoadError
-from tensorprobe.models import formats
-from tensorprobe.models.keras import LoadedModel
 from tensorprobe.text import first_line
 
 # The ops that hold a variable (reference or resource); frozen graphs have Const ops instead.
 VARIABLE_OPS = frozenset({"VariableV2", "Variable", "VarHandleOp", "TemporaryVariable", "AutoReloadVariable"})
-FORMATS = ("frozen_graph", "frozen_graph_text")
-
-
-@dataclass
-class LoadedFrozenGraph(LoadedModel):
-    """A LoadedModel for a frozen GraphDef file: `model` and `keras` are None."""
-
-    graph_def: Any = None  # tf.compat.v1.GraphDef
-    effects: list = field(default_factory=list)  # [effects.Effect]; [] with --unsafe
-
-    def tensor_graph(self):
-        from tensorprobe.backends.tfgraph.tensors import from_graph_def
-
-        return from_graph_def(self.graph_def, self.source, self.path, self.effects)
-
-    @property
-    def source(self):
-        """What the graph is, as `tensorprobe tensors` titles it."""
-        return "frozen graph (GraphDef, text format)" if self.format == "frozen_graph_text" else \
-            "frozen graph (GraphDef)"
 
 
 def load_frozen_graph(path, fmt, unsafe=False):
@@ -75,10 +52,11 @@ def load_frozen_graph(path, fmt, unsafe=False):
     _check_complete(path, graph_def)
     import tensorflow as tf
 
-    from tensorprobe.backends.tfgraph import effects
+    from tensorprobe.backends.tfgraph import effects, scopes
+    from tensorprobe.backends.tfgraph.backend import GraphBackend
 
-    return LoadedFrozenGraph(path, None, None, f"tensorflow {tf.__version__}", fmt, formats.sha256_of(path),
-                             graph_def=graph_def, effects=[] if unsafe else effects.find(graph_def))
+    return GraphBackend(path, f"tensorflow {tf.__version__}", fmt, base.file_sha256(path), scopes.TF1,
+                        graph_def=graph_def, effects=[] if unsafe else effects.find(graph_def))
 
 
 def _check_complete(path, graph_def):

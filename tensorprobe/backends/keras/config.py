@@ -1,11 +1,9 @@
-"""What kind of model file a path is, and what its stored config says, read without TensorFlow."""
+"""A Keras file's stored config, read without TensorFlow, and the checks that refuse what
+loading it would run (Python code, TensorFlow functions called while loading)."""
 
-import hashlib
 import json
 import os
-import re
 import zipfile
-from pathlib import Path
 
 import h5py
 
@@ -15,42 +13,6 @@ from tensorprobe.text import first_line
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 ZIP_SIGNATURE = b"PK\x03\x04"
-TFLITE_IDENTIFIER = b"TFL3"  # the flatbuffer file identifier, at bytes 4..8 (after the root offset)
-
-
-NOT_A_MODEL = ("not a model file tensorprobe reads (a .keras zip archive, an HDF5 .h5 file, a SavedModel "
-               "folder, a TensorFlow 1 frozen graph .pb or .pbtxt, or a TensorFlow Lite .tflite file)")
-
-
-def detect_format(path):
-    """'keras' (a Keras 3 zip), 'h5' (HDF5), 'tflite' (a TFLite flatbuffer), 'savedmodel' (a
-    folder), 'frozen_graph' or 'frozen_graph_text' (a GraphDef, binary or text protobuf), from
-    the contents."""
-    path = Path(path)
-    if path.is_dir():
-        if (path / "saved_model.pb").is_file():
-            return "savedmodel"
-        raise ModelLoadError(f"{path}: is a folder that holds no SavedModel (no saved_model.pb)")
-    with open_regular(path, MODEL_FILE) as f:
-        head = f.read(PROTOBUF_HEAD)
-    if head.startswith(ZIP_SIGNATURE):
-        return "keras"
-    if head[:8] == HDF5_SIGNATURE:
-        return "h5"
-    if head[4:8] == TFLITE_IDENTIFIER:  # before the protobuf check: any bytes may look like one
-        return "tflite"
-    if path.suffix.lower() == ".tflite":
-        raise ModelLoadError(f"{path}: not a TFLite model (no '{TFLITE_IDENTIFIER.decode()}' flatbuffer "
-                             "identifier at bytes 4-8)")
-    kind = protobuf_kind(head)
-    if kind == "saved_model":
-        raise ModelLoadError(f"{path}: is a SavedModel's saved_model.pb (a SavedModel proto), not a frozen "
-                             f"graph; pass the folder that holds it: {path.parent}")
-    if kind is not None:
-        return kind
-    raise ModelLoadError(f"{path}: {NOT_A_MODEL}")
-
-
 MODEL_FILE = "a model is a file or a SavedModel folder"
 
 
@@ -58,62 +20,6 @@ def open_regular(path, wanted):
     """`path` opened for reading, a UsageError unless it is a regular file (limits.open_regular):
     `wanted` says what was expected there."""
     return limits.open_regular(path, str(path), wanted, UsageError)
-
-
-# Protobuf files are recognised by how they begin, without TensorFlow (which has their
-# schemas) and without reading a large file whole: a parse proves nothing anyway, since any
-# bytes that happen to be well-formed parse as any message. Serialisers write fields in
-# field-number order, so a binary GraphDef starts with its first NodeDef (field 1), whose
-# own first fields are its name (1) and op type (2); a SavedModel starts with its schema
-# version (field 1, a varint: 0 or 1), then its MetaGraphDefs (field 2). The text format
-# starts with a field name, after blank and `#` comment lines. The loader parses the file.
-PROTOBUF_HEAD = 1 << 16
-GRAPH_DEF_FIELDS = {"node", "library", "versions", "version"}
-SAVED_MODEL_FIELDS = {"saved_model_schema_version", "meta_graphs"}
-TEXT_FIELD = re.compile(r"(?:\s|#[^\n]*\n)*([A-Za-z_]\w*)\s*[{:<]")
-OP_TYPE = re.compile(rb"[A-Za-z0-9_>]+")
-
-
-def protobuf_kind(head):
-    """'frozen_graph' (binary GraphDef), 'frozen_graph_text' (text GraphDef), 'saved_model'
-    (a SavedModel proto, binary or text) or None, from the first bytes of a file."""
-    if head[:1] == b"\x0a":  # field 1 (node), length-delimited
-        _, i = _varint(head, 1)
-        if head[i:i + 1] == b"\x0a":  # NodeDef.name
-            size, i = _varint(head, i + 1)
-            name = head[i:i + size] if size else b""
-            if name and len(name) == size and head[i + size:i + size + 1] == b"\x12":  # NodeDef.op
-                size, i = _varint(head, i + size + 1)
-                if size and OP_TYPE.fullmatch(head[i:i + size]):
-                    return "frozen_graph"
-    if head[:1] == b"\x08":  # field 1 (saved_model_schema_version), varint
-        version, i = _varint(head, 1)
-        if version in (0, 1) and head[i:i + 1] == b"\x12":  # a MetaGraphDef, its fields 1 or 2 first
-            _, i = _varint(head, i + 1)
-            if head[i:i + 1] in (b"\x0a", b"\x12"):
-                return "saved_model"
-    if b"\0" in head:
-        return None
-    m = TEXT_FIELD.match(head.decode("utf-8", "replace"))
-    field = m.group(1) if m else None
-    if field in GRAPH_DEF_FIELDS:
-        return "frozen_graph_text"
-    if field in SAVED_MODEL_FIELDS:
-        return "saved_model"
-    return None
-
-
-def _varint(data, i):
-    """(value, index after it) of the protobuf varint at data[i]; (None, len) when cut short."""
-    value = shift = 0
-    while i < len(data) and shift < 64:
-        byte = data[i]
-        i += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, i
-        shift += 7
-    return None, len(data)
 
 
 def read_config(path, fmt):
@@ -297,13 +203,3 @@ def _is_tensorflow_op(symbol, method=None):
     if method is not None:  # ClassMethod: looked up as its from_config and call do
         function = getattr(function, method, None) if function is not None else None
     return function is not None and hasattr(function, dispatch.FALLBACK_DISPATCH_ATTR)
-
-
-def sha256_of(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-

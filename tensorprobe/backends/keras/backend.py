@@ -1,0 +1,150 @@
+"""A Keras model (Keras 3 or tf_keras) as a backend: its layers from the walk (graph.py), its
+tensors from the traced forward pass (or the signature of the Keras 2 SavedModel it was
+rebuilt from), run by the compiled walk (runner.py)."""
+
+from tensorprobe.backends import base
+
+
+class KerasBackend(base.Backend):
+    """A keras.Model from a file, a Keras 2 SavedModel rebuilt by tf_keras (`signature` is
+    then the folder's signature, whose graph gives the tensors), or the caller's own."""
+
+    kind = "Keras model"
+
+    def __init__(self, path, model, keras, loader, format, sha256, signature=None):
+        super().__init__()
+        self.path, self.model, self.keras, self.loader, self.format, self.sha256 = (
+            path, model, keras, loader, format, sha256)
+        self.signature = signature  # a tfgraph.savedmodel.Signature, or None
+        self.saved_object = None  # keeps a SavedModel signature's variables alive
+
+    def _build_layer_graph(self):
+        from tensorprobe.backends.keras.graph import unroll
+
+        return unroll(self.model, self.keras)
+
+    def _build_tensor_graph(self):
+        from tensorprobe.backends.tfgraph import effects, tensors
+
+        if self.signature is not None:
+            return tensors.from_signature(self.signature)
+        built = tensors.from_keras(self.model)
+        built.path = self.path
+        if not self.unsafe:  # listed, but refused to run (extraction_function)
+            built.effects = effects.find(built.graph_def)
+        return built
+
+    def describe(self):
+        from tensorprobe.backends.keras.describe import describe
+
+        return describe(self.model, self.layer_graph)
+
+    def input_specs(self, layers=True):
+        from tensorprobe.inputs.spec import from_tensors
+
+        if not layers:
+            return super().input_specs(layers)
+        graph = self.layer_graph
+        return from_tensors(graph.inputs, graph.input_names(), graph.data_format())
+
+    # ---- running ---------------------------------------------------------------------------
+
+    def check(self, request):
+        """A Keras model honours every request."""
+
+    def runner(self, plan, request):
+        from tensorprobe import probe
+        from tensorprobe.backends.keras import runner
+
+        graph = self.layer_graph
+        if request.target is None:
+            return plan, runner.extraction_function(graph, plan, training=request.training,
+                                                    storage=request.storage, jit=request.jit, check=self._check())
+        target_origin, output_name = runner.output_origin(graph, request.target_output)
+        plan = probe.with_gradients(plan, request.target, output_name)
+        run = runner.extraction_function(graph, plan, request.target, target_origin, request.label_shape,
+                                         request.training, request.storage, request.jit, self._check())
+        return plan, run
+
+    def _check(self):
+        """What refuses the traced graph before it runs, unless the model was opened with
+        --unsafe: tf_keras' op layers call TensorFlow ops by name (tfgraph/effects.py)."""
+        from tensorprobe.backends.tfgraph import effects
+
+        return effects.checker(self.path, self.unsafe)
+
+    def estimate(self, plan, storage):
+        from tensorprobe.backends.keras import runner
+
+        graph = self.layer_graph
+        return lambda rows, batch_rows: runner.estimate_bytes(graph, plan, storage, rows, batch_rows)
+
+    def layer_of(self, tensor_name):
+        """The layer of a tensor of the traced graph: found in its name scopes, as for a
+        SavedModel (the walk's layers are not the graph's ops)."""
+        if self._scopes is None:
+            from tensorprobe.backends.tfgraph import scopes
+
+            self._scopes = scopes.find_layers(self.tensor_graph, self.naming())
+        return self._scopes.layer_of(tensor_name)
+
+    _scopes = None
+
+    def naming(self):
+        """How the traced graph's scopes name the layers: a Keras 2 SavedModel's object graph
+        says; a model that tf_keras loaded names its layers itself; Keras 3's `_N` suffixes."""
+        from tensorprobe.backends.tfgraph import savedmodel, scopes
+
+        if self.signature is not None:
+            found = savedmodel.keras2_layers(self.path)
+            return scopes.KERAS3 if found is None else scopes.Naming(True, *found)
+        if self.keras.__name__ == "tf_keras":
+            Layer, Model = self.keras.layers.Layer, self.keras.Model
+            layers = [self.model, *(m for m in self.model.submodules if isinstance(m, Layer))]
+            return scopes.Naming(True, frozenset(layer.name for layer in layers),
+                                 frozenset(layer.name for layer in layers if isinstance(layer, Model)))
+        return scopes.KERAS3
+
+    # ---- what it is ------------------------------------------------------------------------
+
+    def title_parts(self):
+        return [f"signature {self.signature.name}"] if self.signature is not None else []
+
+    def keras_version(self):
+        return self.keras.__version__
+
+    def fingerprint(self):
+        return {"signature": self.signature.name if self.signature is not None else None, "raw_quantized": False}
+
+    def precision(self):
+        """A mixed-precision policy's half compute dtype, or a quantized layer's mode
+        (`layer.quantize("int8")`), the narrowest; else float32."""
+        found = set()
+        for entry in self.layer_graph.entries.values():
+            compute = str(getattr(entry.layer, "compute_dtype", None))  # Keras layers and operations alike
+            found.add(compute if compute in base.HALF else None)
+            policy = getattr(entry.layer, "dtype_policy", None)
+            found.add(str(getattr(policy, "quantization_mode", None)))
+        return base.narrowest(found)
+
+    def node_keys(self, plan, indices):
+        """A Keras model's nodes are its layers: the layer path."""
+        return [plan.specs[j].layer for j in indices]
+
+
+def from_memory(model):
+    """A keras.Model instance of Keras 3 or tf_keras, whatever module its class comes from (a
+    keras-hub backbone, a subclass of the user's) -> a KerasBackend; None for anything else.
+    An instance of either's Model exists only once that package is imported, so only the ones
+    imported are asked: nothing is imported here that the caller has not."""
+    import sys
+
+    for name in ("keras", "tf_keras"):
+        keras = sys.modules.get(name)
+        model_class = getattr(keras, "Model", None)
+        if isinstance(model_class, type) and isinstance(model, model_class):
+            backend = KerasBackend(f"<in-memory {model.name}>", model, keras, f"{name} {keras.__version__}",
+                                   "in-memory", "")
+            backend.unsafe = True  # the caller's own objects, whose code has run already: no file to distrust
+            return backend
+    return None
