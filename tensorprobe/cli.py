@@ -61,7 +61,8 @@ class TensorprobeGroup(click.Group):
             store.new_run()
         # Catch Ctrl-C here, before click turns it into Abort with a stray blank line.
         try:
-            return super().invoke(ctx)
+            with errors.cli_words():  # messages name --layer, not the API's `layers`
+                return super().invoke(ctx)
         except KeyboardInterrupt as e:
             raise errors.Interrupted(isinstance(e, errors.Terminated)) from e
 

@@ -5,6 +5,8 @@ that does not exist, an output that exists), 1 when a well-formed command fails 
 contents of a file or while running, 130 on Ctrl-C, 143 on SIGTERM.
 """
 
+import contextlib
+
 USAGE = 2
 FAILURE = 1
 INTERRUPTED = 130  # Ctrl-C (SIGINT)
@@ -16,9 +18,59 @@ class Terminated(KeyboardInterrupt):
 
 
 class TensorprobeError(Exception):
-    """Base class: a problem with the user's input, reported in one line."""
+    """Base class: a problem with the user's input, reported in one line. `argument`: the
+    Python API's name of the argument it is about (`layers`, `output`), or None; its message
+    names it in the words of whoever asked (see `name`)."""
 
     exit_code = FAILURE
+
+    def __init__(self, message="", argument=None):
+        super().__init__(message)
+        self.argument = argument
+
+
+# The Python API's argument names -> the CLI's option names. Messages name an argument with
+# `name(argument)`: the option while a CLI command runs (`cli_words`), the argument otherwise,
+# so the CLI says `--layer` where the API says `layers`.
+OPTIONS = {
+    "layers": "--layer", "match": "--match", "all_layers": "--all", "tensors": "--tensor",
+    "tensor_match": "--tensor-match", "output": "--output", "overwrite": "--overwrite",
+    "gradients": "--gradients", "target": "--target", "target_output": "--target-output", "labels": "--labels",
+    "x": "--input", "shard": "--shard", "resume": "--resume", "skip_bad": "--skip-bad", "size": "--size",
+    "preprocess": "--preprocess", "max_bytes": "--max-bytes", "signature": "--signature",
+    "custom_objects": "--custom-objects", "unsafe": "--unsafe", "batch_size": "--batch-size",
+    "compression": "--compression", "dtype": "--dtype", "reduce": "--reduce",
+    "allow_incomplete": "--allow-incomplete", "raw_quantized": "--raw-quantized", "save_a": "--save-a",
+    "save_b": "--save-b", "pairs": "--pair", "metric": "--metric", "rtol": "--rtol", "atol": "--atol",
+    "resize": "--resize", "interpolation": "--interpolation", "scale": "--scale", "offset": "--offset",
+    "training": "--training", "jit": "--jit", "only": "--only", "model": "--model",
+}
+_speaker = ["api"]  # a process-wide setting, not a context variable: the reader and writer threads share it
+
+
+@contextlib.contextmanager
+def cli_words():
+    """Messages raised inside name the CLI's options (the CLI runs its commands in this)."""
+    _speaker.append("cli")
+    try:
+        yield
+    finally:
+        _speaker.pop()
+
+
+def in_cli():
+    return _speaker[-1] == "cli"
+
+
+def name(argument):
+    """How a message names the API argument `argument`: its CLI option inside `cli_words`."""
+    return OPTIONS.get(argument, f"--{argument.replace('_', '-')}") if in_cli() else argument
+
+
+def words(cli, api):
+    """The phrase `cli` while a CLI command runs, else `api` (syntax that differs: `--input
+    NAME=PATH` against `x={input name: array or path}`)."""
+    return cli if in_cli() else api
 
 
 class UsageError(TensorprobeError):

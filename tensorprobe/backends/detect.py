@@ -1,6 +1,6 @@
 """Which backend opens a model: the registry of formats, and the one place that picks one.
 
-Each entry of REGISTRY is a package under `tensorprobe.backends` that offers
+Each entry of REGISTRY is a module (a package under `tensorprobe.backends`) that offers
 
     DESCRIPTION                     what its files are, for the message naming what tensorprobe reads
     guess_can_open(path, head)      the format name when `path` is one of its files (`head`: the
@@ -20,11 +20,11 @@ from pathlib import Path
 from tensorprobe import limits
 from tensorprobe.errors import ModelLoadError, UsageError
 
-REGISTRY = (
-    "keras",  # .keras zip archives and HDF5 .h5 files (Keras 3, Keras 2 through tf_keras)
-    "tfgraph",  # SavedModel folders, TensorFlow 1 frozen graphs (.pb, .pbtxt)
-    "tflite",  # TensorFlow Lite flatbuffers
-)
+REGISTRY = [
+    "tensorprobe.backends.keras",  # .keras zip archives and HDF5 .h5 files (Keras 3; Keras 2 through tf_keras)
+    "tensorprobe.backends.tfgraph",  # SavedModel folders, TensorFlow 1 frozen graphs (.pb, .pbtxt)
+    "tensorprobe.backends.tflite",  # TensorFlow Lite flatbuffers
+]
 
 HEAD = 1 << 16  # the bytes a backend's guess may look at
 MODEL_FILE = "a model is a file or a SavedModel folder"
@@ -55,7 +55,7 @@ class OpenOptions:
 
 
 def entries():
-    return [importlib.import_module(f"tensorprobe.backends.{name}") for name in REGISTRY]
+    return [importlib.import_module(name) for name in REGISTRY]
 
 
 def not_a_model(path):
