@@ -16,8 +16,7 @@ TensorFlow graph names them (`dense1/MatMul:0`, `dense1/BiasAdd:0`, ...), the la
 among them, and its kernels and biases are constant tensors (`dense1/kernel:0`), which depend
 on no input.
 
-Register it with `detect.REGISTRY.insert(0, "numpy_backend")` (tests/ on sys.path): before
-the Keras entry, which takes every zip archive for a .keras file.
+Register it with `detect.REGISTRY.append("numpy_backend")` (tests/ on sys.path).
 """
 
 import builtins

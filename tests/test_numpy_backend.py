@@ -24,10 +24,11 @@ ROWS = 9
 
 @pytest.fixture(autouse=True)
 def registered(monkeypatch):
-    """The fake format in the registry, first: the Keras entry takes every zip archive."""
+    """The fake format in the registry: one line, after the others (the Keras entry takes only
+    the zip archives that list a config.json)."""
     from tensorprobe.backends import detect
 
-    monkeypatch.setattr(detect, "REGISTRY", ["numpy_backend", *detect.REGISTRY])
+    monkeypatch.setattr(detect, "REGISTRY", [*detect.REGISTRY, "numpy_backend"])
 
 
 def weights(seed, dtype="float32", features=6, hidden=5, units=3):
@@ -100,6 +101,21 @@ def test_registry_opens_the_fake_by_content_and_layers_lists_it(cli, fake, tmp_p
     assert table.stdout.splitlines()[0] == f"{renamed}: numpy_dense (numpy {np.__version__})"
     total = sum(v.size for v in w.values())
     assert f"params:  {total} total, 0 trainable, {total} non-trainable" in table.stdout.splitlines()
+
+
+def test_other_zip_archives_are_not_taken_for_keras_files(cli, fake, tmp_path):
+    inputs = tmp_path / "inputs.npz"  # an input archive given as the model: no config.json in it
+    np.savez(inputs, x=x_of(fake))
+    result = cli("layers", inputs)
+    assert result.exit_code == 1
+    line = error_line(result)
+    assert line.startswith(f"error: {inputs}: not a model file tensorprobe reads (a .keras zip archive, ")
+    assert line.endswith(", or a tensorprobe NumPy test model (.npz))")
+    damaged = tmp_path / "damaged.keras"  # a zip's first header, then no archive: a damaged Keras file
+    damaged.write_bytes(fake["paths"]["a"].read_bytes()[:40])
+    result = cli("layers", damaged)
+    assert result.exit_code == 1
+    assert error_line(result) == f"error: {damaged}: damaged or incomplete model file (File is not a zip file)"
 
 
 def test_tensors_lists_the_fake_graph(cli, fake):
@@ -323,7 +339,7 @@ from tensorprobe import merge
 from tensorprobe.backends import detect
 from tensorprobe.cli import cli
 
-detect.REGISTRY.insert(0, "numpy_backend")
+detect.REGISTRY.append("numpy_backend")
 rng = np.random.default_rng(0)
 w = {"w1": rng.normal(size=(4, 3)), "b1": rng.normal(size=3), "w2": rng.normal(size=(3, 2)), "b2": rng.normal(size=2)}
 w = {k: v.astype("float32") for k, v in w.items()}
