@@ -63,8 +63,13 @@ def in_cli():
 
 
 def name(argument):
-    """How a message names the API argument `argument`: its CLI option inside `cli_words`."""
-    return OPTIONS.get(argument, f"--{argument.replace('_', '-')}") if in_cli() else argument
+    """How a message names the API argument `argument`: its CLI option inside `cli_words`
+    (`--node-data` for an option the API lacks, `node_data`). A name that is no argument's
+    (an environment variable such as TENSORPROBE_SHARD, an option spelled `--filter`) is
+    itself in both."""
+    if not (in_cli() and argument.isidentifier() and argument.islower()):
+        return argument
+    return OPTIONS.get(argument, f"--{argument.replace('_', '-')}")
 
 
 def words(cli, api):
