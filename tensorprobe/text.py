@@ -73,7 +73,8 @@ def did_you_mean(name, candidates):
 
 def regex(pattern, argument):
     """`pattern` compiled (None stays None); a usage error about `argument` (an API argument
-    name, `match`: errors.name) if it is not a valid regular expression. Every REGEX option matches with `search`.
+    name such as `match`, named by errors.name) if it is not a valid regular expression. Every
+    REGEX option matches with `search`.
 
     Patterns are compiled by RE2 (google-re2), whose matching time is linear in the length
     of the text: a pattern such as `^(\\w+/?)+$`, which makes Python's backtracking `re`
