@@ -3,7 +3,9 @@ compare dumps. The CLI is a thin face over these functions.
 
 No function here exits the process, prints to stdout, or touches signal handlers or the
 allocator (those stay in `tensorprobe.cli`). Errors are `tensorprobe.errors.TensorprobeError`s
-whose messages name this API's arguments (`layers`, `output`) rather than the CLI's flags.
+whose messages name this API's arguments (`layers`, `output`) rather than the CLI's flags: the
+core writes them with `errors.name`, and sets `argument` to the argument at fault where there
+is one.
 
     >>> import tensorprobe
     >>> model = tensorprobe.load("sample_models/transfer.keras")
@@ -12,58 +14,11 @@ whose messages name this API's arguments (`layers`, `output`) rather than the CL
     (4, 32, 32, 8)
 """
 
-import contextlib
 import os
-import re
 from collections.abc import Mapping
 
 from tensorprobe import errors
 from tensorprobe.text import parse_size
-
-# The CLI's option names -> this API's argument names, for the messages of errors raised by
-# the shared core (written with the CLI's names).
-_ARGUMENTS = {
-    "--layer": "layers", "--match": "match", "--all": "all_layers", "--tensor-match": "tensor_match",
-    "--tensor": "tensors", "--output": "output", "--overwrite": "overwrite",
-    "--gradients": "gradients", "--target-output": "target_output", "--target": "gradients",
-    "--labels": "labels", "--input": "x", "--shard": "shard", "--resume": "resume",
-    "--skip-bad": "skip_bad", "--size": "size", "--preprocess": "preprocess",
-    "--max-bytes": "max_bytes", "--signature": "signature", "--custom-objects": "custom_objects",
-    "--unsafe": "unsafe", "--batch-size": "batch_size", "--compression": "compression",
-    "--dtype": "dtype", "--reduce": "reduce", "--allow-incomplete": "allow_incomplete",
-    "--raw-quantized": "raw_quantized", "--save-a": "save_a", "--save-b": "save_b", "--pair": "pairs",
-    "--metric": "metric", "--rtol": "rtol", "--atol": "atol", "--resize": "resize", "--no-resize": "resize='none'",
-    "--interpolation": "interpolation", "--scale": "scale", "--offset": "offset", "--training": "training",
-    "--jit": "jit", "--only": "only", "--model": "model",
-}
-_FLAG = re.compile("|".join(sorted((re.escape(k) + r"\b" for k in _ARGUMENTS), key=len, reverse=True)))
-# The CLI's syntax in the shared core's messages -> this API's, before the flags are renamed.
-_PHRASES = [
-    (re.compile(r"give INPUT\.\.\. or --input NAME=PATH"), "give x"),
-    (re.compile(r", or --input NAME=PATH for each input"),
-     ", a list of arrays in the model's input order, or a dict {input name: array or path}"),
-    (re.compile(r"--input NAME=PATH"), "a dict x={input name: array or path}"),
-    (re.compile(r"--input '([^'=]*)=\.\.\.'"), r"x['\1']"),
-    (re.compile(r"--input ([^\s':]+) '"), r"x['\1'] '"),
-    (re.compile(r"--pair A_PATH=B_PATH"), "pairs={A path: B path}"),
-]
-
-
-def _in_api_words(message):
-    for pattern, replacement in _PHRASES:
-        message = pattern.sub(replacement, message)
-    return _FLAG.sub(lambda m: _ARGUMENTS[m.group(0).rstrip()], message)
-
-
-@contextlib.contextmanager
-def _api_names():
-    """Errors raised inside name this API's arguments instead of the CLI's flags."""
-    try:
-        yield
-    except errors.TensorprobeError as e:
-        e.args = (_in_api_words(str(e)),)
-        raise
-
 
 # ---- models ---------------------------------------------------------------------------------
 
@@ -120,13 +75,12 @@ def load(model, *, custom_objects=(), unsafe=False, signature=None, raw_quantize
         >>> [layer["path"] for layer in model.layers()][:3]
         ['image', 'vgg16', 'vgg16/input_layer']
     """
-    with _api_names():
-        return open_model(model, custom_objects, unsafe, signature, raw_quantized=raw_quantized)
+    return open_model(model, custom_objects, unsafe, signature, raw_quantized=raw_quantized)
 
 
 def open_model(model, custom_objects=(), unsafe=False, signature=None, layers=True, raw_quantized=False):
-    """`load` with the errors in the CLI's words (its flags), for the CLI. Without `layers`
-    only the graph of tensors is wanted: a Keras 2 SavedModel is not rebuilt with tf_keras."""
+    """`load`, for the CLI too. Without `layers` only the graph of tensors is wanted: a Keras 2
+    SavedModel is not rebuilt with tf_keras."""
     from tensorprobe import pipeline
 
     if isinstance(model, Model):
@@ -158,8 +112,7 @@ def _job(batch_size, progress=None):
 
     bar = progress_bar() if progress is True else progress or None
     job = Job(batch_size, bar)
-    with _api_names():
-        job.check()
+    job.check()
     return job
 
 
@@ -173,17 +126,17 @@ def preparation(resize="stretch", interpolation="bilinear", size=None, preproces
 
     from tensorprobe.inputs.options import INTERPOLATIONS, RESIZE_MODES, Options
 
-    with _api_names():
-        for value, choices, option in ((resize, (*RESIZE_MODES, "none"), "--resize"),
-                                       (interpolation, INTERPOLATIONS, "--interpolation")):
-            if value not in choices:
-                raise errors.UsageError(f"{option} {value!r}: choose from {', '.join(choices)}")
-        for value, option in ((scale, "--scale"), (offset, "--offset")):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, Real)):
-                raise errors.UsageError(f"{option} {value!r}: expected a number")
-        return Options(resize=resize, interpolation=interpolation, size=size, preprocess=preprocess,
-                       scale=1.0 if scale is None else scale, offset=0.0 if offset is None else offset,
-                       skip_bad=skip_bad)
+    for value, choices, argument in ((resize, (*RESIZE_MODES, "none"), "resize"),
+                                     (interpolation, INTERPOLATIONS, "interpolation")):
+        if value not in choices:
+            raise errors.UsageError(f"{errors.name(argument)} {value!r}: choose from {', '.join(choices)}",
+                                    argument=argument)
+    for value, argument in ((scale, "scale"), (offset, "offset")):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, Real)):
+            raise errors.UsageError(f"{errors.name(argument)} {value!r}: expected a number", argument=argument)
+    return Options(resize=resize, interpolation=interpolation, size=size, preprocess=preprocess,
+                   scale=1.0 if scale is None else scale, offset=0.0 if offset is None else offset,
+                   skip_bad=skip_bad)
 
 
 def _api_x(x):
@@ -219,11 +172,10 @@ def activations(model, x, *, layers=(), match=None, all_layers=False, tensors=()
 
     prep = preparation(**prepare)
     job = _job(batch_size)
-    with _api_names():
-        selection = _selection(layers, match, all_layers, tensors, tensor_match, gradients, target_output, labels,
-                               training)
-        selection.check(prep.skip_bad)
-        return pipeline.run_activations(_backend(model), _api_x(x), selection, prep, job)
+    selection = _selection(layers, match, all_layers, tensors, tensor_match, gradients, target_output, labels,
+                           training)
+    selection.check(prep.skip_bad)
+    return pipeline.run_activations(_backend(model), _api_x(x), selection, prep, job)
 
 
 def dump(model, x, output, *, layers=(), match=None, all_layers=False, tensors=(), tensor_match=None,
@@ -248,17 +200,16 @@ def dump(model, x, output, *, layers=(), match=None, all_layers=False, tensors=(
 
     prep = preparation(**prepare)
     job = _job(batch_size, progress)
-    with _api_names():
-        selection = _selection(layers, match, all_layers, tensors, tensor_match, gradients, target_output, labels,
-                               training, jit)
-        store.check_hdf5_name(output, "--output")  # as the CLI's --output is checked
-        storage = Storage(dtype, reduce, parse_compression(compression) if compression else (None, None))
-        if isinstance(max_bytes, str):
-            parse_size(max_bytes)
-        selection.check(prep.skip_bad)
-        result = pipeline.run_dump(_backend(model), _api_x(x), (), output, selection, prep, storage, job,
-                                   overwrite=overwrite, shard=shard, resume=resume, max_bytes=max_bytes)
-        return summary_record(result.summary, output)
+    selection = _selection(layers, match, all_layers, tensors, tensor_match, gradients, target_output, labels,
+                           training, jit)
+    store.check_hdf5_name(output, "output")  # as the CLI's --output is checked
+    storage = Storage(dtype, reduce, parse_compression(compression) if compression else (None, None))
+    if isinstance(max_bytes, str):
+        parse_size(max_bytes)
+    selection.check(prep.skip_bad)
+    result = pipeline.run_dump(_backend(model), _api_x(x), (), output, selection, prep, storage, job,
+                               overwrite=overwrite, shard=shard, resume=resume, max_bytes=max_bytes)
+    return summary_record(result.summary, output)
 
 
 def progress_bar(console=None):
@@ -293,15 +244,14 @@ def compare(model_a, model_b, x, *, layers=(), match=None, pairs=None, rtol=None
 
     prep = preparation(**prepare)
     job = _job(batch_size, progress)
-    with _api_names():
-        criterion = modelcompare.parse_metric(metric, rtol, atol)  # before any model is loaded
-        text.regex(match, "--match")
-        for path, option in ((save_a, "--save-a"), (save_b, "--save-b")):
-            if path is not None:
-                store.check_hdf5_name(path, option)
-        return pipeline.run_compare(_backend(model_a), _backend(model_b), _api_x(x), (), prep, job,
-                                    layers=_names(layers, "layers"), match=match, pairs=_pairs(pairs),
-                                    criterion=criterion, save_a=save_a, save_b=save_b, overwrite=overwrite)
+    criterion = modelcompare.parse_metric(metric, rtol, atol)  # before any model is loaded
+    text.regex(match, "match")
+    for path, argument in ((save_a, "save_a"), (save_b, "save_b")):
+        if path is not None:
+            store.check_hdf5_name(path, argument)
+    return pipeline.run_compare(_backend(model_a), _backend(model_b), _api_x(x), (), prep, job,
+                                layers=_names(layers, "layers"), match=match, pairs=_pairs(pairs),
+                                criterion=criterion, save_a=save_a, save_b=save_b, overwrite=overwrite)
 
 
 def _names(value, argument):
@@ -314,11 +264,12 @@ def _names(value, argument):
     try:
         names = tuple(value)
     except TypeError:
-        raise errors.UsageError(f"{argument}: expected a name or a list of names, not {type(value).__name__}") \
-            from None
+        raise errors.UsageError(f"{errors.name(argument)}: expected a name or a list of names, not "
+                                f"{type(value).__name__}", argument=argument) from None
     for name in names:
         if not isinstance(name, str):
-            raise errors.UsageError(f"{argument}: expected names (strings), got {name!r}")
+            raise errors.UsageError(f"{errors.name(argument)}: expected names (strings), got {name!r}",
+                                    argument=argument)
     return names
 
 
@@ -343,7 +294,8 @@ def _pairs(pairs):
         if isinstance(item, str) and "=" in item:
             item = tuple(item.split("=", 1))
         if not (isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(p, str) and p for p in item)):
-            raise errors.UsageError(f"pairs: expected {{A path: B path}} or [(A path, B path)], got {item!r}")
+            raise errors.UsageError(f"pairs: expected {{A path: B path}} or [(A path, B path)], got {item!r}",
+                                    argument="pairs")
         result.append(tuple(item))
     return tuple(result)
 
@@ -369,8 +321,7 @@ class DumpFile(Mapping):
         self.path = os.fspath(path)
         self.allow_incomplete = allow_incomplete
         self._names = None
-        with _api_names():
-            self._file = store.open_dump(self.path, allow_incomplete)
+        self._file = store.open_dump(self.path, allow_incomplete)
         self.attrs = {k: _plain(v) for k, v in self._file.attrs.items()}
 
     @property
@@ -414,8 +365,7 @@ class DumpFile(Mapping):
 
         from tensorprobe.report import summary_record
 
-        with _api_names():
-            return summary_record(store.read_summary(self.path, self.allow_incomplete), self.path)
+        return summary_record(store.read_summary(self.path, self.allow_incomplete), self.path)
 
     def close(self):
         self._file.close()
@@ -449,5 +399,4 @@ def diff(a, b, *, rtol=1e-5, atol=1e-8, only=None, allow_incomplete=False):
     `match` is True when every dataset matches)."""
     from tensorprobe import dumpdiff
 
-    with _api_names():
-        return dumpdiff.diff_dumps(os.fspath(a), os.fspath(b), rtol, atol, only, allow_incomplete)
+    return dumpdiff.diff_dumps(os.fspath(a), os.fspath(b), rtol, atol, only, allow_incomplete)

@@ -21,7 +21,7 @@ The rules, documented in the README (`tensorprobe diff`):
 import h5py
 import numpy as np
 
-from tensorprobe import store
+from tensorprobe import errors, store
 from tensorprobe.text import regex
 from tensorprobe.errors import DumpReadError, UsageError
 
@@ -139,7 +139,7 @@ def _bytes(values):
 
 def diff_dumps(path_a, path_b, rtol=1e-5, atol=1e-8, only=None, allow_incomplete=False):
     """Compare two dumps; a plain dict for report.diff_table / diff_json."""
-    pattern = regex(only, "--only")
+    pattern = regex(only, "only")
     with store.open_dump(path_a, allow_incomplete) as fa, store.open_dump(path_b, allow_incomplete) as fb:
         with store.reading(path_a):
             records_a, attrs_a = store.datasets(fa, all_attributes=False), store.root_attrs(fa)
@@ -151,7 +151,8 @@ def diff_dumps(path_a, path_b, rtol=1e-5, atol=1e-8, only=None, allow_incomplete
         if pattern is not None:
             names = [n for n in names if pattern.search(n)]
             if not names:
-                raise UsageError(f"--only '{only}' matches no dataset in '{path_a}' or '{path_b}'")
+                raise UsageError(f"{errors.name('only')} '{only}' matches no dataset in '{path_a}' or '{path_b}'",
+                                 argument="only")
         rows = []
         for name in names:
             ra, rb = by_name_a.get(name), by_name_b.get(name)

@@ -26,7 +26,7 @@ class TensorprobeError(Exception):
 
     def __init__(self, message="", argument=None):
         super().__init__(message)
-        self.argument = argument
+        self.argument = argument if argument is not None and is_argument(argument) else None
 
 
 # The Python API's argument names -> the CLI's option names. Messages name an argument with
@@ -62,9 +62,21 @@ def in_cli():
     return _speaker[-1] == "cli"
 
 
+def is_argument(name):
+    """Whether `name` is spelled as an argument (`layers`, `node_data`), not as what else may
+    give a value: an environment variable (TENSORPROBE_SHARD), an option spelled out
+    (`--filter`), a phrase (`'a.h5': shard`). Those are named as they are, and are no
+    error's `argument`."""
+    return name.isidentifier() and name.islower()
+
+
 def name(argument):
-    """How a message names the API argument `argument`: its CLI option inside `cli_words`."""
-    return OPTIONS.get(argument, f"--{argument.replace('_', '-')}") if in_cli() else argument
+    """How a message names the API argument `argument`: its CLI option inside `cli_words`
+    (`--node-data` for an option the API lacks, `node_data`); a name that is no argument's
+    (is_argument) is itself."""
+    if not (in_cli() and is_argument(argument)):
+        return argument
+    return OPTIONS.get(argument, f"--{argument.replace('_', '-')}")
 
 
 def words(cli, api):

@@ -26,6 +26,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from tensorprobe import errors
 from tensorprobe import shard as sharding
 from tensorprobe import store
 from tensorprobe.errors import MergeError, UsageError, WriteError
@@ -58,7 +59,7 @@ def merge(paths, output, copy=False, overwrite=False):
     output = Path(output)
     for p in paths:
         if Path(p).resolve() == output.resolve():
-            raise UsageError(f"--output '{output}' is one of the shards")
+            raise UsageError(f"{errors.name('output')} '{output}' is one of the shards", argument="output")
     shards = _in_order([_read(Path(p)) for p in paths])
     with store.atomic_output(output, overwrite) as tmp:
         f = h5py.File(tmp, "w")
@@ -68,7 +69,8 @@ def merge(paths, output, copy=False, overwrite=False):
         except BaseException as e:
             store.discard(f, tmp)
             if isinstance(e, (OSError, RuntimeError)):  # h5py reports failed writes as either
-                raise WriteError(f"--output '{output}': write failed: {store._write_reason(e)}") from e
+                raise WriteError(f"{errors.name('output')} '{output}': write failed: {store._write_reason(e)}",
+                                 argument="output") from e
             raise
     return sum(s.rows for s in shards), len(shards)
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tensorprobe.dumpdiff import RunningDiff, StringDiff
+from tensorprobe import errors
 from tensorprobe.errors import UsageError
 
 CONTAINER = "/__output__"
@@ -79,7 +80,7 @@ class Criterion:
         return record["outside_tolerance"] == 0
 
 
-def _threshold(text, option):
+def _threshold(text, argument):
     """The number after 'snr:'/'cosine:'/'scaled:', checked against the metric's range."""
     kind, _, number = text.partition(":")
     try:
@@ -87,27 +88,27 @@ def _threshold(text, option):
     except ValueError:
         value = None
     if value is None or not math.isfinite(value):
-        raise UsageError(f"{option} '{text}': {number!r} is not a finite number")
+        raise UsageError(f"{errors.name(argument)} '{text}': {number!r} is not a finite number", argument=argument)
     if kind == "cosine" and not -1 <= value <= 1:
-        raise UsageError(f"{option} '{text}': a cosine similarity lies in [-1, 1]")
+        raise UsageError(f"{errors.name(argument)} '{text}': a cosine similarity lies in [-1, 1]", argument=argument)
     if kind == "scaled" and value < 0:
-        raise UsageError(f"{option} '{text}': the scaled tolerance must be >= 0")
+        raise UsageError(f"{errors.name(argument)} '{text}': the scaled tolerance must be >= 0", argument=argument)
     return value
 
 
-def tolerance(value, option):
-    """A --rtol/--atol value: a finite number >= 0."""
+def tolerance(value, argument):
+    """An rtol/atol value (`argument`, errors.name: --rtol in the CLI): a finite number >= 0."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise UsageError(f"{option} {value!r}: expected a finite number >= 0")
+        raise UsageError(f"{errors.name(argument)} {value!r}: expected a finite number >= 0", argument=argument)
     return float(value)
 
 
-def parse_metric(text, rtol=None, atol=None, option="--metric"):
+def parse_metric(text, rtol=None, atol=None, argument="metric"):
     """The criterion the user gave, or None for the default by the models' precisions (see
     `default_criterion`): 'allclose' (numpy's rule with rtol/atol), 'scaled:X', 'snr:DB',
     'cosine:X'; --rtol/--atol alone mean 'allclose'. Checked before any model is loaded."""
-    rtol = None if rtol is None else tolerance(rtol, "--rtol")
-    atol = None if atol is None else tolerance(atol, "--atol")
+    rtol = None if rtol is None else tolerance(rtol, "rtol")
+    atol = None if atol is None else tolerance(atol, "atol")
     if isinstance(text, Criterion):
         return text
     if text is None:
@@ -115,17 +116,18 @@ def parse_metric(text, rtol=None, atol=None, option="--metric"):
             return None
         text = "allclose"
     if not isinstance(text, str):
-        raise UsageError(f"{option} {text!r}: expected a string such as 'snr:30'")
+        raise UsageError(f"{errors.name(argument)} {text!r}: expected a string such as 'snr:30'", argument=argument)
     text = text.strip()
     kind = text.partition(":")[0]
     if text == "allclose":
         return Criterion("allclose", rtol=RTOL if rtol is None else rtol, atol=ATOL if atol is None else atol)
     if kind not in KINDS or kind == "allclose" or ":" not in text:
-        raise UsageError(f"{option} '{text}': expected allclose, scaled:X (e.g. scaled:1e-4), snr:DB "
-                         "(e.g. snr:30) or cosine:X (e.g. cosine:0.999)")
+        raise UsageError(f"{errors.name(argument)} '{text}': expected allclose, scaled:X (e.g. scaled:1e-4), "
+                         "snr:DB (e.g. snr:30) or cosine:X (e.g. cosine:0.999)", argument=argument)
     if rtol is not None or atol is not None:
-        raise UsageError(f"--rtol/--atol set the allclose rule, {option} '{text}' another: give one")
-    return Criterion(kind, _threshold(text, option))
+        raise UsageError(f"{errors.name('rtol')}/{errors.name('atol')} set the allclose rule, "
+                         f"{errors.name(argument)} '{text}' another: give one", argument=argument)
+    return Criterion(kind, _threshold(text, argument))
 
 
 def default_criterion(precision_a, precision_b):
@@ -233,7 +235,8 @@ def pairings(graph_a, graph_b, layers=(), match=None, pairs=()):
         if a_path not in chosen:
             paired.append((a_path, b_path))
     if not paired:
-        raise UsageError("the two models have no layer path in common: pair layers with --pair A_PATH=B_PATH")
+        raise UsageError("the two models have no layer path in common: pair layers with "
+                         + errors.words("--pair A_PATH=B_PATH", "pairs={A path: B path}"), argument="pairs")
     position = {path: k for k, path in enumerate(children_first([a for a, _ in paired]))}
     paired.sort(key=lambda pair: position[pair[0]])
     if layers or match:

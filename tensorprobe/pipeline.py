@@ -64,23 +64,30 @@ class Selection:
         from tensorprobe.text import regex
 
         if not (self.wants_layers or self.wants_tensors):
-            raise errors.UsageError("nothing selected: give --layer NAME, --match REGEX, --all, "
-                                    "--tensor NAME or --tensor-match REGEX")
-        regex(self.match, "--match")
-        regex(self.tensor_match, "--tensor-match")
+            raise errors.UsageError(
+                f"nothing selected: give {errors.name('layers')} NAME, {errors.name('match')} REGEX, "
+                f"{errors.name('all_layers')}, {errors.name('tensors')} NAME or {errors.name('tensor_match')} REGEX")
+        regex(self.match, "match")
+        regex(self.tensor_match, "tensor_match")
         if self.gradients is None:
             if self.labels is not None or self.target_output is not None:
-                raise errors.UsageError("--labels and --target-output go with --gradients")
+                raise errors.UsageError(
+                    f"{errors.name('labels')} and {errors.name('target_output')} go with {errors.name('gradients')}",
+                    argument="labels" if self.labels is not None else "target_output")
             return
         if self.wants_tensors:
-            raise errors.UsageError("--gradients works with --layer, --match and --all, not with --tensor")
-        from tensorprobe.probe import parse_target
+            raise errors.UsageError(
+                f"{errors.name('gradients')} works with {errors.name('layers')}, {errors.name('match')} and "
+                f"{errors.name('all_layers')}, not with {errors.name('tensors')}", argument="gradients")
+        from tensorprobe.probe import parse_target, target_option
 
         target = parse_target(self.gradients)
         if (target.kind == "loss") != (self.labels is not None):
-            raise errors.UsageError("--target loss:NAME and --labels go together")
+            raise errors.UsageError(f"{target_option()} loss:NAME and {errors.name('labels')} go together",
+                                    argument="labels")
         if self.labels is not None and skip_bad:
-            raise errors.UsageError("--labels cannot be combined with --skip-bad: the rows would no longer match")
+            raise errors.UsageError(f"{errors.name('labels')} cannot be combined with {errors.name('skip_bad')}: "
+                                    "the rows would no longer match", argument="labels")
 
     def options(self):
         """The selection as the options fingerprint records it."""
@@ -111,9 +118,10 @@ def extraction(backend, selection, storage, feed):
     backend.check(RunRequest(storage))  # a graph's values are stored as computed: refused first
     if selection.wants_tensors and (storage.dtype or storage.reduce):
         # graph tensors are stored as computed: say so rather than record options not applied
-        option = "--dtype" if storage.dtype else "--reduce"
-        raise errors.UsageError(f"{option} applies to the layers of a Keras model; --tensor selects graph "
-                                "tensors, stored as computed")
+        option = "dtype" if storage.dtype else "reduce"
+        raise errors.UsageError(f"{errors.name(option)} applies to the layers of a Keras model; "
+                                f"{errors.name('tensors')} selects graph tensors, stored as computed",
+                                argument=option)
     if selection.wants_layers:
         graph = backend.layer_graph
         plan = probe.plan(graph, probe.select(graph, selection.layers, selection.match, selection.all_layers))
@@ -159,8 +167,8 @@ def _labels(labels, rows):
         return open_labels(os.fspath(labels), rows)
     labels = np.asarray(labels)
     if labels.ndim == 0 or len(labels) != rows or labels.dtype.kind not in "biuf":
-        raise errors.InputError(f"--labels: {len(labels) if labels.ndim else 0} numeric rows for "
-                                f"{rows} input samples")
+        raise errors.InputError(f"{errors.name('labels')}: {len(labels) if labels.ndim else 0} numeric rows for "
+                                f"{rows} input samples", argument="labels")
     return labels
 
 
@@ -247,7 +255,8 @@ class Job:
 
     def check(self):
         if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1:
-            raise errors.UsageError(f"--batch-size {self.batch_size!r}: expected an integer >= 1")
+            raise errors.UsageError(f"{errors.name('batch_size')} {self.batch_size!r}: expected an integer >= 1",
+                                    argument="batch_size")
 
     def bar(self, total):
         return self.progress(total) if self.progress is not None else contextlib.nullcontext()
@@ -355,9 +364,9 @@ def _resumed(output, identity, overwrite):
     if store.is_output_of(output, identity):
         return True
     if not overwrite:
-        raise errors.OutputExistsError(f"--output '{output}' exists and is not this {what}'s complete output "
-                                       "(other inputs, input contents, options or shard); pass --overwrite "
-                                       "to replace it")
+        raise errors.OutputExistsError(f"{errors.name('output')} '{output}' exists and is not this {what}'s "
+                                       "complete output (other inputs, input contents, options or shard); pass "
+                                       f"{errors.name('overwrite')} to replace it", argument="output")
     store.check_output(output, overwrite)
     return False
 
@@ -395,9 +404,9 @@ def run_compare(model_a, model_b, x, named, prep, job, *, layers=(), match=None,
     from tensorprobe.backends.base import RunRequest
     from tensorprobe.probe import Storage
 
-    for path, option in ((save_a, "--save-a"), (save_b, "--save-b")):
+    for path, argument in ((save_a, "save_a"), (save_b, "save_b")):
         if path is not None:
-            store.check_output(os.fspath(path), overwrite, option)
+            store.check_output(os.fspath(path), overwrite, argument)
     a, b = open_backend(model_a), open_backend(model_b)
     precisions = {"a": a.precision(), "b": b.precision()}
     if criterion is None:
@@ -418,8 +427,9 @@ def run_compare(model_a, model_b, x, named, prep, job, *, layers=(), match=None,
         return run_a(arrays, None) + run_b([arrays[k] for k in order], None)
 
     with contextlib.ExitStack() as stack:
-        writers = [_save_writer(stack, path, option, backend, plan, prep, source.rows, overwrite)
-                   for path, option, backend, plan in ((save_a, "--save-a", a, plan_a), (save_b, "--save-b", b, plan_b))]
+        writers = [_save_writer(stack, path, argument, backend, plan, prep, source.rows, overwrite)
+                   for path, argument, backend, plan in ((save_a, "save_a", a, plan_a),
+                                                         (save_b, "save_b", b, plan_b))]
         sink = comparing.ComparisonSink(comparison, count, writers)
         with job.bar(source.rows) as advance:
             skipped = runner.dump(extract, source.batches(job.batch_size), sink, advance)
@@ -450,7 +460,7 @@ def _input_records(backend):
     return [{"name": s.name, "shape": [None, *s.shape], "dtype": s.dtype} for s in backend.input_specs()]
 
 
-def _save_writer(stack, path, option, backend, plan, prep, rows, overwrite):
+def _save_writer(stack, path, argument, backend, plan, prep, rows, overwrite):
     from tensorprobe import store
 
     if path is None:
@@ -458,4 +468,4 @@ def _save_writer(stack, path, option, backend, plan, prep, rows, overwrite):
     attrs = {**root_attrs(backend, prep), "total_rows": rows, "training": False, "reduce": "none",
              "dtype": "as computed", "compression": "none"}
     return stack.enter_context(store.DumpWriter(os.fspath(path), plan.specs, attrs, overwrite, rows=rows,
-                                                option=option))
+                                                argument=argument))

@@ -5,6 +5,7 @@ gradient targets and storage options. The backend's runner computes the plan
 import re
 from dataclasses import dataclass
 
+from tensorprobe import errors
 from tensorprobe.errors import UnknownLayerError, UsageError
 from tensorprobe.store import DatasetSpec
 from tensorprobe.text import did_you_mean, regex
@@ -25,20 +26,23 @@ def select(graph, names=(), match=None, all_layers=False):
     for name in names:
         path = resolve(graph, name)
         if path in chosen:
-            raise UsageError(f"--layer '{name}' selects '{path}', which is already selected")
+            raise UsageError(f"{errors.name('layers')} '{name}' selects '{path}', which is already selected",
+                             argument="layers")
         chosen.add(path)
     # --match and --all leave out layers that never run (a Dropout inside MultiHeadAttention
     # at inference): they have no output; --layer naming one says so
     if match is not None:
-        pattern = regex(match, "--match")
+        pattern = regex(match, "match")
         found = {p for p, e in entries.items() if pattern.search(p) and e.calls}
         if not found:
-            raise UnknownLayerError(f"--match '{match}' matches no layer path that has an output")
+            raise UnknownLayerError(f"{errors.name('match')} '{match}' matches no layer path that has an output",
+                                    argument="match")
         chosen |= found
     if all_layers:
         chosen |= {p for p, e in entries.items() if e.class_name != "InputLayer" and e.calls}
     if not chosen:
-        raise UsageError("no layer selected: give --layer NAME, --match REGEX or --all")
+        raise UsageError(f"no layer selected: give {errors.name('layers')} NAME, {errors.name('match')} REGEX or "
+                         f"{errors.name('all_layers')}")
     return [entries[p] for p in entries if p in chosen]
 
 
@@ -52,18 +56,17 @@ def resolve(graph, name):
         for path, entry in entries.items():
             if entry.index == name:
                 return path
-        raise UnknownLayerError(f"--layer '{name}': no layer has index {name}")
+        raise UnknownLayerError(f"{errors.name('layers')} '{name}': no layer has index {name}", argument="layers")
     candidates = [p for p in entries if p.endswith("/" + name)]
     if len(candidates) == 1:
         return candidates[0]
     if candidates:
         raise UnknownLayerError(
-            f"--layer '{name}' is ambiguous: it names {', '.join(candidates)}; give the full path"
-        )
+            f"{errors.name('layers')} '{name}' is ambiguous: it names {', '.join(candidates)}; give the full path",
+            argument="layers")
     raise UnknownLayerError(
-        f"--layer '{name}': no such layer{did_you_mean(name, list(entries))} "
-        "(`tensorprobe layers MODEL` lists them)"
-    )
+        f"{errors.name('layers')} '{name}': no such layer{did_you_mean(name, list(entries))} "
+        "(`tensorprobe layers MODEL` lists them)", argument="layers")
 
 
 def plan(graph, selected):
@@ -80,13 +83,15 @@ def plan(graph, selected):
     for entry in selected:
         if not entry.calls:
             if entry.fused_into:  # a TFLite layer merged into another's op
-                raise UsageError(f"--layer '{entry.path}' has no tensor of its own: the converter fused it "
-                                 f"into the op of '{entry.fused_into}' (dump that layer)")
+                raise UsageError(f"{errors.name('layers')} '{entry.path}' has no tensor of its own: the converter "
+                                 f"fused it into the op of '{entry.fused_into}' (dump that layer)",
+                                 argument="layers")
             if entry.no_output:  # a Keras layer run only inside a loop
-                raise UsageError(f"--layer '{entry.path}' has no output: {entry.no_output}")
+                raise UsageError(f"{errors.name('layers')} '{entry.path}' has no output: {entry.no_output}",
+                                 argument="layers")
             raise UsageError(
-                f"--layer '{entry.path}' is never called in the model's graph, so it has no output"
-            )
+                f"{errors.name('layers')} '{entry.path}' is never called in the model's graph, so it has no output",
+                argument="layers")
         base = entry.path
         if any(_inside(p, entry.path) for p in chosen):
             base = f"{base}/{CONTAINER_OUTPUT}"
@@ -129,6 +134,12 @@ class Target:
         return self.kind if self.value is None else f"{self.kind}:{self.value}"
 
 
+def target_option():
+    """How messages name the gradient target: the CLI's --target, the API's `gradients` (which
+    takes the target itself)."""
+    return errors.words("--target", "gradients")
+
+
 def parse_target(text):
     kind, _, value = text.partition(":")
     if kind in ("top", "sum") and not value:
@@ -137,7 +148,7 @@ def parse_target(text):
         return Target(kind, int(value))
     if kind == "loss" and value:
         return Target(kind, value)
-    raise UsageError(f"--target '{text}': expected class:K, top, sum or loss:NAME")
+    raise UsageError(f"{target_option()} '{text}': expected class:K, top, sum or loss:NAME", argument="gradients")
 
 
 SAME_FOR_EVERY_SAMPLE = "same_for_every_sample"  # the attribute of such a dataset
@@ -171,4 +182,5 @@ def parse_compression(text):
         return ("lzf", None)
     if name == "gzip" and (not level or (level.isdigit() and 0 <= int(level) <= 9)):
         return ("gzip", int(level) if level else 4)
-    raise UsageError(f"--compression '{text}': expected gzip[:LEVEL 0-9], lzf or none")
+    raise UsageError(f"{errors.name('compression')} '{text}': expected gzip[:LEVEL 0-9], lzf or none",
+                     argument="compression")

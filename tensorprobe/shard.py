@@ -13,6 +13,7 @@ import os
 import re
 import stat
 
+from tensorprobe import errors
 from tensorprobe.errors import UsageError
 
 # The root attributes that tie a dump to its job, defined once: the job itself (what a merge
@@ -43,14 +44,16 @@ class Shard:
         return f"{self.index}/{self.count}"
 
 
-def parse(text, origin="--shard"):
-    """'K/N' -> Shard, 0 <= K < N; anything else is a usage error naming `origin`."""
+def parse(text, argument="shard"):
+    """'K/N' -> Shard, 0 <= K < N; anything else is a usage error naming `argument` (the API's
+    `shard`, --shard in the CLI: errors.name; or what else gave it, TENSORPROBE_SHARD)."""
     m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
     if not m:
-        raise UsageError(f"{origin} '{text}': expected K/N, shard K (from 0) of N, such as 0/4")
+        raise UsageError(f"{errors.name(argument)} '{text}': expected K/N, shard K (from 0) of N, such as 0/4",
+                         argument=argument)
     index, count = int(m.group(1)), int(m.group(2))
     if count < 1 or index >= count:
-        raise UsageError(f"{origin} '{text}': K must be 0 to N-1 and N at least 1")
+        raise UsageError(f"{errors.name(argument)} '{text}': K must be 0 to N-1 and N at least 1", argument=argument)
     return Shard(index, count)
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from tensorprobe import limits
+from tensorprobe import errors, limits
 from tensorprobe.errors import (
     DumpReadError,
     IncompleteDumpError,
@@ -54,22 +54,24 @@ def hdf5_damaged():
     return _damaged
 
 
-def check_room(output, needed_bytes, max_bytes=None, option="--output"):
-    """Refuse a dump that cannot fit: more than --max-bytes, or than the free space. `option`:
-    the option (or API argument) that names `output`, in messages."""
+def check_room(output, needed_bytes, max_bytes=None, argument="output"):
+    """Refuse a dump that cannot fit: more than --max-bytes, or than the free space. `argument`:
+    the API argument that names `output` (errors.name: --output in the CLI), in messages."""
     if max_bytes is not None and needed_bytes > max_bytes:
         raise UsageError(
-            f"{option} '{output}': the dump needs about {mib(needed_bytes)}, more than --max-bytes {mib(max_bytes)}"
+            f"{errors.name(argument)} '{output}': the dump needs about {mib(needed_bytes)}, more than "
+            f"{errors.name('max_bytes')} {mib(max_bytes)}", argument="max_bytes"
         )
-    free = free_bytes(output, option)
+    free = free_bytes(output, argument)
     if needed_bytes + SPACE_MARGIN > free:
         raise WriteError(
-            f"{option} '{output}': the dump needs about {mib(needed_bytes)} but only {mib(free)} are free"
+            f"{errors.name(argument)} '{output}': the dump needs about {mib(needed_bytes)} but only {mib(free)} "
+            "are free", argument=argument
         )
     return free
 
 
-def free_bytes(output, option="--output"):
+def free_bytes(output, argument="output"):
     """The free space in `output`'s folder; a folder that is gone (removed while a dump runs)
     or cannot be asked is a WriteError naming it."""
     folder = Path(output).parent
@@ -78,7 +80,8 @@ def free_bytes(output, option="--output"):
     except OSError as e:
         gone = isinstance(e, FileNotFoundError)
         why = "no longer exists (removed while the dump ran?)" if gone else f"cannot be read ({e.strerror or e})"
-        raise WriteError(f"{option} '{output}': its folder '{folder}' {why}") from e
+        raise WriteError(f"{errors.name(argument)} '{output}': its folder '{folder}' {why}",
+                         argument=argument) from e
 
 
 def mib(n):
@@ -140,30 +143,31 @@ OTHER_FORMATS = {
 }
 
 
-def check_hdf5_name(path, option="--output"):
+def check_hdf5_name(path, argument="output"):
     """Refuse an HDF5 output named like another format's file (acts.npy), for the CLI's
     --output/--save-a/--save-b and the API's `output`/`save_a`/`save_b` alike."""
     suffix = Path(os.fspath(path)).suffix.lower()
     if suffix in OTHER_FORMATS:
-        raise UsageError(f"{option} '{os.fspath(path)}': the output is an HDF5 file, not {OTHER_FORMATS[suffix]} "
-                         f"({suffix}); name it .h5 or .hdf5")
+        raise UsageError(f"{errors.name(argument)} '{os.fspath(path)}': the output is an HDF5 file, not "
+                         f"{OTHER_FORMATS[suffix]} ({suffix}); name it .h5 or .hdf5", argument=argument)
 
 
-def check_output(path, overwrite, option="--output"):
+def check_output(path, overwrite, argument="output"):
     """Fail early, before any work, when `path` cannot be the output of a dump. A symbolic
     link counts as an existing output, dangling or not: --overwrite replaces the link itself
-    (never the file it points to). `option`: the option (or API argument) that names `path`
-    (--output, --save-a, --plot, ...), in messages."""
+    (never the file it points to). `argument`: the API argument that names `path` (`output`,
+    `save_a`, `plot`, ...: errors.name), in messages."""
     path = Path(path)
     if path.is_dir():
-        raise UsageError(f"{option} '{path}' is a folder; give a file name")
+        raise UsageError(f"{errors.name(argument)} '{path}' is a folder; give a file name", argument=argument)
     if os.path.lexists(path) and not overwrite:
-        raise OutputExistsError(f"{option} '{path}' {_existing(path)}; pass --overwrite to replace it")
+        raise OutputExistsError(f"{errors.name(argument)} '{path}' {_existing(path)}; pass "
+                                f"{errors.name('overwrite')} to replace it", argument=argument)
     parent = path.parent
     if not parent.is_dir():
-        raise UsageError(f"{option} '{path}': folder '{parent}' does not exist")
+        raise UsageError(f"{errors.name(argument)} '{path}': folder '{parent}' does not exist", argument=argument)
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"{option} '{path}': folder '{parent}' is not writable")
+        raise UsageError(f"{errors.name(argument)} '{path}': folder '{parent}' is not writable", argument=argument)
 
 
 def _existing(path):
@@ -262,13 +266,14 @@ def stop_if_requested():
         raise _stop()
 
 
-def move_into_place(tmp, output, overwrite, option="--output"):
+def move_into_place(tmp, output, overwrite, argument="output"):
     """Rename the finished `tmp` to `output` (atomic within a folder): the moment a run has
     succeeded, which `completed(output)` tells afterwards, even after an interrupt that came
     just then. Refuses an output that appeared meanwhile unless `overwrite`, and raises the
     interrupt instead when one was requested: `output` then stays as it was."""
     if os.path.lexists(output) and not overwrite:
-        raise OutputExistsError(f"{option} '{output}' {_existing(Path(output))}; pass --overwrite to replace it")
+        raise OutputExistsError(f"{errors.name(argument)} '{output}' {_existing(Path(output))}; pass "
+                                f"{errors.name('overwrite')} to replace it", argument=argument)
     _commits[os.path.abspath(output)] = _identity(tmp)
     stop_if_requested()
     os.replace(tmp, output)
@@ -290,19 +295,20 @@ def _identity(path):
 
 
 @contextlib.contextmanager
-def atomic_output(output, overwrite, option="--output"):
+def atomic_output(output, overwrite, argument="output"):
     """Yield a temporary path to write the whole output to; on success move it to `output`,
     on any failure (or Ctrl-C) before that delete it, so `output` is never half-written and a
     file that was there survives a failure. An OSError inside the block is reported as a
     failed write of `output`, so the block should only write. For outputs written in one go
     (pictures, merged dumps); DumpWriter does the same for dumps written batch by batch."""
-    check_output(output, overwrite, option)
+    check_output(output, overwrite, argument)
     tmp = partial_path(output)
     try:
         yield tmp
-        move_into_place(tmp, output, overwrite, option)
+        move_into_place(tmp, output, overwrite, argument)
     except OSError as e:
-        raise WriteError(f"{option} '{output}': write failed: {_write_reason(e)}") from e
+        raise WriteError(f"{errors.name(argument)} '{output}': write failed: {_write_reason(e)}",
+                         argument=argument) from e
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -409,9 +415,9 @@ class DumpWriter:
     free space, so a limit holds whatever the model's shapes."""
 
     def __init__(self, output, specs, attrs, overwrite=False, compression=(None, None), *, rows,
-                 max_bytes=None, source_bytes=0, batch_rows=None, option="--output"):
+                 max_bytes=None, source_bytes=0, batch_rows=None, argument="output"):
         self.output = Path(output)
-        self.option = option  # what names the output in messages: --output, --save-a, --save-b
+        self.argument = argument  # what names the output in messages: output, save_a, save_b (errors.name)
         self.specs = specs
         self.overwrite = overwrite
         self.compression = compression  # (h5py filter name or None, its options)
@@ -419,7 +425,7 @@ class DumpWriter:
         self.max_bytes = max_bytes
         self.source_bytes = source_bytes
         self.batch_rows = batch_rows
-        check_output(self.output, overwrite, option)
+        check_output(self.output, overwrite, argument)
         self.tmp = partial_path(self.output)
         self.rows = 0
         self.skipped_rows = 0
@@ -449,6 +455,10 @@ class DumpWriter:
         if exc_type is not None:
             self.abort()
 
+    def _failed(self, reason):
+        """The WriteError of this output: `--output 'acts.h5': <reason>` (errors.name)."""
+        return WriteError(f"{errors.name(self.argument)} '{self.output}': {reason}", argument=self.argument)
+
     def append(self, sources, arrays):
         """Append one batch: its row sources and one array per spec, first axis the batch."""
         stop_if_requested()
@@ -457,12 +467,9 @@ class DumpWriter:
         if start == 0:
             self._check_size(n, arrays)
         needed = sum(a.nbytes for a in arrays) + SPACE_MARGIN
-        free = free_bytes(self.output, self.option)
+        free = free_bytes(self.output, self.argument)
         if free < needed:  # fail before HDF5 does: a failed HDF5 write cannot be cleaned up
-            raise WriteError(
-                f"{self.option} '{self.output}': no space left on the device ({mib(free)} free, "
-                f"the next batch needs {mib(needed)})"
-            )
+            raise self._failed(f"no space left on the device ({mib(free)} free, the next batch needs {mib(needed)})")
         try:
             self.sources.resize((stop,))
             self.sources[start:stop] = sources
@@ -480,7 +487,7 @@ class DumpWriter:
                 if not is_string(ds.dtype):  # strings have no statistics
                     self.stats[i].update(array)
         except (OSError, RuntimeError) as e:  # h5py reports failed writes as either
-            raise WriteError(f"{self.option} '{self.output}': write failed: {_write_reason(e)}") from e
+            raise self._failed(f"write failed: {_write_reason(e)}") from e
         self.rows = stop
 
     def _check_size(self, n, arrays):
@@ -490,7 +497,7 @@ class DumpWriter:
         row counts its references (16 bytes each) and the first batch's mean UTF-8 length."""
         datasets = [(_row_bytes(a) if n else 0, a.shape[-1] if a.ndim >= 2 else 0) for a in arrays]
         needed = dump_bytes(datasets, self.expected_rows, self.batch_rows or n, self.source_bytes)
-        check_room(self.output, needed, self.max_bytes, self.option)
+        check_room(self.output, needed, self.max_bytes, self.argument)
 
     def skip(self, entries, rows):
         """Record inputs passed over as bad (--skip-bad): /inputs/skipped gets one row
@@ -507,7 +514,7 @@ class DumpWriter:
             ds[start:] = [list(entry) for entry in entries]
             ds.attrs["rows"] = self.skipped_rows + rows
         except (OSError, RuntimeError) as e:
-            raise WriteError(f"{self.option} '{self.output}': write failed: {_write_reason(e)}") from e
+            raise self._failed(f"write failed: {_write_reason(e)}") from e
         self.digest.strings(f"/{INPUTS}/skipped", [text for entry in entries for text in entry])
         self.skipped_rows += rows
 
@@ -544,10 +551,10 @@ class DumpWriter:
             self.file.attrs[DIGEST] = self.digest.hexdigest(content_datasets(self.file))
             self.file.attrs["complete"] = True
             self.file.close()
-            move_into_place(self.tmp, self.output, self.overwrite, self.option)
+            move_into_place(self.tmp, self.output, self.overwrite, self.argument)
         except (OSError, RuntimeError) as e:
             self.abort()
-            raise WriteError(f"{self.option} '{self.output}': write failed: {_write_reason(e)}") from e
+            raise self._failed(f"write failed: {_write_reason(e)}") from e
         except BaseException:
             self.abort()
             raise
@@ -563,10 +570,8 @@ class DumpWriter:
         if wrong:
             name, n = wrong[0]
             skipped = f", {self.skipped_rows} skipped as bad" if self.skipped_rows else ""
-            raise WriteError(
-                f"{self.option} '{self.output}': {name} holds {n} rows, expected {expected} "
-                f"({self.expected_rows} input rows{skipped}); the dump is not kept"
-            )
+            raise self._failed(f"{name} holds {n} rows, expected {expected} ({self.expected_rows} input "
+                               f"rows{skipped}); the dump is not kept")
 
     def nonfinite(self):
         """(dataset path, nan count, inf count, first sample row) for each dataset holding
@@ -759,7 +764,7 @@ def _check_dump(f, path, allow_incomplete):
         if not allow_incomplete:
             raise IncompleteDumpError(
                 f"'{path}' is an incomplete dump ({_completeness(f.attrs)}: the dump was interrupted "
-                "or is still running); pass --allow-incomplete to read it anyway"
+                f"or is still running); pass {errors.name('allow_incomplete')} to read it anyway"
             )
         return  # rows may be missing, and the reader was warned
     sources = f.get(f"{INPUTS}/source")

@@ -5,6 +5,7 @@ is read."""
 import difflib
 import re
 
+from tensorprobe import errors
 from tensorprobe.errors import UsageError
 
 
@@ -70,9 +71,10 @@ def did_you_mean(name, candidates):
     return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
-def regex(pattern, option):
-    """`pattern` compiled (None stays None); a usage error naming `option` if it is not a
-    valid regular expression. Every REGEX option matches with `search`.
+def regex(pattern, argument):
+    """`pattern` compiled (None stays None); a usage error about `argument` (an API argument
+    name such as `match`, named by errors.name) if it is not a valid regular expression. Every
+    REGEX option matches with `search`.
 
     Patterns are compiled by RE2 (google-re2), whose matching time is linear in the length
     of the text: a pattern such as `^(\\w+/?)+$`, which makes Python's backtracking `re`
@@ -91,16 +93,16 @@ def regex(pattern, option):
         if isinstance(reason, bytes):
             reason = reason.decode("utf-8", "replace")
         raise UsageError(
-            f"{option} '{printable(pattern)}': not a valid regular expression ({reason}); "
-            "RE2 is used, which has no back-references or look-around"
+            f"{errors.name(argument)} '{printable(pattern)}': not a valid regular expression ({reason}); "
+            "RE2 is used, which has no back-references or look-around", argument=argument
         ) from e
 
 
-def parse_size(text, what="--max-bytes"):
-    """'1500', '500K', '2M', '1.5G', '3GiB' -> bytes (binary multiples); `what` names the
-    option or variable in the error."""
+def parse_size(text, argument="max_bytes"):
+    """'1500', '500K', '2M', '1.5G', '3GiB' -> bytes (binary multiples); `argument`: the API
+    argument (errors.name) or environment variable the error is about."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text, re.IGNORECASE)
     if not m:
-        raise UsageError(f"{what} '{text}': expected a size such as 500M or 2G")
+        raise UsageError(f"{errors.name(argument)} '{text}': expected a size such as 500M or 2G", argument=argument)
     scale = 1024 ** " kmgt".index(m.group(2).lower() or " ")
     return int(float(m.group(1)) * scale)

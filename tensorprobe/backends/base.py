@@ -30,6 +30,7 @@ backend without them).
 import hashlib
 from dataclasses import dataclass, field
 
+from tensorprobe import errors
 from tensorprobe.errors import UsageError
 
 
@@ -190,14 +191,15 @@ class Backend:
         """Refuse what a graph of tensors cannot do: its values are stored as computed, in
         the mode it was saved in, with no gradients."""
         if request.target is not None:
-            raise UsageError(f"--gradients needs a Keras model; {self.path} holds only a {self.kind}")
+            raise UsageError(f"{errors.name('gradients')} needs a Keras model; {self.path} holds only a "
+                             f"{self.kind}", argument="gradients")
         if request.transforms_storage:
-            option = "--dtype" if request.storage.dtype else "--reduce"
-            raise UsageError(f"{option} applies to the layers of a Keras model; {self.path} holds only a "
-                             f"{self.kind}, stored as computed")
+            option = "dtype" if request.storage.dtype else "reduce"
+            raise UsageError(f"{errors.name(option)} applies to the layers of a Keras model; {self.path} holds "
+                             f"only a {self.kind}, stored as computed", argument=option)
         if request.training:
-            raise UsageError(f"--training applies to a Keras model; {self.path} holds only a {self.kind}, "
-                             "which runs as it was saved")
+            raise UsageError(f"{errors.name('training')} applies to a Keras model; {self.path} holds only a "
+                             f"{self.kind}, which runs as it was saved", argument="training")
 
     def tensor_runner(self, names, match, start=0):
         """(plan, run) for the graph tensors `names` and those matching `match`: datasets

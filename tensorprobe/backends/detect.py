@@ -17,7 +17,7 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from tensorprobe import limits
+from tensorprobe import errors, limits
 from tensorprobe.errors import ModelLoadError, UsageError
 
 REGISTRY = [
@@ -47,11 +47,11 @@ class OpenOptions:
         """Refuse the options a format does not take: `signature`, `raw_quantized` True where
         it takes them."""
         if self.raw_quantized and not raw_quantized:
-            raise UsageError(f"--raw-quantized: {path} is not a TFLite file; only TFLite files hold quantized "
-                             "tensors")
+            raise UsageError(f"{errors.name('raw_quantized')}: {path} is not a TFLite file; only TFLite files hold "
+                             "quantized tensors", argument="raw_quantized")
         if self.signature is not None and not signature:
-            raise UsageError(f"--signature '{self.signature}': {path} is a model file; signatures belong to "
-                             "SavedModel folders and TFLite files")
+            raise UsageError(f"{errors.name('signature')} '{self.signature}': {path} is a model file; signatures "
+                             "belong to SavedModel folders and TFLite files", argument="signature")
 
 
 def entries():

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tensorprobe import errors
 from tensorprobe.errors import InputError, UsageError
 from tensorprobe.inputs import lines, npy, preprocess
 from tensorprobe.inputs.images import BadImage, ImageReader
@@ -110,9 +111,11 @@ def open_feed(specs, positional, named, options, stdin=None, preprocess_function
     --input NAME=PATH; `stdin`: the binary stream `-` reads.
     """
     if positional and named:
-        raise UsageError("give inputs either as arguments or with --input NAME=PATH, not both")
+        raise UsageError("give inputs either as arguments or with "
+                         f"{errors.words('--input NAME=PATH', 'a dict x={input name: array or path}')}, not both",
+                         argument="x")
     if not positional and not named:
-        raise UsageError("no input given: give INPUT... or --input NAME=PATH")
+        raise UsageError(f"no input given: give {errors.words('INPUT... or --input NAME=PATH', 'x')}", argument="x")
     preprocess.check(specs, options)
     streams = [_Stream(spec, options, preprocess.Preparation(spec, options, preprocess_function, active))
                for spec, active in zip(specs, preprocess.applies_to(specs))]
@@ -121,14 +124,15 @@ def open_feed(specs, positional, named, options, stdin=None, preprocess_function
         for name, sources in named:
             name = _input_key(name, by_name)
             if name not in by_name:
-                raise UsageError(f"--input '{name}=...': the model has no input '{name}'; "
-                                 f"its inputs are {describe_all(specs)}")
+                given = errors.words(f"--input '{name}=...'", f"x['{name}']")
+                raise UsageError(f"{given}: the model has no input '{name}'; its inputs are {describe_all(specs)}",
+                                 argument="x")
             for source in sources:
                 _add(by_name[name], source, stdin)
         missing = [stream.spec.name for stream in streams if not stream.parts]
         if missing:
-            raise UsageError(f"--input: nothing given for {', '.join(repr(m) for m in missing)}; "
-                             f"the model's inputs are {describe_all(specs)}")
+            raise UsageError(f"{errors.name('x')}: nothing given for {', '.join(repr(m) for m in missing)}; "
+                             f"the model's inputs are {describe_all(specs)}", argument="x")
     elif len(streams) == 1:
         for source in positional:
             _add(streams[0], source, stdin)
@@ -192,7 +196,9 @@ def _add_npz_row_set(streams, source):
     if source.kind != "npz":
         raise UsageError(
             f"input '{source.path}': the model has {len(specs)} inputs ({describe_all(specs)}); "
-            "give .npz files whose keys are the input names, or --input NAME=PATH for each input"
+            "give .npz files whose keys are the input names, "
+            + errors.words("or --input NAME=PATH for each input", "a list of arrays in the model's input order, "
+                           "or a dict {input name: array or path}"), argument="x"
         )
     names = [spec.name for spec in specs]
     arrays = {_input_key(key, names): array for key, array in npy.open_npz(source.path).items()}
@@ -275,11 +281,12 @@ class _Stream:
         size = self.options.size
         if size is not None:
             if any(f is not None and f != s for f, s in zip(fixed, size)):
-                raise UsageError(f"--size {size[0]}x{size[1]}: input {spec.describe()} takes "
-                                 f"{fixed[0]}x{fixed[1]} (height x width)")
+                raise UsageError(f"{errors.name('size')} {size[0]}x{size[1]}: input {spec.describe()} takes "
+                                 f"{fixed[0]}x{fixed[1]} (height x width)", argument="size")
             if from_arrays is not None and from_arrays != tuple(size):
                 raise InputError(f"{arrays[0].array.name}: samples are {from_arrays[0]}x{from_arrays[1]} "
-                                 f"(height x width), images are resized to --size {size[0]}x{size[1]}")
+                                 f"(height x width), images are resized to {errors.name('size')} "
+                                 f"{size[0]}x{size[1]}")
             return tuple(size)
         if None not in fixed:
             return fixed

@@ -34,6 +34,7 @@ import struct
 
 import numpy as np
 
+from tensorprobe import errors
 from tensorprobe.errors import InputError
 from tensorprobe import limits
 
@@ -204,13 +205,14 @@ class ImageReader:
         if (h, w) != (th, tw) and self.size_from is not None:
             return BadImage(
                 f"{path}: image is {h}x{w} (height x width), but the first image, {self.size_from}, "
-                f"is {th}x{tw}; input '{self.spec.name}' takes any size, so give --size HxW to "
+                f"is {th}x{tw}; input '{self.spec.name}' takes any size, so give {errors.name('size')} HxW to "
                 "resize them to one"
             )
         if (h, w) != (th, tw) and self.options.resize == "none":
+            given = errors.words("--no-resize", "resize='none'")
             return BadImage(
                 f"{path}: image is {h}x{w} (height x width), input '{self.spec.name}' takes "
-                f"{th}x{tw}, and --no-resize was given"
+                f"{th}x{tw}, and {given} was given"
             )
         return BadImage(f"{path}: cannot be prepared ({tf_message(error)})")
 

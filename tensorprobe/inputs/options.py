@@ -32,12 +32,12 @@ class Options:
 
     def __post_init__(self):
         if self.size is not None:  # images are resized to it: a bound like an image's own size
-            from tensorprobe.errors import UsageError
+            from tensorprobe import errors
             from tensorprobe.limits import IMAGE_PIXELS
 
             height, width = self.size
-            IMAGE_PIXELS.check(height * width, f"--size {height}x{width}: {height * width:,} pixels",
-                               error=UsageError)
+            IMAGE_PIXELS.check(height * width, f"{errors.name('size')} {height}x{width}: {height * width:,} pixels",
+                               error=errors.UsageError)
 
     @property
     def prepares(self):

@@ -11,6 +11,7 @@ import types
 
 import numpy as np
 
+from tensorprobe import errors
 from tensorprobe.errors import UsageError
 
 _NOT_A_FAMILY = {"imagenet_utils"}
@@ -36,8 +37,8 @@ def lookup(name):
         return functions[name]
     close = difflib.get_close_matches(name, functions, n=3)
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    raise UsageError(f"--preprocess '{name}': no such keras.applications preprocessing{hint} "
-                     f"(choose from {', '.join(functions)})")
+    raise UsageError(f"{errors.name('preprocess')} '{name}': no such keras.applications preprocessing{hint} "
+                     f"(choose from {', '.join(functions)})", argument="preprocess")
 
 
 class Preparation:
@@ -80,21 +81,23 @@ def applies_to(specs):
     return [len(spec.shape) == 3 for spec in specs]
 
 
+def _options():
+    return f"{errors.name('scale')}, {errors.name('offset')} and {errors.name('preprocess')}"
+
+
 def check(specs, options):
     """Usage errors for preprocessing options that cannot apply to this model's inputs."""
     if not options.prepares:
         return
     active = applies_to(specs)
     if not any(active):
-        raise UsageError("--scale, --offset and --preprocess apply to image inputs (height, width, "
-                         "channels), and this model has none: "
-                         + ", ".join(spec.describe() for spec in specs))
+        raise UsageError(f"{_options()} apply to image inputs (height, width, channels), and this model has "
+                         "none: " + ", ".join(spec.describe() for spec in specs))
     for spec, on in zip(specs, active):
         if not on:
             continue
         if spec.text or np.dtype(spec.dtype).kind != "f":
-            raise UsageError(f"--scale, --offset and --preprocess need floating-point inputs; "
-                             f"input {spec.describe()} is not")
+            raise UsageError(f"{_options()} need floating-point inputs; input {spec.describe()} is not")
         if options.preprocess is not None and (len(spec.shape) != 3 or spec.channels != 3):
-            raise UsageError(f"--preprocess {options.preprocess}: keras.applications' preprocessing "
-                             f"takes RGB images, and input {spec.describe()} does not")
+            raise UsageError(f"{errors.name('preprocess')} {options.preprocess}: keras.applications' preprocessing "
+                             f"takes RGB images, and input {spec.describe()} does not", argument="preprocess")

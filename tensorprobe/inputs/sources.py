@@ -18,6 +18,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from tensorprobe import errors
 from tensorprobe.errors import InputError, UsageError
 from tensorprobe import limits
 
@@ -59,16 +60,17 @@ def gather(arguments, named):
     """([Source] for the positional `arguments`, [(input name, [Source])] for the
     (name, path) pairs of --input NAME=PATH)."""
     positional = expand(arguments)
-    by_name = [(name, expand([path], f"--input {name}")) for name, path in named]
+    by_name = [(name, expand([path], errors.words(f"--input {name}", f"x['{name}']")))
+               for name, path in named]
     everything = positional + [s for _, found in by_name for s in found]
     if sum(1 for s in everything if s.path == STDIN) > 1:
-        raise UsageError("'-' given twice: standard input can be read only once")
+        raise UsageError("'-' given twice: standard input can be read only once", argument="x")
     return positional, by_name
 
 
 def expand(arguments, what="input"):
     """The files that `arguments` name, in order. `what` names the argument in errors
-    ("input", "--input image")."""
+    ("input", "--input image", "x['image']")."""
     found = []
     for argument in arguments:
         found.extend(_expand_one(argument, what))
@@ -86,15 +88,16 @@ def _expand_one(argument, what, from_list=None):
     if os.path.isfile(argument):
         return [Source(argument, _kind_of_file(argument))]
     if os.path.exists(argument):  # a pipe or device: read once, it cannot be checked first
-        raise UsageError(f"{what} '{argument}'{where} is not a regular file; pipe a .npy to '-' instead")
+        raise UsageError(f"{what} '{argument}'{where} is not a regular file; pipe a .npy to '-' instead",
+                         argument="x")
     if not from_list and _GLOB_CHARS.search(argument):
         return _expand_glob(argument, what)
-    raise UsageError(f"{what} '{argument}'{where} does not exist")
+    raise UsageError(f"{what} '{argument}'{where} does not exist", argument="x")
 
 
 def _expand_list(list_path, what):
     if not os.path.lexists(list_path):
-        raise UsageError(f"{what} '@{list_path}': list file '{list_path}' does not exist")
+        raise UsageError(f"{what} '@{list_path}': list file '{list_path}' does not exist", argument="x")
     try:
         with limits.open_regular(list_path, f"{what} '@{list_path}'") as f:
             limit = limits.LIST_BYTES.value()
@@ -102,16 +105,16 @@ def _expand_list(list_path, what):
         limits.LIST_BYTES.check(len(data), f"{what} '@{list_path}': the list file is too long")
         lines = data.decode("utf-8").splitlines()
     except InputError as e:
-        raise UsageError(str(e)) from None
+        raise UsageError(str(e), argument="x") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"{what} '@{list_path}': cannot read the list ({_reason(e)})") from e
+        raise UsageError(f"{what} '@{list_path}': cannot read the list ({_reason(e)})", argument="x") from e
     found = []
     for number, line in enumerate(lines, start=1):
         path = line.strip()
         if path and not path.startswith("#"):
             found.extend(_expand_one(path, what, from_list=(list_path, number)))
     if not found:
-        raise UsageError(f"{what} '@{list_path}': the list names no file")
+        raise UsageError(f"{what} '@{list_path}': the list names no file", argument="x")
     return found
 
 
@@ -138,14 +141,14 @@ def _expand_folder(folder, what):
                 found.append(Source(os.path.join(root, name), kind))
     if not found:
         raise UsageError(f"{what} '{folder}': the folder holds no .npy, .npz or image file "
-                         "(PNG, JPEG, BMP, GIF)")
+                         "(PNG, JPEG, BMP, GIF)", argument="x")
     return sorted(found, key=lambda s: _parts(os.path.relpath(s.path, folder)))
 
 
 def _expand_glob(pattern, what):
     matches = sorted(_glob(pattern), key=_parts)
     if not matches:
-        raise UsageError(f"{what} '{pattern}': no file matches the pattern")
+        raise UsageError(f"{what} '{pattern}': no file matches the pattern", argument="x")
     found = []
     for path in matches:
         if os.path.isdir(path):
@@ -153,7 +156,8 @@ def _expand_glob(pattern, what):
         elif _kind_by_suffix(path, text=True) is not None:
             found.append(Source(path, _kind_by_suffix(path, text=True)))
     if not found:
-        raise UsageError(f"{what} '{pattern}': the pattern matches no .npy, .npz, .txt or image file")
+        raise UsageError(f"{what} '{pattern}': the pattern matches no .npy, .npz, .txt or image file",
+                         argument="x")
     return found
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tensorprobe import errors
 from tensorprobe.errors import InputError, UsageError
 
 FORMATS = {"": "png", ".png": "png", ".svg": "svg", ".pdf": "pdf"}
@@ -49,10 +50,12 @@ def render(request):
     fmt = picture_format(request.output)
     choose = parse_channels(request.channels)
     if request.kind == "hist" and (request.samples or request.channels is not None):
-        given = "--sample" if request.samples else "--channels"
-        raise UsageError(f"{given}: --hist counts every value of every sample and channel; drop {given}")
+        given = "sample" if request.samples else "channels"
+        raise UsageError(f"{errors.name(given)}: {errors.name('hist')} counts every value of every sample and "
+                         f"channel; drop {errors.name(given)}", argument=given)
     if request.kind == "heatmap" and request.channels is not None:
-        raise UsageError("--channels: --heatmap weighs every channel; drop --channels")
+        raise UsageError(f"{errors.name('channels')}: {errors.name('heatmap')} weighs every channel; drop "
+                         f"{errors.name('channels')}", argument="channels")
     store.check_output(request.output, request.overwrite)
     figures.matplotlib_figure()  # fail now, not after reading, when the extra is missing
     notes = []
@@ -74,19 +77,22 @@ def render(request):
         elif ds.ndim == 2:
             draw = _bars(dump, ds, path, request, choose)
         else:
-            raise UsageError(f"--layer '{request.layer}': '{path}' is {_shape(ds.shape)}; plot draws "
-                             "(N, H, W, C) feature maps and (N, C) units, and --hist any layer")
+            raise UsageError(f"{errors.name('layer')} '{request.layer}': '{path}' is {_shape(ds.shape)}; plot "
+                             f"draws (N, H, W, C) feature maps and (N, C) units, and {errors.name('hist')} any layer",
+                             argument="layer")
     fig = draw(dpi=request.dpi)
     with store.atomic_output(request.output, request.overwrite) as tmp:
         figures.save(fig, tmp, fmt)
     return notes
 
 
-def picture_format(output, option="--output"):
-    """png, svg or pdf from the output's extension (none: png)."""
+def picture_format(output, argument="output"):
+    """png, svg or pdf from the output's extension (none: png); `argument` names the output
+    (errors.name: `plot` is --plot in the CLI)."""
     suffix = Path(output).suffix.lower()
     if suffix not in FORMATS:
-        raise UsageError(f"{option} '{output}': unknown picture format '{suffix}'; use .png, .svg or .pdf")
+        raise UsageError(f"{errors.name(argument)} '{output}': unknown picture format '{suffix}'; use .png, .svg "
+                         "or .pdf", argument=argument)
     return FORMATS[suffix]
 
 
@@ -100,25 +106,28 @@ def parse_channels(text):
         return lambda count: list(range(count))
     match = _SLICE.match(text)
     if not text.strip() or not match:
-        raise UsageError(f"--channels '{text}': not a Python slice like 0:16, ::2 or 5")
+        raise UsageError(f"{errors.name('channels')} '{text}': not a Python slice like 0:16, ::2 or 5",
+                         argument="channels")
     numbers = [None if g is None else int(g) for g in match.groups()]
     if ":" not in text:
         index = numbers[0]
 
         def one(count):
             if not -count <= index < count:
-                raise UsageError(f"--channels '{text}': the layer has {count} channels (0 to {count - 1})")
+                raise UsageError(f"{errors.name('channels')} '{text}': the layer has {count} channels "
+                                 f"(0 to {count - 1})", argument="channels")
             return [index % count]
 
         return one
     if numbers[2] == 0:
-        raise UsageError(f"--channels '{text}': the step cannot be zero")
+        raise UsageError(f"{errors.name('channels')} '{text}': the step cannot be zero", argument="channels")
     chosen = slice(*numbers)
 
     def pick(count):
         indices = list(range(count))[chosen]
         if not indices:
-            raise UsageError(f"--channels '{text}' selects none of the layer's {count} channels")
+            raise UsageError(f"{errors.name('channels')} '{text}' selects none of the layer's {count} channels",
+                             argument="channels")
         return indices
 
     return pick
@@ -128,7 +137,8 @@ def _check_samples(dump, ds, samples):
     n = ds.shape[0]
     for i in samples:
         if i >= n:
-            raise UsageError(f"--sample {i}: '{dump.path}' holds {n} samples (0 to {n - 1})")
+            raise UsageError(f"{errors.name('sample')} {i}: '{dump.path}' holds {n} samples (0 to {n - 1})",
+                             argument="sample")
 
 
 def _check_sample_size(dump, ds, path):
@@ -136,13 +146,14 @@ def _check_sample_size(dump, ds, path):
     if values > MAX_SAMPLE_VALUES:
         raise InputError(
             f"'{dump.path}': one sample of /activations/{path} {_shape(ds.shape)} holds {values:,} values, "
-            f"more than the {MAX_SAMPLE_VALUES:,} plot reads at once to draw it; --hist draws any size"
+            f"more than the {MAX_SAMPLE_VALUES:,} plot reads at once to draw it; {errors.name('hist')} draws any size"
         )
 
 
 def _one_sample(request, what):
     if len(request.samples) > 1:
-        raise UsageError(f"--sample: {what} shows one sample; give --sample once")
+        raise UsageError(f"{errors.name('sample')}: {what} shows one sample; give {errors.name('sample')} once",
+                         argument="sample")
     return request.samples[0] if request.samples else 0
 
 
@@ -153,7 +164,7 @@ def _grid(dump, ds, path, request, choose, notes):
     count = ds.shape[-1]
     if request.channels is None and count > MAX_PANELS:
         channels = list(range(MAX_PANELS))
-        notes.append(f"showing channels 0:{MAX_PANELS} of {count}; choose others with --channels")
+        notes.append(f"showing channels 0:{MAX_PANELS} of {count}; choose others with {errors.name('channels')}")
         which = f"0:{MAX_PANELS}"
     else:
         channels = choose(count)
@@ -187,7 +198,7 @@ def _bars(dump, ds, path, request, choose):
 
     samples = request.samples or (0,)
     if len(samples) > MAX_SAMPLES:
-        raise UsageError(f"--sample: at most {MAX_SAMPLES} samples in one bar chart")
+        raise UsageError(f"{errors.name('sample')}: at most {MAX_SAMPLES} samples in one bar chart", argument="sample")
     count = ds.shape[-1]
     units = choose(count)
     rows = [(f"sample {i}: {_short(dump.source(i))}", np.asarray(ds[i], dtype=np.float64)[units])
@@ -219,15 +230,15 @@ def _heatmap(dump, ds, path, request, notes):
     from tensorprobe.plot.sources import read_image
 
     if ds.ndim != 4:
-        raise UsageError(f"--heatmap: '{path}' is {_shape(ds.shape)}; Grad-CAM needs (N, H, W, C) "
-                         "feature maps")
+        raise UsageError(f"{errors.name('heatmap')}: '{path}' is {_shape(ds.shape)}; Grad-CAM needs (N, H, W, C) "
+                         "feature maps", argument="heatmap")
     grads = dump.gradients(path)
     if grads is None:
         raise InputError(f"'{dump.path}' holds no gradients for '{path}'; make the dump with "
                          "`tensorprobe dump --gradients`")
     if grads.shape != ds.shape:
         raise InputError(f"'{dump.path}': /gradients/{path} is {grads.shape}, its activation {ds.shape}")
-    sample = _one_sample(request, "--heatmap")
+    sample = _one_sample(request, errors.name("heatmap"))
     cam, _ = grad_cam(ds[sample], grads[sample])
     if not np.isfinite(cam).all():
         raise InputError(f"'{dump.path}': the activation or gradient of '{path}' holds NaN or Inf in "
@@ -236,7 +247,7 @@ def _heatmap(dump, ds, path, request, notes):
     image = read_image(source, sample)
     resize = dump.attr("resize")
     if resize in ("crop", "pad"):  # the model saw a cropped or padded image, not all of it
-        notes.append(f"note: the dump fitted images to the model with --resize {resize}; the map is "
+        notes.append(f"note: the dump fitted images to the model with {errors.name('resize')} {resize}; the map is "
                      "stretched over the whole image, so it is only roughly aligned")
     big = upsample(cam, image.shape[:2])
     peak = big.max()
@@ -262,7 +273,7 @@ def compare_picture(result, output, overwrite, dpi=100):
     from tensorprobe import store
     from tensorprobe.plot import figures
 
-    fmt = picture_format(output, "--plot")
+    fmt = picture_format(output, "plot")
     fig = figures.errors_by_layer(result, dpi)
-    with store.atomic_output(output, overwrite, "--plot") as tmp:
+    with store.atomic_output(output, overwrite, "plot") as tmp:
         figures.save(fig, tmp, fmt)

@@ -6,8 +6,8 @@ row, and every value of a dataset streamed in blocks of bounded size (pure h5py/
 import h5py
 import numpy as np
 
+from tensorprobe import errors, store
 from tensorprobe.errors import InputError, UnknownLayerError
-from tensorprobe import store
 from tensorprobe.text import did_you_mean
 
 READ_BYTES = 16 << 20  # at most this much of a dataset in memory at once when streaming it
@@ -52,14 +52,14 @@ class Dump:
         if len(candidates) == 1:
             return candidates[0]
         if candidates:
-            raise UnknownLayerError(f"--layer '{name}' is ambiguous in '{self.path}': it names "
-                                    f"{', '.join(candidates)}; give the full path")
+            raise UnknownLayerError(f"{errors.name('layer')} '{name}' is ambiguous in '{self.path}': it names "
+                                    f"{', '.join(candidates)}; give the full path", argument="layer")
         inside = [p for p in paths if p.startswith(wanted + "/") or f"/{wanted}/" in f"/{p}"]
         if inside:
-            raise UnknownLayerError(f"--layer '{name}' is a group in '{self.path}'; pick one of its "
-                                    f"datasets: {', '.join(inside)}")
-        raise UnknownLayerError(f"--layer '{name}': '{self.path}' has no such dataset"
-                                f"{_did_you_mean(wanted, paths)}")
+            raise UnknownLayerError(f"{errors.name('layer')} '{name}' is a group in '{self.path}'; pick one of its "
+                                    f"datasets: {', '.join(inside)}", argument="layer")
+        raise UnknownLayerError(f"{errors.name('layer')} '{name}': '{self.path}' has no such dataset"
+                                f"{_did_you_mean(wanted, paths)}", argument="layer")
 
     def activations(self, path):
         return self.file["activations"][path]

@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from tensorprobe import errors
 from tensorprobe.errors import TensorprobeError, UsageError
 
 BLUE, ORANGE, RED = "#1f77b4", "#ff7f0e", "#d62728"
@@ -49,9 +50,9 @@ def check_pixels(width, height, dpi):
     w, h = math.ceil(width * dpi), math.ceil(height * dpi)
     if max(w, h) > MAX_SIDE_PIXELS or w * h > MAX_PIXELS:
         raise UsageError(
-            f"--dpi {dpi}: the picture would be {w:,} x {h:,} pixels, over the {MAX_PIXELS / 1e6:.0f} Mpx "
-            f"(and {MAX_SIDE_PIXELS:,} pixels a side) plot draws; lower --dpi or show fewer channels "
-            "with --channels"
+            f"{errors.name('dpi')} {dpi}: the picture would be {w:,} x {h:,} pixels, over the "
+            f"{MAX_PIXELS / 1e6:.0f} Mpx (and {MAX_SIDE_PIXELS:,} pixels a side) plot draws; lower "
+            f"{errors.name('dpi')} or show fewer channels with {errors.name('channels')}", argument="dpi"
         )
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tensorprobe import errors
 from tensorprobe.errors import InputError
 
 _ROW = re.compile(r"^(?P<file>.+)\[(?P<row>\d+)\]$")
@@ -30,7 +31,7 @@ def read_image(source, sample):
     if not path.is_file():
         raise InputError(
             f"input '{file}' of sample {sample} does not exist (relative to the current folder); "
-            "a dump records where each input came from, not a copy, so --heatmap needs the file "
+            f"a dump records where each input came from, not a copy, so {errors.name('heatmap')} needs the file "
             "where it was when the dump was made"
         )
     if path.suffix.lower() in _ARRAY_SUFFIXES:
@@ -44,7 +45,7 @@ def _array_row(path, row, sample):
             with np.load(path, allow_pickle=False) as archive:
                 if len(archive.files) != 1:
                     raise InputError(f"input '{path}' of sample {sample} holds {len(archive.files)} "
-                                     "arrays; --heatmap reads back .npz files holding one")
+                                     f"arrays; {errors.name('heatmap')} reads back .npz files holding one")
                 array = archive[archive.files[0]]
         else:
             array = np.load(path, mmap_mode="r", allow_pickle=False)

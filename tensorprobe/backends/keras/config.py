@@ -7,7 +7,7 @@ import zipfile
 
 import h5py
 
-from tensorprobe import limits
+from tensorprobe import errors, limits
 from tensorprobe.errors import ModelLoadError, UnsafeModelError, UsageError
 from tensorprobe.text import first_line
 
@@ -110,7 +110,8 @@ def refuse_code(path, config):
         listed = ", ".join(f"'{layer}' ({', '.join(names)})" for layer, names in fields.items())
         which = f"layers {listed} hold" if len(fields) > 1 else f"layer {listed} holds"
         raise UnsafeModelError(
-            f"{path}: {which} Python code that loading would run; pass --unsafe only if you trust this file"
+            f"{path}: {which} Python code that loading would run; pass {errors.name('unsafe')} only if you trust "
+            "this file"
         )
 
 
@@ -199,7 +200,7 @@ def refuse_op_layers(path, config):
     if wrong:
         shown = ", ".join(wrong[:5]) + (f", ... ({len(wrong)} in all)" if len(wrong) > 5 else "")
         raise UnsafeModelError(f"{path}: layers that call TensorFlow functions while loading: {shown}; "
-                               "pass --unsafe only if you trust this file")
+                               f"pass {errors.name('unsafe')} only if you trust this file")
 
 
 def _is_tensorflow_op(symbol, method=None):

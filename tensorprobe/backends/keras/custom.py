@@ -8,6 +8,7 @@ import inspect
 import sys
 from pathlib import Path
 
+from tensorprobe import errors
 from tensorprobe.errors import ModelLoadError, TensorprobeError
 from tensorprobe.backends.keras.config import open_regular
 from tensorprobe.text import first_line
@@ -33,12 +34,14 @@ def _import(path):
     if name in sys.modules:
         return sys.modules[name]
     try:
-        open_regular(path, "--custom-objects takes a Python file").close()  # a FIFO or a device would block the import forever
+        # a FIFO or a device would block the import forever
+        open_regular(path, f"{errors.name('custom_objects')} takes a Python file").close()
     except TensorprobeError as e:
-        raise type(e)(f"--custom-objects {e}") from None
+        raise type(e)(f"{errors.name('custom_objects')} {e}", argument="custom_objects") from None
+    given = f"{errors.name('custom_objects')} '{path}'"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
-        raise ModelLoadError(f"--custom-objects '{path}': not a Python module")
+        raise ModelLoadError(f"{given}: not a Python module", argument="custom_objects")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     folder = str(path.parent)
@@ -54,8 +57,8 @@ def _import(path):
             if folder in sys.path:
                 sys.path.remove(folder)
         if lowered:
-            raise ModelLoadError(f"--custom-objects '{path}': importing it lowered Python's recursion limit "
-                                 f"(below {limit}), which loading a model needs")
+            raise ModelLoadError(f"{given}: importing it lowered Python's recursion limit "
+                                 f"(below {limit}), which loading a model needs", argument="custom_objects")
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM while it runs: an interruption, not its failure
         del sys.modules[name]
         raise
@@ -64,10 +67,10 @@ def _import(path):
         raise
     except SystemExit as e:  # sys.exit() in the module would end tensorprobe, silently
         del sys.modules[name]
-        raise ModelLoadError(f"--custom-objects '{path}': importing it called sys.exit({e.code!r})") from e
+        raise ModelLoadError(f"{given}: importing it called sys.exit({e.code!r})", argument="custom_objects") from e
     except BaseException as e:  # the user's code failed: report it as theirs, in one line
         del sys.modules[name]
         raise ModelLoadError(
-            f"--custom-objects '{path}': importing it failed: {type(e).__name__}: {first_line(e)}"
+            f"{given}: importing it failed: {type(e).__name__}: {first_line(e)}", argument="custom_objects"
         ) from e
     return module

@@ -2,6 +2,7 @@
 
 import re
 
+from tensorprobe import errors
 from tensorprobe.backends import base
 from tensorprobe.backends.keras import config
 from tensorprobe.backends.keras.backend import KerasBackend
@@ -93,18 +94,18 @@ def _load_error(path, what, exc):
         if not _installed(top):
             return ModelLoadError(
                 f"{path}: the model uses {of_class}the package {top}, which is not installed: install "
-                f"it (pip install {PIP_NAMES[top]}), or pass --custom-objects FILE.py with the class"
+                f"it (pip install {PIP_NAMES[top]}), or pass {errors.name('custom_objects')} FILE.py with the class"
             )
         return ModelLoadError(
             f"{path}: the model uses {of_class}the module {missing}, which the installed {top} does not "
-            f"have (the file may need another version of {top}); or pass --custom-objects FILE.py with "
-            "the class"
+            f"have (the file may need another version of {top}); or pass {errors.name('custom_objects')} FILE.py "
+            "with the class"
         )
     name = next((m.group(1) for m in map(MISSING_OBJECT.match, map(str, chain)) if m), None)
     if name:
         return ModelLoadError(
             f"{path}: the model needs the custom class or function '{name}'; "
-            "pass --custom-objects FILE.py with its definition"
+            f"pass {errors.name('custom_objects')} FILE.py with its definition"
         )
     return ModelLoadError(f"{path}: {what}: {type(exc).__name__ + ': ' if not isinstance(exc, Exception) else ''}"
                           f"{first_line(exc)}")

@@ -4,8 +4,9 @@ datasets will take, from the symbolic shapes."""
 
 import re
 
+from tensorprobe import errors
 from tensorprobe.errors import InputError, UsageError
-from tensorprobe.probe import SAME_FOR_EVERY_SAMPLE, Storage
+from tensorprobe.probe import SAME_FOR_EVERY_SAMPLE, Storage, target_option
 from tensorprobe.text import dtype_name, tf_error_line
 
 
@@ -17,14 +18,15 @@ def output_origin(graph, name):
         if len(names) > 1:
             raise UsageError(
                 f"the model has {len(names)} outputs ({', '.join(names)}); "
-                "choose one with --target-output NAME"
+                f"choose one with {errors.name('target_output')} NAME", argument="target_output"
             )
         return graph.outputs[0], names[0]
     if name in names:
         return graph.outputs[names.index(name)], name
     if name.isdigit() and int(name) < len(names):
         return graph.outputs[int(name)], names[int(name)]
-    raise UsageError(f"--target-output '{name}': the model's outputs are {', '.join(names)}")
+    raise UsageError(f"{errors.name('target_output')} '{name}': the model's outputs are {', '.join(names)}",
+                     argument="target_output")
 
 
 def extraction_function(graph, plan, target=None, target_origin=None, label_shape=None,
@@ -204,7 +206,8 @@ def _score_function(graph, target, origin):
         size *= int(d) if d is not None else 1
     if target.kind == "class":
         if None not in tuple(symbolic.shape[1:]) and target.value >= size:
-            raise UsageError(f"--target {target}: the output has {size} values per sample")
+            raise UsageError(f"{target_option()} {target}: the output has {size} values per sample",
+                             argument="gradients")
         return lambda out, labels: tf.reshape(out, (tf.shape(out)[0], -1))[:, target.value]
     if target.kind == "top":
         return lambda out, labels: tf.reduce_max(tf.reshape(out, (tf.shape(out)[0], -1)), axis=1)
@@ -213,9 +216,10 @@ def _score_function(graph, target, origin):
     try:
         loss = graph.keras.losses.get(target.value)
     except (ValueError, TypeError) as e:
-        raise UsageError(f"--target {target}: unknown Keras loss '{target.value}'") from e
+        raise UsageError(f"{target_option()} {target}: unknown Keras loss '{target.value}'",
+                         argument="gradients") from e
     if loss is None or isinstance(loss, type):
-        raise UsageError(f"--target {target}: unknown Keras loss '{target.value}'")
+        raise UsageError(f"{target_option()} {target}: unknown Keras loss '{target.value}'", argument="gradients")
 
     def per_sample_loss(out, labels):
         value = tf.convert_to_tensor(loss(tf.cast(labels, out.dtype), out))

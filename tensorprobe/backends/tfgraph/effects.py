@@ -28,6 +28,7 @@ runs (`checker`, in probe.extraction_function and for a Keras model's tensor gra
 
 from dataclasses import dataclass
 
+from tensorprobe import errors
 from tensorprobe.errors import UnsafeModelError
 
 _FILES = """
@@ -105,7 +106,7 @@ def refuse(path, found):
     if found:
         listed = ", ".join(str(e) for e in found[:SHOWN]) + (f", ... ({len(found)} in all)" if len(found) > SHOWN else "")
         raise UnsafeModelError(f"{path}: the graph holds ops that act outside the computation: {listed}; "
-                               "pass --unsafe only if you trust this file")
+                               f"pass {errors.name('unsafe')} only if you trust this file")
 
 
 def checker(path, unsafe):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tensorprobe import errors
 from tensorprobe.backends import base
 from tensorprobe.backends.keras import config
 from tensorprobe.errors import ModelLoadError, UsageError
@@ -163,11 +164,12 @@ def _choose_signature(path, names, wanted):
         if len(names) == 1:
             return names[0]
         raise UsageError(
-            f"{path}: has no '{DEFAULT_SIGNATURE}' signature; choose one with --signature NAME "
-            f"({listed})"
+            f"{path}: has no '{DEFAULT_SIGNATURE}' signature; choose one with {errors.name('signature')} NAME "
+            f"({listed})", argument="signature"
         )
     if wanted not in names:
-        raise UsageError(f"--signature '{wanted}': {path} has no such signature; it has {listed}")
+        raise UsageError(f"{errors.name('signature')} '{wanted}': {path} has no such signature; it has {listed}",
+                         argument="signature")
     return wanted
 
 

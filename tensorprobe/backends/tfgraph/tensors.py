@@ -20,6 +20,7 @@ import heapq
 import re
 from dataclasses import dataclass, field
 
+from tensorprobe import errors
 from tensorprobe.errors import InputError, ModelLoadError, UsageError
 from tensorprobe.probe import Plan
 from tensorprobe.store import DatasetSpec
@@ -286,7 +287,8 @@ def filter_tensors(graph, pattern=None, op_types=()):
         if op_type.lower() not in known:
             close = [known[c] for c in difflib.get_close_matches(op_type.lower(), list(known), n=3, cutoff=0.6)]
             hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-            raise UsageError(f"--op '{op_type}': no op of this type in the graph{hint}")
+            raise UsageError(f"{errors.name('op')} '{op_type}': no op of this type in the graph{hint}",
+                             argument="op")
         wanted.add(op_type.lower())
     return [
         t for t in graph.tensors
@@ -305,22 +307,24 @@ def select(graph, names=(), match=None):
     for name in names:
         info = resolve(graph, name)
         if info.origin in chosen:
-            raise UsageError(f"--tensor '{name}' selects '{info.name}', which is already selected")
+            raise UsageError(f"{errors.name('tensors')} '{name}' selects '{info.name}', which is already selected",
+                             argument="tensors")
         problem = graph.why_not_dumpable(info)
         if problem:
             which = f" ({info.name})" if info.name and name != info.name else ""
-            raise UsageError(f"--tensor '{name}'{which}: {problem}")
+            raise UsageError(f"{errors.name('tensors')} '{name}'{which}: {problem}", argument="tensors")
         chosen[info.origin] = info
     if match is not None:
-        pattern = regex(match, "--tensor-match")
+        pattern = regex(match, "tensor_match")
         found = [t for t in graph.tensors if pattern.search(t.name)]
         if not found:
-            raise UsageError(f"--tensor-match '{match}' matches no tensor name")
+            raise UsageError(f"{errors.name('tensor_match')} '{match}' matches no tensor name",
+                             argument="tensor_match")
         usable = [t for t in found if not graph.why_not_dumpable(t)]
         if not usable:
             raise UsageError(
-                f"--tensor-match '{match}' matches {len(found)} tensors, none of which depends on "
-                "the inputs with a batch axis"
+                f"{errors.name('tensor_match')} '{match}' matches {len(found)} tensors, none of which depends on "
+                "the inputs with a batch axis", argument="tensor_match"
             )
         chosen.update((t.origin, t) for t in usable)
     return sorted(chosen.values(), key=lambda t: t.position)
@@ -339,17 +343,18 @@ def resolve(graph, name):
     bearers = [t for t in graph.tensors if t.name == name]
     if len(bearers) > 1:  # a TFLite interpreter's scratch tensors: unnamed, or one name for several
         listed = ", ".join(f"#{t.number}" for t in bearers[:5]) + (", ..." if len(bearers) > 5 else "")
-        raise UsageError(f"--tensor '{name}' is ambiguous: {len(bearers)} tensors bear this name ({listed}); "
-                         "give one's number, '#N'")
+        raise UsageError(f"{errors.name('tensors')} '{name}' is ambiguous: {len(bearers)} tensors bear this "
+                         f"name ({listed}); give one's number, '#N'", argument="tensors")
     if len(candidates) == 1:
         full = candidates.pop()
         return by_name[full] if full in by_name else resolve(graph, full)  # a name several bear: ambiguous
     if candidates:
         listed = ", ".join(sorted(candidates)[:5]) + (", ..." if len(candidates) > 5 else "")
-        raise UsageError(f"--tensor '{name}' is ambiguous: it names {listed}; give the full name")
+        raise UsageError(f"{errors.name('tensors')} '{name}' is ambiguous: it names {listed}; give the full name",
+                         argument="tensors")
     raise UsageError(
-        f"--tensor '{name}': no such tensor{did_you_mean(name, [t.name for t in graph.tensors])} "
-        "(`tensorprobe tensors MODEL` lists them)"
+        f"{errors.name('tensors')} '{name}': no such tensor{did_you_mean(name, [t.name for t in graph.tensors])} "
+        "(`tensorprobe tensors MODEL` lists them)", argument="tensors"
     )
 
 
@@ -360,7 +365,8 @@ def _op_output(graph, op_name):
     if not outputs:
         return None
     if len(outputs) > 1:
-        raise UsageError(f"--tensor '{op_name}': the op has several outputs; name one ({op_name}:0, {op_name}:1, ...)")
+        raise UsageError(f"{errors.name('tensors')} '{op_name}': the op has several outputs; name one "
+                         f"({op_name}:0, {op_name}:1, ...)", argument="tensors")
     return outputs[0]
 
 
@@ -371,7 +377,8 @@ def plan(graph, selected, layer_of=None, start=0):
     specs = []
     for i, info in enumerate(selected):
         if any(part in (".", "..") for part in info.dataset_name.split("/")):
-            raise UsageError(f"--tensor '{info.name}': a name component '.' or '..' cannot be an HDF5 path")
+            raise UsageError(f"{errors.name('tensors')} '{info.name}': a name component '.' or '..' cannot be an "
+                             "HDF5 path", argument="tensors")
         layer = layer_of(info.name) if layer_of is not None else ""
         extra = {**info.attributes(), "order": start + i}
         specs.append(DatasetSpec(info.dataset_name, layer or "", "", extra, GROUP))

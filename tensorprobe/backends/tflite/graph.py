@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tensorprobe import errors
 from tensorprobe.backends.tflite.quantization import Quantization
 from tensorprobe.errors import ModelLoadError, UsageError
 from tensorprobe.backends.tfgraph.tensors import TensorInfo, _input_name
@@ -269,10 +270,11 @@ def read_graph(interpreter, path, signature=None, raw_quantized=False, stored=No
     main = [name for name, subgraph in signatures.items() if subgraph == 0]
     if signature is not None and signature not in signatures:
         listed = ", ".join(signatures) or "none"
-        raise UsageError(f"--signature '{signature}': {path} has no such signature; it has {listed}")
+        raise UsageError(f"{errors.name('signature')} '{signature}': {path} has no such signature; it has {listed}",
+                         argument="signature")
     if signature is not None and signature not in main:
-        raise UsageError(f"--signature '{signature}': tensorprobe runs the main subgraph of a TFLite file, "
-                         f"whose signature is {', '.join(main) or 'unnamed'}")
+        raise UsageError(f"{errors.name('signature')} '{signature}': tensorprobe runs the main subgraph of a TFLite "
+                         f"file, whose signature is {', '.join(main) or 'unnamed'}", argument="signature")
     name = signature or (main[0] if main else None)
     input_names, output_names = _signature_names(interpreter, name) if name is not None else ({}, {})
 
