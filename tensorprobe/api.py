@@ -345,7 +345,9 @@ class DumpFile(Mapping):
         full = self._key(name)
         if full is None:
             raise KeyError(f"{name!r}: no such dataset in {self.path}; it holds {', '.join(self.names)}")
-        return self._file[full]
+        from tensorprobe import store
+
+        return store.checked(self._file[full])  # a damaged chunk reads as a DumpReadError naming it
 
     def __contains__(self, name):
         return self._key(name) is not None

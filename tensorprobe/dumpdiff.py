@@ -207,9 +207,9 @@ def _compare(name, ra, rb, fa, fb, path_a, path_b, rtol, atol):
         row["status"] = "shape"
         return row
     with store.reading(path_a):
-        ds_a = fa[ra["group"]][ra["path"]]
+        ds_a = store.checked(fa[ra["group"]][ra["path"]])
     with store.reading(path_b):
-        ds_b = fb[rb["group"]][rb["path"]]
+        ds_b = store.checked(fb[rb["group"]][rb["path"]])
     for ds, path in ((ds_a, path_a), (ds_b, path_b)):
         if ds.dtype.kind not in "biuf" and not store.is_string(ds.dtype):  # never written by tensorprobe
             raise DumpReadError(f"'{path}': dataset '{ds.name}' has dtype {ds.dtype}; diff compares numbers "
@@ -259,7 +259,7 @@ def _compare_sources(fa, fb, path_a, path_b, block=1 << 16):
 def _sources(f):
     ds = f.get(f"{store.INPUTS}/source")
     if isinstance(ds, h5py.Dataset) and ds.ndim == 1 and h5py.check_string_dtype(ds.dtype):
-        return ds
+        return store.checked(ds)
     return None
 
 

@@ -86,10 +86,10 @@ def _read(path):
         except UsageError as e:  # the file is at fault, not the command line
             raise MergeError(f"'{path}': its 'shard' attribute is {text!r}, not K/N") from e
         result = ShardFile(path, attrs, shard, 0)
-        result.sources = f["inputs/source"][()]
+        result.sources = store.checked(f["inputs/source"])[()]
         result.rows = len(result.sources)
         if "inputs/skipped" in f:
-            result.skipped = f["inputs/skipped"][()]
+            result.skipped = store.checked(f["inputs/skipped"])[()]
         result.skipped_rows = store.skipped_rows(f)
         result.digest = store._plain(attrs.get(store.DIGEST)) or store.content_digest(f)
         for group in store.data_groups(f):
@@ -182,7 +182,7 @@ def _write(f, shards, output, copy):
         full = (rows,) + shape[1:]
         if copy:
             ds = f.create_dataset(path, shape=full, dtype=dtype, chunks=chunks, compression=compression,
-                                  compression_opts=opts)
+                                  compression_opts=opts, fletcher32=store.CHECKSUM and not store.is_string(dtype))
             _copy_rows(ds, [s for s, _ in filled], path, digests)
         else:
             layout = h5py.VirtualLayout(shape=full, dtype=dtype)
@@ -243,7 +243,7 @@ def _copy_rows(ds, shards, path, digests):
             for low in range(0, s.rows, block):
                 high = min(low + block, s.rows)
                 with store.reading(s.path):
-                    rows = src[path][low:high]
+                    rows = store.checked(src[path])[low:high]
                 digests[s.path].rows(f"/{path}", rows, ds.dtype)
                 ds[start + low : start + high] = rows
         start += s.rows

@@ -44,6 +44,12 @@ FORMAT = "tensorprobe"
 FORMAT_VERSION = 1
 CHUNK_BYTES = 1 << 20  # aim for about 1 MiB per chunk
 SPACE_MARGIN = 4 << 20  # room kept free for HDF5's own metadata when the data is written
+# Every numeric dataset a dump writes (DumpWriter, merge --copy) carries HDF5's Fletcher-32
+# filter: a checksum per chunk, which HDF5 verifies on every read, so a bit flipped on disk or
+# in transfer is an error (CheckedDataset names the file and dataset) rather than a wrong
+# number. HDF5 allows no filter on variable-length strings (/inputs/source, /inputs/skipped,
+# string layers): those are stored without one.
+CHECKSUM = True
 _damaged = False  # HDF5 failed to write and could not close a file cleanly: see hdf5_damaged()
 
 
@@ -527,7 +533,7 @@ class DumpWriter:
         ds = self.file.require_group(spec.group).create_dataset(
             spec.name, shape=(0,) + sample_shape, maxshape=(None,) + sample_shape,
             chunks=(rows_per_chunk,) + sample_shape, dtype=STRING if strings else array.dtype,
-            compression=self.compression[0], compression_opts=self.compression[1],
+            compression=self.compression[0], compression_opts=self.compression[1], fletcher32=CHECKSUM and not strings,
         )
         ds.attrs["layer"] = spec.layer
         ds.attrs["layer_class"] = spec.layer_class
@@ -667,7 +673,7 @@ def content_digest(f):
     digest = ContentDigest()
     datasets = content_datasets(f)
     for path in datasets:
-        ds = f[path]
+        ds = checked(f[path])
         if ds.ndim == 0:
             digest.rows(path, ds[()], ds.dtype)
             continue
@@ -734,14 +740,71 @@ def open_dump(path, allow_incomplete=False):
 
 
 @contextlib.contextmanager
-def reading(path):
+def reading(path, dataset=None):
     """Turn the errors h5py raises on a damaged file (HDF5 errors surface as OSError, or as
     KeyError/RuntimeError for broken object headers and links) into one DumpReadError that
-    names the file. Only wraps reads, so a bug elsewhere still shows as itself."""
+    names the file, and the dataset being read when `dataset` (an h5py dataset) is given: a
+    chunk that fails its Fletcher-32 checksum is said to be one. Only wraps reads, so a bug
+    elsewhere still shows as itself."""
     try:
         yield
     except (OSError, KeyError, RuntimeError) as e:
-        raise DumpReadError(f"'{path}' is a damaged or truncated dump ({_one_line(e)})") from e
+        if dataset is not None and _filter_failed(e):
+            raise DumpReadError(checksum_message(path, dataset)) from e
+        where = f"dataset {dataset.name}: " if dataset is not None else ""
+        raise DumpReadError(f"'{path}' is a damaged or truncated dump ({where}{_one_line(e)})") from e
+
+
+def _filter_failed(e):
+    """Whether h5py's error is a chunk's filter failing as it is read: HDF5 reports a
+    Fletcher-32 mismatch as "filter returned failure during read"."""
+    return isinstance(e, OSError) and "filter returned failure" in str(e)
+
+
+def checksum_message(path, ds):
+    """The error of a chunk of `ds` that fails its checksum (or, without one, to decompress):
+    for a virtual merged dataset, the shard holding it is named, found by reading each shard's
+    dataset until one fails."""
+    if ds.is_virtual:
+        for source in ds.virtual_sources():
+            shard = Path(path).parent / source.file_name
+            with contextlib.suppress(OSError), h5py.File(shard, "r") as f:
+                part = f[source.dset_name]
+                try:
+                    for key, _ in element_blocks(part, DIGEST_BLOCK // max(1, part.dtype.itemsize)):
+                        part[key]
+                except OSError as e:
+                    if _filter_failed(e):
+                        return (f"'{path}': dataset {ds.name} reads shard '{source.file_name}', whose dataset "
+                                f"{part.name} {_fails(part)}")
+        return f"'{path}': dataset {ds.name} reads a shard chunk that fails to read (a damaged shard)"
+    return f"'{path}': dataset {ds.name} {_fails(ds)}"
+
+
+def _fails(ds):
+    if ds.fletcher32:
+        return ("fails its Fletcher-32 checksum: a chunk changed after it was written (a damaged disk or "
+                "copy); its values cannot be trusted")
+    return "has a chunk that fails to decompress: the file was damaged after it was written"
+
+
+class CheckedDataset(h5py.Dataset):
+    """An h5py dataset of a dump whose reads (`ds[key]`, `ds.asstr()[key]`, `np.asarray(ds)`,
+    read_direct) turn HDF5 errors into one DumpReadError naming the file and the dataset, a
+    chunk failing its checksum included (see `reading`). `checked(ds)` makes one."""
+
+    def __getitem__(self, args, new_dtype=None):
+        with reading(self.file.filename, self):
+            return super().__getitem__(args) if new_dtype is None else super().__getitem__(args, new_dtype)
+
+    def read_direct(self, dest, source_sel=None, dest_sel=None):
+        with reading(self.file.filename, self):
+            return super().read_direct(dest, source_sel, dest_sel)
+
+
+def checked(ds):
+    """`ds` (an h5py dataset) as a CheckedDataset."""
+    return ds if isinstance(ds, CheckedDataset) else CheckedDataset(ds.id)
 
 
 def _check_dump(f, path, allow_incomplete):
@@ -1135,7 +1198,7 @@ def input_files(f, path, block=1 << 16):
     rows (a row's source is the file, or `file[i]` for row i of a file of several samples)."""
     if INPUTS not in f or "source" not in f[INPUTS]:
         return []
-    sources = f[INPUTS]["source"]
+    sources = checked(f[INPUTS]["source"])
     if h5py.check_string_dtype(sources.dtype) is None or sources.ndim != 1:
         raise DumpReadError(f"'{path}': /inputs/source is not a list of strings")
     files = {}

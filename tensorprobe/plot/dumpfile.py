@@ -62,20 +62,20 @@ class Dump:
                                 f"{_did_you_mean(wanted, paths)}", argument="layer")
 
     def activations(self, path):
-        return self.file["activations"][path]
+        return store.checked(self.file["activations"][path])
 
     def gradients(self, path):
         """The gradient dataset beside activation `path`, or None when the dump has none."""
         group = self.file.get("gradients")
         ds = group.get(path) if group is not None else None
-        return ds if isinstance(ds, h5py.Dataset) else None
+        return store.checked(ds) if isinstance(ds, h5py.Dataset) else None
 
     def source(self, row):
         """The /inputs/source string of sample `row` (the input file it came from)."""
         sources = self.file.get("inputs/source")
         if not isinstance(sources, h5py.Dataset) or sources.ndim != 1 or row >= sources.shape[0]:
             raise InputError(f"'{self.path}' records no input source for sample {row} (/inputs/source)")
-        return _text(sources[row])
+        return _text(store.checked(sources)[row])
 
     def attr(self, name, default=None):
         return _text(self.file.attrs.get(name, default))
@@ -86,6 +86,7 @@ def stream(ds, max_bytes=None):
     whole sample rows where they fit, parts of one sample where it is larger
     (store.element_blocks), so memory stays bounded however large one sample is."""
     max_bytes = READ_BYTES if max_bytes is None else max_bytes
+    ds = store.checked(ds)
     for key, _ in store.element_blocks(ds, max_bytes // max(1, ds.dtype.itemsize)):
         yield ds[key]
 
