@@ -6,11 +6,11 @@
 decorator stands (their place in `--help`) and calls the command with `name=build(...)`, fed
 the values of the parameters `build` names. Those may be options attached by other decorators
 (--training, --gradients sit further down dump's help than --layer), and a parameter of
-`build` with a default may be missing from a command (`--signature` from `compare`).
-Records are built in the order of the decorators, before the command's body runs, with no
-model loaded: what they check (--compression, --size) fails at once.
+`build` with a default may be missing from a command (`--raw-quantized` from `layers`).
+Records are built in the order of the decorators (top down), before the command's body runs,
+with no model loaded: what they check (--compression, --size) fails at once.
 
-Importing this module must stay light (`tensorprobe --help` imports no TensorFlow, no NumPy).
+Importing this module must stay light: `tensorprobe --help` imports no TensorFlow.
 """
 
 import functools
@@ -42,7 +42,7 @@ def record(name, build, *options):
 
 
 def attach(*options):
-    """A decorator attaching `options` whose values a record(...) further up collects."""
+    """A decorator attaching `options` whose values a record(...) of the same command collects."""
 
     def decorator(f):
         for option in reversed(options):
@@ -96,11 +96,6 @@ def tolerance(ctx, param, value):
     if not math.isfinite(value) or value < 0:
         raise click.BadParameter(f"{value!r} is not a finite number >= 0", ctx, param)
     return value
-
-
-def batch_size_option():
-    return click.option("-b", "--batch-size", default=32, show_default=True, type=click.IntRange(min=1),
-                        help="Samples per forward pass.")
 
 
 def overwrite_option(help="Replace the output file if it exists."):
@@ -265,7 +260,8 @@ def _job(batch_size):
 
 
 # `job`: a pipeline.Job: -b, a progress bar on a terminal unless -q, stdin for `-`.
-job_options = record("job", _job, batch_size_option())
+job_options = record("job", _job, click.option("-b", "--batch-size", default=32, show_default=True,
+                                               type=click.IntRange(min=1), help="Samples per forward pass."))
 
 
 # ---- how values are stored: --dtype, --reduce, --compression -------------------------------
