@@ -69,14 +69,11 @@ def tensors(model, pattern, op_types, as_json):
       tensorprobe tensors model.keras --op BiasAdd --op Relu
       tensorprobe tensors saved_model_dir --filter 'block1_conv2' --json | jq '.[].name'
     """
-    from tensorprobe import report, text
+    from tensorprobe import pipeline, report, text
 
     regex = text.regex(pattern, "--filter")
     with quiet_native_stderr(not debug()):
-        from tensorprobe.backends.tfgraph.tensors import filter_tensors
-
-        graph = model.open(layers=False).backend.tensor_graph
-    shown = filter_tensors(graph, regex, op_types)
+        graph, shown = pipeline.tensors(model.open(layers=False).backend, regex, op_types)
     if as_json:
         out.print(report.tensors_json(shown), markup=False, highlight=False)
         return
