@@ -46,6 +46,8 @@ def test_compare_skips_the_bad_file_and_saves_the_kept_rows(cli, folder, tmp_pat
     assert report["samples"] == 3
     assert [s["path"] for s in report["skipped"]] == [str(photos / "b.png")]
     assert report["first_divergence"] == "vgg16/block2_conv1"
+    assert [line for line in r.stderr.splitlines() if line.startswith("skipped ")] == \
+        [f"skipped {photos / 'b.png'}: {report['skipped'][0]['reason']}"]
     with h5py.File(saved, "r") as f:
         assert f.attrs["complete"] and f.attrs["samples"] == 3
         assert list(f["inputs/source"].asstr()[()]) == [str(photos / n) for n in ("a.png", "c.png", "d.png")]

@@ -139,6 +139,10 @@ def compare(ctx, models, inputs, layer_names, match, pairs, criterion, job, extr
         result = pipeline.run_compare(a.backend, b.backend, inputs.paths, inputs.named, inputs.prep, job,
                                       layers=layer_names, match=match, pairs=pairs, criterion=criterion,
                                       save_a=extras.save_a, save_b=extras.save_b, overwrite=extras.overwrite)
+    if not quiet:
+        for skipped in result["skipped"]:
+            err.print(f"skipped {skipped['path']}: {skipped['reason']}", markup=False, highlight=False,
+                      soft_wrap=True)
     if result["inputs_by_position"] and not quiet:
         err.print(f"warning: {result['inputs_by_position']}", markup=False, highlight=False, soft_wrap=True)
     extras.write(result)
