@@ -74,7 +74,7 @@ class Shape:
         return list(self.dims)
 
     def __len__(self):
-        return len(self.dims)
+        return len(self.dims) if self.dims is not None else 0
 
     def __getitem__(self, index):
         return self.dims[index]

@@ -65,6 +65,9 @@ class Sessions:
         model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in names)
         try:
             content = model.SerializeToString()
+        except ValueError as e:  # "Message onnx.ModelProto exceeds maximum protobuf size of 2GB"
+            raise ModelLoadError(f"{self.graph.path}: the model is too large to run with chosen outputs "
+                                 f"({first_line(e)})") from e
         finally:
             del model.graph.output[:]
             model.graph.output.extend(kept)
