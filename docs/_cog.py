@@ -341,6 +341,21 @@ def setup(*lines):
             raise RuntimeError(f"docs setup {line!r} failed (exit status {status}):\n" + "\n".join(printed))
 
 
+def tree(package="tensorprobe"):
+    """A table: every module of `package`, one row each, with the first sentence of its
+    docstring (read with ast: nothing is imported)."""
+    import ast
+
+    root = ROOT / package
+    out("| module | what it holds |")
+    out("|---|---|")
+    for path in sorted(root.rglob("*.py"), key=lambda p: p.relative_to(root).parts):
+        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+        first = " ".join(doc.split("\n\n")[0].split()).split(". ")[0].rstrip(".:")
+        first = first.replace("|", "\\|")
+        out(f"| `{path.relative_to(ROOT).as_posix()}` | {first} |")
+
+
 # -- Python sessions ---------------------------------------------------------------------------
 
 

@@ -12,15 +12,9 @@ The Python API (TensorFlow is imported only once a model is loaded):
     tensorprobe.compare("model.keras", "model_export/", x)["first_divergence"]
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
 from tensorprobe.api import DumpFile, Model, activations, compare, diff, dump, load, open_dump
 from tensorprobe.errors import TensorprobeError
-
-try:
-    __version__ = version("tensorprobe")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
+from tensorprobe.version import __version__
 
 __all__ = ["load", "activations", "dump", "open_dump", "diff", "compare", "Model", "DumpFile", "TensorprobeError",
            "__version__"]

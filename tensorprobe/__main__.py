@@ -1,3 +1,5 @@
+"""`python -m tensorprobe`: the command line."""
+
 from tensorprobe.cli import main
 
 main()

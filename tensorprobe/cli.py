@@ -12,7 +12,8 @@ import sys
 
 import click
 
-from tensorprobe import __version__, errors
+from tensorprobe import errors
+from tensorprobe.version import __version__
 from tensorprobe.console import err, out, quiet_native_stderr
 
 

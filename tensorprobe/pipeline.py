@@ -366,7 +366,7 @@ def root_attrs(backend, prep):
     """The root attributes of a dump: the inputs' preparation, the model's provenance."""
     from datetime import datetime, timezone
 
-    from tensorprobe import __version__
+    from tensorprobe.version import __version__
 
     return {
         **prep.attrs(),

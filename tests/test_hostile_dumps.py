@@ -320,13 +320,14 @@ def test_max_bytes_counts_the_row_sources(cli, net, many_rows, tmp_path):
 
 @pytest.mark.parametrize("batch", [1, 32, 500])
 def test_the_estimate_bounds_the_real_file_size(net, many_rows, tmp_path, batch):
-    from tensorprobe import api
+    from tensorprobe import api, pipeline
     from tensorprobe.probe import Storage
 
     told = []
     out = tmp_path / "a.h5"
-    api.run_dump(net["model"], [os.fspath(many_rows)], (), out, api.Selection(layers=LAYERS), api.preparation(),
-                 Storage(), batch_size=batch, on_size=lambda needed, free: told.append(needed))
+    pipeline.run_dump(net["model"], [os.fspath(many_rows)], (), out, pipeline.Selection(layers=LAYERS),
+                      api.preparation(), Storage(), pipeline.Job(batch),
+                      on_size=lambda needed, free: told.append(needed))
     size = os.path.getsize(out)
     # the datasets and the row sources, counted here from the shapes and names
     floor = 8000 * (16 + 4) * 4 + sum(len(f"{many_rows}[{i}]".encode()) for i in range(8000))

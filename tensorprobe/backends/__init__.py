@@ -1,5 +1,4 @@
-"""How each kind of model computes: `keras` (the walk over a Keras model's graph of layers,
-nested models and custom layers included), `tfgraph` (a frozen TensorFlow graph: SavedModel
-signatures, traced Keras models, TF 1 frozen graphs; its tensors and the layers found in its
-name scopes), `tflite` (TFLite flatbuffers, run by TensorFlow's TFLite interpreter). Loading
-a file is `tensorprobe.models`' work; each loaded model says which of these runs it."""
+"""One folder per model format: `keras` (Keras 3 and tf_keras files, the walk over their
+layers), `tfgraph` (SavedModel graphs and TF 1 frozen graphs: tensors, name-scope layers),
+`tflite` (the TFLite interpreter). Each offers the interface of `base.py`; `detect.py` holds
+the registry and picks the backend that opens a file, by its contents."""

@@ -5,20 +5,26 @@ model is (path, format, loader, hash, provenance), what it holds (inputs, layers
 and how to run it (a runner for an extraction plan). The pipeline, the comparison, the CLI
 and the API ask only this interface; no code above `backends/` asks which format a model is.
 
-    backend.layer_graph        .entries {path: LayerEntry}, in model order
-    backend.tensor_graph       .tensors [TensorInfo], .inputs, .outputs, .source
+    backend.layer_graph        .entries {path: LayerEntry}, in model order; .inputs (each with a
+                               .shape, None for the batch); .layer_of(tensor name) -> path or ''
+    backend.tensor_graph       .tensors [TensorInfo], .by_name, .op_types(), .inputs (as tf.TensorSpec:
+                               .name, .shape with .rank and .as_list(), .dtype with .name),
+                               .input_tensors, .outputs [(name, tensor name)], .source,
+                               .why_not_dumpable(info), .extraction_function(tensor names)
     backend.describe()         ModelInfo: what `tensorprobe layers` shows
     backend.input_specs(layers) [InputSpec]: what the input feed checks and prepares
     backend.runner(plan, request) -> (plan, run): run(batch list, labels) -> one array per dataset
     backend.tensor_runner(names, match, start) -> (plan, run) for graph tensors
     backend.estimate(plan, storage) -> (rows, batch_rows) -> bytes, or None
-    backend.provenance()       root attributes of a dump (format, loader, versions)
+    backend.provenance()       root attributes of a dump (format, loader, `versions()`)
     backend.fingerprint()      what else makes two dumps of one model differ (signature, ...)
     backend.precision()        'float32', or the narrowest precision it computes in
     backend.node_keys(plan, indices)  Model Explorer's keys of the plan's datasets
 
 Records that every format fills alike (LayerEntry, LayerInfo, ModelInfo, RunRequest) live
-here too. Nothing here imports TensorFlow.
+here too. Nothing here imports TensorFlow but the default `versions()`, which names the
+versions of TensorFlow and Keras for the formats they run (tests/numpy_backend.py is a
+backend without them).
 """
 
 import hashlib
@@ -222,12 +228,18 @@ class Backend:
         return []
 
     def provenance(self):
-        """The root attributes of a dump that say where its values come from."""
+        """The root attributes of a dump that say where its values come from: the model file,
+        its format and loader, and the versions of what computed them (`versions`)."""
+        return {"model": self.path, "model_sha256": self.sha256, "model_format": self.format,
+                "loader": self.loader, **self.versions()}
+
+    def versions(self):
+        """{attribute: version} of the libraries that compute the values: TensorFlow's and
+        Keras's for the formats TensorFlow runs (imported here, once a model of theirs is
+        open); a backend that runs without TensorFlow names its own runtime instead."""
         import tensorflow as tf
 
-        return {"model": self.path, "model_sha256": self.sha256, "model_format": self.format,
-                "loader": self.loader, "tensorflow_version": tf.__version__,
-                "keras_version": self.keras_version()}
+        return {"tensorflow_version": tf.__version__, "keras_version": self.keras_version()}
 
     def keras_version(self):
         return ""

@@ -10,11 +10,12 @@ DESCRIPTION = "a .keras zip archive, an HDF5 .h5 file"
 
 
 def guess_can_open(path, head):
-    """'keras' (a Keras 3 zip) or 'h5' (HDF5) from the first bytes; None otherwise."""
+    """'keras' (a Keras 3 zip archive: one that lists a config.json) or 'h5' (HDF5) from the
+    contents; None otherwise."""
     if head is None:
         return None
     if head.startswith(config.ZIP_SIGNATURE):
-        return "keras"
+        return "keras" if config.is_keras_archive(path) else None
     if head[:8] == config.HDF5_SIGNATURE:
         return "h5"
     return None

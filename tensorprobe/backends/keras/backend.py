@@ -11,11 +11,12 @@ class KerasBackend(base.Backend):
 
     kind = "Keras model"
 
-    def __init__(self, path, model, keras, loader, format, sha256, signature=None):
+    def __init__(self, path, model, keras, loader, format, sha256, signature=None, naming=None):
         super().__init__()
         self.path, self.model, self.keras, self.loader, self.format, self.sha256 = (
             path, model, keras, loader, format, sha256)
         self.signature = signature  # a tfgraph.savedmodel.Signature, or None
+        self._naming = naming  # how the tensor graph's scopes name layers (scopes.Naming), when the loader knows
         self.saved_object = None  # keeps a SavedModel signature's variables alive
 
     def _build_layer_graph(self):
@@ -85,19 +86,19 @@ class KerasBackend(base.Backend):
         if self._scopes is None:
             from tensorprobe.backends.tfgraph import scopes
 
-            self._scopes = scopes.find_layers(self.tensor_graph, self.naming())
+            self._scopes = scopes.find_layers(self.tensor_graph, self.scope_naming())
         return self._scopes.layer_of(tensor_name)
 
     _scopes = None
 
-    def naming(self):
-        """How the traced graph's scopes name the layers: a Keras 2 SavedModel's object graph
-        says; a model that tf_keras loaded names its layers itself; Keras 3's `_N` suffixes."""
-        from tensorprobe.backends.tfgraph import savedmodel, scopes
+    def scope_naming(self):
+        """How the tensor graph's scopes name the layers: as the loader says (a Keras 2
+        SavedModel's object graph); a model that tf_keras loaded names its layers itself;
+        else Keras 3's `_N` suffixes."""
+        from tensorprobe.backends.tfgraph import scopes
 
-        if self.signature is not None:
-            found = savedmodel.keras2_layers(self.path)
-            return scopes.KERAS3 if found is None else scopes.Naming(True, *found)
+        if self._naming is not None:
+            return self._naming
         if self.keras.__name__ == "tf_keras":
             Layer, Model = self.keras.layers.Layer, self.keras.Model
             layers = [self.model, *(m for m in self.model.submodules if isinstance(m, Layer))]

@@ -22,6 +22,17 @@ def open_regular(path, wanted):
     return limits.open_regular(path, str(path), wanted, UsageError)
 
 
+def is_keras_archive(path):
+    """Whether the zip archive at `path` is a Keras one: it lists a config.json (an .npz, or
+    another format's zip, does not). An archive whose member list cannot be read is taken as a
+    damaged Keras file, which `read_config` then reports."""
+    try:
+        with open_regular(path, MODEL_FILE) as f, zipfile.ZipFile(f) as z:
+            return "config.json" in z.namelist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, OSError, ValueError, EOFError):
+        return True
+
+
 def read_config(path, fmt):
     """The model's stored config (a dict) and the Keras version that wrote it."""
     try:

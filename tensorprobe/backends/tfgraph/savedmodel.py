@@ -102,6 +102,10 @@ def load_savedmodel(path, signature=None, unsafe=False, keras_model=True):
     names = sorted(obj.signatures.keys())
     chosen = _choose_signature(path, names, signature)
     sig = _signature(chosen, obj.signatures[chosen])
+    from tensorprobe.backends.tfgraph import scopes
+
+    found = keras2_layers(path)
+    naming = scopes.KERAS3 if found is None else scopes.Naming(True, *found)
     if keras2 and keras_model:
         import tf_keras
 
@@ -114,13 +118,10 @@ def load_savedmodel(path, signature=None, unsafe=False, keras_model=True):
         except Exception as e:
             raise ModelLoadError(f"{path}: cannot load this Keras 2 SavedModel: {first_line(e)}") from e
         backend = KerasBackend(path, model, tf_keras, f"tf_keras {tf_keras.__version__}", "savedmodel", sha,
-                               signature=sig)
+                               signature=sig, naming=naming)
     else:
-        from tensorprobe.backends.tfgraph import scopes
         from tensorprobe.backends.tfgraph.backend import GraphBackend
 
-        found = keras2_layers(path)
-        naming = scopes.KERAS3 if found is None else scopes.Naming(True, *found)
         backend = GraphBackend(path, f"tensorflow {tf.__version__}", "savedmodel", sha, naming, signature=sig)
         backend.signatures = names
     backend.saved_object = obj
