@@ -414,3 +414,25 @@ def test_compare_names_the_perturbed_layer_first(files, cli):
     assert [path for path, status in statuses.items() if status == "ok"][:4] == [
         "features/block1_conv1", "features/block1_bn", "features/block1_add", "features/block1_pool"]
     assert all(statuses[path] != "ok" for path in ("features/block2_conv1", "features", "gap", "fc"))
+
+
+def test_an_onnx_dump_imports_no_tensorflow(files, tmp_path):
+    """onnxruntime computes an ONNX model's values: TensorFlow is never imported (seconds saved)."""
+    out = tmp_path / "d.h5"
+    code = ("import sys; from tensorprobe.cli import main; sys.argv = ['tensorprobe', 'dump', '-m', sys.argv[1], "
+            "'--all', '-o', sys.argv[2], sys.argv[3], '--quiet']\ntry:\n    main()\nexcept SystemExit as e:\n"
+            "    assert e.code in (0, None), e.code\nprint('tensorflow' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code, str(files["torch.onnx"]), str(out), str(files["xt.npy"])],
+                          capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "False"
+    with h5py.File(out, "r") as f:
+        assert (f.attrs["model_format"], f.attrs["loader"]) == ("onnx", f"onnxruntime {_version('onnxruntime')}")
+        assert f.attrs["onnx_version"] == onnx.__version__
+        assert f.attrs["onnx_producer"] == "pytorch 2.5.0"
+        assert "tensorflow_version" not in f.attrs
+
+
+def _version(package):
+    from importlib.metadata import version
+
+    return version(package)

@@ -7,7 +7,6 @@ outputs in chunks bounded by memory), the layers found again in the node names' 
 from tensorprobe.backends.onnx import protobuf
 
 DESCRIPTION = "an ONNX .onnx file"
-INSTALL = "pip install 'tensorprobe[onnx]'"
 
 
 def guess_can_open(path, head):

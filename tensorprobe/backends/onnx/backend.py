@@ -12,9 +12,10 @@ elements of the initializers holding weights that a layer's nodes read.
 """
 
 from tensorprobe.backends import base
-from tensorprobe.backends.onnx import INSTALL
 from tensorprobe.errors import ModelLoadError
 from tensorprobe.text import first_line
+
+INSTALL = "pip install 'tensorprobe[onnx]'"
 
 
 def required(path):
@@ -33,7 +34,7 @@ class OnnxBackend(base.Backend):
         super().__init__()
         self.path, self.format, self.sha256 = path, "onnx", sha256
         self.model, self._tensor_graph = model, graph
-        self.versions = versions  # {"onnx_version": ..., "onnxruntime_version": ...}
+        self.runtime = versions  # {"onnx_version": ..., "onnxruntime_version": ...}
         self.loader = f"onnxruntime {versions['onnxruntime_version']}"
 
     @property
@@ -78,10 +79,9 @@ class OnnxBackend(base.Backend):
         made = f"from {producer} {version}".rstrip() if producer else ""
         return [part for part in (made, opsets) if part]
 
-    def provenance(self):
-        return {"model": self.path, "model_sha256": self.sha256, "model_format": self.format,
-                "loader": self.loader, **self.versions,
-                "onnx_producer": f"{self.model.producer_name} {self.model.producer_version}".strip()}
+    def versions(self):
+        """onnx's and onnxruntime's versions, and what made the file (`tf2onnx 1.17.0`)."""
+        return {**self.runtime, "onnx_producer": f"{self.model.producer_name} {self.model.producer_version}".strip()}
 
     def fingerprint(self):
         return {"signature": None, "raw_quantized": False}

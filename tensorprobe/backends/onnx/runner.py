@@ -10,8 +10,12 @@ An output stays alive until the run ends, so a session returning every tensor of
 graph holds all of them at once (and its own buffers besides). The tensors are therefore
 split into chunks whose values for one batch take at most `max_live_bytes` (from their
 inferred shapes; a tensor whose shape is not known is counted as the largest known one), one
-session per chunk, run one after the other on the same batch; the sessions share one copy of
-the weights (`SessionOptions.add_initializer`). A model whose inputs have a fixed batch B
+session per chunk, run one after the other on the same batch, each opened when its turn
+comes (a session holds a parsed copy of the graph; one that returns every tensor is kept
+from batch to batch); the sessions share one copy of the weights
+(`SessionOptions.add_initializer`), and run without a memory arena, so that their buffers are
+freed when a run ends. What bounds the whole dump's memory is the batch (`--batch-size`): the
+values of every chosen tensor for one batch are handed to the writer together. A model whose inputs have a fixed batch B
 runs B rows at a time, the last run padded with zero rows that are dropped.
 """
 
@@ -39,8 +43,13 @@ class Sessions:
         self.cache = {}
         self.shared = None  # (numpy arrays, OrtValues) of the initializers, made once
 
-    def session(self, names):
+    def session(self, names, alone=False):
+        """The session returning `names`; `alone`: close every other one first (the sessions
+        of several chunks each hold a parsed copy of the graph, so only one is kept at a time)."""
         key = tuple(names)
+        if alone:
+            for other in [k for k in self.cache if k != key]:
+                del self.cache[other]
         if key not in self.cache:
             self.cache[key] = self._open(names)
         return self.cache[key]
@@ -53,6 +62,10 @@ class Sessions:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         options.log_severity_level = 3  # its warnings (unused initializers) are not the user's
+        # no arena and no memory pattern: a session's buffers are freed when its run ends, so
+        # the sessions of a model's chunks do not each keep a forward pass's worth of memory
+        options.enable_cpu_mem_arena = False
+        options.enable_mem_pattern = False
         if self.shared is None:
             from onnx import numpy_helper
 
@@ -106,10 +119,12 @@ def _sample_bytes(info):
     return int(np.prod(info.shape[1:], dtype=np.int64)) * itemsize
 
 
-def extraction_function(graph, names, max_live_bytes=MAX_LIVE_BYTES):
+def extraction_function(graph, names, max_live_bytes=None):
     """run(list of input batches in `graph.inputs` order[, labels]) -> one array per tensor
-    name in `names`, first axis the batch; probe.extraction_function's interface."""
+    name in `names`, first axis the batch; probe.extraction_function's interface. A chunk's
+    values take at most `max_live_bytes` (default MAX_LIVE_BYTES)."""
     sessions = Sessions(graph)
+    limit = MAX_LIVE_BYTES if max_live_bytes is None else max_live_bytes
     errors = ort_errors()
 
     def run(batch, labels=None):
@@ -120,8 +135,9 @@ def extraction_function(graph, names, max_live_bytes=MAX_LIVE_BYTES):
         rows = len(arrays[0]) if arrays else 0
         step = graph.batch or rows
         values = {}
-        for chunk in chunks(graph, names, step, max_live_bytes):
-            session = sessions.session(chunk)
+        split = chunks(graph, names, step, limit)
+        for chunk in split:
+            session = sessions.session(chunk, alone=len(split) > 1)
             parts = [[] for _ in chunk]
             for start in range(0, rows, step or 1):
                 feed = [a[start:start + step] for a in arrays]
