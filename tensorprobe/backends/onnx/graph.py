@@ -212,9 +212,10 @@ def infer(model, path):
         return model, [f"shapes: the file's own (shape inference failed: {first_line(e)})"]
 
 
-def read_graph(model, path, source="main graph"):
+def read_graph(model, path):
     """The OnnxGraph of `model`'s main graph; ModelLoadError when a node reads a tensor that
     nothing makes, or the nodes form a cycle."""
+    source = f"ONNX graph '{model.graph.name}'" if model.graph.name else "ONNX graph"
     inferred, notes = infer(model, path)
     graph = inferred.graph
     initializers = {t.name for t in graph.initializer} | {t.values.name for t in graph.sparse_initializer}
