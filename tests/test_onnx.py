@@ -196,6 +196,19 @@ def test_damaged_file_is_one_error_line(files, tmp_path, cli):
     assert error_line(result).startswith(f"error: {cut}: damaged or incomplete ONNX file (")
 
 
+def test_a_node_reading_a_tensor_nothing_makes_is_refused(tmp_path, cli):
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "nowhere"], ["y"], name="/add/Add")], "broken",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])])
+    path = tmp_path / "broken.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    result = cli("tensors", path)
+    assert result.exit_code == 1
+    assert error_line(result) == (f"error: {path}: node '/add/Add' (Add) reads 'nowhere', which no node, input or "
+                                  "initializer of the graph makes: the file is damaged or incomplete")
+
+
 def test_missing_extra_says_how_to_install(files, cli, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` raises ImportError
     result = cli("tensors", files["torch.onnx"])
