@@ -1,4 +1,4 @@
-"""The project's error types. Core code raises these; cli.py turns them into one `error:` line.
+"""The project's error types. Core code raises these; the CLI (tensorprobe/cli/) turns them into one `error:` line.
 
 Exit codes: 2 when the command line itself is wrong (unknown option, unknown layer, a path
 that does not exist, an output that exists), 1 when a well-formed command fails on the

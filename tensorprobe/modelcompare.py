@@ -310,15 +310,24 @@ def matched_specs(plan_a, plan_b, paired):
     return matched, unmatched_a, unmatched_b
 
 
-def aligned(a, b):
+FIRST_TO_LAST = "A is channels-first: compared after moving its channel axis last"
+LAST_TO_FIRST = "A is channels-last: compared after moving its channel axis first"
+MOVES = {FIRST_TO_LAST: (1, -1), LAST_TO_FIRST: (-1, 1)}
+
+
+def aligned(a, b, move=None):
     """(a, b, layout note) with A's layout moved to B's when they differ only by the channel
-    axis (NCHW vs NHWC); (a, b, None) otherwise."""
-    if a.shape == b.shape or a.ndim != b.ndim or a.ndim < 3:
+    axis (NCHW vs NHWC); (a, b, None) otherwise. `move`, the note the other pairs of the two
+    models took, decides a pair whose shapes fit either way (channels = height = width)."""
+    if a.ndim != b.ndim or a.ndim < 3:
         return a, b, None
-    if np.moveaxis(a, 1, -1).shape == b.shape:
-        return np.moveaxis(a, 1, -1), b, "A is channels-first: compared after moving its channel axis last"
-    if np.moveaxis(a, -1, 1).shape == b.shape:
-        return np.moveaxis(a, -1, 1), b, "A is channels-last: compared after moving its channel axis first"
+    fits = [note for note, (source, target) in MOVES.items() if np.moveaxis(a, source, target).shape == b.shape]
+    if a.shape == b.shape:
+        if move in fits and np.moveaxis(a, *MOVES[move]).shape == a.shape:
+            return np.moveaxis(a, *MOVES[move]), b, move
+        return a, b, None
+    if fits:
+        return np.moveaxis(a, *MOVES[fits[0]]), b, fits[0]
     return a, b, None
 
 
@@ -331,12 +340,16 @@ class Comparison:
         self.agreements = [None] * len(matched)
         self.layouts = [None] * len(matched)
         self.shapes = [None] * len(matched)  # (A's sample shape, B's) where they cannot be compared
+        self.move = None  # the layout note every moved pair took (None: not known yet; False: none or several)
         self.start = 0
 
     def update(self, values_a, values_b):
         n = None
+        if self.move is None:  # the layout the two models differ by, from the pairs whose shapes say it
+            notes = {aligned(values_a[i], values_b[j])[2] for i, j, _ in self.matched} - {None}
+            self.move = notes.pop() if len(notes) == 1 else False
         for k, (i, j, _) in enumerate(self.matched):
-            a, b, layout = aligned(values_a[i], values_b[j])
+            a, b, layout = aligned(values_a[i], values_b[j], self.move or None)
             n = len(a)
             if a.shape != b.shape:
                 self.shapes[k] = (list(values_a[i].shape[1:]), list(values_b[j].shape[1:]))

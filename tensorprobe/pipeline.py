@@ -33,6 +33,15 @@ def open_backend(model, options=None):
     return backend
 
 
+def tensors(backend, pattern=None, op_types=()):
+    """(the tensor graph, its tensors whose name `pattern` searches and whose op type is one of
+    `op_types`): what `tensorprobe tensors` lists."""
+    from tensorprobe.backends.tensors import filter_tensors
+
+    graph = backend.tensor_graph
+    return graph, filter_tensors(graph, pattern, op_types)
+
+
 # ---- what to compute -----------------------------------------------------------------------
 
 @dataclass

@@ -224,7 +224,7 @@ class NumpyDenseBackend(base.Backend):
         return LayerGraph(entries, [self.input])
 
     def _build_tensor_graph(self):
-        from tensorprobe.backends.tfgraph.tensors import TensorInfo
+        from tensorprobe.backends.tensors import TensorInfo
 
         dtype = self.dtype.name
         constants = [(f"{d.name}/{part}:0", "Const", array.shape)

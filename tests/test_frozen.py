@@ -190,8 +190,8 @@ def test_dump_layers_equal_the_session(cli, frozen, tmp_path):
     ("saved_model.pb", "saved_model.pb: is a SavedModel's saved_model.pb (a SavedModel proto), not a frozen "
                        "graph; pass the folder that holds it: "),
     ("not_a_graph.pb", "not_a_graph.pb: not a model file tensorprobe reads (a .keras zip archive, an HDF5 .h5 "
-                       "file, a SavedModel folder, a TensorFlow 1 frozen graph .pb or .pbtxt, or a TensorFlow "
-                       "Lite .tflite file)"),
+                       "file, a SavedModel folder, a TensorFlow 1 frozen graph .pb or .pbtxt, a TensorFlow "
+                       "Lite .tflite file, or an ONNX .onnx file)"),
     ("unregistered.pb", "unregistered.pb: cannot import the graph: Op type not registered 'NoSuchOpAnywhere'"),
 ])
 def test_bad_files_get_one_error_line(cli, frozen, name, message):

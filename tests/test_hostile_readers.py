@@ -342,7 +342,7 @@ def test_layers_in_a_pipe_escapes_a_layer_name(cli, attention_model):
     (["-l", "fc1", "--max-bytes", "garbage"], "error: --max-bytes 'garbage': expected a size such as 500M or 2G"),
 ])
 def test_option_values_are_checked_before_the_model_loads(cli, tmp_path, monkeypatch, options, line):
-    from tensorprobe import cli as command
+    from tensorprobe import api
 
     model = tmp_path / "model.keras"
     model.write_bytes(b"not read")
@@ -350,7 +350,7 @@ def test_option_values_are_checked_before_the_model_loads(cli, tmp_path, monkeyp
     def never(*args, **kwargs):
         raise AssertionError("the model was loaded before the options were checked")
 
-    monkeypatch.setattr(command, "_load", never)
+    monkeypatch.setattr(api, "open_model", never)  # what the CLI opens models with
     np.save(tmp_path / "x.npy", np.zeros((1, 3), np.float32))
     r = cli("dump", "-m", model, *options, "-o", tmp_path / "out.h5", tmp_path / "x.npy")
     assert (r.exit_code, error_line(r)) == (2, line)

@@ -46,6 +46,8 @@ def test_compare_skips_the_bad_file_and_saves_the_kept_rows(cli, folder, tmp_pat
     assert report["samples"] == 3
     assert [s["path"] for s in report["skipped"]] == [str(photos / "b.png")]
     assert report["first_divergence"] == "vgg16/block2_conv1"
+    assert [line for line in r.stderr.splitlines() if line.startswith("skipped ")] == \
+        [f"skipped {photos / 'b.png'}: {report['skipped'][0]['reason']}"]
     with h5py.File(saved, "r") as f:
         assert f.attrs["complete"] and f.attrs["samples"] == 3
         assert list(f["inputs/source"].asstr()[()]) == [str(photos / n) for n in ("a.png", "c.png", "d.png")]
@@ -68,3 +70,25 @@ def test_api_compare_takes_skip_bad(folder):
     photos, pixels = folder
     report = tensorprobe.compare(TRANSFER, TRANSFER, photos, match="fc1", skip_bad=True)
     assert report["match"] and report["samples"] == 3 and len(report["skipped"]) == 1
+
+
+def test_a_pair_whose_shape_fits_either_layout_takes_the_models_layout():
+    """Channels = height = width: the shape cannot say NCHW from NHWC, so the pair takes the
+    move the other pairs of the two models need (here A is channels-first)."""
+    from tensorprobe.modelcompare import FIRST_TO_LAST, Comparison, parse_metric
+
+    rng = np.random.default_rng(5)
+    b_wide = rng.normal(size=(3, 4, 4, 8)).astype("float32")  # NHWC, unambiguous
+    b_cube = rng.normal(size=(3, 4, 4, 4)).astype("float32")  # NHWC, C = H = W
+    a_wide, a_cube = (np.ascontiguousarray(np.transpose(v, (0, 3, 1, 2))) for v in (b_wide, b_cube))
+    matched = [(0, 0, "cube"), (1, 1, "wide")]  # the ambiguous pair first
+    comparison = Comparison(matched, 3, parse_metric("allclose"))
+    comparison.update([a_cube, a_wide], [b_cube, b_wide])
+    records = comparison.pairs()
+    assert [(r["path"], r["status"], r.get("layout")) for r in records] == \
+        [("cube", "ok", FIRST_TO_LAST), ("wide", "ok", FIRST_TO_LAST)]
+    assert records[0]["max_abs"] == 0.0
+    # the same models without a pair that says the layout: the cube is compared as it is
+    alone = Comparison([(0, 0, "cube")], 3, parse_metric("allclose"))
+    alone.update([a_cube], [b_cube])
+    assert alone.pairs()[0]["status"] == "differ" and "layout" not in alone.pairs()[0]

@@ -204,7 +204,7 @@ class Backend:
     def tensor_runner(self, names, match, start=0):
         """(plan, run) for the graph tensors `names` and those matching `match`: datasets
         under /tensors, their `order` from `start`, each with the layer it belongs to."""
-        from tensorprobe.backends.tfgraph import tensors
+        from tensorprobe.backends import tensors
 
         graph = self.tensor_graph
         plan = tensors.plan(graph, tensors.select(graph, names, match), self.layer_of, start)

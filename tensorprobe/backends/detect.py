@@ -24,6 +24,7 @@ REGISTRY = [
     "tensorprobe.backends.keras",  # .keras zip archives and HDF5 .h5 files (Keras 3; Keras 2 through tf_keras)
     "tensorprobe.backends.tfgraph",  # SavedModel folders, TensorFlow 1 frozen graphs (.pb, .pbtxt)
     "tensorprobe.backends.tflite",  # TensorFlow Lite flatbuffers
+    "tensorprobe.backends.onnx",  # ONNX ModelProto files (onnx + onnxruntime, the `onnx` extra)
 ]
 
 HEAD = 1 << 16  # the bytes a backend's guess may look at

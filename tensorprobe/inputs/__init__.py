@@ -1,7 +1,7 @@
 """Inputs as people have them -> batches of model inputs, read lazily, a batch at a time.
 
   options.py     the dump's input options (--resize, --scale, --input NAME=PATH...), parsed;
-                 light enough for cli.py to import at start-up
+                 light enough for the CLI to import at start-up
   sources.py     arguments (files, folders, globs, @lists, `-`) -> the files they name, in order
   spec.py        what each model input takes: name, sample shape, dtype, channel axis
   npy.py         .npy/.npz headers and rows, read by slices (no memory maps, never a pickle)

@@ -1,5 +1,5 @@
 """The dump's input options as plain values. Parsing only: no NumPy, no TensorFlow, so that
-cli.py can import this module for its option definitions without slowing `--help`."""
+The CLI can import this module for its option definitions without slowing `--help`."""
 
 import re
 from dataclasses import dataclass

@@ -37,7 +37,7 @@ import numpy as np
 from tensorprobe import errors
 from tensorprobe.backends.tflite.quantization import Quantization
 from tensorprobe.errors import ModelLoadError, UsageError
-from tensorprobe.backends.tfgraph.tensors import TensorInfo, _input_name
+from tensorprobe.backends.tensors import TensorInfo, input_name
 from tensorprobe.text import first_line, shape_text
 
 INPUT_OP = "INPUT"  # the `op` of a model input, which no op makes
@@ -327,7 +327,7 @@ def read_graph(interpreter, path, signature=None, raw_quantized=False, stored=No
     for k, index in enumerate(input_indices):
         t = by_index[index]
         dtype = "float32" if t.quantization is not None else t.dtype
-        key = input_names.get(index) or _input_name(t.name, k)
+        key = input_names.get(index) or input_name(t.name, k)
         specs.append(tf.TensorSpec((None, *t.shape[1:]), dtype, name=key))
     bearers = Counter(t.name for t in tensors)
 

@@ -12,7 +12,7 @@ integers when the graph says `raw_quantized`.
 import numpy as np
 
 from tensorprobe.errors import InputError
-from tensorprobe.backends.tfgraph.tensors import _checked, _inputs_text
+from tensorprobe.backends.tensors import checked, inputs_text
 from tensorprobe.text import first_line, shape_text
 
 
@@ -34,9 +34,9 @@ def extraction_function(graph, indices):
 
     def run(batch, labels=None):
         if len(batch) != len(graph.inputs):
-            raise InputError(f"the model takes {len(graph.inputs)} inputs ({_inputs_text(graph.inputs)}), "
+            raise InputError(f"the model takes {len(graph.inputs)} inputs ({inputs_text(graph.inputs)}), "
                              f"got {len(batch)}")
-        arrays = [_checked(spec, np.asarray(x)) for spec, x in zip(graph.inputs, batch)]
+        arrays = [checked(spec, np.asarray(x)) for spec, x in zip(graph.inputs, batch)]
         arrays = [a if t.quantization is None else t.quantization.quantize(a) for t, a in zip(inputs, arrays)]
         rows = len(arrays[0]) if arrays else 0
         step = graph.batch or rows
