@@ -212,6 +212,33 @@ def dump(model, x, output, *, layers=(), match=None, all_layers=False, tensors=(
     return summary_record(result.summary, output)
 
 
+def nanhunt(model, x, *, backward=False, labels=None, loss=None, target=None, target_output=None,
+            training=False, jit=False, batch_size=32, progress=None, **prepare):
+    """Where the values of `x` stop being finite: what `tensorprobe nanhunt --json` prints
+    (its `finite` is True when every input, layer and gradient is). The first layer, in
+    compute order, that makes a NaN or Inf from finite inputs is `report["forward"]["culprit"]`.
+    With `backward`, also the gradients of `target` (as `dump --target` takes it; `loss` NAME
+    with `labels` is `loss:NAME`) w.r.t. each layer's output, in backward order; Keras models
+    only. Arguments otherwise as `activations`'s.
+
+        >>> report = tensorprobe.nanhunt("model.keras", x)
+        >>> report["forward"]["culprit"]
+        'log_layer'
+    """
+    from tensorprobe import numerics
+
+    prep = preparation(**prepare)
+    job = _job(batch_size, progress)
+    if not backward and (labels is not None or loss is not None or target is not None or target_output is not None):
+        given = next(n for n, v in (("labels", labels), ("loss", loss), ("target", target),
+                                    ("target_output", target_output)) if v is not None)
+        raise errors.UsageError(f"{errors.name(given)} goes with {errors.name('backward')}", argument=given)
+    how = None
+    if backward:
+        how = numerics.Backward(numerics.backward_target(target, loss, labels), labels, target_output)
+    return numerics.run_nanhunt(_backend(model), _api_x(x), (), prep, job, how, training, jit)
+
+
 def progress_bar(console=None):
     """A `progress` for dump/compare: a rich bar on `console` (None: stderr, which Jupyter
     renders in the notebook)."""

@@ -118,8 +118,9 @@ class Extraction:
     estimate: object  # (rows, batch_rows) -> bytes, for the size check; None when unknown
 
 
-def extraction(backend, selection, storage, feed):
-    """The plan of datasets and the function that computes them, from the backend."""
+def extraction(backend, selection, storage, feed, counts=False):
+    """The plan of datasets and the function that computes them, from the backend; with
+    `counts`, each value's non-finite counts per sample instead (RunRequest.counts)."""
     from tensorprobe import probe
     from tensorprobe.backends.base import RunRequest
 
@@ -134,7 +135,7 @@ def extraction(backend, selection, storage, feed):
     if selection.wants_layers:
         graph = backend.layer_graph
         plan = probe.plan(graph, probe.select(graph, selection.layers, selection.match, selection.all_layers))
-        request = RunRequest(storage, selection.training, selection.jit)
+        request = RunRequest(storage, selection.training, selection.jit, counts=counts)
         if selection.gradients is not None:
             request.target = probe.parse_target(selection.gradients)
             request.target_output = selection.target_output

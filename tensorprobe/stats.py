@@ -201,3 +201,32 @@ def _combine_all(count, mean, m2):
     n = count.sum()
     overall = (count * mean).sum() / n
     return [n], [overall], [m2.sum() + (count * np.square(mean - overall)).sum()]
+
+
+# ---- non-finite counts per sample, for `nanhunt` (numerics.py) ----------------------------
+
+COUNTS = ("nan", "posinf", "neginf")  # the columns of a count row
+
+
+def count_rows(array):
+    """(rows, 3) int64: the NaN, +Inf and -Inf counts of each sample (row) of `array`; zeros
+    for values that hold none (integers, booleans, strings)."""
+    array = np.asarray(array)
+    rows = array.shape[0] if array.ndim else 1
+    if array.dtype.kind not in "fc":
+        return np.zeros((rows, 3), np.int64)
+    flat = array.reshape(rows, -1)
+    if flat.dtype.kind == "c":  # a complex value is non-finite where either part is
+        flat = np.concatenate([flat.real, flat.imag], axis=1)
+    return np.stack([np.isnan(flat).sum(axis=1), np.isposinf(flat).sum(axis=1), np.isneginf(flat).sum(axis=1)],
+                    axis=1).astype(np.int64)
+
+
+def counting(run):
+    """A run function (batch list, labels) -> arrays, turned into one returning count_rows of
+    each array: for runners that hand back the values themselves."""
+
+    def counted(batch, labels=None):
+        return [count_rows(a) for a in run(batch, labels)]
+
+    return counted

@@ -144,3 +144,252 @@ def test_a_dump_written_without_checksums_still_reads(plain, cli, tmp_path, monk
     assert json.loads(r.stdout)["match"] is True
     with tensorprobe.open_dump(old) as dump:
         np.testing.assert_array_equal(dump["d1"][:], h5py.File(plain["dump"], "r")["activations/d1"][:])
+
+
+# ---- nanhunt --------------------------------------------------------------------------------
+
+def _root_class():
+    import keras
+
+    @keras.saving.register_keras_serializable(package="tp_numerics")
+    class Root(keras.layers.Layer):
+        """sqrt: NaN where its input is negative; an infinite gradient where it is 0."""
+
+        def call(self, x):
+            return keras.ops.sqrt(x)
+
+    return Root
+
+
+@pytest.fixture(scope="module")
+def nan_models(tmp_path_factory):
+    """A model whose custom layer `root` makes NaN where its input is negative (samples 2 and
+    5, one element each), the same compiled with jit_compile=True, exported as a SavedModel
+    and converted to TFLite; a model where only the backward pass breaks (sqrt of a ReLU's
+    zeros); the inputs and labels."""
+    import keras
+    import tensorflow as tf
+
+    folder = tmp_path_factory.mktemp("numerics_nan")
+    Root = _root_class()
+    L = keras.layers
+    keras.utils.set_random_seed(7)
+    x = keras.Input((4,), name="x")
+    h = L.Dense(4, name="d1", kernel_initializer="identity", bias_initializer="zeros")(x)
+    model = keras.Model(x, L.Dense(3, name="d2")(Root(name="root")(h)), name="nan_model")
+    model.save(folder / "nan.keras")
+    model.compile(optimizer="adam", loss="mse", jit_compile=True)
+    model.save(folder / "nan_jit.keras")
+    model.export(str(folder / "nan_export"), verbose=False)
+    (folder / "nan.tflite").write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+
+    x = keras.Input((4,), name="x")
+    h = L.Dense(4, name="d1", kernel_initializer="identity", bias_initializer="zeros")(x)
+    r = L.ReLU(name="relu")(h)
+    backward = keras.Model(x, L.Dense(3, name="d2")(Root(name="root")(r)), name="backward_model")
+    backward.save(folder / "backward.keras")
+
+    rng = np.random.default_rng(1)
+    data = (np.abs(rng.normal(size=(7, 4))) + 0.1).astype("float32")
+    data[2, 1], data[5, 3] = -1.0, -2.0
+    np.save(folder / "x.npy", data)
+    labels = rng.normal(size=(7, 3)).astype("float32")
+    np.save(folder / "y.npy", labels)
+    return {"folder": folder, "data": data, "labels": labels, **{k: folder / v for k, v in (
+        ("keras", "nan.keras"), ("jit", "nan_jit.keras"), ("savedmodel", "nan_export"), ("tflite", "nan.tflite"),
+        ("backward", "backward.keras"), ("x", "x.npy"), ("y", "y.npy"))}}
+
+
+def _bad_rows(values):
+    """Per sample: NaN, +Inf and -Inf counts, computed with NumPy from the values themselves."""
+    flat = np.asarray(values).reshape(len(values), -1)
+    return np.stack([np.isnan(flat).sum(1), np.isposinf(flat).sum(1), np.isneginf(flat).sum(1)], axis=1)
+
+
+def _check_record(record, values):
+    """A nanhunt record against the values Keras (or TFLite) computes for that layer."""
+    counts = _bad_rows(values)
+    rows = np.flatnonzero(counts.any(axis=1))
+    assert record["finite"] is (rows.size == 0), record
+    assert [record["nan"], record["posinf"], record["neginf"]] == counts.sum(axis=0).tolist()
+    assert record["nonfinite_samples"] == rows.size
+    assert [s["row"] for s in record["samples"]] == rows.tolist()
+    assert [[s["nan"], s["posinf"], s["neginf"]] for s in record["samples"]] == counts[rows].tolist()
+
+
+def _keras_outputs(path, data):
+    import keras
+
+    model = keras.saving.load_model(path, compile=False)
+    return {layer.name: keras.Model(model.inputs, layer.output).predict(data, verbose=0)
+            for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)}
+
+
+def test_nanhunt_names_the_layer_that_makes_nan_and_its_samples(nan_models, cli):
+    values = _keras_outputs(nan_models["keras"], nan_models["data"])
+    assert np.isfinite(values["d1"]).all() and not np.isfinite(values["root"]).all()  # the model is what it says
+    r = cli("nanhunt", "-m", nan_models["keras"], nan_models["x"], "--json", "-b", "3")
+    assert r.exit_code == 1, r.stderr
+    report = json.loads(r.stdout)
+    assert report["samples"] == 7 and report["finite"] is False and report["backward"] is None
+    assert report["inputs"][0]["name"] == "x" and report["inputs"][0]["finite"] is True
+    forward = report["forward"]
+    assert (forward["culprit"], forward["first_nonfinite"], forward["culprit_first_sample"]) == ("root", "root", 2)
+    assert [r["name"] for r in forward["layers"]] == ["d1", "root", "d2"]
+    for record in forward["layers"]:
+        _check_record(record, values[record["name"]])
+        assert record["inputs_finite"] is True
+    assert [s["source"] for s in forward["layers"][1]["samples"]] == [f"{nan_models['x']}[2]",
+                                                                       f"{nan_models['x']}[5]"]
+    # the table on stderr, the same verdict
+    r = cli("nanhunt", "-m", nan_models["keras"], nan_models["x"])
+    assert r.exit_code == 1 and r.stdout == ""
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"first non-finite: layer 'root' (Root) makes NaN or Inf from finite inputs in 2 sample(s), first in "
+        f"sample 2 ({nan_models['x']}[2])")
+    # the API returns what --json prints
+    assert tensorprobe.nanhunt(nan_models["keras"], nan_models["x"], batch_size=3) == report
+
+
+def test_check_numerics_blames_an_op_of_the_same_layer(nan_models):
+    import keras
+    import tensorflow as tf
+
+    model = keras.saving.load_model(nan_models["keras"], compile=False)
+    tf.debugging.enable_check_numerics()
+    try:
+        with pytest.raises(tf.errors.InvalidArgumentError) as e:
+            model(nan_models["data"])
+    finally:
+        tf.debugging.disable_check_numerics()
+    # eagerly it names the op and the layer whose call ran it, and counts the same NaNs
+    message = str(e.value)
+    assert 'eagerly-executing op "Sqrt"' in message and "calling Root.call()" in message
+    assert "# of +NaN elements: 2" in message
+    assert tensorprobe.nanhunt(model, nan_models["data"])["forward"]["culprit"] == "root"
+
+
+def test_nanhunt_on_an_input_that_is_already_nan_blames_no_layer(plain, cli, tmp_path):
+    data = plain["data"].copy()
+    data[3, 0] = np.nan
+    data[6, 2] = -np.inf
+    np.save(tmp_path / "bad.npy", data)
+    r = cli("nanhunt", "-m", plain["model"], tmp_path / "bad.npy", "--json")
+    assert r.exit_code == 1, r.stderr
+    report = json.loads(r.stdout)
+    (x,) = report["inputs"]
+    assert (x["finite"], x["nan"], x["posinf"], x["neginf"]) == (False, 1, 0, 1)
+    assert [s["row"] for s in x["samples"]] == [3, 6]
+    values = _keras_outputs(plain["model"], data)
+    forward = report["forward"]
+    assert forward["culprit"] is None and forward["first_nonfinite"] == "d1"
+    for record in forward["layers"]:
+        _check_record(record, values[record["name"]])
+        assert record["inputs_finite"] is False
+    r = cli("nanhunt", "-m", plain["model"], tmp_path / "bad.npy")
+    assert r.exit_code == 1
+    assert r.stderr.strip().splitlines()[-1] == (
+        "every non-finite output comes from the inputs, already non-finite in those samples")
+
+
+def test_nanhunt_exits_0_on_a_healthy_model(plain, cli):
+    r = cli("nanhunt", "-m", plain["model"], plain["x"], "--json", "--backward")
+    assert r.exit_code == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["finite"] is True and report["forward"]["culprit"] is None
+    assert report["backward"]["target"] == "top" and report["backward"]["finite"] is True
+    assert [r["name"] for r in report["backward"]["layers"]] == ["gradients/d2", "gradients/d1"]
+    r = cli("nanhunt", "-m", plain["model"], plain["x"])
+    assert r.exit_code == 0 and r.stderr.strip().splitlines()[-1] == "every output is finite"
+
+
+def test_nanhunt_backward_finds_the_sqrt_at_zero(nan_models, cli):
+    import keras
+    import tensorflow as tf
+
+    data, labels = nan_models["data"], nan_models["labels"]
+    model = keras.saving.load_model(nan_models["backward"], compile=False)
+    d1, relu, root, d2 = (model.get_layer(n) for n in ("d1", "relu", "root", "d2"))
+    with tf.GradientTape(persistent=True) as tape:  # the same loss, by hand
+        h = d1(data)
+        tape.watch(h)
+        r = relu(h)
+        tape.watch(r)
+        s = root(r)
+        tape.watch(s)
+        o = d2(s)
+        tape.watch(o)
+        per_sample = tf.reduce_mean(tf.reshape(keras.losses.get("mse")(labels, o), (len(data), -1)), axis=1)
+    grads = {name: tape.gradient(per_sample, t).numpy() for name, t in (("d1", h), ("relu", r), ("root", s),
+                                                                          ("d2", o))}
+    assert all(np.isfinite(v).all() for v in (h, r, s, o))  # only the backward pass breaks
+    assert not np.isfinite(grads["relu"]).all() and np.isfinite(grads["root"]).all()
+
+    r = cli("nanhunt", "-m", nan_models["backward"], nan_models["x"], "--backward", "--labels", nan_models["y"],
+            "--loss", "mse", "--json")
+    assert r.exit_code == 1, r.stderr
+    report = json.loads(r.stdout)
+    assert report["forward"]["finite"] is True
+    backward = report["backward"]
+    assert backward["target"] == "loss:mse"
+    assert [r["layer"] for r in backward["layers"]] == ["d2", "root", "relu", "d1"]
+    assert (backward["culprit"], backward["after"]) == ("gradients/relu", "gradients/root")
+    for record in backward["layers"]:
+        _check_record(record, grads[record["layer"]])
+        assert record["forward_finite"] is True
+    r = cli("nanhunt", "-m", nan_models["backward"], nan_models["x"], "--backward", "--labels", nan_models["y"],
+            "--loss", "mse")
+    assert r.exit_code == 1
+    assert r.stderr.strip().splitlines()[-1] == (
+        "first non-finite gradient: w.r.t. the output of layer 'relu' (ReLU), with the forward pass finite, in "
+        f"2 sample(s), first in sample 2 ({nan_models['x']}[2]); the gradient of 'gradients/root', before it in "
+        "backward order, is finite there")
+
+
+def test_nanhunt_runs_its_own_function_on_a_jit_compiled_model_and_under_xla(nan_models, cli):
+    values = _keras_outputs(nan_models["keras"], nan_models["data"])
+    for extra in ((), ("--jit",)):
+        r = cli("nanhunt", "-m", nan_models["jit"], nan_models["x"], "--json", *extra)
+        assert r.exit_code == 1, r.stderr
+        forward = json.loads(r.stdout)["forward"]
+        assert forward["culprit"] == "root"
+        for record in forward["layers"]:
+            _check_record(record, values[record["name"]])
+
+
+@pytest.mark.parametrize("kind", ["savedmodel", "tflite"])
+def test_nanhunt_on_graph_formats_names_the_same_layer(nan_models, cli, kind):
+    if kind == "tflite":
+        import tensorflow as tf
+
+        interpreter = tf.lite.Interpreter(str(nan_models["tflite"]))
+        run = interpreter.get_signature_runner()
+        (out,) = run(x=nan_models["data"]).values()
+    else:
+        import tensorflow as tf
+
+        loaded = tf.saved_model.load(str(nan_models["savedmodel"]))
+        out = loaded.serve(nan_models["data"]).numpy()
+    r = cli("nanhunt", "-m", nan_models[kind], nan_models["x"], "--json")
+    assert r.exit_code == 1, r.stderr
+    forward = json.loads(r.stdout)["forward"]
+    assert forward["culprit"] == "root" and forward["first_nonfinite"] == "root"
+    records = {rec["name"]: rec for rec in forward["layers"]}
+    assert records["d1"]["finite"] is True
+    assert [s["row"] for s in records["root"]["samples"]] == [2, 5] and records["root"]["nan"] == 2
+    _check_record(records["d2"], out)  # the model's own output, run by its own runtime
+    r = cli("nanhunt", "-m", nan_models[kind], nan_models["x"], "--backward")
+    assert r.exit_code == 2
+    assert error_line(r) == (f"error: --backward needs gradients, which only a Keras model gives; "
+                             f"{nan_models[kind]} holds only a graph")
+
+
+def test_nanhunt_options_that_need_backward(plain, cli):
+    r = cli("nanhunt", "-m", plain["model"], plain["x"], "--loss", "mse")
+    assert r.exit_code == 2 and error_line(r).startswith("error: --loss goes with --backward")
+    r = cli("nanhunt", "-m", plain["model"], plain["x"], "--backward", "--labels", plain["x"])
+    assert r.exit_code == 2
+    assert error_line(r) == "error: --labels goes with --loss NAME (or --target loss:NAME)"
+    with pytest.raises(tensorprobe.TensorprobeError) as e:
+        tensorprobe.nanhunt(plain["model"], plain["data"], loss="mse")
+    assert str(e.value) == "loss goes with backward" and e.value.argument == "loss"

@@ -112,7 +112,10 @@ class ModelInfo:
 class RunRequest:
     """How a plan of layer outputs is to be computed: `storage` (probe.Storage: dtype,
     reduce), inference or training mode, XLA, and gradients of `target` (probe.Target)
-    taken from the model output `target_output`, against labels of shape `label_shape`."""
+    taken from the model output `target_output`, against labels of shape `label_shape`.
+    With `counts`, each value comes back as its non-finite counts instead (stats.COUNTS:
+    one row per sample of NaN, +Inf and -Inf counts, int64), so that a whole model's health
+    costs a few numbers per layer, not its activations (`nanhunt`)."""
 
     storage: object = None
     training: bool = False
@@ -120,6 +123,7 @@ class RunRequest:
     target: object = None
     target_output: str | None = None
     label_shape: tuple | None = None
+    counts: bool = False
 
     @property
     def transforms_storage(self):
@@ -183,9 +187,16 @@ class Backend:
     def runner(self, plan, request):
         """(plan, run) computing `plan`'s layer outputs as `request` says; the plan grows by
         the gradient datasets where gradients are asked. Options this backend cannot honour
-        are refused here, in the user's words."""
+        are refused here, in the user's words. A graph runs as it was saved, so non-finite
+        counts (`request.counts`) are taken in NumPy from each batch's values as they come
+        back, one batch in memory at a time."""
         self.check(request)
-        return plan, self.tensor_graph.extraction_function(plan.origins)
+        run = self.tensor_graph.extraction_function(plan.origins)
+        if request.counts:
+            from tensorprobe import stats
+
+            return plan, stats.counting(run)
+        return plan, run
 
     def check(self, request):
         """Refuse what a graph of tensors cannot do: its values are stored as computed, in

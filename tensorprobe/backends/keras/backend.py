@@ -60,11 +60,13 @@ class KerasBackend(base.Backend):
         graph = self.layer_graph
         if request.target is None:
             return plan, runner.extraction_function(graph, plan, training=request.training,
-                                                    storage=request.storage, jit=request.jit, check=self._check())
+                                                    storage=request.storage, jit=request.jit, check=self._check(),
+                                                    counts=request.counts)
         target_origin, output_name = runner.output_origin(graph, request.target_output)
         plan = probe.with_gradients(plan, request.target, output_name)
         run = runner.extraction_function(graph, plan, request.target, target_origin, request.label_shape,
-                                         request.training, request.storage, request.jit, self._check())
+                                         request.training, request.storage, request.jit, self._check(),
+                                         request.counts)
         return plan, run
 
     def _check(self):
