@@ -13,9 +13,9 @@ The Python API (TensorFlow is imported only once a model is loaded):
     tensorprobe.nanhunt("model.keras", x, backward=True)["forward"]["culprit"]
 """
 
-from tensorprobe.api import DumpFile, Model, activations, compare, diff, dump, load, nanhunt, open_dump
+from tensorprobe.api import DumpFile, Model, activations, compare, diff, dump, load, nanhunt, open_dump, validate
 from tensorprobe.errors import TensorprobeError
 from tensorprobe.version import __version__
 
-__all__ = ["load", "activations", "dump", "open_dump", "diff", "compare", "nanhunt", "Model", "DumpFile", "TensorprobeError",
+__all__ = ["load", "activations", "dump", "open_dump", "diff", "compare", "nanhunt", "validate", "Model", "DumpFile", "TensorprobeError",
            "__version__"]

@@ -239,6 +239,23 @@ def nanhunt(model, x, *, backward=False, labels=None, loss=None, target=None, ta
     return numerics.run_nanhunt(_backend(model), _api_x(x), (), prep, job, how, training, jit)
 
 
+def validate(dump, model=None, *, rtol=1e-5, atol=1e-8, batch_size=32, custom_objects=(), unsafe=False):
+    """Check the dump at `dump` against the model that made it (`model`, default the one it
+    records): what `tensorprobe validate --json` prints (its `valid` is True when no stored
+    layer output disagrees with its recomputation). Keras models only replay layers alone;
+    other formats are checked end to end where the dump's inputs are still readable.
+
+        >>> tensorprobe.validate("acts.h5")["first_mismatch"]
+        'fc1'
+    """
+    from tensorprobe import numerics
+
+    dump = os.fspath(dump)
+    backend = open_model(model if model is not None else numerics.recorded_model(dump), custom_objects,
+                         unsafe).backend
+    return numerics.run_validate(dump, backend, numerics.Tolerance(rtol, atol), _job(batch_size))
+
+
 def progress_bar(console=None):
     """A `progress` for dump/compare: a rich bar on `console` (None: stderr, which Jupyter
     renders in the notebook)."""

@@ -393,3 +393,133 @@ def test_nanhunt_options_that_need_backward(plain, cli):
     with pytest.raises(tensorprobe.TensorprobeError) as e:
         tensorprobe.nanhunt(plain["model"], plain["data"], loss="mse")
     assert str(e.value) == "loss goes with backward" and e.value.argument == "loss"
+
+
+# ---- validate -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    """A chain of Dense layers of one width (so one layer's values fit another's place), a
+    layer whose output ignores its input (`const`, zero kernel), a dump of every layer and the
+    model input, and the same model as a SavedModel with its own dump."""
+    import keras
+
+    folder = tmp_path_factory.mktemp("numerics_chain")
+    L = keras.layers
+    keras.utils.set_random_seed(3)
+    x = keras.Input((6,), name="x")
+    h1 = L.Dense(5, activation="tanh", name="d1")(x)
+    h2 = L.Dense(5, activation="tanh", name="d2")(h1)
+    h3 = L.Dense(5, name="d3")(h2)
+    const = L.Dense(3, kernel_initializer="zeros", bias_initializer="ones", name="const")(h3)
+    model = keras.Model(x, [L.Dense(2, name="d4")(h3), const], name="chain")
+    model.save(folder / "chain.keras")
+    model.export(str(folder / "chain_export"), verbose=False)
+    np.save(folder / "x.npy", np.random.default_rng(0).normal(size=(9, 6)).astype("float32"))
+    layers = ["x", "d1", "d2", "d3", "d4", "const"]
+    tensorprobe.dump(folder / "chain.keras", folder / "x.npy", folder / "chain.h5", layers=layers, batch_size=4)
+    tensorprobe.dump(folder / "chain_export", folder / "x.npy", folder / "export.h5", all_layers=True)
+    return {"folder": folder, "model": folder / "chain.keras", "x": folder / "x.npy", "dump": folder / "chain.h5",
+            "export": folder / "export.h5", "layers": layers}
+
+
+def _statuses(report):
+    return {d["name"]: d["status"] for d in report["datasets"]}
+
+
+def test_validate_replays_every_layer_of_a_correct_dump(chain, cli):
+    r = cli("validate", chain["dump"], "--json")
+    assert r.exit_code == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["valid"] is True and report["first_mismatch"] is None and report["model_changed"] is False
+    assert report["end_to_end"] == {"checked": True, "why": None, "mismatches": []}
+    assert _statuses(report) == {"x": "matched end to end", "d1": "replayed", "d2": "replayed", "d3": "replayed",
+                                 "d4": "replayed", "const": "insensitive"}
+    by_name = {d["name"]: d for d in report["datasets"]}
+    assert by_name["d2"]["inputs"] == ["d1"] and by_name["d1"]["inputs"] == ["x"]
+    assert by_name["const"]["why"] == "its output does not move when its stored inputs are perturbed"
+    r = cli("validate", chain["dump"])
+    assert r.exit_code == 0
+    assert r.stderr.splitlines() == [
+        "x: matched end to end: cannot be run alone: it is a model input", "d1: replayed", "d2: replayed",
+        "d3: replayed", "d4: replayed",
+        "const: insensitive: its output does not move when its stored inputs are perturbed", "no mismatch"]
+    assert tensorprobe.validate(chain["dump"]) == report
+
+
+CORRUPTIONS = {
+    "replaced": lambda v, other: other,
+    "zeroed": lambda v, other: np.zeros_like(v),
+    "scaled": lambda v, other: v * np.float32(1.01),
+    "noised": lambda v, other: v + np.random.default_rng(9).normal(scale=1e-3, size=v.shape).astype(v.dtype),
+    "rows_swapped": lambda v, other: v[[1, 0, *range(2, len(v))]],
+}
+
+
+def _corrupt(chain, folder, name, how):
+    import shutil
+
+    bad = folder / f"{name}-{how}.h5"
+    shutil.copy(chain["dump"], bad)
+    with h5py.File(bad, "r+") as f:
+        ds = f[f"activations/{name}"]
+        other = f["activations/d3" if name != "d3" else "activations/d2"][()]
+        ds[...] = CORRUPTIONS[how](ds[()], other)
+        # the corruption is real
+        assert not np.allclose(ds[()], h5py.File(chain["dump"], "r")[f"activations/{name}"][()])
+    return bad
+
+
+@pytest.mark.parametrize("name,how", [("d2", how) for how in sorted(CORRUPTIONS)] +
+                         [("x", how) for how in sorted(CORRUPTIONS) if how != "replaced"])  # x: 6 columns, d3: 5
+def test_validate_names_exactly_the_corrupted_dataset(chain, cli, tmp_path, name, how):
+    bad = _corrupt(chain, tmp_path, name, how)
+    r = cli("validate", bad, "--json")
+    assert r.exit_code == 1, r.stderr
+    report = json.loads(r.stdout)
+    assert report["valid"] is False and report["first_mismatch"] == name
+    assert [d["name"] for d in report["datasets"] if d["status"] == "mismatch"] == [name]
+    assert report["end_to_end"]["mismatches"] == [name]
+    statuses = _statuses(report)
+    assert all(statuses[n] in ("replayed", "matched end to end", "insensitive") for n in statuses if n != name)
+    r = cli("validate", bad)
+    assert r.exit_code == 1 and r.stderr.splitlines()[-1] == f"first mismatch: {name}"
+
+
+def test_validate_without_its_inputs_replays_the_chain_alone(chain, cli, tmp_path):
+    import shutil
+
+    shutil.copy(chain["model"], tmp_path / "chain.keras")
+    np.save(tmp_path / "x.npy", np.load(chain["x"]))
+    dump = tmp_path / "moved.h5"
+    tensorprobe.dump(tmp_path / "chain.keras", tmp_path / "x.npy", dump, layers=chain["layers"])
+    (tmp_path / "x.npy").unlink()
+    with h5py.File(dump, "r+") as f:
+        f["activations/d2"][0, 0] += 0.5
+    r = cli("validate", dump, "--json")
+    assert r.exit_code == 1, r.stderr
+    report = json.loads(r.stdout)
+    assert report["end_to_end"] == {"checked": False, "mismatches": [],
+                                    "why": f"its input '{tmp_path / 'x.npy'}' is not a file that can be read again"}
+    assert _statuses(report) == {"x": "not checked", "d1": "replayed", "d2": "mismatch", "d3": "replayed",
+                                 "d4": "replayed", "const": "insensitive"}
+    worst = next(d for d in report["datasets"] if d["name"] == "d2")["replay"]["worst"]
+    assert (worst["sample"], worst["position"]) == (0, [0])
+    assert worst["b"] - worst["a"] == pytest.approx(0.5, abs=1e-6)
+
+
+def test_validate_a_graph_format_says_why_no_layer_runs_alone(chain, cli):
+    r = cli("validate", chain["export"], "--json")
+    assert r.exit_code == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["end_to_end"]["checked"] is True
+    why = "cannot be run alone: a graph's layers are name scopes over its ops, which cannot be run alone"
+    assert {d["name"]: (d["status"], d["why"]) for d in report["datasets"]} == {
+        n: ("matched end to end", why) for n in ("d1", "d2", "d3", "d4", "const")}
+
+
+def test_validate_reports_a_flipped_byte_as_the_checksum_error(chain, cli, tmp_path):
+    bad = corrupted_copy(chain["dump"], tmp_path / "flipped.h5", "activations/d3")
+    r = cli("validate", bad)
+    assert r.exit_code == 1
+    assert error_line(r) == f"error: '{bad}': dataset /activations/d3 {CHECKSUM_WORDS}"

@@ -15,6 +15,8 @@ and the API ask only this interface; no code above `backends/` asks which format
     backend.input_specs(layers) [InputSpec]: what the input feed checks and prepares
     backend.runner(plan, request) -> (plan, run): run(batch list, labels) -> one array per dataset
     backend.tensor_runner(names, match, start) -> (plan, run) for graph tensors
+    backend.replay(origin)     (argument origins, run(values, training)) to recompute one layer output
+                               alone from the values it reads, or why it cannot be
     backend.estimate(plan, storage) -> (rows, batch_rows) -> bytes, or None
     backend.provenance()       root attributes of a dump (format, loader, `versions()`)
     backend.fingerprint()      what else makes two dumps of one model differ (signature, ...)
@@ -224,6 +226,13 @@ class Backend:
     def layer_of(self, tensor_name):
         """The path of the layer a graph tensor belongs to ('' for none)."""
         return self.layer_graph.layer_of(tensor_name)
+
+    def replay(self, origin):
+        """How to compute the layer output at `origin` (a plan's) again from the values it
+        reads (`validate`): (the origins of those values, in order, run(values, training) ->
+        the output), or a sentence saying why it cannot be. A graph's layers are name scopes
+        over fused ops, not layers that can be called alone."""
+        return f"a {self.kind}'s layers are name scopes over its ops, which cannot be run alone"
 
     def estimate(self, plan, storage):
         """(rows, batch_rows) -> the bytes the plan's datasets take, or None when unknown."""

@@ -101,13 +101,14 @@ def cli(ctx, debug):
       tensorprobe diff golden.h5 acts.h5 --atol 1e-4
       tensorprobe compare model.keras saved_model_dir input.npy
       tensorprobe nanhunt -m model.keras batch.npy --backward --labels y.npy --loss mse
+      tensorprobe validate acts.h5
     """
     if debug:
         ctx.command.debug = True
 
 
 for _command in (models.layers, models.tensors, dumps.dump, dumps.merge, reading.summary, reading.diff,
-                 reading.plot, compare.compare, numerics.nanhunt):
+                 reading.plot, compare.compare, numerics.nanhunt, numerics.validate):
     cli.add_command(_command)
 
 

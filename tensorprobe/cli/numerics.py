@@ -150,3 +150,69 @@ def _verdict(report, key, what):
     if key == "forward" and bad_inputs:
         return f"the input {bad_inputs[0]} holds NaN or Inf; every layer output is finite"
     return f"every {what} is finite"
+
+
+@click.command()
+@click.argument("dump_file", metavar="DUMP.h5", type=click.Path(exists=True, dir_okay=False))
+@click.option("-m", "--model", "model_path", type=click.Path(exists=True),
+              help="The model that made the dump (default: the one it records).")
+@click.option("--rtol", default=1e-5, show_default=True, type=float, callback=options.tolerance,
+              help="Relative tolerance, as diff's: values match when |a - b| <= atol + rtol * |b|.")
+@click.option("--atol", default=1e-8, show_default=True, type=float, callback=options.tolerance,
+              help="Absolute tolerance, as diff's.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object to stdout.")
+@options.job_options
+@click.option("--custom-objects", "custom_objects", multiple=True, metavar="FILE.py",
+              type=click.Path(exists=True, dir_okay=False),
+              help="Import FILE.py (runs it) for the custom layers the model uses. Repeatable.")
+@click.option("--unsafe", is_flag=True, help="Allow loading Lambda layers that hold Python code (trusted files only).")
+def validate(dump_file, model_path, rtol, atol, as_json, job, custom_objects, unsafe):
+    """Check a dump against the model that made it: re-run the model end to end on the dump's
+    inputs (when its /inputs/source files are still readable and unchanged) and compare every
+    stored layer output; re-run each stored layer alone on its stored inputs (Keras models)
+    and compare; perturb those inputs to confirm the output moves. One line per dataset:
+    replayed, matched end to end, mismatch, insensitive, or not checked (and why). Exit
+    status 0 when nothing mismatches, 1 when something does.
+
+    \b
+      tensorprobe validate acts.h5
+      tensorprobe validate acts.h5 -m model.keras --atol 1e-5 --json | jq .first_mismatch
+    """
+    from tensorprobe import api, numerics
+
+    path = model_path or numerics.recorded_model(dump_file)
+    with quiet_native_stderr(not debug()):
+        backend = api.open_model(path, custom_objects, unsafe).backend
+        report = numerics.run_validate(dump_file, backend, numerics.Tolerance(rtol, atol), job)
+    if as_json:
+        out.print(json.dumps(report, indent=2), markup=False, highlight=False)
+    else:
+        print_validate(report)
+    sys.exit(0 if report["valid"] else errors.FAILURE)
+
+
+def print_validate(report):
+    """One line per dataset on stderr, then the verdict."""
+    step = report["end_to_end"]
+    if step is not None and not step["checked"]:
+        err.print(f"end to end: not checked: {step['why']}", markup=False, highlight=False, soft_wrap=True)
+    if report["model_changed"]:
+        err.print(f"warning: '{report['model']}' is not the file that made the dump (its model_sha256 differs)",
+                  markup=False, highlight=False, soft_wrap=True)
+    for d in report["datasets"]:
+        why = f": {d['why']}" if d["why"] and d["status"] != "mismatch" else ""
+        line = f"{d['name']}: {d['status']}{why}"
+        if d["status"] == "mismatch":
+            diff = d["replay"] if d["replay"] and d["replay"]["outside_tolerance"] else d["end_to_end"]
+            line += f" ({d['why']}: {diff['outside_tolerance']:,} values outside tolerance{_worst(diff)})"
+        err.print(line, markup=False, highlight=False, soft_wrap=True)
+    first = report["first_mismatch"]
+    err.print(f"first mismatch: {first}" if first else "no mismatch", markup=False, highlight=False, soft_wrap=True)
+
+
+def _worst(diff):
+    worst = diff.get("worst")
+    if not worst:
+        return ""
+    return f", worst at sample {worst['sample']} {tuple(worst['position'])}: {worst['a']!r} recomputed, " \
+           f"{worst['b']!r} stored"

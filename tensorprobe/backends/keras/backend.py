@@ -69,6 +69,30 @@ class KerasBackend(base.Backend):
                                          request.counts)
         return plan, run
 
+    def replay(self, origin):
+        """A node of the walk, called again on the values given (graph.NodeCall): the layer
+        object itself, with the model's weights."""
+        key, j = origin
+        if key is None:
+            return "it is a model input"
+        call = self.layer_graph.calls.get(key)
+        if call is None:
+            return "it is recorded inside its parent layer while that runs, and cannot be run alone"
+
+        def run(values, training=False):
+            import numpy as np
+            import tensorflow as tf
+
+            from tensorprobe.errors import InputError
+            from tensorprobe.text import tf_error_line
+
+            try:
+                return np.asarray(call.invoke([tf.convert_to_tensor(v) for v in values], training)[j])
+            except (ValueError, TypeError, tf.errors.OpError) as e:
+                raise InputError(tf_error_line(e)) from e
+
+        return list(call.arguments), run
+
     def _check(self):
         """What refuses the traced graph before it runs, unless the model was opened with
         --unsafe: tf_keras' op layers call TensorFlow ops by name (tfgraph/effects.py)."""

@@ -51,6 +51,7 @@ class Graph:
     entries: dict  # path -> LayerEntry, in `.layers` order, parents before children
     reads: dict  # node key -> set of node keys whose outputs it reads
     symbolic: dict  # origin -> symbolic tensor
+    calls: dict = None  # node key -> NodeCall of a node called whole (not one recorded inside another)
 
     def tensor(self, origin):
         """The symbolic tensor at `origin` (its shape and dtype)."""
@@ -147,7 +148,20 @@ def unroll(model, keras):
         inputs = [keras.Input(batch_shape=(None, *shape[1:]), dtype=model.dtype, name="input")]
     walker = _Walker(keras, entries)
     outputs = walker.walk(model, inputs)
-    return Graph(model, keras, inputs, [o for _, o in outputs], entries, walker.reads, walker.values)
+    return Graph(model, keras, inputs, [o for _, o in outputs], entries, walker.reads, walker.values,
+                 walker.calls)
+
+
+@dataclass
+class NodeCall:
+    """How to call one node again on values of its own choosing (`validate` replays a stored
+    layer on its stored inputs): `arguments`, the origins of the values it reads, in order;
+    `invoke(values, training)`, one value per argument -> its outputs, flat (output j is the
+    origin (key, j))."""
+
+    layer: object
+    arguments: list
+    invoke: object
 
 
 def _batch_open(keras, tensor):
@@ -263,6 +277,7 @@ class _Walker:
         self.watch, self.watched = watch, watched
         self.training = training
         self.reads = {}
+        self.calls = {}  # node key -> NodeCall (the symbolic walk)
         self.values = {}  # origin -> tensor, for every node called
         self.overrun = []  # (path, calls traced, parent) of runtime layers called more often
 
@@ -327,6 +342,8 @@ class _Walker:
         if not self.symbolic and node_key not in self.needed:
             return None, None
         self.reads[node_key] = {origin[0] for _, origin in arguments if origin[0] is not None}
+        if self.symbolic:
+            self.calls[node_key] = NodeCall(layer, [origin for _, origin in arguments], self._replayer(invoke))
         values = [x for x, _ in arguments]
         with self._recording(layer, children_prefix, node_key) as ran:
             result = invoke(values)
@@ -338,6 +355,18 @@ class _Walker:
             self._watch(x, origin)
         names = sorted(result) if isinstance(result, dict) else None
         return outputs, names
+
+    def _replayer(self, invoke):
+        """invoke(values) as a function of (values, training), its outputs flat."""
+
+        def replay(values, training=False):
+            keep, self.training = self.training, training
+            try:
+                return self._flatten(invoke(values))
+            finally:
+                self.training = keep
+
+        return replay
 
     def _runtime_inside(self, prefix):
         return [e for p, e in self.entries.items() if p.startswith(prefix) and e.reach == "runtime"]
