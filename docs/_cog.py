@@ -120,6 +120,23 @@ EOF""",
         "reads": [],
         "makes": ["models/bert_export"],
     },
+    "numerics": {
+        "script": """python - <<'EOF'
+import keras, numpy as np
+L = keras.layers
+keras.utils.set_random_seed(0)
+x = keras.Input((4,), name="features")
+h = L.Dense(6, name="dense")(x)
+keras.Model(x, L.Dense(2, name="head")(keras.ops.log(h)), name="logs").save("models/logs.keras")
+r = L.ReLU(name="relu")(L.Dense(6, name="dense")(x))
+keras.Model(x, L.Dense(2, name="head")(keras.ops.sqrt(r)), name="roots").save("models/roots.keras")
+rng = np.random.default_rng(0)
+np.save("models/batch.npy", rng.normal(size=(8, 4)).astype("float32"))
+np.save("models/labels.npy", rng.normal(size=(8, 2)).astype("float32"))
+EOF""",
+        "reads": [],
+        "makes": ["models/logs.keras", "models/roots.keras", "models/batch.npy", "models/labels.npy"],
+    },
     "frozen": {
         "script": """python - <<'EOF'
 import numpy as np
