@@ -221,9 +221,9 @@ def nanhunt(model, x, *, backward=False, labels=None, loss=None, target=None, ta
     with `labels` is `loss:NAME`) w.r.t. each layer's output, in backward order; Keras models
     only. Arguments otherwise as `activations`'s.
 
-        >>> report = tensorprobe.nanhunt("model.keras", x)
-        >>> report["forward"]["culprit"]
-        'log_layer'
+        >>> report = tensorprobe.nanhunt("models/logs.keras", "models/batch.npy")  # docs/numerics.md
+        >>> report["forward"]["culprit"], report["forward"]["layers"][1]["nonfinite_samples"]
+        ('log', 8)
     """
     from tensorprobe import numerics
 
@@ -245,8 +245,8 @@ def validate(dump, model=None, *, rtol=1e-5, atol=1e-8, batch_size=32, custom_ob
     layer output disagrees with its recomputation). Keras models only replay layers alone;
     other formats are checked end to end where the dump's inputs are still readable.
 
-        >>> tensorprobe.validate("acts.h5")["first_mismatch"]
-        'fc1'
+        >>> tensorprobe.validate("acts.h5")["first_mismatch"]  # one row changed (docs/numerics.md)
+        'vgg16/block2_conv2'
     """
     from tensorprobe import numerics
 

@@ -523,3 +523,20 @@ def test_validate_reports_a_flipped_byte_as_the_checksum_error(chain, cli, tmp_p
     r = cli("validate", bad)
     assert r.exit_code == 1
     assert error_line(r) == f"error: '{bad}': dataset /activations/d3 {CHECKSUM_WORDS}"
+
+
+def test_nanhunt_and_validate_help_import_no_tensorflow():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from tensorprobe.cli import cli\n"
+        "for args in (['nanhunt', '--help'], ['validate', '--help'], ['nanhunt', '-m', 'missing.keras', 'x.npy']):\n"
+        "    r = CliRunner().invoke(cli, args)\n"
+        "    assert r.exit_code in (0, 2), (args, r.output)\n"
+        "print(sorted(m for m in ('tensorflow', 'keras', 'tf_keras', 'h5py') if m in sys.modules))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.splitlines() == ["[]"]
