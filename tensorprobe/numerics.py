@@ -238,7 +238,7 @@ def run_validate(path, model=None, tolerance=None, job=None):
     job = job or pipeline.Job()
     with store.open_dump(path) as f, store.reading(path):
         attrs = store.root_attrs(f)
-        records = [r for r in store.datasets(f, all_attributes=False)]
+        records = store.datasets(f, all_attributes=False)
         inputs = store.input_files(f, path)
         sources = store.checked(f[f"{store.INPUTS}/source"]).asstr()[()].tolist()
     backend = pipeline.open_backend(model if model is not None else recorded_model(path))
@@ -347,15 +347,21 @@ def _end_to_end(path, backend, attrs, inputs, sources, checks, origins, toleranc
         why = f"its input '{missing}' is not a file that can be read again"
     elif attrs.get(sharding.CONTENTS) != sharding.contents_fingerprint(files):
         why = "its input files changed since the dump (input_contents)"
+    elif len(backend.input_specs(True)) != 1:
+        why = "the model has several inputs, whose files /inputs/source does not tell apart"
     if why is not None:
         step["why"] = why
         return {}, step
     prep = Options(resize=attrs.get("resize", "stretch"), interpolation=attrs.get("interpolation", "bilinear"),
                    preprocess=None if attrs.get("preprocess") in (None, "none") else attrs["preprocess"],
                    scale=float(attrs.get("scale", 1.0)), offset=float(attrs.get("offset", 0.0)))
-    feed = pipeline.feed(backend, files, (), prep)
+    try:
+        feed = pipeline.feed(backend, files, (), prep)
+    except errors.TensorprobeError as e:  # the files no longer read as the model's inputs
+        step["why"] = f"its inputs cannot be read again ({e})"
+        return {}, step
     again = [label for labels in zip(*(s.all_sources() for s in feed.streams)) for label in labels[:1]]
-    if len(feed.streams) != 1 or again != sources:
+    if again != sources:
         step["why"] = "its inputs no longer give the rows /inputs/source records"
         return {}, step
     layers = list(dict.fromkeys(c.record["layer"] for c in checks))

@@ -506,6 +506,13 @@ def test_validate_without_its_inputs_replays_the_chain_alone(chain, cli, tmp_pat
     worst = next(d for d in report["datasets"] if d["name"] == "d2")["replay"]["worst"]
     assert (worst["sample"], worst["position"]) == (0, [0])
     assert worst["b"] - worst["a"] == pytest.approx(0.5, abs=1e-6)
+    (tmp_path / "chain.keras").unlink()  # the recorded model gone: -m names another
+    r = cli("validate", dump)
+    assert r.exit_code == 2 and error_line(r) == (
+        f"error: '{dump}' was made by model '{tmp_path / 'chain.keras'}', which is no longer there; give it with "
+        "--model")
+    r = cli("validate", dump, "-m", chain["model"], "--json")
+    assert r.exit_code == 1 and json.loads(r.stdout)["first_mismatch"] == "d2"
 
 
 def test_validate_a_graph_format_says_why_no_layer_runs_alone(chain, cli):
