@@ -85,11 +85,15 @@ class HealthSink:
     gradient's when the whole forward pass (inputs and every layer) is."""
 
     def __init__(self, input_names, specs):
-        from tensorprobe.store import dataset_name
+        from tensorprobe.store import dataset_name, in_model_order
 
         self.inputs = [Health(name) for name in input_names]
         self.values = [Health(dataset_name(s.group, s.name), s.layer, s.layer_class, s.group) for s in specs]
         self.rows = 0
+        # compute order, as `summary` lists a dump: a nested model's own output after its layers
+        records = [{"group": s.group, "order": s.extra.get("order"), "layer": s.layer, "path": s.name, "i": i}
+                   for i, s in enumerate(specs)]
+        self.order = [r["i"] for r in in_model_order(records)]
 
     def append(self, sources, arrays):
         n = len(sources)
@@ -113,8 +117,9 @@ class HealthSink:
         """Inputs passed over as bad (--skip-bad): the report lists them (`skipped`)."""
 
     def report(self, backward_target=None):
-        forward = [h for h in self.values if h.group == "activations"]
-        gradients = [h for h in self.values if h.group == "gradients"][::-1]  # backward order
+        ordered = [self.values[i] for i in self.order]
+        forward = [h for h in ordered if h.group == "activations"]
+        gradients = [h for h in ordered if h.group == "gradients"][::-1]  # backward order
         report = {
             "finite": all(h.finite for h in self.inputs + self.values),
             "samples": self.rows,

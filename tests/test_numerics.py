@@ -520,7 +520,7 @@ def test_validate_a_graph_format_says_why_no_layer_runs_alone(chain, cli):
     assert r.exit_code == 0, r.stderr
     report = json.loads(r.stdout)
     assert report["end_to_end"]["checked"] is True
-    why = "cannot be run alone: a graph's layers are name scopes over its ops, which cannot be run alone"
+    why = "cannot be run alone: a graph's layers are name scopes over its ops, not layers to call"
     assert {d["name"]: (d["status"], d["why"]) for d in report["datasets"]} == {
         n: ("matched end to end", why) for n in ("d1", "d2", "d3", "d4", "const")}
 

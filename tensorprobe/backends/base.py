@@ -232,7 +232,7 @@ class Backend:
         reads (`validate`): (the origins of those values, in order, run(values, training) ->
         the output), or a sentence saying why it cannot be. A graph's layers are name scopes
         over fused ops, not layers that can be called alone."""
-        return f"a {self.kind}'s layers are name scopes over its ops, which cannot be run alone"
+        return f"a {self.kind}'s layers are name scopes over its ops, not layers to call"
 
     def estimate(self, plan, storage):
         """(rows, batch_rows) -> the bytes the plan's datasets take, or None when unknown."""

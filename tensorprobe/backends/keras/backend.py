@@ -77,7 +77,7 @@ class KerasBackend(base.Backend):
             return "it is a model input"
         call = self.layer_graph.calls.get(key)
         if call is None:
-            return "it is recorded inside its parent layer while that runs, and cannot be run alone"
+            return "it is recorded inside its parent layer while that runs"
 
         def run(values, training=False):
             import numpy as np
