@@ -547,3 +547,33 @@ def test_nanhunt_and_validate_help_import_no_tensorflow():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.splitlines() == ["[]"]
+
+
+def test_nanhunt_on_an_onnx_file_names_the_scope_that_makes_nan(nan_models, cli, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    rng = np.random.default_rng(4)
+    weights = [numpy_helper.from_array(np.eye(4, dtype="float32"), "fc.weight"),
+               numpy_helper.from_array(np.zeros(4, "float32"), "fc.bias"),
+               numpy_helper.from_array(rng.normal(size=(3, 4)).astype("float32"), "head.weight"),
+               numpy_helper.from_array(np.zeros(3, "float32"), "head.bias")]
+    nodes = [  # torch.onnx's naming: /module/OpType, outputs <node>_output_0
+        helper.make_node("Gemm", ["input", "fc.weight", "fc.bias"], ["/fc/Gemm_output_0"], name="/fc/Gemm", transB=1),
+        helper.make_node("Sqrt", ["/fc/Gemm_output_0"], ["/root/Sqrt_output_0"], name="/root/Sqrt"),
+        helper.make_node("Gemm", ["/root/Sqrt_output_0", "head.weight", "head.bias"], ["output"], name="/head/Gemm",
+                         transB=1)]
+    graph = helper.make_graph(nodes, "torch_jit", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 3])], weights)
+    model = helper.make_model(graph, producer_name="pytorch", opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "nan.onnx")
+    (out,) = ReferenceEvaluator(model).run(None, {"input": nan_models["data"]})
+    r = cli("nanhunt", "-m", tmp_path / "nan.onnx", nan_models["x"], "--json")
+    assert r.exit_code == 1, r.stderr
+    forward = json.loads(r.stdout)["forward"]
+    records = {rec["name"]: rec for rec in forward["layers"]}
+    assert forward["culprit"] == "root" and records["fc"]["finite"] is True
+    assert [s["row"] for s in records["root"]["samples"]] == [2, 5] and records["root"]["nan"] == 2
+    _check_record(records["head"], out)
