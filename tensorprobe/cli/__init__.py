@@ -87,9 +87,9 @@ def _env_debug():
 @click.option("--debug", is_flag=True, help="Show tracebacks and TensorFlow's own log lines.")
 @click.pass_context
 def cli(ctx, debug):
-    """Look inside Keras models, SavedModels, frozen graphs and TFLite files: list their layers and tensors,
-    dump any layer's activations or any graph tensor to HDF5, summarise, diff and plot dumps,
-    and compare two models layer by layer.
+    """Look inside Keras models, SavedModels, frozen graphs, TFLite and ONNX files: list their
+    layers and tensors, dump any layer's activations or any graph tensor to HDF5, summarise,
+    diff and plot dumps, and compare two models layer by layer.
 
     \b
       tensorprobe layers model.keras
