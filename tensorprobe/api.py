@@ -348,6 +348,31 @@ def _pairs(pairs):
     return tuple(result)
 
 
+def submodel(model, layers=(), match=None):
+    """A keras.Model that takes the model's inputs and returns a dict {name: tensor} of the
+    chosen layers' outputs (names as `dump` gives its datasets: nested models' layers, inline
+    operations, custom layers' sub-layers, attention scores) and the model's own outputs under
+    their output names. It calls the model's own layers, so it shares their weights (its
+    `trainable_variables` are the model's: training through it trains the model) and a
+    GradientTape gives true gradients; callable eagerly and inside tf.function. Call it as
+    `sub(x, training=False, watch=None)`; `watch=tape.watch` watches each returned value as
+    it is computed. `model`: a path or an in-memory keras.Model (Keras 3 or tf_keras).
+
+        >>> sub = tensorprobe.submodel("sample_models/transfer.keras", layers=["block1_conv2"])
+        >>> sorted(sub(x))
+        ['predictions', 'vgg16/block1_conv2']
+    """
+    from tensorprobe.backends.keras.backend import KerasBackend
+    from tensorprobe.backends.keras.submodel import build
+
+    with _api_names():
+        backend = _backend(model)
+        if not isinstance(backend, KerasBackend) or backend.signature is not None:
+            raise errors.UsageError(f"model: a sub-model is built from a Keras model; '{backend.path}' is a "
+                                    f"{backend.kind}")
+        return build(backend, _names(layers, "layers"), match)
+
+
 # ---- reading and comparing dumps -----------------------------------------------------------
 
 class DumpFile(Mapping):
