@@ -380,7 +380,9 @@ class DumpFile(Mapping):
     `file[name]` (read lazily, `[:]` or slices), `name in file`, `list(file)` and `keys()`
     (its dataset names, in model order), `len(file)`, `items()`; `attrs` (the root
     attributes), `names` (the same list as `list(file)`), `summary()`. Use it as a context
-    manager, or call close().
+    manager, or call close(). A training file (ProbeCallback's, attrs["kind"] == "training")
+    names its datasets by their HDF5 paths: `steps`, `stats/fc1/mean`, `histograms/fc1/counts`,
+    `activations/fc1`; its first len(file["steps"]) rows are the steps recorded.
 
         >>> with tensorprobe.open_dump("acts.h5") as dump:
         ...     first = dump["vgg16/block1_conv2"][0]
@@ -408,6 +410,8 @@ class DumpFile(Mapping):
         """The HDF5 path of the dataset `name` (`fc1`, `gradients/fc1`, `tensors/...`), or None."""
         if not isinstance(name, str):
             return None
+        if self.attrs.get("kind") == "training":  # ProbeCallback's file: names are HDF5 paths
+            return name if name in self.names else None
         group, path = ("activations", name)
         for prefix in ("gradients/", "tensors/"):
             if name.startswith(prefix):

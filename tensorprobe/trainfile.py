@@ -236,7 +236,7 @@ def read_summary(f):
     f.visititems(lambda name, obj: datasets.append({"name": name, "shape": list(obj.shape), "dtype": str(obj.dtype)})
                  if isinstance(obj, h5py.Dataset) else None)
     return {"kind": KIND, "attrs": root_attrs(f), "steps": n, "first_step": steps[0] if steps else None,
-            "last_step": steps[-1] if steps else None, "layers": layers, "datasets": datasets}
+            "last_step": steps[-1] if steps else None, "statistics": layers, "datasets": datasets}
 
 
 def _last(ds, n):

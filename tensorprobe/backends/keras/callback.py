@@ -45,10 +45,12 @@ class Options:
         self.values, self.gradients, self.loss = bool(values), bool(gradients), loss
         self.max_bytes, self.on_nonfinite, self.overwrite = max_bytes, on_nonfinite, overwrite
 
-    def attrs(self):
-        loss = self.loss if self.loss is None or isinstance(self.loss, str) else getattr(
-            self.loss, "name", getattr(self.loss, "__name__", type(self.loss).__name__))
-        return {"every": self.every, "values": self.values, "gradients": self.gradients, "loss": loss,
+    def attrs(self, model):
+        loss = self.loss if self.loss is not None else getattr(model, "loss", None) if self.gradients else None
+        if loss is not None and not isinstance(loss, str):
+            loss = getattr(loss, "name", None) or getattr(loss, "__name__", None) or type(loss).__name__
+        return {"layers": list(self.layers), "match": self.match, "every": self.every, "values": self.values,
+                "gradients": self.gradients, "loss": loss,
                 "max_bytes": self.max_bytes, "on_nonfinite": self.on_nonfinite, "histogram_bins": BINS}
 
 
@@ -105,7 +107,7 @@ class Recorder:
             dtype = "float32" if not _floating(tensor.dtype) else _dtype(tensor.dtype)
             layers.append((spec.name, spec.layer, spec.layer_class, spec.extra["order"], shape or [], dtype, grad))
         attrs = {**backend.provenance(), **_created(), "layers": [s.name for s in plan.specs],
-                 "options": trainfile.options_text(o.attrs()), "probe_rows": self.rows,
+                 "options": trainfile.options_text(o.attrs(model)), "probe_rows": self.rows,
                  "probe_source": _source_text(o.x)}
         attrs = {k: v for k, v in attrs.items() if v is not None}
         self.writer = trainfile.TrainingWriter(o.output, layers, attrs, probe_rows=self.rows, values=o.values,
