@@ -1,0 +1,191 @@
+"""During training: tensorprobe.keras.ProbeCallback's file (values, gradients, statistics,
+histograms against an offline recomputation on weights saved at the same steps), reading it
+while fit runs, MirroredStrategy, and tensorprobe.submodel in custom training loops."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import BIN, ROOT, error_line
+
+STATS = ("min", "max", "mean", "std", "zeros_fraction", "nan_count", "inf_count")
+
+
+def numpy_stats(a):
+    """The statistics of `a` as NumPy computes them (finite values; zeros over all)."""
+    a = np.asarray(a, np.float64)
+    finite = a[np.isfinite(a)]
+    some = finite.size > 0
+    return {"min": finite.min() if some else np.nan, "max": finite.max() if some else np.nan,
+            "mean": finite.mean() if some else np.nan, "std": finite.std() if some else np.nan,
+            "zeros_fraction": np.count_nonzero(a == 0) / a.size, "nan_count": np.isnan(a).sum(),
+            "inf_count": np.isinf(a).sum()}
+
+
+class WeightSaver:
+    """A second callback: the model's weights at the start and at each iteration that is a
+    multiple of `every` (with steps_per_execution 1, when ProbeCallback records)."""
+
+    def __init__(self, every):
+        import keras
+
+        saver = self
+
+        class Saver(keras.callbacks.Callback):
+            def on_train_begin(self, logs=None):
+                saver.weights[int(self.model.optimizer.iterations.numpy())] = self.model.get_weights()
+
+            def on_train_batch_end(self, batch, logs=None):
+                step = int(self.model.optimizer.iterations.numpy())
+                if step % every == 0:
+                    saver.weights[step] = self.model.get_weights()
+
+        self.weights = {}
+        self.callback = Saver()
+
+
+def small_cnn(keras, seed=3):
+    keras.utils.set_random_seed(seed)
+    L = keras.layers
+    return keras.Sequential([keras.Input((6, 6, 2), name="img"), L.Conv2D(3, 3, activation="relu", name="conv"),
+                             L.Flatten(name="flat"), L.Dense(4, activation="tanh", name="hidden"),
+                             L.Dense(2, name="out")], name="cnn")
+
+
+def data(rows=24, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(rows, 6, 6, 2)).astype("float32"), rng.normal(size=(rows, 2)).astype("float32")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small CNN fitted (jit_compile on) with the callback recording every 2 steps, values
+    and gradients, and the weights saved at those steps by a second callback."""
+    import keras
+
+    import tensorprobe.keras as tk
+
+    model = small_cnn(keras)
+    model.compile(keras.optimizers.SGD(0.1), "mse", jit_compile=True)
+    x, y = data()
+    path = tmp_path_factory.mktemp("train") / "probe.h5"
+    saver = WeightSaver(2)
+    probe = tk.ProbeCallback(layers=["conv", "hidden", "out"], x=x[:5], y=y[:5], every=2, output=path,
+                             values=True, gradients=True)
+    model.fit(x, y, batch_size=4, epochs=2, callbacks=[saver.callback, probe], verbose=0, shuffle=False)
+    return {"model": model, "path": path, "weights": saver.weights, "x": x[:5], "y": y[:5]}
+
+
+def offline(keras, weights, x, y):
+    """Each layer's activation and the gradient of the mean MSE with respect to it, by a
+    clone of the model on `weights`: activations from keras.Model(inputs, layer.output),
+    gradients from a GradientTape over the layers called by hand."""
+    import tensorflow as tf
+
+    clone = small_cnn(keras, seed=9)
+    clone.set_weights(weights)
+    acts = {name: keras.Model(clone.inputs, clone.get_layer(name).output)(x).numpy()
+            for name in ("conv", "hidden", "out")}
+    with tf.GradientTape(persistent=True) as tape:
+        conv = clone.get_layer("conv")(x)
+        tape.watch(conv)
+        hidden = clone.get_layer("hidden")(clone.get_layer("flat")(conv))
+        tape.watch(hidden)
+        out = clone.get_layer("out")(hidden)
+        tape.watch(out)
+        loss = tf.reduce_mean(tf.reduce_mean(tf.square(out - y), axis=-1))
+    grads = {name: tape.gradient(loss, t).numpy() for name, t in (("conv", conv), ("hidden", hidden), ("out", out))}
+    return acts, grads
+
+
+def test_recorded_values_and_gradients_are_the_offline_ones_at_each_step(trained):
+    import keras
+
+    with h5py.File(trained["path"], "r") as f:
+        steps = list(f["steps"][:])
+        assert steps == [0, 2, 4, 6, 8, 10, 12]  # 6 batches an epoch, 2 epochs: step 0 and every 2
+        assert sorted(trained["weights"]) == steps
+        assert f.attrs["kind"] == "training" and f.attrs["status"] == "finished"
+        for k, step in enumerate(steps):
+            acts, grads = offline(keras, trained["weights"][step], trained["x"], trained["y"])
+            for name in acts:
+                np.testing.assert_allclose(f[f"activations/{name}"][k], acts[name], rtol=1e-5, atol=1e-6)
+                np.testing.assert_allclose(f[f"gradients/{name}"][k], grads[name], rtol=1e-4, atol=1e-7)
+        # the model trained: its last record is not its first
+        assert not np.allclose(f["activations/out"][0], f["activations/out"][-1])
+
+
+def test_statistics_and_histograms_are_numpys_over_the_recorded_values(trained):
+    with h5py.File(trained["path"], "r") as f:
+        bins = int(f.attrs["histogram_bins"])
+        for name in ("conv", "hidden", "out"):
+            for group, prefix in (("activations", ""), ("gradients", "gradient_")):
+                for k in range(f["steps"].shape[0]):
+                    values = f[f"{group}/{name}"][k]
+                    expected = numpy_stats(values)
+                    for stat in STATS:
+                        assert f[f"stats/{name}/{prefix}{stat}"][k] == pytest.approx(expected[stat], rel=1e-9,
+                                                                                     abs=1e-12), (name, stat, k)
+                    finite = values[np.isfinite(values)].astype(np.float64)
+                    counts, edges = np.histogram(finite, bins=bins)
+                    np.testing.assert_allclose(f[f"histograms/{name}/{prefix}edges"][k], edges, rtol=1e-12)
+                    assert list(f[f"histograms/{name}/{prefix}counts"][k]) == list(counts)
+        assert f["stats/conv/zeros_fraction"][0] > 0  # the relu's zeros are counted
+
+
+def test_summary_of_a_training_file(trained, cli):
+    result = cli("summary", trained["path"], "--json")
+    assert result.exit_code == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert (record["kind"], record["steps"], record["first_step"], record["last_step"]) == ("training", 7, 0, 12)
+    assert [s["name"] for s in record["statistics"]] == ["conv", "hidden", "out"]
+    with h5py.File(trained["path"], "r") as f:
+        for s in record["statistics"]:
+            assert s["last"]["mean"] == f[f"stats/{s['name']}/mean"][-1]
+            assert s["gradient_last"]["std"] == f[f"stats/{s['name']}/gradient_std"][-1]
+        assert s["sample_shape"] == [2] and s["layer_class"] == "Dense"
+    table = cli("summary", trained["path"])
+    assert table.exit_code == 0, table.stderr
+    assert ": 7 steps (0 to 12) recorded from <in-memory cnn>, statistics at the last step" in table.stdout
+    assert "gradients/hidden" in table.stdout and "status" in table.stdout
+
+
+def test_open_dump_reads_a_training_file_by_hdf5_path(trained):
+    import tensorprobe
+
+    with tensorprobe.open_dump(trained["path"]) as dump, h5py.File(trained["path"], "r") as f:
+        assert dump.attrs["kind"] == "training"
+        assert "stats/hidden/mean" in dump and "histograms/out/gradient_counts" in dump
+        np.testing.assert_array_equal(dump["stats/hidden/mean"][:], f["stats/hidden/mean"][:])
+        assert dump.summary()["steps"] == 7
+
+
+def test_plot_over_steps(trained, cli, tmp_path):
+    pytest.importorskip("matplotlib")
+    picture = tmp_path / "hidden.png"
+    result = cli("plot", trained["path"], "--layer", "hidden", "--over-steps", "-o", picture)
+    assert result.exit_code == 0, result.stderr
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    wrong = cli("plot", trained["path"], "--layer", "nope", "--over-steps", "-o", tmp_path / "x.png")
+    assert wrong.exit_code == 2
+    assert error_line(wrong) == (f"error: --layer 'nope': '{trained['path']}' records no such layer; "
+                                 "it records conv, hidden, out")
+    both = cli("plot", trained["path"], "--layer", "hidden", "--over-steps", "--hist", "-o", tmp_path / "y.png")
+    assert both.exit_code == 2 and "--hist, --heatmap and --over-steps draw different pictures" in both.stderr
+
+
+def test_plot_over_steps_refuses_a_dump(trained, cli, tmp_path):
+    import tensorprobe
+
+    pytest.importorskip("matplotlib")
+    acts = tmp_path / "acts.h5"
+    tensorprobe.dump(trained["model"], trained["x"], acts, layers=["hidden"])
+    result = cli("plot", acts, "--layer", "hidden", "--over-steps", "-o", tmp_path / "p.png")
+    assert result.exit_code == 2
+    assert error_line(result) == (f"error: --over-steps: '{acts}' is a dump, not a training file "
+                                  "(tensorprobe.keras.ProbeCallback writes those)")
