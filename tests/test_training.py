@@ -189,3 +189,142 @@ def test_plot_over_steps_refuses_a_dump(trained, cli, tmp_path):
     assert result.exit_code == 2
     assert error_line(result) == (f"error: --over-steps: '{acts}' is a dump, not a training file "
                                   "(tensorprobe.keras.ProbeCallback writes those)")
+
+
+def diverging(keras):
+    """A linear regression whose SGD steps blow up: NaN by the fourth step."""
+    keras.utils.set_random_seed(1)
+    L = keras.layers
+    model = keras.Sequential([keras.Input((3,)), L.Dense(3, name="h"), L.Dense(1, name="out")], name="div")
+    model.compile(keras.optimizers.SGD(0.5), "mse")
+    rng = np.random.default_rng(0)
+    return model, rng.normal(size=(16, 3)).astype("float32") * 10, rng.normal(size=(16, 1)).astype("float32") * 100
+
+
+def test_on_nonfinite_stop_stops_at_the_first_step_with_nan_or_inf(tmp_path):
+    import keras
+
+    import tensorprobe.keras as tk
+
+    model, x, y = diverging(keras)
+    saver = WeightSaver(1)
+    path = tmp_path / "div.h5"
+    probe = tk.ProbeCallback(layers=["h", "out"], x=x[:4], output=path, on_nonfinite="stop")
+    model.fit(x, y, batch_size=4, epochs=10, callbacks=[saver.callback, probe], verbose=0, shuffle=False)
+    # offline: the first saved step at which a layer, in model order, holds a NaN or Inf
+    first = None
+    for step in sorted(saver.weights):
+        clone, _, _ = diverging(keras)
+        clone.set_weights(saver.weights[step])
+        bad = [name for name in ("h", "out")
+               if not np.isfinite(keras.Model(clone.inputs, clone.get_layer(name).output)(x[:4]).numpy()).all()]
+        if bad:
+            first = (step, bad[0])
+            break
+    assert first is not None and first[0] > 0
+    assert int(model.optimizer.iterations.numpy()) == first[0]  # no step after it
+    with h5py.File(path, "r") as f:
+        assert list(f["steps"][:]) == list(range(first[0] + 1))
+        assert (int(f.attrs["first_nonfinite_step"]), f.attrs["first_nonfinite_layer"]) == first
+        assert f.attrs["first_nonfinite_group"] == "activations"
+        assert f.attrs["status"] == (f"stopped: NaN or Inf in layer '{first[1]}' at step {first[0]} "
+                                     f"(recorded in {path})")
+
+
+def test_on_nonfinite_warn_and_raise(tmp_path):
+    import keras
+
+    import tensorprobe.keras as tk
+    from tensorprobe.errors import NonFiniteError
+
+    model, x, y = diverging(keras)
+    path = tmp_path / "warn.h5"
+    with pytest.warns(RuntimeWarning, match=r"NaN or Inf in layer '\w+' at step 3 "):
+        model.fit(x, y, batch_size=4, epochs=2, verbose=0, shuffle=False,
+                  callbacks=[tk.ProbeCallback(layers=["h", "out"], x=x[:4], output=path)])
+    with h5py.File(path, "r") as f:
+        assert list(f["steps"][:]) == list(range(9)) and int(f.attrs["first_nonfinite_step"]) == 3
+        assert f.attrs["status"] == "finished"
+    model, x, y = diverging(keras)
+    path = tmp_path / "raise.h5"
+    with pytest.raises(NonFiniteError, match=r"^NaN or Inf in layer '\w+' at step 3 "):
+        model.fit(x, y, batch_size=4, epochs=2, verbose=0, shuffle=False,
+                  callbacks=[tk.ProbeCallback(layers=["h", "out"], x=x[:4], output=path, on_nonfinite="raise")])
+    with h5py.File(path, "r") as f:
+        assert list(f["steps"][:]) == [0, 1, 2, 3] and f.attrs["status"].startswith("failed: NaN or Inf")
+
+
+def test_every_counts_optimizer_iterations_with_steps_per_execution(tmp_path):
+    import keras
+
+    import tensorprobe.keras as tk
+
+    model = small_cnn(keras)
+    model.compile("sgd", "mse", steps_per_execution=3)
+    x, y = data(rows=40)
+    path = tmp_path / "spe.h5"
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0,
+              callbacks=[tk.ProbeCallback(layers=["hidden"], x=x[:3], every=2, output=path)])
+    with h5py.File(path, "r") as f:
+        # fit calls back after iterations 3, 6, 9, 10: each passed a multiple of 2 but 10 (after 9)
+        assert list(f["steps"][:]) == [0, 3, 6, 9, 10]
+
+
+def test_max_bytes_stops_values_and_statistics_go_on(tmp_path):
+    import keras
+
+    import tensorprobe.keras as tk
+
+    model = small_cnn(keras)
+    model.compile("sgd", "mse")
+    x, y = data()
+    path = tmp_path / "cap.h5"
+    record = 3 * 4 * 4 * 3 * 4 + 3 * 4 * 4  # conv (3, 4, 4, 3) and hidden (3, 4) float32, one step
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0,
+              callbacks=[tk.ProbeCallback(layers=["conv", "hidden"], x=x[:3], output=path, values=True,
+                                          max_bytes=2 * record + 10)])
+    with h5py.File(path, "r") as f:
+        assert f["steps"].shape == (7,) and f["stats/hidden/mean"].shape == (7,)
+        assert f["activations/conv"].shape == (2, 3, 4, 4, 3) and f["activations/hidden"].shape == (2, 3, 4)
+        assert f.attrs["values_stopped"] == (f"values stopped before step 2: storing them would pass "
+                                             f"max_bytes={2 * record + 10}; statistics go on")
+        # the values kept are the first steps' (their statistics are in the series)
+        assert f["stats/hidden/max"][1] == pytest.approx(float(f["activations/hidden"][1].max()))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"every": 0}, "every: expected a whole number of optimizer steps >= 1, not 0"),
+    ({"on_nonfinite": "ignore"}, "on_nonfinite 'ignore': choose from warn, stop, raise"),
+    ({"gradients": True}, "y: gradients=True differentiates the loss on x and y; give y"),
+    ({"max_bytes": "1M"}, "max_bytes caps the values stored with values=True; statistics take no room worth capping"),
+    ({"layers": ()}, "no layer selected: give layers=[...] or match=REGEX"),
+    ({"output": "probe.npy"}, "output 'probe.npy': the output is an HDF5 file, not NumPy (.npy); "
+                              "name it .h5 or .hdf5"),
+])
+def test_arguments_are_checked_when_the_callback_is_made(kwargs, message):
+    import tensorprobe.keras as tk
+    from tensorprobe.errors import UsageError
+
+    arguments = {"layers": ["d"], "x": np.zeros((1, 2), "float32"), **kwargs}
+    with pytest.raises(UsageError) as e:
+        tk.ProbeCallback(**arguments)
+    assert str(e.value) == message
+
+
+def test_an_existing_output_is_refused_and_a_bad_layer_named_at_fit(tmp_path):
+    import keras
+
+    import tensorprobe.keras as tk
+    from tensorprobe.errors import OutputExistsError, UnknownLayerError
+
+    path = tmp_path / "old.h5"
+    path.write_bytes(b"")
+    with pytest.raises(OutputExistsError, match=r"^output '.*old.h5' exists"):
+        tk.ProbeCallback(layers=["hidden"], x=np.zeros((1, 6, 6, 2), "float32"), output=path)
+    model = small_cnn(keras)
+    model.compile("sgd", "mse")
+    x, y = data(rows=4)
+    with pytest.raises(UnknownLayerError) as e:
+        model.fit(x, y, verbose=0, callbacks=[tk.ProbeCallback(layers=["hiden"], x=x[:1], output=tmp_path / "n.h5")])
+    assert str(e.value) == "layers 'hiden': no such layer; did you mean 'hidden'? (`tensorprobe layers MODEL` lists them)"
+    assert not (tmp_path / "n.h5").exists()
