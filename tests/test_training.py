@@ -328,3 +328,265 @@ def test_an_existing_output_is_refused_and_a_bad_layer_named_at_fit(tmp_path):
         model.fit(x, y, verbose=0, callbacks=[tk.ProbeCallback(layers=["hiden"], x=x[:1], output=tmp_path / "n.h5")])
     assert str(e.value) == "layers 'hiden': no such layer; did you mean 'hidden'? (`tensorprobe layers MODEL` lists them)"
     assert not (tmp_path / "n.h5").exists()
+
+
+def test_summary_reads_the_file_from_another_process_while_fit_runs(tmp_path):
+    import os
+
+    import keras
+
+    import tensorprobe.keras as tk
+
+    path = tmp_path / "live.h5"
+    seen = {}
+
+    class Reader(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            step = int(self.model.optimizer.iterations.numpy())
+            if step in (4, 5):
+                env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+                done = subprocess.run([str(BIN), "summary", str(path), "--json"], capture_output=True, text=True,
+                                      env=env, timeout=120)
+                assert done.returncode == 0, done.stderr
+                seen[step] = json.loads(done.stdout)
+
+    model = small_cnn(keras)
+    model.compile("sgd", "mse")
+    x, y = data()
+    probe = tk.ProbeCallback(layers=["hidden"], x=x[:3], every=2, output=path)
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[probe, Reader()])
+    with h5py.File(path, "r") as f:
+        means = list(f["stats/hidden/mean"][:])
+    for step in (4, 5):  # the steps recorded so far: 0, 2, 4
+        assert (seen[step]["steps"], seen[step]["last_step"], seen[step]["status"]) == (3, 4, "running")
+        assert seen[step]["statistics"][0]["last"]["mean"] == means[2]
+
+
+MIRRORED = textwrap.dedent('''
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras
+    import tensorprobe.keras as tk
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(16, 5)).astype("float32"), rng.normal(size=(16, 2)).astype("float32")
+
+    def build():
+        keras.utils.set_random_seed(4)
+        return keras.Sequential([keras.Input((5,)), keras.layers.Dense(4, activation="relu", name="h"),
+                                 keras.layers.Dense(2, name="out")])
+
+    with strategy.scope():
+        model = build()
+        model.compile(keras.optimizers.SGD(0.1), "mse")
+    weights = {}
+
+    class Saver(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            weights[0] = self.model.get_weights()
+
+        def on_train_batch_end(self, batch, logs=None):
+            weights[int(self.model.optimizer.iterations.numpy())] = self.model.get_weights()
+
+    probe = tk.ProbeCallback(layers=["h", "out"], x=x[:4], y=y[:4], output=sys.argv[1], values=True,
+                             gradients=True)
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False, callbacks=[Saver(), probe])
+    import h5py
+    worst = 0.0
+    with h5py.File(sys.argv[1], "r") as f:
+        steps = [int(s) for s in f["steps"][:]]
+        for k, step in enumerate(steps):
+            clone = build()
+            clone.set_weights(weights[step])
+            for name in ("h", "out"):
+                expected = keras.Model(clone.inputs, clone.get_layer(name).output)(x[:4]).numpy()
+                worst = max(worst, float(np.abs(f["activations/" + name][k] - expected).max()))
+            with tf.GradientTape() as tape:
+                out = clone(x[:4])
+                tape.watch(out)
+                loss = tf.reduce_mean(tf.reduce_mean(tf.square(out - y[:4]), axis=-1))
+            worst = max(worst, float(np.abs(f["gradients/out"][k] - tape.gradient(loss, out).numpy()).max()))
+    print(json.dumps({"replicas": strategy.num_replicas_in_sync, "steps": steps, "worst": worst,
+                      "distributed": type(model.trainable_variables[0]).__name__}))
+''')
+
+
+def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
+    """In a subprocess: logical devices must be set before TensorFlow initialises its own."""
+    import os
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, "-c", MIRRORED, str(tmp_path / "mirrored.h5")], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["replicas"] == 2
+    assert result["steps"] == [0, 1, 2, 3, 4]
+    assert result["worst"] < 1e-5
+
+
+# ---- tensorprobe.submodel ---------------------------------------------------------------------
+
+def test_submodel_of_a_nested_transfer_model_values_gradients_weights():
+    import keras
+    import tensorflow as tf
+
+    import tensorprobe
+
+    model = keras.saving.load_model(ROOT / "sample_models" / "transfer.keras")
+    sub = tensorprobe.submodel(ROOT / "sample_models" / "transfer.keras", layers=["block1_conv2"])
+    assert sub.output_keys == ["vgg16/block1_conv2", "predictions"]
+    sub = tensorprobe.submodel(model, layers=["block1_conv2", "fc1"])
+    assert {id(v) for v in sub.trainable_variables} == {id(v) for v in model.trainable_variables}
+    assert {id(v) for v in sub.weights} == {id(v) for v in model.weights}
+    x = np.random.default_rng(0).uniform(size=(2, 32, 32, 3)).astype("float32")
+    vgg = model.get_layer("vgg16")
+    inner = keras.Model(vgg.inputs, vgg.get_layer("block1_conv2").output)
+    fc1 = keras.Model(model.inputs, model.get_layer("fc1").output)
+    got = sub(x)
+    assert sorted(got) == ["fc1", "predictions", "vgg16/block1_conv2"]
+    np.testing.assert_allclose(got["vgg16/block1_conv2"], inner(x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["fc1"], fc1(x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["predictions"], model(x), rtol=1e-5, atol=1e-6)
+    xt = tf.constant(x)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(xt)
+        mine = tf.function(lambda t: sub(t))(xt)
+        theirs_inner, theirs_out = inner(xt), model(xt)
+        loss_mine = tf.reduce_sum(tf.square(mine["vgg16/block1_conv2"])) + tf.reduce_sum(mine["predictions"])
+        loss_theirs = tf.reduce_sum(tf.square(theirs_inner)) + tf.reduce_sum(theirs_out)
+    np.testing.assert_allclose(tape.gradient(loss_mine, xt), tape.gradient(loss_theirs, xt), rtol=1e-4, atol=1e-6)
+    for a, b in zip(tape.gradient(loss_mine, model.trainable_variables),
+                    tape.gradient(loss_theirs, model.trainable_variables)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def attention_model(keras):
+    keras.utils.set_random_seed(5)
+    L = keras.layers
+    inp = keras.Input((4, 6), name="tokens")
+    z = L.Dense(6, name="proj")(inp) * 2.0 + 1.0  # inline operations: `multiply`, `add`
+    a = L.MultiHeadAttention(num_heads=2, key_dim=3, name="mha")(z, z)
+    model = keras.Model(inp, L.Dense(2, name="head")(L.Flatten(name="flat")(a)), name="attn")
+    return model, z._keras_history.operation.name  # `add`, or `add_K` after other models in the process
+
+
+def test_submodel_reaches_inline_operations_and_attention_scores():
+    import keras
+    import tensorflow as tf
+
+    import tensorprobe
+
+    model, add = attention_model(keras)
+    sub = tensorprobe.submodel(model, layers=[add, "mha/softmax"])
+    x = tf.constant(np.random.default_rng(1).normal(size=(3, 4, 6)).astype("float32"))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        got = sub(x)
+        mine = tf.reduce_sum(got["mha/softmax"] * tf.range(4, dtype=tf.float32)) + tf.reduce_sum(got["head"])
+        z = model.get_layer("proj")(x) * 2.0 + 1.0  # by hand
+        attended, scores = model.get_layer("mha")(z, z, return_attention_scores=True)
+        out = model.get_layer("head")(model.get_layer("flat")(attended))
+        theirs = tf.reduce_sum(scores * tf.range(4, dtype=tf.float32)) + tf.reduce_sum(out)
+    assert got["mha/softmax"].shape == (3, 2, 4, 4)
+    np.testing.assert_allclose(got[add], z, rtol=1e-6)
+    np.testing.assert_allclose(got["mha/softmax"], scores, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got["head"], out, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(tape.gradient(mine, x), tape.gradient(theirs, x), rtol=1e-4, atol=1e-6)
+
+
+def test_submodel_gradient_with_respect_to_a_returned_activation():
+    import keras
+    import tensorflow as tf
+
+    import tensorprobe
+
+    model, add = attention_model(keras)
+    sub = tensorprobe.submodel(model, layers=[add])
+    x = tf.constant(np.random.default_rng(2).normal(size=(2, 4, 6)).astype("float32"))
+    with tf.GradientTape() as tape:
+        got = sub(x, watch=tape.watch)
+        loss = tf.reduce_sum(tf.square(got["head"]))
+    mine = tape.gradient(loss, got[add])
+    z = tf.constant(model.get_layer("proj")(x) * 2.0 + 1.0)  # the rest of the model, by hand, from z
+    with tf.GradientTape() as tape:
+        tape.watch(z)
+        out = model.get_layer("head")(model.get_layer("flat")(model.get_layer("mha")(z, z)))
+        loss = tf.reduce_sum(tf.square(out))
+    np.testing.assert_allclose(mine, tape.gradient(loss, z), rtol=1e-4, atol=1e-6)
+
+
+def nested_model(keras, seed):
+    keras.utils.set_random_seed(seed)
+    L = keras.layers
+    inner = keras.Sequential([keras.Input((5,)), L.Dense(4, activation="relu", name="enc1"),
+                              L.Dense(3, name="enc2")], name="encoder")
+    inp = keras.Input((5,), name="x")
+    return keras.Model(inp, L.Dense(2, name="head")(inner(inp)), name="outer")
+
+
+def test_submodel_in_a_custom_training_loop_whose_loss_uses_a_nested_activation():
+    """The loss adds an activity penalty on encoder/enc1 (inside the nested model, which
+    Keras' own Model(inputs, layer.output) cannot reach); each step's loss and weights equal
+    a second model trained by an independent loop that calls the layers by hand."""
+    import keras
+    import tensorflow as tf
+
+    import tensorprobe
+
+    model, twin = nested_model(keras, 6), nested_model(keras, 7)
+    twin.set_weights(model.get_weights())
+    sub = tensorprobe.submodel(model, layers=["encoder/enc1"])
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(8, 5)).astype("float32"), rng.normal(size=(8, 2)).astype("float32")
+    optimizer, twin_optimizer = keras.optimizers.SGD(0.05), keras.optimizers.SGD(0.05)
+
+    @tf.function
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            out = sub(x, training=True)
+            loss = tf.reduce_mean(tf.square(out["head"] - y)) + 0.1 * tf.reduce_mean(tf.square(out["encoder/enc1"]))
+        optimizer.apply(tape.gradient(loss, sub.trainable_variables), sub.trainable_variables)
+        return loss
+
+    encoder = twin.get_layer("encoder")
+    for _ in range(3):
+        loss = step(x, y)
+        with tf.GradientTape() as tape:
+            h = encoder.get_layer("enc1")(x)
+            out = twin.get_layer("head")(encoder.get_layer("enc2")(h))
+            expected = tf.reduce_mean(tf.square(out - y)) + 0.1 * tf.reduce_mean(tf.square(h))
+        twin_optimizer.apply(tape.gradient(expected, twin.trainable_variables), twin.trainable_variables)
+        assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+        for a, b in zip(model.get_weights(), twin.get_weights()):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(model.get_weights()[0], nested_model(keras, 6).get_weights()[0])  # it trained
+
+
+def test_submodel_errors():
+    import keras
+
+    import tensorprobe
+    from tensorprobe.errors import UnknownLayerError, UsageError
+
+    model = nested_model(keras, 6)
+    with pytest.raises(UnknownLayerError) as e:
+        tensorprobe.submodel(model, layers=["enc3"])
+    assert str(e.value).startswith("layers 'enc3': no such layer; did you mean")
+    with pytest.raises(UsageError) as e:
+        tensorprobe.submodel(model)
+    assert str(e.value) == "no layer selected: give layers NAME, match REGEX or all_layers"
+    with pytest.raises(UsageError) as e:
+        tensorprobe.submodel(model, layers=["enc1"])([np.zeros((1, 5)), np.zeros((1, 5))])
+    assert str(e.value) == "the model takes 1 input (x), not 2"
+    with pytest.raises(UsageError) as e:
+        tensorprobe.submodel(model, layers=["enc1"])({"y": np.zeros((1, 5))})
+    assert str(e.value) == "the model's inputs are x; got y"
+    with pytest.raises(UsageError) as e:
+        tensorprobe.submodel(ROOT / "sample_models" / "transfer.keras", layers=["nope"], match="conv").source
+    assert str(e.value).startswith("layers 'nope': no such layer")

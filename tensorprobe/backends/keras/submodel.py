@@ -60,8 +60,12 @@ def _model_class(keras):
             self.output_keys = list(names)
             self.built = True  # the source model's layers are built
 
+        def __call__(self, inputs, *args, **kwargs):
+            # the inputs are checked here, before Keras' call wraps errors in its own text
+            return super().__call__(self._inputs(inputs), *args, **kwargs)
+
         def call(self, inputs, training=False, watch=None):
-            values = self._graph.evaluate(self._inputs(inputs), self._origins, self._needed, watch=watch,
+            values = self._graph.evaluate(list(inputs), self._origins, self._needed, watch=watch,
                                           training=bool(training))
             return dict(zip(self._names, values))
 
@@ -81,7 +85,8 @@ def _model_class(keras):
             else:
                 inputs = [inputs]
             if len(inputs) != len(graph.inputs):
-                raise UsageError(f"the model takes {len(graph.inputs)} inputs ({', '.join(names)}), "
+                count = len(graph.inputs)
+                raise UsageError(f"the model takes {count} input{'s' if count > 1 else ''} ({', '.join(names)}), "
                                  f"not {len(inputs)}")
             return [tf.convert_to_tensor(x, dtype=t.dtype) if not tf.is_tensor(x) else x
                     for x, t in zip(inputs, graph.inputs)]
