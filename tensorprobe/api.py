@@ -362,15 +362,10 @@ def submodel(model, layers=(), match=None):
         >>> sorted(sub(x))
         ['predictions', 'vgg16/block1_conv2']
     """
-    from tensorprobe.backends.keras.backend import KerasBackend
     from tensorprobe.backends.keras.submodel import build
 
     with _api_names():
-        backend = _backend(model)
-        if not isinstance(backend, KerasBackend) or backend.signature is not None:
-            raise errors.UsageError(f"model: a sub-model is built from a Keras model; '{backend.path}' is a "
-                                    f"{backend.kind}")
-        return build(backend, _names(layers, "layers"), match)
+        return build(_backend(model), _names(layers, "layers"), match)
 
 
 # ---- reading and comparing dumps -----------------------------------------------------------

@@ -1006,7 +1006,7 @@ def read_summary(path, allow_incomplete=False):
 
     with open_dump(path, allow_incomplete) as f, reading(path):
         if trainfile.is_training(f.attrs):
-            return trainfile.read_summary(f)
+            return {**trainfile.read_summary(f), "attrs": root_attrs(f)}
         return {"attrs": root_attrs(f), "inputs": input_files(f, path), "datasets": datasets(f)}
 
 

@@ -50,16 +50,13 @@ def open_with_retry(path, mode, wait=LOCK_WAIT):
 
 
 class TrainingWriter:
-    """Create the training file at `output` (refused if it exists unless `overwrite`) and
-    append records. `layers`: [(path, layer, layer_class, order, sample_shape, dtype,
-    has_gradient)] in model order; `probe_rows`: the rows of the probe batch."""
+    """Create the training file at `output` (the caller checked the path: store.check_output)
+    and append records. `attrs`: the root attributes (`format` and `format_version` among
+    them); `layers`: [(path, layer, layer_class, order, sample_shape, dtype, has_gradient)]
+    in model order; `probe_rows`: the rows of the probe batch."""
 
     def __init__(self, output, layers, attrs, *, probe_rows, values=False, gradients=False, max_bytes=None,
-                 overwrite=False, option="output"):
-        from tensorprobe import store
-
-        store.check_hdf5_name(output, option)
-        store.check_output(output, overwrite, option)
+                 option="output"):
         self.output, self.option = str(output), option
         self.layers = layers
         self.values, self.gradients = values, gradients
@@ -72,8 +69,6 @@ class TrainingWriter:
         with self._open("w") as f:
             for key, value in attrs.items():
                 f.attrs[key] = value
-            f.attrs["format"] = store.FORMAT
-            f.attrs["format_version"] = store.FORMAT_VERSION
             f.attrs["kind"] = KIND
             f.attrs["complete"] = True  # every record in it is whole (see the module's docstring)
             f.attrs["status"] = "running"
@@ -216,10 +211,9 @@ def layer_groups(f):
 
 
 def read_summary(f):
-    """What `summary` shows of a training file: the root attributes, the steps recorded, each
-    layer's statistics at the last step (its gradient's with `gradient`), and every dataset."""
-    from tensorprobe.store import root_attrs
-
+    """What `summary` shows of a training file (store.read_summary adds the root attributes):
+    the steps recorded, each layer's statistics at the last step (`last`, its gradient's
+    `gradient_last`), and every dataset."""
     n = f["steps"].shape[0]
     steps = [int(s) for s in f["steps"][:n]]
     layers = []
@@ -235,7 +229,7 @@ def read_summary(f):
     datasets = []
     f.visititems(lambda name, obj: datasets.append({"name": name, "shape": list(obj.shape), "dtype": str(obj.dtype)})
                  if isinstance(obj, h5py.Dataset) else None)
-    return {"kind": KIND, "attrs": root_attrs(f), "steps": n, "first_step": steps[0] if steps else None,
+    return {"kind": KIND, "steps": n, "first_step": steps[0] if steps else None,
             "last_step": steps[-1] if steps else None, "statistics": layers, "datasets": datasets}
 
 

@@ -590,3 +590,18 @@ def test_submodel_errors():
     with pytest.raises(UsageError) as e:
         tensorprobe.submodel(ROOT / "sample_models" / "transfer.keras", layers=["nope"], match="conv").source
     assert str(e.value).startswith("layers 'nope': no such layer")
+
+
+def test_submodel_refuses_a_model_that_is_not_keras(tmp_path):
+    import tensorflow as tf
+
+    import tensorprobe
+    from tensorprobe.errors import UsageError
+
+    folder = tmp_path / "graph_only"
+    module = tf.Module()
+    module.f = tf.function(lambda x: {"y": x * 2.0}, input_signature=[tf.TensorSpec((None, 5), tf.float32)])
+    tf.saved_model.save(module, str(folder), signatures=module.f)
+    with pytest.raises(UsageError) as e:
+        tensorprobe.submodel(folder, layers=["head"])
+    assert str(e.value) == f"model: a sub-model is built from a Keras model; '{folder}' holds a graph"

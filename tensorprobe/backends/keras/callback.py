@@ -76,7 +76,7 @@ class Recorder:
             if self.last_seen != self.writer.last_step:
                 self.record(self.last_seen)
             return
-        from tensorprobe import api, probe, trainfile
+        from tensorprobe import api, probe, store, trainfile
         from tensorprobe.backends.keras.backend import from_memory
         from tensorprobe.pipeline import feed
 
@@ -109,9 +109,11 @@ class Recorder:
         attrs = {**backend.provenance(), **_created(), "layers": [s.name for s in plan.specs],
                  "options": trainfile.options_text(o.attrs(model)), "probe_rows": self.rows,
                  "probe_source": _source_text(o.x)}
-        attrs = {k: v for k, v in attrs.items() if v is not None}
+        attrs = {**{k: v for k, v in attrs.items() if v is not None}, "format": store.FORMAT,
+                 "format_version": store.FORMAT_VERSION}
+        store.check_output(o.output, o.overwrite, "output")  # again: it may have appeared since
         self.writer = trainfile.TrainingWriter(o.output, layers, attrs, probe_rows=self.rows, values=o.values,
-                                               gradients=o.gradients, max_bytes=o.max_bytes, overwrite=o.overwrite)
+                                               gradients=o.gradients, max_bytes=o.max_bytes)
         self.last_seen = self._iteration()
         self.record(self.last_seen)
 
