@@ -175,6 +175,10 @@ def test_plot_over_steps(trained, cli, tmp_path):
     assert wrong.exit_code == 2
     assert error_line(wrong) == (f"error: --layer 'nope': '{trained['path']}' records no such layer; "
                                  "it records conv, hidden, out")
+    samples = cli("plot", trained["path"], "--layer", "hidden", "--hist", "-o", tmp_path / "z.png")
+    assert samples.exit_code == 2
+    assert error_line(samples) == (f"error: '{trained['path']}' is a training file (ProbeCallback's): draw a "
+                                   "layer's statistics with --over-steps")
     both = cli("plot", trained["path"], "--layer", "hidden", "--over-steps", "--hist", "-o", tmp_path / "y.png")
     assert both.exit_code == 2 and "--hist, --heatmap and --over-steps draw different pictures" in both.stderr
 

@@ -65,6 +65,11 @@ def render(request):
             figures.save(draw(dpi=request.dpi), tmp, fmt)
         return notes
     with Dump(request.dump) as dump, dump.reading():
+        from tensorprobe import trainfile
+
+        if trainfile.is_training(dump.file.attrs):  # its rows are steps, not samples
+            raise UsageError(f"'{dump.path}' is a training file (ProbeCallback's): draw a layer's statistics "
+                             "with --over-steps")
         path = dump.resolve(request.layer)
         ds = dump.activations(path)
         if ds.dtype.kind not in "biuf" or ds.ndim < 1 or ds.shape[0] == 0:

@@ -104,7 +104,10 @@ class Recorder:
             if shape is None and o.values:
                 raise errors.UsageError(f"values: layer '{spec.name}' has an open axis {tuple(tensor.shape)}; "
                                         "record its statistics only")
-            dtype = "float32" if not _floating(tensor.dtype) else _dtype(tensor.dtype)
+            dtype = _dtype(tensor.dtype)
+            if dtype == "string":
+                raise errors.UsageError(f"layers: '{spec.name}' returns strings, which have no statistics; "
+                                        "leave it out")
             layers.append((spec.name, spec.layer, spec.layer_class, spec.extra["order"], shape or [], dtype, grad))
         attrs = {**backend.provenance(), **_created(), "layers": [s.name for s in plan.specs],
                  "options": trainfile.options_text(o.attrs(model)), "probe_rows": self.rows,
@@ -312,10 +315,6 @@ def _keras_of(model):
         if module is not None and isinstance(model, module.Model):
             return module
     raise errors.UsageError(f"not a Keras model: {type(model).__name__}")
-
-
-def _floating(dtype):
-    return getattr(dtype, "is_floating", None) or str(getattr(dtype, "name", dtype)).startswith(("float", "bfloat"))
 
 
 def _dtype(dtype):
