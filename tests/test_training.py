@@ -238,6 +238,7 @@ def test_on_nonfinite_stop_stops_at_the_first_step_with_nan_or_inf(tmp_path):
 def test_on_nonfinite_warn_and_raise(tmp_path):
     import keras
 
+    import tensorprobe
     import tensorprobe.keras as tk
     from tensorprobe.errors import NonFiniteError
 
@@ -256,6 +257,8 @@ def test_on_nonfinite_warn_and_raise(tmp_path):
                   callbacks=[tk.ProbeCallback(layers=["h", "out"], x=x[:4], output=path, on_nonfinite="raise")])
     with h5py.File(path, "r") as f:
         assert list(f["steps"][:]) == [0, 1, 2, 3] and f.attrs["status"].startswith("failed: NaN or Inf")
+    with tensorprobe.open_dump(path) as dump:  # the run died: its file reads, with the steps recorded
+        assert (dump.summary()["steps"], dump.summary()["last_step"]) == (4, 3)
 
 
 def test_every_counts_optimizer_iterations_with_steps_per_execution(tmp_path):
@@ -319,7 +322,7 @@ def test_an_existing_output_is_refused_and_a_bad_layer_named_at_fit(tmp_path):
     import keras
 
     import tensorprobe.keras as tk
-    from tensorprobe.errors import OutputExistsError, UnknownLayerError
+    from tensorprobe.errors import OutputExistsError, UnknownLayerError, UsageError
 
     path = tmp_path / "old.h5"
     path.write_bytes(b"")
@@ -331,6 +334,10 @@ def test_an_existing_output_is_refused_and_a_bad_layer_named_at_fit(tmp_path):
     with pytest.raises(UnknownLayerError) as e:
         model.fit(x, y, verbose=0, callbacks=[tk.ProbeCallback(layers=["hiden"], x=x[:1], output=tmp_path / "n.h5")])
     assert str(e.value) == "layers 'hiden': no such layer; did you mean 'hidden'? (`tensorprobe layers MODEL` lists them)"
+    with pytest.raises(UsageError) as e:
+        model.fit(x, y, verbose=0, callbacks=[tk.ProbeCallback(layers=["hidden"], x=x[:2], y=y[:3], gradients=True,
+                                                               output=tmp_path / "n.h5")])
+    assert str(e.value) == "y: 3 rows of labels for the 2 rows of the probe batch x"
     assert not (tmp_path / "n.h5").exists()
 
 

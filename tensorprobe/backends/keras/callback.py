@@ -125,10 +125,16 @@ class Recorder:
 
         y = self.options.y
         if isinstance(y, (list, tuple)):
-            return [np.asarray(v) for v in y]
-        if isinstance(y, dict):
-            return {k: np.asarray(v) for k, v in y.items()}
-        return np.asarray(y)
+            labels = [np.asarray(v) for v in y]
+        elif isinstance(y, dict):
+            labels = {k: np.asarray(v) for k, v in y.items()}
+        else:
+            labels = np.asarray(y)
+        for part in labels.values() if isinstance(labels, dict) else labels if isinstance(labels, list) else [labels]:
+            if part.ndim == 0 or len(part) != self.rows:
+                raise errors.UsageError(f"y: {len(part) if part.ndim else 0} rows of labels for the {self.rows} "
+                                        "rows of the probe batch x")
+        return labels
 
     def _loss(self):
         """The loss as `fit` reduces it over a batch: a Keras loss object's own reduction, a
@@ -261,36 +267,65 @@ def statistics(value):
     """Inside the compiled function: a value's (7 float64 figures in trainfile.STATS' order,
     BINS histogram counts, BINS + 1 edges), with the conventions of stats.RunningStats: min,
     max, mean and std (ddof 0) over the finite values (NaN when there is none), the zeros
-    fraction over every element, NaN and Inf counted. The histogram spans the finite values'
-    [min, max] in BINS equal bins, the last one closed, as numpy.histogram(finite, BINS) does
-    (a constant value: [v - 0.5, v + 0.5]); no finite value: zero counts, NaN edges."""
+    fraction over every element, NaN and Inf counted. The histogram is numpy.histogram(finite
+    values, BINS)'s, computed the same way: BINS equal bins between the finite min and max
+    (edges as numpy.linspace makes them), the last one closed, a value moved to the next or
+    previous bin where rounding put it on the wrong side of an edge; a constant value spans
+    [v - 0.5, v + 0.5]; no finite value gives zero counts and NaN edges.
+
+    XLA-compiled on its own (the model's layers are not): the passes over the values fuse into
+    a few loops, and no op compacts the finite values. On a small CNN's four layers (640 K
+    values, 2 loaded CPU cores) that took the probe function from 24 ms to 13 ms a record."""
+    return _statistics(value)
+
+
+def _compiled_statistics():
     import tensorflow as tf
 
     f64 = tf.float64
-    flat = tf.reshape(tf.cast(value, f64), [-1])
-    size = tf.cast(tf.size(flat), f64)
-    finite = tf.math.is_finite(flat)
-    n = tf.reduce_sum(tf.cast(finite, f64))
-    nan = tf.constant(float("nan"), f64)
-    some = n > 0
-    kept = tf.boolean_mask(flat, finite)
-    mean = tf.where(some, tf.reduce_sum(kept) / tf.maximum(n, 1), nan)
-    std = tf.where(some, tf.sqrt(tf.reduce_sum(tf.square(kept - mean)) / tf.maximum(n, 1)), nan)
-    low = tf.where(some, tf.reduce_min(tf.where(finite, flat, tf.constant(float("inf"), f64))), nan)
-    high = tf.where(some, tf.reduce_max(tf.where(finite, flat, tf.constant(float("-inf"), f64))), nan)
-    zeros = tf.where(size > 0, tf.reduce_sum(tf.cast(tf.equal(flat, 0), f64)) / tf.maximum(size, 1), nan)
-    nans = tf.reduce_sum(tf.cast(tf.math.is_nan(flat), f64))
-    infs = tf.reduce_sum(tf.cast(tf.math.is_inf(flat), f64))
-    figures = tf.stack([low, high, mean, std, zeros, nans, infs])
-    flat_range = tf.equal(low, high)
-    lo = tf.where(some, tf.where(flat_range, low - 0.5, low), 0.0)
-    hi = tf.where(some, tf.where(flat_range, high + 0.5, high), 1.0)
-    counts = tf.cast(tf.histogram_fixed_width(kept, tf.stack([lo, hi]), nbins=BINS), tf.int64)
-    steps = tf.range(BINS + 1, dtype=f64)
-    edges = lo + (hi - lo) / BINS * steps
-    edges = tf.concat([edges[:-1], [hi]], 0)  # the last edge exactly the top, as numpy.linspace
-    edges = tf.where(some, edges, tf.fill([BINS + 1], nan))
-    return figures, counts, edges
+
+    def compute(value):
+        flat = tf.reshape(tf.cast(value, f64), [-1])
+        size = tf.cast(tf.size(flat), f64)
+        finite = tf.math.is_finite(flat)
+        n = tf.reduce_sum(tf.cast(finite, f64))
+        nan = tf.constant(float("nan"), f64)
+        some = n > 0
+        kept = tf.where(finite, flat, 0.0)
+        mean = tf.where(some, tf.reduce_sum(kept) / tf.maximum(n, 1), nan)
+        std = tf.where(some, tf.sqrt(tf.reduce_sum(tf.where(finite, tf.square(flat - mean), 0.0)) / tf.maximum(n, 1)),
+                       nan)
+        low = tf.where(some, tf.reduce_min(tf.where(finite, flat, tf.constant(float("inf"), f64))), nan)
+        high = tf.where(some, tf.reduce_max(tf.where(finite, flat, tf.constant(float("-inf"), f64))), nan)
+        zeros = tf.where(size > 0, tf.reduce_sum(tf.cast(tf.equal(flat, 0), f64)) / tf.maximum(size, 1), nan)
+        nans = tf.reduce_sum(tf.cast(tf.math.is_nan(flat), f64))
+        infs = size - n - nans
+        figures = tf.stack([low, high, mean, std, zeros, nans, infs])
+        # numpy.histogram(finite, BINS): its range, its edges, its bin of each value
+        flat_range = tf.equal(low, high)
+        lo = tf.where(some, tf.where(flat_range, low - 0.5, low), 0.0)
+        hi = tf.where(some, tf.where(flat_range, high + 0.5, high), 1.0)
+        step = (hi - lo) / BINS
+        edges = tf.concat([tf.range(BINS, dtype=f64) * step + lo, [hi]], 0)
+        v = tf.where(finite, flat, lo)
+        index = tf.minimum(tf.cast((v - lo) * (BINS / (hi - lo)), tf.int64), BINS - 1)
+        index = tf.where(v < tf.gather(edges, index), index - 1, index)
+        index = tf.where((v >= tf.gather(edges, index + 1)) & (index != BINS - 1), index + 1, index)
+        counts = tf.math.unsorted_segment_sum(tf.cast(finite, tf.int64), index, BINS)
+        edges = tf.where(some, edges, tf.fill([BINS + 1], nan))
+        return figures, counts, edges
+
+    return tf.function(compute, jit_compile=True, autograph=False)
+
+
+def _statistics(value):
+    global _COMPILED
+    if _COMPILED is None:
+        _COMPILED = _compiled_statistics()
+    return _COMPILED(value)
+
+
+_COMPILED = None
 
 
 def _output_structure(graph):
