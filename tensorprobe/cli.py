@@ -540,8 +540,9 @@ def plot(dump_file, layer, samples, channels, hist, heatmap, over_steps, bins, d
     """
     from tensorprobe.plot import Request, render
 
-    if hist + heatmap + over_steps > 1:
-        raise click.UsageError("--hist, --heatmap and --over-steps draw different pictures; give one")
+    given = [name for name, on in (("--hist", hist), ("--heatmap", heatmap), ("--over-steps", over_steps)) if on]
+    if len(given) > 1:
+        raise click.UsageError(f"{' and '.join(given)} draw different pictures; give one")
     kind = "hist" if hist else "heatmap" if heatmap else "steps" if over_steps else None
     request = Request(dump_file, layer, samples, channels, kind, bins, dpi, output, overwrite)
     signal.signal(signal.SIGTERM, _terminate)

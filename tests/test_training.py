@@ -180,7 +180,7 @@ def test_plot_over_steps(trained, cli, tmp_path):
     assert error_line(samples) == (f"error: '{trained['path']}' is a training file (ProbeCallback's): draw a "
                                    "layer's statistics with --over-steps")
     both = cli("plot", trained["path"], "--layer", "hidden", "--over-steps", "--hist", "-o", tmp_path / "y.png")
-    assert both.exit_code == 2 and "--hist, --heatmap and --over-steps draw different pictures" in both.stderr
+    assert both.exit_code == 2 and "--hist and --over-steps draw different pictures; give one" in both.stderr
 
 
 def test_plot_over_steps_refuses_a_dump(trained, cli, tmp_path):
