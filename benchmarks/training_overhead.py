@@ -8,8 +8,10 @@ random images in one epoch. The callback records the four layers' statistics and
 on a probe batch of PROBE images, and, in a second set of runs, also the gradients of the loss
 with respect to them. Each configuration's time is the median over RUNS fits of the same
 compiled model (a first, untimed fit compiles the train function and the probe function),
-printed as JSON with the overhead against the fit without callback, and the cost of one record beyond the
-first (the difference from a fit that records only at the start, over the records added).
+in wall-clock time and in the process's CPU time (all threads: steadier on a shared machine),
+printed as JSON with the overhead against the fit without callback, and the cost of one
+record beyond the first (the difference from a fit that records only at the start, over the
+records added).
 """
 
 import argparse
@@ -49,9 +51,9 @@ def main():
     folder = tempfile.mkdtemp()
 
     def fit(callback=None):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         model.fit(x, y, batch_size=args.batch, epochs=1, verbose=0, callbacks=[callback] if callback else [])
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - cpu
 
     count = [0]
 
@@ -69,14 +71,16 @@ def main():
     for _ in range(args.runs):  # interleaved, so a change in the machine's load touches every one
         for name, every, gradients in configurations:
             times[name].append(fit(probe(every, gradients) if every else None))
-    base = statistics.median(times["none"])
     result = {"steps": args.steps, "batch": args.batch, "probe_rows": args.probe, "parameters": model.count_params(),
-              "fit_s": {k: round(statistics.median(v), 3) for k, v in times.items()},
-              "overhead_percent": {k: round(100 * (statistics.median(v) / base - 1), 1) for k, v in times.items()
-                                   if k != "none"},
-              "per_record_ms": {k: round(1000 * (statistics.median(v) - statistics.median(
-                                    times["start only gradients" if g else "start only"])) / (args.steps // e), 2)
-                                for (k, e, g), v in zip(configurations, times.values()) if e and e < never}}
+              "cpu_count": os.cpu_count(), "load_average": os.getloadavg()}
+    for clock, which in (("wall", 0), ("cpu", 1)):  # cpu: the process's CPU time, all threads
+        median = {k: statistics.median(t[which] for t in v) for k, v in times.items()}
+        result[f"{clock}_s"] = {k: round(v, 3) for k, v in median.items()}
+        result[f"{clock}_overhead_percent"] = {k: round(100 * (v / median["none"] - 1), 1) for k, v in median.items()
+                                               if k != "none"}
+        result[f"{clock}_ms_per_record"] = {
+            k: round(1000 * (median[k] - median["start only gradients" if g else "start only"]) / (args.steps // e), 2)
+            for k, e, g in configurations if e and e < never}
     print(json.dumps(result, indent=2))
 
 
