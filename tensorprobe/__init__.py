@@ -10,11 +10,13 @@ The Python API (TensorFlow is imported only once a model is loaded):
     with tensorprobe.open_dump("acts.h5") as f: f["vgg16/block1_conv2"][:4]
     tensorprobe.diff("a.h5", "b.h5", atol=1e-4)["first_difference"]
     tensorprobe.compare("model.keras", "model_export/", x)["first_divergence"]
+    sub = tensorprobe.submodel(keras_model, layers=["vgg16/block1_conv2"])   # {name: tensor}
+    callback = tensorprobe.keras.ProbeCallback(layers=["fc1"], x=probe_batch)  # for model.fit
 """
 
-from tensorprobe.api import DumpFile, Model, activations, compare, diff, dump, load, open_dump
+from tensorprobe.api import DumpFile, Model, activations, compare, diff, dump, load, open_dump, submodel
 from tensorprobe.errors import TensorprobeError
 from tensorprobe.version import __version__
 
-__all__ = ["load", "activations", "dump", "open_dump", "diff", "compare", "Model", "DumpFile", "TensorprobeError",
+__all__ = ["load", "activations", "dump", "open_dump", "diff", "compare", "submodel", "Model", "DumpFile", "TensorprobeError",
            "__version__"]

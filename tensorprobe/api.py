@@ -300,6 +300,26 @@ def _pairs(pairs):
     return tuple(result)
 
 
+def submodel(model, layers=(), match=None):
+    """A keras.Model that takes the model's inputs and returns a dict {name: tensor} of the
+    chosen layers' outputs (names as `dump` gives its datasets: nested models' layers, inline
+    operations, custom layers' sub-layers, attention scores) and the model's own outputs under
+    their output names. It calls the model's own layers, so it shares their weights (its
+    `trainable_variables` are the model's: training through it trains the model) and a
+    GradientTape gives true gradients; callable eagerly and inside tf.function. Call it as
+    `sub(x, training=False, watch=None)`; `watch=tape.watch` watches each returned value as
+    it is computed. `model`: a path or an in-memory keras.Model (Keras 3 or tf_keras).
+
+        >>> sub = tensorprobe.submodel("sample_models/transfer.keras", layers=["block1_conv2"])
+        >>> sorted(sub(x))
+        ['predictions', 'vgg16/block1_conv2']
+    """
+    from tensorprobe.backends.keras.submodel import build
+
+    with _api_names():
+        return build(_backend(model), _names(layers, "layers"), match)
+
+
 # ---- reading and comparing dumps -----------------------------------------------------------
 
 class DumpFile(Mapping):
@@ -307,7 +327,9 @@ class DumpFile(Mapping):
     `file[name]` (read lazily, `[:]` or slices), `name in file`, `list(file)` and `keys()`
     (its dataset names, in model order), `len(file)`, `items()`; `attrs` (the root
     attributes), `names` (the same list as `list(file)`), `summary()`. Use it as a context
-    manager, or call close().
+    manager, or call close(). A training file (ProbeCallback's, attrs["kind"] == "training")
+    names its datasets by their HDF5 paths: `steps`, `stats/fc1/mean`, `histograms/fc1/counts`,
+    `activations/fc1`; its first len(file["steps"]) rows are the steps recorded.
 
         >>> with tensorprobe.open_dump("acts.h5") as dump:
         ...     first = dump["vgg16/block1_conv2"][0]
@@ -334,6 +356,8 @@ class DumpFile(Mapping):
         """The HDF5 path of the dataset `name` (`fc1`, `gradients/fc1`, `tensors/...`), or None."""
         if not isinstance(name, str):
             return None
+        if self.attrs.get("kind") == "training":  # ProbeCallback's file: names are HDF5 paths
+            return name if name in self.names else None
         group, path = ("activations", name)
         for prefix in ("gradients/", "tensors/"):
             if name.startswith(prefix):

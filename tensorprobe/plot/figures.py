@@ -160,6 +160,32 @@ def heatmap(image, cam, title, dpi):
     return fig
 
 
+def over_steps(steps, panels, title, dpi):
+    """`plot --over-steps`: one panel per statistic [(name, values, gradient values or None)]
+    against the optimizer step, the activation's in blue, its gradient's in orange on its own
+    axis (the two scales differ)."""
+    new = matplotlib_figure()
+    width, panel = 8.0, 1.9
+    height = _tenths(TITLE_INCHES + len(panels) * panel + 0.2)
+    fig = new(width, height, dpi)
+    for i, (name, values, gradient) in enumerate(panels):
+        bottom = (0.5 + (len(panels) - 1 - i) * panel) / height  # the top panel ends 0.35 below the title
+        ax = fig.add_axes((0.9 / width, bottom, 1 - 1.9 / width, (panel - 0.35) / height))
+        marker = "o" if len(steps) <= 50 else None
+        ax.plot(steps, values, color=BLUE, marker=marker, markersize=3, linewidth=1.2)
+        ax.set_ylabel(name.replace("_", " "), fontsize=8, color=BLUE)
+        ax.tick_params(labelsize=7)
+        if gradient is not None:
+            twin = ax.twinx()
+            twin.plot(steps, gradient, color=ORANGE, marker=marker, markersize=3, linewidth=1.2)
+            twin.set_ylabel(f"gradient {name.replace('_', ' ')}", fontsize=8, color=ORANGE)
+            twin.tick_params(labelsize=7)
+        if i == len(panels) - 1:
+            ax.set_xlabel("optimizer step", fontsize=8)
+    _title(fig, title, height)
+    return fig
+
+
 def save(fig, path, fmt):
     """Write `fig` as `fmt` (png, svg, pdf), without a creation date, so the same data gives
     the same file. SVG keeps its text as text (searchable, and smaller than glyph outlines)."""
