@@ -314,10 +314,7 @@ def submodel(model, layers=(), match=None):
         >>> sorted(sub(x))
         ['predictions', 'vgg16/block1_conv2']
     """
-    from tensorprobe.backends.keras.submodel import build
-
-    with _api_names():
-        return build(_backend(model), _names(layers, "layers"), match)
+    return _backend(model).submodel(_names(layers, "layers"), match)
 
 
 # ---- reading and comparing dumps -----------------------------------------------------------

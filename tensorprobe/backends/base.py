@@ -201,6 +201,11 @@ class Backend:
             raise UsageError(f"{errors.name('training')} applies to a Keras model; {self.path} holds only a "
                              f"{self.kind}, which runs as it was saved", argument="training")
 
+    def submodel(self, layers=(), match=None):
+        """A keras.Model returning the chosen layers' outputs (tensorprobe.submodel)."""
+        raise UsageError(f"model: a sub-model is built from a Keras model; '{self.path}' holds a {self.kind}",
+                         argument="model")
+
     def tensor_runner(self, names, match, start=0):
         """(plan, run) for the graph tensors `names` and those matching `match`: datasets
         under /tensors, their `order` from `start`, each with the layer it belongs to."""

@@ -67,6 +67,13 @@ class KerasBackend(base.Backend):
                                          request.training, request.storage, request.jit, self._check())
         return plan, run
 
+    def submodel(self, layers=(), match=None):
+        if self.signature is not None:  # a Keras 2 SavedModel: its layers run as tf_keras rebuilt them
+            return super().submodel(layers, match)
+        from tensorprobe.backends.keras.submodel import build
+
+        return build(self, layers, match)
+
     def _check(self):
         """What refuses the traced graph before it runs, unless the model was opened with
         --unsafe: tf_keras' op layers call TensorFlow ops by name (tfgraph/effects.py)."""

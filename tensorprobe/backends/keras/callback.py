@@ -82,15 +82,14 @@ class Recorder:
 
         o = self.options
         self.model = model
-        with api._api_names():
-            backend = from_memory(model)
-            if backend is None:
-                raise errors.UsageError(f"ProbeCallback records a Keras model; fit was called on a "
-                                        f"{type(model).__name__}")
-            graph = backend.layer_graph
-            plan = probe.plan(graph, probe.select(graph, o.layers, o.match))
-            source = feed(backend, o.x, (), api.preparation())
-            arrays = next(iter(source.batches(source.rows))).arrays
+        backend = from_memory(model)
+        if backend is None:
+            raise errors.UsageError(f"ProbeCallback records a Keras model; fit was called on a "
+                                    f"{type(model).__name__}")
+        graph = backend.layer_graph
+        plan = probe.plan(graph, probe.select(graph, o.layers, o.match))
+        source = feed(backend, o.x, (), api.preparation())
+        arrays = next(iter(source.batches(source.rows))).arrays
         self.rows = len(arrays[0])
         self.specs = plan.specs
         self.shared = [s.extra.get(probe.SAME_FOR_EVERY_SAMPLE, False) for s in plan.specs]

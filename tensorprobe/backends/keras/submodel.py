@@ -20,10 +20,7 @@ def build(backend, layers=(), match=None):
     `layers` / `match` select (probe.select and probe.plan name them, as `dump` does), and the
     model's outputs under their output names."""
     from tensorprobe import probe
-    from tensorprobe.backends.keras.backend import KerasBackend
 
-    if not isinstance(backend, KerasBackend) or backend.signature is not None:
-        raise UsageError(f"model: a sub-model is built from a Keras model; '{backend.path}' holds a {backend.kind}")
     graph = backend.layer_graph
     plan = probe.plan(graph, probe.select(graph, layers, match))
     names = [s.name for s in plan.specs]
