@@ -10,11 +10,14 @@ The Python API (TensorFlow is imported only once a model is loaded):
     with tensorprobe.open_dump("acts.h5") as f: f["vgg16/block1_conv2"][:4]
     tensorprobe.diff("a.h5", "b.h5", atol=1e-4)["first_difference"]
     tensorprobe.compare("model.keras", "model_export/", x)["first_divergence"]
+    tensorprobe.run(model, x, edits={"fc1": tensorprobe.edits.zero()}).outputs   # interventions
 """
 
-from tensorprobe.api import DumpFile, Model, activations, compare, diff, dump, load, open_dump
+from tensorprobe import edits
+from tensorprobe.api import DumpFile, Model, activations, compare, diff, dump, load, open_dump, run
 from tensorprobe.errors import TensorprobeError
 from tensorprobe.version import __version__
 
-__all__ = ["load", "activations", "dump", "open_dump", "diff", "compare", "Model", "DumpFile", "TensorprobeError",
+__all__ = ["load", "activations", "dump", "run", "edits", "open_dump", "diff", "compare", "Model", "DumpFile",
+           "TensorprobeError",
            "__version__"]

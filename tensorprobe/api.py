@@ -212,6 +212,35 @@ def dump(model, x, output, *, layers=(), match=None, all_layers=False, tensors=(
     return summary_record(result.summary, output)
 
 
+def run(model, x, *, edits, layers=(), match=None, all_layers=False, training=False, batch_size=32, output=None,
+        overwrite=False, baseline=True, progress=None, **prepare):
+    """Run the model on `x` with `edits` applied to layers' outputs before the rest of the
+    model reads them (interventions): a tensorprobe.edits.RunResult with `.outputs` {output
+    name: array}, `.activations` (the `layers`/`match` chosen, as edited), `.applied` {path:
+    {"calls", "max_abs_change"}} and `.change` (how far each output moved from the unedited
+    model's; `baseline=False` skips computing it). `edits`: {layer path: edit}, an edit from
+    tensorprobe.edits (zero(), scale(k), add(v), set(array), mean_from(dump),
+    patch_from(dump), each with channels=/positions=) or a callable; `PATH/call_K` edits one
+    call of a shared layer. `output`: write a dump there instead (/outputs/<name>, the
+    layers under /activations). Inputs and preparation as `activations` takes them. Keras
+    models only.
+
+        >>> from tensorprobe import edits
+        >>> result = tensorprobe.run(model, x, edits={"fc1": edits.zero(channels=[0, 1])})
+        >>> result.change["predictions"]["top_class_changed"]
+        1
+    """
+    from tensorprobe import interventions
+
+    prep = preparation(**prepare)
+    job = _job(batch_size, progress)
+    found = interventions.edit_list(edits)
+    selection = _selection(layers, match, all_layers, (), None, None, None, None, training)
+    return interventions.run_edits(_backend(model), _api_x(x), (), found, selection, prep, job, output=output,
+                                   overwrite=overwrite, attrs={"command": ["python", "tensorprobe.run"]},
+                                   baseline=baseline)
+
+
 def progress_bar(console=None):
     """A `progress` for dump/compare: a rich bar on `console` (None: stderr, which Jupyter
     renders in the notebook)."""
