@@ -302,5 +302,14 @@ def test_cli_run_reports_to_stderr_and_refuses_usage_errors(cli, models, tmp_pat
     assert result.exit_code == 2
     assert error_line(result).startswith("error: no edit given: give --zero PATH")
     result = cli("run", "-m", paths["cnn"], paths["images"], "--patch", f"gap={tmp_path / 'none.h5'}")
-    assert result.exit_code != 0
-    assert error_line(result).startswith("error: ")
+    assert result.exit_code == 2
+    assert error_line(result) == f"error: --patch 'gap': '{tmp_path / 'none.h5'}': no such file"
+    few = tmp_path / "few.h5"
+    tensorprobe.dump(paths["cnn"], models["images"][:2], few, layers=["gap"])
+    result = cli("run", "-m", paths["cnn"], paths["images"], "--patch", f"gap={few}")
+    assert result.exit_code == 2
+    assert error_line(result) == (f"error: --patch 'gap': '{few}' holds 2 rows of 'gap', and the inputs are 6 "
+                                  "rows: patching takes row i from row i")
+    result = cli("run", "-m", paths["cnn"], paths["images"], "--patch", f"stem={few}")
+    assert result.exit_code == 2
+    assert error_line(result) == f"error: --patch 'stem': '{few}' holds no dataset 'stem' (dump it with --layer stem)"

@@ -164,8 +164,12 @@ def _check_broadcast(site, given, shape, where):
 def _dump_rows(site, where, path):
     """All rows of the site's dataset in the dump at `path`, as computed (a dump written with
     --reduce holds something else)."""
+    import os
+
     from tensorprobe import store
 
+    if not os.path.isfile(path):
+        raise UsageError(f"{where}: '{path}': no such file")
     with store.open_dump(path) as f:
         if f.attrs.get("reduce", "none") not in ("none", b"none"):
             raise UsageError(f"{where}: '{path}' holds values pooled with --reduce, not the layer's outputs")
