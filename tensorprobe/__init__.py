@@ -14,10 +14,10 @@ The Python API (TensorFlow is imported only once a model is loaded):
 """
 
 from tensorprobe import edits
-from tensorprobe.api import DumpFile, Model, activations, compare, diff, dump, load, open_dump, run
+from tensorprobe.api import DumpFile, Model, activations, compare, diff, dump, load, open_dump, patch, run
 from tensorprobe.errors import TensorprobeError
 from tensorprobe.version import __version__
 
-__all__ = ["load", "activations", "dump", "run", "edits", "open_dump", "diff", "compare", "Model", "DumpFile",
+__all__ = ["load", "activations", "dump", "run", "patch", "edits", "open_dump", "diff", "compare", "Model", "DumpFile",
            "TensorprobeError",
            "__version__"]

@@ -241,6 +241,30 @@ def run(model, x, *, edits, layers=(), match=None, all_layers=False, training=Fa
                                    baseline=baseline)
 
 
+def patch(model, clean, corrupt, *, metric, layers=(), match=None, positions=False, target_output=None,
+          batch_size=32, progress=None, **prepare):
+    """Activation patching, swept: for each layer `layers`/`match` choose (with `positions`,
+    each position of its sequence axis), run the `corrupt` inputs with that value replaced by
+    the `clean` inputs' (row i by row i) and measure `metric` on the model output
+    (`target_output` where it has several): "logit_diff:I,J" (output I minus J), "prob:K"
+    (the softmax of the output, at K) or "l2" (the distance from the clean output). A dict:
+    `layers`, `mean` (layers, positions) averaged over the inputs, `per_input` (layers,
+    positions, inputs), `recovered` ((mean - corrupt) / (clean - corrupt), from the means),
+    `clean` and `corrupt` (per input). Keras models only.
+
+        >>> sweep = tensorprobe.patch("model.keras", clean, corrupt, metric="logit_diff:0,1",
+        ...                           match="block_\\d+$", positions=True)
+        >>> sweep["recovered"].shape      # (layers, positions)
+    """
+    from tensorprobe import interventions
+
+    prep = preparation(**prepare)
+    job = _job(batch_size, progress)
+    selection = _selection(layers, match, False, (), None, None, None, None, False)
+    return interventions.run_patch(_backend(model), _api_x(clean), _api_x(corrupt), selection, metric, prep, job,
+                                   positions=positions, target_output=target_output)
+
+
 def progress_bar(console=None):
     """A `progress` for dump/compare: a rich bar on `console` (None: stderr, which Jupyter
     renders in the notebook)."""

@@ -5,6 +5,7 @@ holds the model's outputs. The backend applies the edits (Backend.edit_runner)."
 
 import json
 import os
+import warnings
 
 from tensorprobe import errors
 from tensorprobe.edits import RunResult, coerce
@@ -74,3 +75,105 @@ def run_edits(model, x, named, edits, selection, prep, job, *, output=None, over
     activations = {k: v for k, v in values.items() if not k.startswith("outputs/")}
     return RunResult(outputs, activations, extract.tally.applied(), extract.tally.change() if baseline else None)
 
+
+
+# ---- activation patching sweeps ----------------------------------------------------------------
+
+METRICS = ("logit_diff:I,J", "prob:K", "l2")
+
+
+def parse_metric(text):
+    """'logit_diff:I,J', 'prob:K' or 'l2' -> (kind, (numbers))."""
+    kind, _, value = (text or "").partition(":")
+    numbers = value.split(",") if value else []
+    if all(n.strip().isdigit() for n in numbers):
+        numbers = tuple(int(n) for n in numbers)
+        if (kind, len(numbers)) in (("logit_diff", 2), ("prob", 1), ("l2", 0)):
+            return kind, numbers
+    raise errors.UsageError(f"{errors.name('metric')} '{text}': expected {', '.join(METRICS)}", argument="metric")
+
+
+def run_patch(model, clean, corrupt, selection, metric, prep, job, *, positions=False, target_output=None):
+    """The activation patching sweep: for each layer `selection` chooses (and with
+    `positions`, each position of its sequence axis), the metric of the corrupt inputs run
+    with that value replaced by the clean inputs' (row i by row i). A dict: `layers`
+    (dataset names, model order), `metric`, `clean` and `corrupt` (per input), `per_input`
+    (layers, positions, inputs; NaN past a layer's positions), `mean` (layers, positions) and
+    `recovered` ((mean - corrupt mean) / (clean mean - corrupt mean))."""
+    import numpy as np
+
+    from tensorprobe import pipeline
+
+    kind = parse_metric(metric)
+    selection.check(prep.skip_bad)
+    if prep.skip_bad:
+        raise errors.UsageError(f"{errors.name('skip_bad')} cannot be combined with a sweep: the clean and corrupt "
+                                "rows would no longer pair", argument="skip_bad")
+    backend = pipeline.open_backend(model)
+    sources = [pipeline.feed(backend, x, (), prep, True, job.stdin) for x in (clean, corrupt)]
+    if sources[0].rows != sources[1].rows:
+        raise errors.UsageError(f"the clean inputs are {sources[0].rows} rows and the corrupt ones {sources[1].rows}: "
+                                "a sweep pairs row i with row i", argument="corrupt")
+    sweep = backend.patch_runner(selection, positions, kind, target_output)
+    rows, width = sources[0].rows, max(sweep.variants)
+    per_input = np.full((len(sweep.names), width, rows), np.nan)
+    clean_metric, corrupt_metric = np.empty(rows), np.empty(rows)
+    start = 0
+    with job.bar(rows) as advance:
+        for good, bad in zip(sources[0].batches(job.batch_size), sources[1].batches(job.batch_size)):
+            stop = start + len(good.sources)
+            values = sweep.clean(good.arrays)
+            layers, clean_metric[start:stop], reference = values[:-2], values[-2], values[-1]
+            corrupt_metric[start:stop] = sweep.metric(bad.arrays, reference)
+            for j, (rows_j, v) in enumerate(zip(layers, sweep.variants)):
+                per_input[j, :v, start:stop] = sweep.patched(j, bad.arrays, rows_j, reference)
+            if advance is not None:
+                advance(stop - start)
+            start = stop
+    with warnings.catch_warnings():  # a layer's columns past its positions are NaN, as their mean
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(per_input, axis=2)
+    gap = clean_metric.mean() - corrupt_metric.mean()
+    recovered = (mean - corrupt_metric.mean()) / gap if gap != 0 else np.full_like(mean, np.nan)
+    return {"layers": sweep.names, "positions": positions, "metric": metric, "samples": rows,
+            "clean": clean_metric, "corrupt": corrupt_metric, "per_input": per_input, "mean": mean,
+            "recovered": recovered}
+
+
+def sweep_json(result):
+    """What `tensorprobe patch --json` prints (NaN as null)."""
+    import math
+
+    def plain(array):
+        return [plain(a) for a in array] if getattr(array, "ndim", 0) else (
+            None if math.isnan(float(array)) else float(array))
+
+    squeeze = (lambda a: a) if result["positions"] else (lambda a: a[:, 0])
+    return {"layers": result["layers"], "metric": result["metric"], "positions": result["positions"],
+            "samples": result["samples"], "clean": float(result["clean"].mean()),
+            "corrupt": float(result["corrupt"].mean()), "mean": plain(squeeze(result["mean"])),
+            "recovered": plain(squeeze(result["recovered"]))}
+
+
+def write_sweep(result, output, overwrite, attrs):
+    """SWEEP.h5: /sweep/<metric kind> (layers[, positions]) averaged over the inputs,
+    /sweep/<kind>_per_input (layers[, positions], inputs), /sweep/recovered, /sweep/clean and
+    /sweep/corrupt (per input), /sweep/layers (the layer paths); `attrs` at the root."""
+    import h5py
+
+    from tensorprobe import store
+
+    kind = result["metric"].partition(":")[0]
+    squeeze = (lambda a: a) if result["positions"] else (lambda a: a[:, 0])
+    with store.atomic_output(output, overwrite) as tmp:
+        with h5py.File(tmp, "w") as f:
+            for key, value in {**attrs, "metric": result["metric"], "positions": result["positions"],
+                               "samples": result["samples"]}.items():
+                f.attrs[key] = value
+            group = f.create_group("sweep")
+            group[kind] = squeeze(result["mean"])
+            group[f"{kind}_per_input"] = squeeze(result["per_input"])
+            group["recovered"] = squeeze(result["recovered"])
+            group["clean"] = result["clean"]
+            group["corrupt"] = result["corrupt"]
+            group.create_dataset("layers", data=result["layers"], dtype=h5py.string_dtype("utf-8"))

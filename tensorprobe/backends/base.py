@@ -211,6 +211,11 @@ class Backend:
         layers tensorprobe calls itself can be edited."""
         raise UsageError(f"interventions need a Keras model; {self.path} holds only a {self.kind}", argument="edits")
 
+    def patch_runner(self, selection, positions, metric, target_output=None):
+        """A sweep of activation patching over the layers `selection` chooses (Keras: see
+        backends/keras/interventions.Sweep)."""
+        raise UsageError(f"interventions need a Keras model; {self.path} holds only a {self.kind}", argument="edits")
+
     def tensor_runner(self, names, match, start=0):
         """(plan, run) for the graph tensors `names` and those matching `match`: datasets
         under /tensors, their `order` from `start`, each with the layer it belongs to."""

@@ -9,7 +9,7 @@ model logic lives here.
   dumps.py     dump, merge: writing dumps
   reading.py   summary, diff, plot: reading dumps
   compare.py   compare: two models on the same inputs
-  interventions.py  run: the model with layers edited
+  interventions.py  run, patch: the model with layers edited; patching sweeps
 
 TensorFlow and Keras are imported only inside commands that load a model, so `--help`,
 `--version` and usage errors stay fast.
@@ -107,7 +107,7 @@ def cli(ctx, debug):
 
 
 for _command in (models.layers, models.tensors, dumps.dump, dumps.merge, reading.summary, reading.diff,
-                 reading.plot, compare.compare, interventions.run):
+                 reading.plot, compare.compare, interventions.run, interventions.patch):
     cli.add_command(_command)
 
 

@@ -192,3 +192,114 @@ def _print(result, output):
                   markup=False, highlight=False, soft_wrap=True)
     if output is not None:
         err.print(f"wrote {output}", markup=False, highlight=False, soft_wrap=True)
+
+
+@click.command("patch")
+@click.option("-m", "--model", "model", envvar="TENSORPROBE_MODEL", show_envvar=True,
+              type=click.Path(exists=True), required=True, help="The model: a .keras or .h5 file.")
+@click.option("--clean", "clean", multiple=True, required=True, type=click.Path(), metavar="INPUTS",
+              help="The clean inputs (files, folders, globs, as dump takes them). Repeatable.")
+@click.option("--corrupt", "corrupt", multiple=True, required=True, type=click.Path(), metavar="INPUTS",
+              help="The corrupted inputs, as many rows as the clean ones. Repeatable.")
+@click.option("-l", "--layer", "layer_names", multiple=True, metavar="NAME",
+              help="A layer to patch (as dump's --layer). Repeatable.")
+@click.option("--match", metavar="REGEX", help="Patch every layer whose path matches REGEX.")
+@click.option("--positions", is_flag=True, help="Patch each position of the axis after the batch, one at a time.")
+@click.option("--metric", required=True, metavar="METRIC",
+              help="logit_diff:I,J (output I minus J), prob:K (the softmax of the output at K) or l2 "
+                   "(the distance from the clean output).")
+@click.option("--target-output", metavar="NAME", help="The model output the metric reads (of several).")
+@click.option("-o", "--output", type=click.Path(), callback=options.hdf5_output,
+              help="Write the sweep to this HDF5 file (/sweep/<metric>, /sweep/recovered, /sweep/layers).")
+@click.option("--plot", "picture", type=click.Path(dir_okay=False), metavar="FILE.png",
+              help="Also draw the recovered fraction as a heat map (png, svg or pdf; needs the plot extra).")
+@options.overwrite_option()
+@options.job_options
+@click.option("--json", "as_json", is_flag=True, help="Print the sweep as JSON to stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@options.model_options
+def patch(model, clean, corrupt, layer_names, match, positions, metric, target_output, output, picture,
+          overwrite, job, as_json, quiet):
+    """Activation patching, swept: for each chosen layer (and with --positions, each position
+    of its sequence), run the corrupt inputs with that value replaced by the clean inputs'
+    (row i by row i) and measure METRIC on the output, averaged over the inputs, as measured
+    and as the recovered fraction (patched - corrupt) / (clean - corrupt). All positions of a
+    layer run in one forward pass. Inputs are prepared as dump prepares them by default.
+
+    \b
+      tensorprobe patch -m model.keras --clean clean.npy --corrupt corrupt.npy --match 'block_\\d+$' \\
+          --positions --metric logit_diff:0,1 -o sweep.h5 --plot sweep.png
+    """
+    import json
+
+    from tensorprobe import interventions, pipeline, text
+    from tensorprobe.inputs.options import Options
+
+    text.regex(match, "--match")
+    interventions.parse_metric(metric)
+    if picture is not None:
+        from tensorprobe import plot, store
+        from tensorprobe.plot import figures
+
+        plot.picture_format(picture, "--plot")
+        store.check_output(picture, overwrite, "--plot")
+        figures.matplotlib_figure()
+    if output is not None:
+        from tensorprobe import store
+
+        store.check_output(output, overwrite)
+    selection = pipeline.Selection(layer_names, match)
+    signals.runner_limits()
+    signals.terminate_on_sigterm()
+    with quiet_native_stderr(not debug()):
+        backend = model.open().backend
+        result = interventions.run_patch(backend, list(clean), list(corrupt), selection, metric, Options(), job,
+                                         positions=positions, target_output=target_output)
+    command = ["tensorprobe", *click.get_current_context().find_root().command.argv]
+    if output is not None:
+        from tensorprobe.version import __version__
+
+        interventions.write_sweep(result, output, overwrite, {"model": backend.path, "command": command,
+                                                              "tensorprobe_version": __version__})
+    if picture is not None:
+        from tensorprobe import plot
+
+        plot.sweep_picture(result, picture, overwrite)
+    if as_json:
+        out.print(json.dumps(interventions.sweep_json(result), indent=2), markup=False, highlight=False)
+    elif not quiet:
+        _print_sweep(result)
+        for path in (output, picture):
+            if path is not None:
+                err.print(f"wrote {path}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _print_sweep(result):
+    import math
+
+    from rich import box
+    from rich.table import Table
+
+    from tensorprobe import report
+
+    kind = result["metric"]
+    title = (f"{kind} over {result['samples']} inputs: clean {result['clean'].mean():.4g}, corrupt "
+             f"{result['corrupt'].mean():.4g}; recovered = (patched - corrupt) / (clean - corrupt)")
+    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
+    table.add_column("layer")
+    width = result["mean"].shape[1] if result["positions"] else 1
+    columns = [f"pos {p}" for p in range(width)] if result["positions"] else ["patched", "recovered"]
+    for name in columns:
+        table.add_column(name, justify="right")
+
+    def cell(v):
+        return "" if math.isnan(v) else f"{v:.3f}"
+
+    for j, layer in enumerate(result["layers"]):
+        if result["positions"]:
+            table.add_row(layer, *(cell(v) for v in result["recovered"][j]))
+        else:
+            table.add_row(layer, f"{result['mean'][j, 0]:.4g}", cell(result["recovered"][j, 0]))
+    report.print_table(err, table, keep="layer")
+    if result["positions"]:
+        err.print("(the recovered fraction per position)", markup=False, highlight=False)

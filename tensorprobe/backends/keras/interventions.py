@@ -187,16 +187,17 @@ def _dump_rows(site, where, path):
     return array
 
 
-def check_reached(graph, sites, origins):
+def check_reached(graph, sites, origins, option=None):
     """Every site must run for `origins` (the requested outputs and layers): refuse an edit of
-    a value they do not depend on, which would change nothing."""
+    a value they do not depend on, which would change nothing. `option`: what named the
+    sites, if not their edits."""
     needed = graph.needed(origins)
     for site in sites:
         key = site.origin[0]
         anchor = key[:-2] if _runtime(key) else key  # a runtime layer runs while its node does
         if anchor is not None and anchor not in needed:
-            raise UsageError(f"{edit_option(site.edit.kind)} '{site.key}': the model's outputs (and the layers "
-                             f"asked for) do not depend on '{site.name}', so the edit would change nothing")
+            raise UsageError(f"{option or edit_option(site.edit.kind)} '{site.key}': the model's outputs (and the "
+                             f"layers asked for) do not depend on '{site.name}', so the edit would change nothing")
 
 
 def _runtime(key):
@@ -356,3 +357,116 @@ def _mask(value, edit):
         hit = tf.reshape(hit, shape)
         mask = hit if mask is None else tf.logical_and(mask, hit)
     return mask
+
+
+# ---- activation patching sweeps ----------------------------------------------------------------
+
+@dataclass
+class Sweep:
+    """The compiled functions of a patching sweep: `clean(batch)` -> (the chosen layers' values,
+    the metric per row); `metric(batch)` -> the metric per row of the unedited model;
+    `patched(j, batch, clean_rows)` -> (variants, rows): the metric with layer j's value (at
+    each position, with `positions`) replaced by the clean run's rows."""
+
+    names: list  # the patched datasets, in model order
+    variants: list  # per dataset: how many variants (1, or the positions)
+    clean: object
+    metric: object
+    patched: object
+
+
+def metric_function(metric, output_symbolic):
+    """(metric kind, its numbers) -> function(output, clean output or None) -> one value per row."""
+    import tensorflow as tf
+
+    kind, values = metric
+    size = output_symbolic.shape[-1]
+    if kind in ("logit_diff", "prob"):
+        bad = [v for v in values if size is not None and v >= size]
+        if len(output_symbolic.shape) != 2 or bad:
+            raise UsageError(f"--metric {kind}:{','.join(map(str, values))}: the output has the shape "
+                             f"{_text(_shape(output_symbolic))}; it needs (batch, classes) with index < {size}")
+    if kind == "logit_diff":
+        return lambda out, clean: out[:, values[0]] - out[:, values[1]]
+    if kind == "prob":
+        return lambda out, clean: tf.nn.softmax(out, axis=-1)[:, values[0]]
+    return lambda out, clean: tf.sqrt(tf.reduce_sum(tf.reshape(tf.square(out - clean), (tf.shape(out)[0], -1)), 1))
+
+
+def sweep(graph, selected, positions, metric, target_output=None, check=None):
+    """A Sweep over the `selected` layers' outputs (every call and output of each)."""
+    import tensorflow as tf
+
+    from tensorprobe.backends.keras.runner import output_origin
+
+    out_origin, _ = output_origin(graph, target_output)
+    plan = probe.plan(graph, selected)
+    check_reached(graph, [Site(s.name, s.layer, s.name, 0, o, graph.tensor(o), None)
+                          for s, o in zip(plan.specs, plan.origins)], [out_origin], errors.name("layers"))
+    score = metric_function(metric, graph.tensor(out_origin))
+    variants = []
+    for spec, origin in zip(plan.specs, plan.origins):
+        shape = _shape(graph.tensor(origin))
+        if positions and (len(shape) < 3 or shape[1] is None):
+            raise UsageError(f"--positions: '{spec.name}' has the shape {_text(shape)}, with no sequence axis of a "
+                             "known size after the batch; leave it out of --layer/--match")
+        variants.append(shape[1] if positions else 1)
+    count = len(graph.inputs)
+    needed_clean = graph.needed(plan.origins + [out_origin])
+    needed_out = graph.needed([out_origin])
+    signature = [tf.TensorSpec(t.shape, t.dtype) for t in graph.inputs]
+
+    def clean(*inputs):
+        values = graph.evaluate(list(inputs), plan.origins + [out_origin], needed_clean)
+        return values[:-1] + [score(values[-1], values[-1]), values[-1]]
+
+    def plain(*args):
+        inputs, reference = list(args[:count]), args[count]
+        return score(graph.evaluate(inputs, [out_origin], needed_out)[0], reference)
+
+    def patched_function(j):
+        origin, v = plan.origins[j], variants[j]
+
+        def run(*args):
+            inputs, rows, reference = list(args[:count]), args[count], args[count + 1]
+            n = tf.shape(rows)[0]
+            tiled = [tf.tile(x, tf.concat([[v], tf.ones([tf.rank(x) - 1], tf.int32)], 0)) for x in inputs]
+            clean_rows = tf.tile(rows, tf.concat([[v], tf.ones([tf.rank(rows) - 1], tf.int32)], 0))
+
+            def replace(value):
+                if not positions:
+                    return tf.cast(clean_rows, value.dtype)
+                variant = tf.range(tf.shape(value)[0]) // n  # row r of the tiled batch patches position r // n
+                hit = tf.equal(variant[:, None], tf.range(tf.shape(value)[1])[None, :])
+                hit = tf.reshape(hit, tf.concat([tf.shape(hit), tf.ones([tf.rank(value) - 2], tf.int32)], 0))
+                return tf.where(hit, tf.cast(clean_rows, value.dtype), value)
+
+            needed = needed_out | ({origin[0]} if _runtime(origin[0]) else set())
+            out = graph.evaluate(tiled, [out_origin], needed, edit={origin: replace})[0]
+            reference_tiled = tf.tile(reference, tf.concat([[v], tf.ones([tf.rank(reference) - 1], tf.int32)], 0))
+            return tf.reshape(score(out, reference_tiled), (v, n))
+
+        symbolic = graph.tensor(origin)
+        specs = signature + [tf.TensorSpec(symbolic.shape, symbolic.dtype),
+                             tf.TensorSpec(graph.tensor(out_origin).shape, graph.tensor(out_origin).dtype)]
+        return tf.function(run, input_signature=specs, autograph=False)
+
+    out_spec = tf.TensorSpec(graph.tensor(out_origin).shape, graph.tensor(out_origin).dtype)
+    compiled_clean = tf.function(clean, input_signature=signature, autograph=False)
+    compiled_plain = tf.function(plain, input_signature=signature + [out_spec], autograph=False)
+    compiled = [patched_function(j) for j in range(len(plan.specs))]
+    for function in [compiled_clean, compiled_plain, *compiled]:
+        if check is not None:
+            check(function.get_concrete_function())
+
+    def call(function, *args):
+        try:
+            return function(*args)
+        except (ValueError, tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as e:
+            raise InputError(f"the model could not compute this batch: {tf_error_line(e)}") from e
+
+    return Sweep([s.name for s in plan.specs], variants,
+                 lambda batch: [t.numpy() for t in call(compiled_clean, *batch)],
+                 lambda batch, reference: call(compiled_plain, *batch, reference).numpy(),
+                 lambda j, batch, rows, reference: call(compiled[j], *batch, rows, reference).numpy())
+
