@@ -313,3 +313,69 @@ def test_cli_run_reports_to_stderr_and_refuses_usage_errors(cli, models, tmp_pat
     result = cli("run", "-m", paths["cnn"], paths["images"], "--patch", f"stem={few}")
     assert result.exit_code == 2
     assert error_line(result) == f"error: --patch 'stem': '{few}' holds no dataset 'stem' (dump it with --layer stem)"
+
+
+def logit_diff(out, i, j):
+    return out[:, i] - out[:, j]
+
+
+def test_a_position_sweep_equals_the_loop_of_single_runs(models, tmp_path):
+    model = models["transformer"]
+    clean, corrupt = models["tokens"], models["tokens"][::-1] * 1.5
+    layers = ["ln1", "ffn_up", "ffn"]
+    sweep = tensorprobe.patch(model, clean, corrupt, metric="logit_diff:0,2", layers=layers, positions=True,
+                              batch_size=3)  # two batches: 3 rows, then 1
+    assert sweep["layers"] == layers
+    dump = tmp_path / "clean.h5"
+    tensorprobe.dump(model, clean, dump, layers=layers)
+    loop = np.empty((len(layers), 5, len(clean)))
+    for j, layer in enumerate(layers):
+        for p in range(5):
+            run = tensorprobe.run(model, corrupt, edits={layer: edits.patch_from(dump, positions=[p])},
+                                  baseline=False)
+            loop[j, p] = logit_diff(run.outputs["predictions"], 0, 2)
+    np.testing.assert_allclose(sweep["per_input"], loop, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(sweep["mean"], loop.mean(axis=2), rtol=1e-5, atol=1e-6)
+    clean_metric = logit_diff(np.asarray(model(clean)), 0, 2)
+    corrupt_metric = logit_diff(np.asarray(model(corrupt)), 0, 2)
+    np.testing.assert_allclose(sweep["clean"], clean_metric, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(sweep["corrupt"], corrupt_metric, rtol=1e-5, atol=1e-6)
+    recovered = (loop.mean(axis=2) - corrupt_metric.mean()) / (clean_metric.mean() - corrupt_metric.mean())
+    np.testing.assert_allclose(sweep["recovered"], recovered, rtol=1e-4, atol=1e-5)
+    # ln1 cuts the graph position by position only together; all of ln1 at once gives the clean run
+    whole = tensorprobe.patch(model, clean, corrupt, metric="l2", layers=["ln1"])
+    assert whole["mean"].shape == (1, 1)
+    assert whole["mean"][0, 0] == pytest.approx(0.0, abs=1e-5)
+    assert whole["recovered"][0, 0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_cli_patch_writes_the_sweep_and_refuses_usage_errors(cli, models, tmp_path):
+    paths = models["paths"]
+    out, picture = tmp_path / "sweep.h5", tmp_path / "sweep.png"
+    np.save(tmp_path / "corrupt.npy", models["tokens"][::-1] * 1.5)
+    args = ["patch", "-m", paths["transformer"], "--clean", paths["tokens"], "--corrupt", tmp_path / "corrupt.npy"]
+    result = cli(*args, "--match", "^(ln1|ffn)$", "--positions", "--metric", "prob:1", "-o", out, "--json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    api = tensorprobe.patch(paths["transformer"], models["tokens"], models["tokens"][::-1] * 1.5, metric="prob:1",
+                            match="^(ln1|ffn)$", positions=True)
+    assert report["layers"] == ["ln1", "ffn"]
+    np.testing.assert_allclose(report["recovered"], api["recovered"], rtol=1e-6)
+    with h5py.File(out, "r") as f:
+        assert sorted(f["sweep"]) == ["clean", "corrupt", "layers", "prob", "prob_per_input", "recovered"]
+        assert f["sweep/prob"].shape == (2, 5) and f["sweep/prob_per_input"].shape == (2, 5, 4)
+        assert list(f["sweep/layers"].asstr()[:]) == ["ln1", "ffn"]
+        np.testing.assert_allclose(f["sweep/prob"][:], api["mean"], rtol=1e-6)
+        assert f.attrs["metric"] == "prob:1"
+    pytest.importorskip("matplotlib")
+    result = cli(*args, "-l", "ffn", "--metric", "l2", "--plot", picture)
+    assert result.exit_code == 0, result.stderr
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "ffn" in result.stderr and f"wrote {picture}" in result.stderr
+
+    result = cli(*args, "-l", "ffn", "--metric", "logit_diff:0")
+    assert result.exit_code == 2
+    assert error_line(result) == "error: --metric 'logit_diff:0': expected logit_diff:I,J, prob:K, l2"
+    result = cli(*args, "-l", "pool", "--positions", "--metric", "l2")
+    assert result.exit_code == 2
+    assert error_line(result).startswith("error: --positions: 'pool' has the shape (None, 8), with no sequence axis")
