@@ -115,8 +115,9 @@ def run_patch(model, clean, corrupt, selection, metric, prep, job, *, positions=
         raise errors.UsageError(f"the clean inputs are {sources[0].rows} rows and the corrupt ones {sources[1].rows}: "
                                 "a sweep pairs row i with row i", argument="corrupt")
     sweep = backend.patch_runner(selection, positions, kind, target_output)
-    rows, width = sources[0].rows, max(sweep.variants)
-    per_input = np.full((len(sweep.names), width, rows), np.nan)
+    rows = sources[0].rows
+    per_input = None  # (layers, positions, rows), once the first batch gives every layer's positions
+    widths = []
     clean_metric, corrupt_metric = np.empty(rows), np.empty(rows)
     start = 0
     with job.bar(rows) as advance:
@@ -125,11 +126,21 @@ def run_patch(model, clean, corrupt, selection, metric, prep, job, *, positions=
             values = sweep.clean(good.arrays)
             layers, clean_metric[start:stop], reference = values[:-2], values[-2], values[-1]
             corrupt_metric[start:stop] = sweep.metric(bad.arrays, reference)
-            for j, (rows_j, v) in enumerate(zip(layers, sweep.variants)):
-                per_input[j, :v, start:stop] = sweep.patched(j, bad.arrays, rows_j, reference)
+            found = [value.shape[1] if positions else 1 for value in layers]
+            if per_input is None:
+                widths = found
+                per_input = np.full((len(sweep.names), max(widths), rows), np.nan)
+            elif found != widths:
+                raise errors.InputError(f"the inputs of rows {start} to {stop - 1} give the sequence lengths "
+                                        f"{found}, the first ones gave {widths}: a sweep over positions needs "
+                                        "one length", argument="clean")
+            for j, rows_j in enumerate(layers):
+                per_input[j, :widths[j], start:stop] = sweep.patched(j, bad.arrays, rows_j, reference)
             if advance is not None:
                 advance(stop - start)
             start = stop
+    if per_input is None:  # no rows
+        per_input = np.full((len(sweep.names), 1, 0), np.nan)
     with warnings.catch_warnings():  # a layer's columns past its positions are NaN, as their mean
         warnings.simplefilter("ignore", RuntimeWarning)
         mean = np.nanmean(per_input, axis=2)

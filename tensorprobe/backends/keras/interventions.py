@@ -364,12 +364,13 @@ def _mask(value, edit):
 @dataclass
 class Sweep:
     """The compiled functions of a patching sweep: `clean(batch)` -> (the chosen layers' values,
-    the metric per row); `metric(batch)` -> the metric per row of the unedited model;
-    `patched(j, batch, clean_rows)` -> (variants, rows): the metric with layer j's value (at
-    each position, with `positions`) replaced by the clean run's rows."""
+    the metric per row, the output); `metric(batch, clean output)` -> the metric per row of the
+    unedited model; `patched(j, batch, clean_rows, clean output)` -> (variants, rows): the
+    metric with layer j's value (at each position, with `positions`) replaced by the clean
+    run's rows."""
 
     names: list  # the patched datasets, in model order
-    variants: list  # per dataset: how many variants (1, or the positions)
+    variants: list  # per dataset: how many variants (1, or the positions; None: known once it runs)
     clean: object
     metric: object
     patched: object
@@ -407,10 +408,10 @@ def sweep(graph, selected, positions, metric, target_output=None, check=None):
     variants = []
     for spec, origin in zip(plan.specs, plan.origins):
         shape = _shape(graph.tensor(origin))
-        if positions and (len(shape) < 3 or shape[1] is None):
-            raise UsageError(f"--positions: '{spec.name}' has the shape {_text(shape)}, with no sequence axis of a "
-                             "known size after the batch; leave it out of --layer/--match")
-        variants.append(shape[1] if positions else 1)
+        if positions and len(shape) < 3:
+            raise UsageError(f"--positions: '{spec.name}' has the shape {_text(shape)}, with no sequence axis "
+                             "after the batch; leave it out of --layer/--match")
+        variants.append(shape[1] if positions else 1)  # None: as many as the inputs give it
     count = len(graph.inputs)
     needed_clean = graph.needed(plan.origins + [out_origin])
     needed_out = graph.needed([out_origin])
@@ -425,11 +426,12 @@ def sweep(graph, selected, positions, metric, target_output=None, check=None):
         return score(graph.evaluate(inputs, [out_origin], needed_out)[0], reference)
 
     def patched_function(j):
-        origin, v = plan.origins[j], variants[j]
+        origin = plan.origins[j]
 
         def run(*args):
             inputs, rows, reference = list(args[:count]), args[count], args[count + 1]
             n = tf.shape(rows)[0]
+            v = tf.shape(rows)[1] if positions else 1  # one variant per position, all in one batch
             tiled = [tf.tile(x, tf.concat([[v], tf.ones([tf.rank(x) - 1], tf.int32)], 0)) for x in inputs]
             clean_rows = tf.tile(rows, tf.concat([[v], tf.ones([tf.rank(rows) - 1], tf.int32)], 0))
 
