@@ -292,8 +292,8 @@ def _print_sweep(result):
     for name in columns:
         table.add_column(name, justify="right")
 
-    def cell(v):
-        return "" if math.isnan(v) else f"{v:.3f}"
+    def cell(v):  # no sign on what rounds to 0: -0.000 says nothing
+        return "" if math.isnan(v) else f"{v:.3f}".replace("-0.000", "0.000")
 
     for j, layer in enumerate(result["layers"]):
         if result["positions"]:
