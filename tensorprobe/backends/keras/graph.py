@@ -96,7 +96,7 @@ class Graph:
                 todo.extend(self.reads.get(key, ()))
         return seen
 
-    def evaluate(self, inputs, origins, needed, watch=None, training=False, edit=None):
+    def evaluate(self, inputs, origins, needed, watch=None, training=False, edit=None, widen=None):
         """The values at `origins` for real input tensors, calling only the `needed` nodes.
 
         `watch(tensor)` is called on each value at `origins` as soon as it exists, before any
@@ -105,8 +105,14 @@ class Graph:
         of its origins as soon as it is produced, before `watch` and before any layer reads
         it: every later layer, and `origins`, get what the function returned. A runtime
         layer's origin is edited only if its key is among the `needed`.
+
+        `widen` ((tile, node keys), for patching sweeps) lets the edits return more rows than
+        the batch (one block of rows per variant): from there on, a node that reads a widened
+        value reads every other value tiled by `tile(tensor)` too, so the layers before the
+        edit run once on the batch; the nodes `node keys` get all their inputs tiled (a
+        runtime layer's edit inside them then receives widened values).
         """
-        walker = _Walker(self.keras, self.entries, needed, watch, set(origins), training, edit)
+        walker = _Walker(self.keras, self.entries, needed, watch, set(origins), training, edit, widen)
         walker.walk(self.model, inputs)
         for path, traced, parent in walker.overrun[:1]:
             from tensorprobe.errors import UsageError
@@ -259,13 +265,17 @@ def is_layer(keras, operation):
 
 
 class _Walker:
-    def __init__(self, keras, entries, needed=None, watch=None, watched=(), training=False, edit=None):
+    def __init__(self, keras, entries, needed=None, watch=None, watched=(), training=False, edit=None,
+                 widen=None):
         self.keras = keras
         self.entries = entries
         self.symbolic = needed is None  # the first walk: record everything
         self.needed = needed  # node keys to call; None calls every node
         self.watch, self.watched = watch, watched
         self.edit = edit or {}  # origin -> function(tensor) -> the tensor every reader gets
+        self.tile, self.widened_at = widen if widen is not None else (None, ())
+        self.wide = {}  # id -> each value that has the widened rows (held, so that no id is reused)
+        self.tiled = {}  # origin -> its value tiled
         self.training = training
         self.reads = {}
         self.values = {}  # origin -> tensor, for every node called
@@ -281,10 +291,33 @@ class _Walker:
         )
         return outputs
 
+    def _widened(self, arguments, node_key):
+        """A node's arguments, each tiled (`widen`) where another is widened, or the node is
+        one whose inputs are all widened."""
+        if self.tile is None or not (node_key in self.widened_at or self._reads_wide(arguments)):
+            return arguments
+        found = []
+        for x, origin in arguments:
+            if id(x) not in self.wide:
+                if origin not in self.tiled:
+                    self.tiled[origin] = self._mark_wide(self.tile(x))
+                x = self.tiled[origin]
+            found.append((x, origin))
+        return found
+
+    def _reads_wide(self, arguments):
+        return any(id(x) in self.wide for x, _ in arguments)
+
+    def _mark_wide(self, tensor):
+        self.wide[id(tensor)] = tensor
+        return tensor
+
     def _produced(self, tensor, origin):
         """The value at `origin` as every reader gets it: edited (`edit`), then watched."""
         if origin in self.edit:
             tensor = self.edit[origin](tensor)
+            if self.tile is not None:
+                self._mark_wide(tensor)
         if self.watch is not None and origin in self.watched:
             self.watch(tensor)
         return tensor
@@ -299,7 +332,7 @@ class _Walker:
                 continue  # not needed, or not computable from these inputs (Keras skips it too)
             path = prefix + layer.name
             node_key = key + (position,)
-            arguments = [values[id(t)] for t in node_inputs]
+            arguments = self._widened([values[id(t)] for t in node_inputs], node_key)
             names = None
             if _nodes_of(self.keras, layer) is not None:
                 outputs = self.run(layer, arguments, path + "/", node_key)
@@ -340,6 +373,9 @@ class _Walker:
         if self.symbolic and not ran and self._runtime_inside(children_prefix):
             self._trace(layer, children_prefix, node_key, values, invoke)
         outputs = [(self._produced(x, (node_key, j)), (node_key, j)) for j, x in enumerate(self._flatten(result))]
+        if self.tile is not None and self._reads_wide(arguments):
+            for x, _ in outputs:
+                self._mark_wide(x)
         for x, origin in outputs:
             self.values[origin] = x
         names = sorted(result) if isinstance(result, dict) else None

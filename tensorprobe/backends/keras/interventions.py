@@ -427,26 +427,36 @@ def sweep(graph, selected, positions, metric, target_output=None, check=None):
 
     def patched_function(j):
         origin = plan.origins[j]
+        runtime = _runtime(origin[0])
 
         def run(*args):
             inputs, rows, reference = list(args[:count]), args[count], args[count + 1]
             n = tf.shape(rows)[0]
             v = tf.shape(rows)[1] if positions else 1  # one variant per position, all in one batch
-            tiled = [tf.tile(x, tf.concat([[v], tf.ones([tf.rank(x) - 1], tf.int32)], 0)) for x in inputs]
-            clean_rows = tf.tile(rows, tf.concat([[v], tf.ones([tf.rank(rows) - 1], tf.int32)], 0))
+
+            def tile(x):  # v copies of the batch, one after the other; a value shared by every sample as it is
+                if x.shape.rank == 0 or x.shape[0] == 1:
+                    return x
+                return tf.tile(x, tf.concat([[v], tf.ones([tf.rank(x) - 1], tf.int32)], 0))
+
+            clean_rows = tile(rows)
 
             def replace(value):
+                if not runtime:  # the layer's own value, one copy: the copies start here
+                    value = tile(value)
                 if not positions:
                     return tf.cast(clean_rows, value.dtype)
-                variant = tf.range(tf.shape(value)[0]) // n  # row r of the tiled batch patches position r // n
+                variant = tf.range(tf.shape(value)[0]) // n  # row r of the copies patches position r // n
                 hit = tf.equal(variant[:, None], tf.range(tf.shape(value)[1])[None, :])
                 hit = tf.reshape(hit, tf.concat([tf.shape(hit), tf.ones([tf.rank(value) - 2], tf.int32)], 0))
                 return tf.where(hit, tf.cast(clean_rows, value.dtype), value)
 
-            needed = needed_out | ({origin[0]} if _runtime(origin[0]) else set())
-            out = graph.evaluate(tiled, [out_origin], needed, edit={origin: replace})[0]
-            reference_tiled = tf.tile(reference, tf.concat([[v], tf.ones([tf.rank(reference) - 1], tf.int32)], 0))
-            return tf.reshape(score(out, reference_tiled), (v, n))
+            # the layers before the patched one run once on the batch; from it on, on the copies (a
+            # runtime layer's node gets the copies as its inputs)
+            widen = (tile, {origin[0][:-2]} if runtime else set())
+            needed = needed_out | ({origin[0]} if runtime else set())
+            out = graph.evaluate(inputs, [out_origin], needed, edit={origin: replace}, widen=widen)[0]
+            return tf.reshape(score(out, tile(reference)), (v, n))
 
         symbolic = graph.tensor(origin)
         specs = signature + [tf.TensorSpec(symbolic.shape, symbolic.dtype),
