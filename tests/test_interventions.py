@@ -379,3 +379,31 @@ def test_cli_patch_writes_the_sweep_and_refuses_usage_errors(cli, models, tmp_pa
     result = cli(*args, "-l", "pool", "--positions", "--metric", "l2")
     assert result.exit_code == 2
     assert error_line(result).startswith("error: --positions: 'pool' has the shape (None, 8), with no sequence axis")
+
+
+def test_a_shared_layer_is_edited_at_every_call_or_at_the_one_named(models):
+    import keras
+
+    L = keras.layers
+    x = keras.Input((4,), name="x")
+    shared, pre = L.Dense(3, name="shared"), L.Dense(4, name="pre")
+    model = keras.Model(x, L.Add(name="add")([shared(x), shared(pre(x))]), name="shared_model")
+    v = np.random.default_rng(5).normal(size=(3, 4)).astype("float32")
+    first, second = np.asarray(shared(v)), np.asarray(shared(pre(v)))
+    both = tensorprobe.run(model, v, edits={"shared": edits.scale(2.0)})
+    np.testing.assert_allclose(both.outputs["add"], 2 * first + 2 * second, rtol=1e-5, atol=1e-6)
+    assert both.applied["shared"]["calls"] == 2
+    one = tensorprobe.run(model, v, edits={"shared/call_1": edits.zero()})
+    np.testing.assert_allclose(one.outputs["add"], first, rtol=1e-5, atol=1e-6)
+    assert one.applied == {"shared/call_1": {"calls": 1,
+                                             "max_abs_change": pytest.approx(np.abs(second).max(), rel=1e-5)}}
+    with pytest.raises(tensorprobe.TensorprobeError, match=r"'shared' is called 2 time\(s\) \(call_0 to call_1\)"):
+        tensorprobe.run(model, v, edits={"shared/call_2": edits.zero()})
+
+
+def test_an_edit_of_the_input_layer_is_what_the_model_reads(models):
+    model, x = models["cnn"], models["images"]
+    result = tensorprobe.run(model, x, edits={"image": edits.zero(channels=[1])})
+    fed = x.copy()
+    fed[..., 1] = 0
+    np.testing.assert_allclose(result.outputs["predictions"], model(fed, training=False), rtol=1e-5, atol=1e-6)
