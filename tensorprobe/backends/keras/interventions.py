@@ -344,13 +344,14 @@ def _mask(value, edit):
 
     rank = value.shape.rank
     mask = None
-    for indexes, axis in ((edit.channels, rank - 1), (edit.positions, 1)):
+    for what, indexes, axis in (("channels", edit.channels, rank - 1), ("positions", edit.positions, 1)):
         if indexes is None:
             continue
         size = tf.shape(value)[axis]
         wanted = tf.math.floormod(tf.constant(indexes, tf.int32), size)  # negative indexes were checked
+        # an axis of a size known only when it runs: an index past it is an error, never a no-op
         tf.debugging.assert_less(tf.constant(indexes, tf.int32), size,
-                                 message=f"index out of range of axis {axis} ({'channels' if axis == rank - 1 else 'positions'})")
+                                 message=f"{what} index out of range of axis {axis}")
         hit = tf.reduce_any(tf.equal(tf.range(size)[:, None], wanted[None, :]), axis=1)
         shape = [1] * rank
         shape[axis] = -1
