@@ -12,11 +12,15 @@ The Python API (TensorFlow is imported only once a model is loaded):
     tensorprobe.compare("model.keras", "model_export/", x)["first_divergence"]
     sub = tensorprobe.submodel(keras_model, layers=["vgg16/block1_conv2"])   # {name: tensor}
     callback = tensorprobe.keras.ProbeCallback(layers=["fc1"], x=probe_batch)  # for model.fit
+    tensorprobe.run(model, x, edits={"fc1": tensorprobe.edits.zero()}).outputs   # interventions
 """
 
-from tensorprobe.api import DumpFile, Model, activations, compare, diff, dump, load, open_dump, submodel
+from tensorprobe import edits
+from tensorprobe.api import (DumpFile, Model, activations, compare, diff, dump, load, open_dump, patch, run,
+                             submodel)
 from tensorprobe.errors import TensorprobeError
 from tensorprobe.version import __version__
 
-__all__ = ["load", "activations", "dump", "open_dump", "diff", "compare", "submodel", "Model", "DumpFile", "TensorprobeError",
+__all__ = ["load", "activations", "dump", "run", "patch", "edits", "submodel", "open_dump", "diff", "compare", "Model",
+           "DumpFile", "TensorprobeError",
            "__version__"]

@@ -212,6 +212,59 @@ def dump(model, x, output, *, layers=(), match=None, all_layers=False, tensors=(
     return summary_record(result.summary, output)
 
 
+def run(model, x, *, edits, layers=(), match=None, all_layers=False, training=False, batch_size=32, output=None,
+        overwrite=False, baseline=True, progress=None, **prepare):
+    """Run the model on `x` with `edits` applied to layers' outputs before the rest of the
+    model reads them (interventions): a tensorprobe.edits.RunResult with `.outputs` {output
+    name: array}, `.activations` (the `layers`/`match` chosen, as edited), `.applied` {path:
+    {"calls", "max_abs_change"}} and `.change` (how far each output moved from the unedited
+    model's; `baseline=False` skips computing it). `edits`: {layer path: edit}, an edit from
+    tensorprobe.edits (zero(), scale(k), add(v), set(array), mean_from(dump),
+    patch_from(dump), each with channels=/positions=) or a callable; `PATH/call_K` edits one
+    call of a shared layer. `output`: write a dump there instead (/outputs/<name>, the
+    layers under /activations). Inputs and preparation as `activations` takes them. Keras
+    models only.
+
+        >>> from tensorprobe import edits
+        >>> result = tensorprobe.run(model, x, edits={"fc1": edits.zero(channels=[0, 1])})
+        >>> result.change["predictions"]["top_class_changed"]
+        1
+    """
+    from tensorprobe import interventions
+
+    prep = preparation(**prepare)
+    job = _job(batch_size, progress)
+    found = interventions.edit_list(edits)
+    selection = _selection(layers, match, all_layers, (), None, None, None, None, training)
+    return interventions.run_edits(_backend(model), _api_x(x), (), found, selection, prep, job, output=output,
+                                   overwrite=overwrite, attrs={"command": ["python", "tensorprobe.run"]},
+                                   baseline=baseline)
+
+
+def patch(model, clean, corrupt, *, metric, layers=(), match=None, positions=False, target_output=None,
+          batch_size=32, progress=None, **prepare):
+    """Activation patching, swept: for each layer `layers`/`match` choose (with `positions`,
+    each position of its sequence axis), run the `corrupt` inputs with that value replaced by
+    the `clean` inputs' (row i by row i) and measure `metric` on the model output
+    (`target_output` where it has several): "logit_diff:I,J" (output I minus J), "prob:K"
+    (the softmax of the output, at K) or "l2" (the distance from the clean output). A dict:
+    `layers`, `mean` (layers, positions) averaged over the inputs, `per_input` (layers,
+    positions, inputs), `recovered` ((mean - corrupt) / (clean - corrupt), from the means),
+    `clean` and `corrupt` (per input). Keras models only.
+
+        >>> sweep = tensorprobe.patch("model.keras", clean, corrupt, metric="logit_diff:0,1",
+        ...                           match="block_\\d+$", positions=True)
+        >>> sweep["recovered"].shape      # (layers, positions)
+    """
+    from tensorprobe import interventions
+
+    prep = preparation(**prepare)
+    job = _job(batch_size, progress)
+    selection = _selection(layers, match, False, (), None, None, None, None, False)
+    return interventions.run_patch(_backend(model), _api_x(clean), _api_x(corrupt), selection, metric, prep, job,
+                                   positions=positions, target_output=target_output)
+
+
 def progress_bar(console=None):
     """A `progress` for dump/compare: a rich bar on `console` (None: stderr, which Jupyter
     renders in the notebook)."""

@@ -115,7 +115,7 @@ def test_bare_tensorprobe_shows_the_help():
     assert "error:" not in r.stderr
     commands = lines[lines.index("Commands:") + 1:]
     assert sorted(line.split()[0] for line in commands if line.strip()) == sorted(
-        ["compare", "diff", "dump", "layers", "merge", "plot", "summary", "tensors"])
+        ["compare", "diff", "dump", "layers", "merge", "patch", "plot", "run", "summary", "tensors"])
     assert r.stderr == subprocess.run([BIN, "--help"], capture_output=True, text=True, timeout=60).stdout
 
 

@@ -9,6 +9,7 @@ model logic lives here.
   dumps.py     dump, merge: writing dumps
   reading.py   summary, diff, plot: reading dumps
   compare.py   compare: two models on the same inputs
+  interventions.py  run, patch: the model with layers edited; patching sweeps
 
 TensorFlow and Keras are imported only inside commands that load a model, so `--help`,
 `--version` and usage errors stay fast.
@@ -21,7 +22,7 @@ import click
 
 from tensorprobe import errors
 from tensorprobe.version import __version__
-from tensorprobe.cli import compare, dumps, models, reading, signals
+from tensorprobe.cli import compare, dumps, interventions, models, reading, signals
 from tensorprobe.cli.render import error
 
 __all__ = ["cli", "main"]
@@ -99,13 +100,14 @@ def cli(ctx, debug):
       tensorprobe summary acts.h5
       tensorprobe diff golden.h5 acts.h5 --atol 1e-4
       tensorprobe compare model.keras saved_model_dir input.npy
+      tensorprobe run -m model.keras input.npy --zero fc1
     """
     if debug:
         ctx.command.debug = True
 
 
 for _command in (models.layers, models.tensors, dumps.dump, dumps.merge, reading.summary, reading.diff,
-                 reading.plot, compare.compare):
+                 reading.plot, compare.compare, interventions.run, interventions.patch):
     cli.add_command(_command)
 
 

@@ -290,3 +290,15 @@ def compare_picture(result, output, overwrite, dpi=100):
     fig = figures.errors_by_layer(result, dpi)
     with store.atomic_output(output, overwrite, "plot") as tmp:
         figures.save(fig, tmp, fmt)
+
+
+def sweep_picture(result, output, overwrite, dpi=100):
+    """`patch --plot FILE`: the recovered fraction of a patching sweep as a heat map, layers
+    down, positions across (figures.patching_heatmap)."""
+    from tensorprobe import store
+    from tensorprobe.plot import figures
+
+    fmt = picture_format(output, "plot")
+    fig = figures.patching_heatmap(result, dpi)
+    with store.atomic_output(output, overwrite, "plot") as tmp:
+        figures.save(fig, tmp, fmt)

@@ -250,3 +250,25 @@ def errors_by_layer(result, dpi):
     ax.legend(fontsize=7, loc="upper left", frameon=False)
     _title(fig, [f"A = {result['a']}", f"B = {result['b']}: {result['samples']} samples"], height)
     return fig
+
+
+def patching_heatmap(result, dpi):
+    """`patch --plot`: the recovered fraction per layer (rows, model order) and position
+    (columns; one column without --positions), diverging around 0, 1 the clean run's."""
+    import numpy as np
+
+    new = matplotlib_figure()
+    grid = np.asarray(result["recovered"], dtype=float)
+    rows, cols = grid.shape
+    width = _tenths(max(4.0, 2.6 + 0.45 * cols))
+    height = _tenths(max(2.4, 1.4 + 0.3 * rows))
+    fig = new(width, height, dpi)
+    ax = fig.add_axes((2.2 / width, 0.6 / height, 1 - 3.0 / width, 1 - 1.1 / height))
+    limit = max(1.0, float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 1.0)
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
+    ax.set_yticks(range(rows), result["layers"], fontsize=7)
+    ax.set_xticks(range(cols), [str(p) for p in range(cols)] if result["positions"] else ["all"], fontsize=7)
+    ax.set_xlabel("position" if result["positions"] else "")
+    fig.colorbar(image, ax=ax, fraction=0.05, pad=0.02).set_label("recovered", fontsize=8)
+    _title(fig, [f"activation patching: {result['metric']}, {result['samples']} inputs"], height)
+    return fig

@@ -74,6 +74,27 @@ class KerasBackend(base.Backend):
 
         return build(self, layers, match)
 
+    def edit_runner(self, edits, selection, rows, baseline=True):
+        from tensorprobe import probe
+        from tensorprobe.backends.keras import interventions
+
+        graph = self.layer_graph
+        selected = (probe.select(graph, selection.layers, selection.match, selection.all_layers)
+                    if selection.wants_layers else [])
+        plan = interventions.output_plan(graph, selected)
+        found = interventions.sites(graph, edits, rows)
+        run = interventions.edit_function(graph, plan, found, len(graph.outputs), selection.training, baseline,
+                                          self._check())
+        return plan, run
+
+    def patch_runner(self, selection, positions, metric, target_output=None):
+        from tensorprobe import probe
+        from tensorprobe.backends.keras import interventions
+
+        graph = self.layer_graph
+        selected = probe.select(graph, selection.layers, selection.match, selection.all_layers)
+        return interventions.sweep(graph, selected, positions, metric, target_output, self._check())
+
     def _check(self):
         """What refuses the traced graph before it runs, unless the model was opened with
         --unsafe: tf_keras' op layers call TensorFlow ops by name (tfgraph/effects.py)."""
