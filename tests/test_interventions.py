@@ -182,6 +182,13 @@ def test_set_add_mean_and_a_callable_equal_numpy(models, tmp_path):
     np.testing.assert_allclose(got.activations["ffn"], np.broadcast_to(mean, ffn.shape), rtol=1e-5)
 
 
+def _softmax_path(model):
+    """The path of MultiHeadAttention's softmax (`attn/softmax`, or `attn/softmax_N`: Keras
+    numbers the layers it makes by what the process built before)."""
+    return next(layer["path"] for layer in tensorprobe.load(model).layers()
+                if layer["path"].startswith("attn/") and layer["class"] == "Softmax")
+
+
 def test_an_attention_probability_edit_equals_the_layer_by_hand(models):
     """MultiHeadAttention computed by hand (Keras' own sub-layers and equations) with its
     softmax probabilities edited: head 1's attention sent to the first key."""
@@ -196,7 +203,8 @@ def test_an_attention_probability_edit_equals_the_layer_by_hand(models):
         head = tf.one_hot(tf.zeros(tf.shape(p)[:-1], tf.int32), tf.shape(p)[-1], dtype=p.dtype)
         return tf.concat([p[:, :1], head[:, 1:]], axis=1)
 
-    result = tensorprobe.run(model, x, edits={"attn/softmax": first_key}, layers=["attn"])
+    softmax = _softmax_path(model)
+    result = tensorprobe.run(model, x, edits={softmax: first_key}, layers=["attn"])
     q = attn._query_dense(x) * (1.0 / np.sqrt(4.0))
     k, v = attn._key_dense(x), attn._value_dense(x)
     probs = np.array(keras.ops.softmax(keras.ops.einsum(attn._dot_product_equation, k, q), axis=-1))
@@ -204,7 +212,7 @@ def test_an_attention_probability_edit_equals_the_layer_by_hand(models):
     probs[:, 1, :, 0] = 1.0
     by_hand = attn._output_dense(keras.ops.einsum(attn._combine_equation, probs, v))
     np.testing.assert_allclose(result.activations["attn"], by_hand, rtol=1e-5, atol=1e-6)
-    assert result.applied["attn/softmax"]["calls"] == 1
+    assert result.applied[softmax]["calls"] == 1
 
 
 def test_guards_unknown_path_unreached_branch_and_a_layer_that_never_runs(models):
@@ -322,7 +330,8 @@ def logit_diff(out, i, j):
 def test_a_position_sweep_equals_the_loop_of_single_runs(models, tmp_path):
     model = models["transformer"]
     clean, corrupt = models["tokens"], models["tokens"][::-1] * 1.5
-    layers = ["attn/softmax", "ln1", "ffn_up", "ffn"]  # softmax: (batch, heads, queries, keys), 2 heads
+    softmax = _softmax_path(model)
+    layers = [softmax, "ln1", "ffn_up", "ffn"]  # softmax: (batch, heads, queries, keys), 2 heads
     sweep = tensorprobe.patch(model, clean, corrupt, metric="logit_diff:0,2", layers=layers, positions=True,
                               batch_size=3)  # two batches: 3 rows, then 1
     assert sweep["layers"] == layers
@@ -330,7 +339,7 @@ def test_a_position_sweep_equals_the_loop_of_single_runs(models, tmp_path):
     tensorprobe.dump(model, clean, dump, layers=layers)
     loop = np.full((len(layers), 5, len(clean)), np.nan)
     for j, layer in enumerate(layers):
-        for p in range(2 if layer == "attn/softmax" else 5):
+        for p in range(2 if layer == softmax else 5):
             run = tensorprobe.run(model, corrupt, edits={layer: edits.patch_from(dump, positions=[p])},
                                   baseline=False)
             loop[j, p] = logit_diff(run.outputs["predictions"], 0, 2)

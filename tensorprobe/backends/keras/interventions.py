@@ -224,14 +224,13 @@ def edit_function(graph, plan, sites, outputs, training=False, baseline=True, ch
     that are the model's outputs (compared with the unedited model's when `baseline`)."""
     import tensorflow as tf
 
-    from tensorprobe.backends.keras.runner import _traced_shape
+    from tensorprobe.backends.keras.runner import Compiled
 
     check_reached(graph, sites, plan.origins)
     needed = graph.needed(plan.origins) | {s.origin[0] for s in sites if _runtime(s.origin[0])}
     clean_needed = graph.needed(graph.outputs)
     count = len(graph.inputs)
     patched = [s for s in sites if s.patch is not None]
-    specs = [(tuple(t.shape), dtype_name(t.dtype)) for t in graph.inputs]
     tally = Tally(sites, [s.name for s in plan.specs[:outputs]])
 
     def extract(*args):
@@ -254,20 +253,9 @@ def edit_function(graph, plan, sites, outputs, training=False, baseline=True, ch
             extras += graph.evaluate(inputs, graph.outputs, clean_needed, training=training)
         return values + extras
 
-    functions = {}
-
-    def compiled(batch):
-        signature = [tf.TensorSpec(shape=_traced_shape(shape, x), dtype=dtype, name=f"input_{i}")
-                     for i, ((shape, dtype), x) in enumerate(zip(specs, batch))]
-        signature += [tf.TensorSpec(shape=(None, *_shape(s.symbolic)[1:]), dtype=s.symbolic.dtype,
-                                    name=f"patch_{j}") for j, s in enumerate(patched)]
-        key = tuple(spec.shape for spec in signature)
-        if key not in functions:
-            function = tf.function(extract, input_signature=signature, autograph=False)
-            if check is not None:
-                check(function.get_concrete_function())
-            functions[key] = function
-        return functions[key]
+    patch_specs = [tf.TensorSpec(shape=(None, *_shape(s.symbolic)[1:]), dtype=s.symbolic.dtype, name=f"patch_{j}")
+                   for j, s in enumerate(patched)]
+    compiled = Compiled(extract, graph.inputs, patch_specs, check=check)
 
     done = [0]  # rows computed so far: the rows of the patches for the next batch
 
@@ -275,10 +263,7 @@ def edit_function(graph, plan, sites, outputs, training=False, baseline=True, ch
         n = len(batch[0])
         start, stop = done[0], done[0] + n
         feeds = [s.patch[start:stop].astype(dtype_name(s.symbolic.dtype)) for s in patched]
-        try:
-            results = [t.numpy() for t in compiled(batch)(*batch, *feeds)]
-        except (ValueError, tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as e:
-            raise InputError(f"the model could not compute this batch: {tf_error_line(e)}") from e
+        results = compiled(batch, feeds)
         done[0] = stop
         arrays, rest = results[:len(plan.specs)], results[len(plan.specs):]
         for i, change in enumerate(rest[:len(sites)]):
