@@ -32,6 +32,7 @@ How a command runs:
 """
 
 import ast
+import atexit
 import contextlib
 import hashlib
 import io
@@ -65,7 +66,7 @@ WORK = work_folder()
 
 # The files some pages need, built once into WORK/models from the sample models (bash scripts, run
 # in WORK, shown on the pages as they are). Each is rebuilt when its script, the files it reads
-# or the TensorFlow version change.
+# or the TensorFlow version change; the builds the pages ask for start side by side when cog starts.
 BUILDS = {
     "savedmodel": {
         "script": "python sample_models/build.py --savedmodel models/transfer_savedmodel",
@@ -222,23 +223,63 @@ def _key(build):
     return digest.hexdigest()
 
 
-def need(*names):
-    """Build (once, cached in WORK/models) the files of BUILDS[name], without showing anything."""
+_started = {}  # name -> (the build's process, its log file, its key) while it runs; None once built
+
+
+def _stamp(name):
+    return WORK / "models" / f".{name}.built"
+
+
+def start(*names):
+    """Start building the files of BUILDS[name] in the background, unless they are built (and
+    their key unchanged) or their build is under way: the builds are separate processes, so
+    they run side by side and alongside the pages that need none of them; `need` waits."""
     (WORK / "models").mkdir(parents=True, exist_ok=True)
     _link(WORK)
     for name in names:
-        build = BUILDS[name]
-        stamp = WORK / "models" / f".{name}.built"
-        key = _key(build)
-        if stamp.is_file() and stamp.read_text() == key and all((WORK / m).exists() for m in build["makes"]):
+        if name in _started:
             continue
+        build = BUILDS[name]
+        key = _key(build)
+        stamp = _stamp(name)
+        if stamp.is_file() and stamp.read_text() == key and all((WORK / m).exists() for m in build["makes"]):
+            _started[name] = None
+            continue
+        stamp.unlink(missing_ok=True)
         for made in build["makes"]:
             shutil.rmtree(WORK / made, ignore_errors=True)
             (WORK / made).unlink(missing_ok=True)
-        done = subprocess.run(["bash", "-c", build["script"]], cwd=WORK, env=_env(), capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"docs build {name!r} failed:\n{done.stderr}")
-        stamp.write_text(key)
+        log = open(WORK / "models" / f".{name}.log", "w+")  # not a pipe: nothing reads it until the end
+        process = subprocess.Popen(["bash", "-c", build["script"]], cwd=WORK, env=_env(), stdout=log,
+                                   stderr=subprocess.STDOUT, text=True)
+        _started[name] = (process, log, key)
+
+
+@atexit.register
+def _stop():
+    """Builds still running when cog stops (a page failed) are ended, not left to write into WORK."""
+    for started in _started.values():
+        if started is not None and started[0].poll() is None:
+            started[0].kill()
+            started[0].wait()
+
+
+def need(*names):
+    """Build (once, cached in WORK/models) the files of BUILDS[name], without showing anything."""
+    start(*names)
+    for name in names:
+        if _started[name] is None:
+            continue
+        process, log, key = _started[name]
+        status = process.wait()
+        log.seek(0)
+        printed = log.read()
+        log.close()
+        Path(log.name).unlink()
+        if status != 0:
+            raise RuntimeError(f"docs build {name!r} failed:\n{printed}")
+        _stamp(name).write_text(key)
+        _started[name] = None
 
 
 def build(name):
@@ -420,6 +461,14 @@ def main(argv=None):
     options = [a for a in argv if a.startswith("-")]
     if not files:
         files = [str(p) for p in sorted(DOCS.rglob("*.md"))] + [str(ROOT / "README.md")]
+    # cog imports this file as `_cog` for the pages (`import _cog as tp`): the same module as this
+    # one, so that the builds started here are the ones `need` waits for
+    sys.modules.setdefault("_cog", sys.modules[__name__])
+    wanted = set()
+    for page in files:
+        for call in re.findall(r"\btp\.(?:build|need)\(([^)]*)\)", Path(page).read_text()):
+            wanted.update(name for name in re.findall(r"[\"']([A-Za-z0-9_]+)[\"']", call) if name in BUILDS)
+    start(*sorted(wanted))
     if "--check" in options:
         options += ["--diff", "--check-fail-msg", "run `make docs` and commit the pages it changes"]
     return Cog().main(["cog", *options, "-I", str(DOCS), "-p", "import _cog as tp", "--verbosity", "1", *files])

@@ -212,6 +212,59 @@ def dump(model, x, output, *, layers=(), match=None, all_layers=False, tensors=(
     return summary_record(result.summary, output)
 
 
+def run(model, x, *, edits, layers=(), match=None, all_layers=False, training=False, batch_size=32, output=None,
+        overwrite=False, baseline=True, progress=None, **prepare):
+    """Run the model on `x` with `edits` applied to layers' outputs before the rest of the
+    model reads them (interventions): a tensorprobe.edits.RunResult with `.outputs` {output
+    name: array}, `.activations` (the `layers`/`match` chosen, as edited), `.applied` {path:
+    {"calls", "max_abs_change"}} and `.change` (how far each output moved from the unedited
+    model's; `baseline=False` skips computing it). `edits`: {layer path: edit}, an edit from
+    tensorprobe.edits (zero(), scale(k), add(v), set(array), mean_from(dump),
+    patch_from(dump), each with channels=/positions=) or a callable; `PATH/call_K` edits one
+    call of a shared layer. `output`: write a dump there instead (/outputs/<name>, the
+    layers under /activations). Inputs and preparation as `activations` takes them. Keras
+    models only.
+
+        >>> from tensorprobe import edits
+        >>> result = tensorprobe.run(model, x, edits={"fc1": edits.zero(channels=[0, 1])})
+        >>> result.change["predictions"]["top_class_changed"]
+        1
+    """
+    from tensorprobe import interventions
+
+    prep = preparation(**prepare)
+    job = _job(batch_size, progress)
+    found = interventions.edit_list(edits)
+    selection = _selection(layers, match, all_layers, (), None, None, None, None, training)
+    return interventions.run_edits(_backend(model), _api_x(x), (), found, selection, prep, job, output=output,
+                                   overwrite=overwrite, attrs={"command": ["python", "tensorprobe.run"]},
+                                   baseline=baseline)
+
+
+def patch(model, clean, corrupt, *, metric, layers=(), match=None, positions=False, target_output=None,
+          batch_size=32, progress=None, **prepare):
+    """Activation patching, swept: for each layer `layers`/`match` choose (with `positions`,
+    each position of its sequence axis), run the `corrupt` inputs with that value replaced by
+    the `clean` inputs' (row i by row i) and measure `metric` on the model output
+    (`target_output` where it has several): "logit_diff:I,J" (output I minus J), "prob:K"
+    (the softmax of the output, at K) or "l2" (the distance from the clean output). A dict:
+    `layers`, `mean` (layers, positions) averaged over the inputs, `per_input` (layers,
+    positions, inputs), `recovered` ((mean - corrupt) / (clean - corrupt), from the means),
+    `clean` and `corrupt` (per input). Keras models only.
+
+        >>> sweep = tensorprobe.patch("model.keras", clean, corrupt, metric="logit_diff:0,1",
+        ...                           match="block_\\d+$", positions=True)
+        >>> sweep["recovered"].shape      # (layers, positions)
+    """
+    from tensorprobe import interventions
+
+    prep = preparation(**prepare)
+    job = _job(batch_size, progress)
+    selection = _selection(layers, match, False, (), None, None, None, None, False)
+    return interventions.run_patch(_backend(model), _api_x(clean), _api_x(corrupt), selection, metric, prep, job,
+                                   positions=positions, target_output=target_output)
+
+
 def nanhunt(model, x, *, backward=False, labels=None, loss=None, target=None, target_output=None,
             training=False, jit=False, batch_size=32, progress=None, **prepare):
     """Where the values of `x` stop being finite: what `tensorprobe nanhunt --json` prints
@@ -344,6 +397,23 @@ def _pairs(pairs):
     return tuple(result)
 
 
+def submodel(model, layers=(), match=None):
+    """A keras.Model that takes the model's inputs and returns a dict {name: tensor} of the
+    chosen layers' outputs (names as `dump` gives its datasets: nested models' layers, inline
+    operations, custom layers' sub-layers, attention scores) and the model's own outputs under
+    their output names. It calls the model's own layers, so it shares their weights (its
+    `trainable_variables` are the model's: training through it trains the model) and a
+    GradientTape gives true gradients; callable eagerly and inside tf.function. Call it as
+    `sub(x, training=False, watch=None)`; `watch=tape.watch` watches each returned value as
+    it is computed. `model`: a path or an in-memory keras.Model (Keras 3 or tf_keras).
+
+        >>> sub = tensorprobe.submodel("sample_models/transfer.keras", layers=["block1_conv2"])
+        >>> sorted(sub(x))
+        ['predictions', 'vgg16/block1_conv2']
+    """
+    return _backend(model).submodel(_names(layers, "layers"), match)
+
+
 # ---- reading and comparing dumps -----------------------------------------------------------
 
 class DumpFile(Mapping):
@@ -351,7 +421,9 @@ class DumpFile(Mapping):
     `file[name]` (read lazily, `[:]` or slices), `name in file`, `list(file)` and `keys()`
     (its dataset names, in model order), `len(file)`, `items()`; `attrs` (the root
     attributes), `names` (the same list as `list(file)`), `summary()`. Use it as a context
-    manager, or call close().
+    manager, or call close(). A training file (ProbeCallback's, attrs["kind"] == "training")
+    names its datasets by their HDF5 paths: `steps`, `stats/fc1/mean`, `histograms/fc1/counts`,
+    `activations/fc1`; its first len(file["steps"]) rows are the steps recorded.
 
         >>> with tensorprobe.open_dump("acts.h5") as dump:
         ...     first = dump["vgg16/block1_conv2"][0]
@@ -378,6 +450,8 @@ class DumpFile(Mapping):
         """The HDF5 path of the dataset `name` (`fc1`, `gradients/fc1`, `tensors/...`), or None."""
         if not isinstance(name, str):
             return None
+        if self.attrs.get("kind") == "training":  # ProbeCallback's file: names are HDF5 paths
+            return name if name in self.names else None
         group, path = ("activations", name)
         for prefix in ("gradients/", "tensors/"):
             if name.startswith(prefix):

@@ -135,3 +135,8 @@ class Interrupted(TensorprobeError):
 
 class MergeError(TensorprobeError):
     """Shard files that do not make one dump: another job, a shard missing or given twice."""
+
+
+class NonFiniteError(TensorprobeError):
+    """A NaN or Inf in a value recorded while a model trains (ProbeCallback with
+    on_nonfinite="raise")."""

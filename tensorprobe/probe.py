@@ -46,9 +46,10 @@ def select(graph, names=(), match=None, all_layers=False):
     return [entries[p] for p in entries if p in chosen]
 
 
-def resolve(graph, name):
+def resolve(graph, name, argument="layers"):
     """The path of the one layer that NAME means: a path, a unique name or path suffix, or an
-    index as `tensorprobe layers` shows it ("3", "1.3")."""
+    index as `tensorprobe layers` shows it ("3", "1.3"). `argument`: what gave the name (an
+    API argument, or an option spelled out: `--zero`), as messages call it."""
     entries = graph.entries
     if name in entries:
         return name
@@ -56,17 +57,17 @@ def resolve(graph, name):
         for path, entry in entries.items():
             if entry.index == name:
                 return path
-        raise UnknownLayerError(f"{errors.name('layers')} '{name}': no layer has index {name}", argument="layers")
+        raise UnknownLayerError(f"{errors.name(argument)} '{name}': no layer has index {name}", argument=argument)
     candidates = [p for p in entries if p.endswith("/" + name)]
     if len(candidates) == 1:
         return candidates[0]
     if candidates:
         raise UnknownLayerError(
-            f"{errors.name('layers')} '{name}' is ambiguous: it names {', '.join(candidates)}; give the full path",
-            argument="layers")
+            f"{errors.name(argument)} '{name}' is ambiguous: it names {', '.join(candidates)}; give the full path",
+            argument=argument)
     raise UnknownLayerError(
-        f"{errors.name('layers')} '{name}': no such layer{did_you_mean(name, list(entries))} "
-        "(`tensorprobe layers MODEL` lists them)", argument="layers")
+        f"{errors.name(argument)} '{name}': no such layer{did_you_mean(name, list(entries))} "
+        "(`tensorprobe layers MODEL` lists them)", argument=argument)
 
 
 def plan(graph, selected):

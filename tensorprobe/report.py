@@ -257,13 +257,15 @@ def layers_json(info):
 
 PROVENANCE_KEYS = (
     "model", "model_sha256", "model_format", "loader", "tensorflow_version", "keras_version",
-    "tensorprobe_version", "command", "created", "samples", "complete",
+    "tensorprobe_version", "command", "created", "samples", "complete", "kind", "status",
 )
 CHANNEL_KEYS = ("channel_min", "channel_max", "channel_mean", "channel_std")
 
 
 def print_summary(console, summary, path, provenance=True):
     """What `summary` prints, and `dump` at its end (without the provenance)."""
+    if summary.get("kind") == "training":
+        return print_training_summary(console, summary, path)
     if provenance:
         for line in provenance_lines(summary, path):
             console.print(line, markup=False, highlight=False)
@@ -380,6 +382,10 @@ def summary_table(summary, output):
 
 def summary_record(summary, output):
     """What `summary --json` prints, as a dict (non-finite numbers as None)."""
+    if summary.get("kind") == "training":
+        record = {"output": str(output), **summary["attrs"],
+                  **{k: summary[k] for k in ("steps", "first_step", "last_step", "statistics", "datasets")}}
+        return _finite_or_none(record)
     record = {"output": str(output), **summary["attrs"], "inputs": summary["inputs"],
               "datasets": summary["datasets"]}
     return _finite_or_none(record)
@@ -387,6 +393,39 @@ def summary_record(summary, output):
 
 def summary_json(summary, output):
     return json.dumps(summary_record(summary, output), indent=2)
+
+
+def print_training_summary(console, summary, path):
+    """`summary` of a training file (ProbeCallback's): where it comes from, the steps
+    recorded, and each layer's statistics at the last step (its gradient's below it)."""
+    attrs = summary["attrs"]
+    shown = {**summary, "inputs": [{"file": attrs.get("probe_source", "?"), "rows": attrs.get("probe_rows", 0)}]}
+    for line in provenance_lines(shown, path):
+        console.print(line, markup=False, highlight=False)
+    console.print()
+    print_table(console, training_table(summary, path), **TRAINING_COLUMNS)
+
+
+TRAINING_COLUMNS = {"keep": "layer", "drop": ("std", "mean", "zeros", "dtype", "min", "max", "Inf", "NaN")}
+
+
+def training_table(summary, output):
+    n = summary["steps"]
+    steps = f"{n} step{'' if n == 1 else 's'}" + (f" ({summary['first_step']} to {summary['last_step']})" if n else "")
+    title = f"{output}: {steps} recorded from {summary['attrs'].get('model', '?')}, statistics at the last step"
+    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
+    for name in ("layer", "sample shape", "dtype", "min", "max", "mean", "std", "zeros", "NaN", "Inf"):
+        table.add_column(name, justify="left" if name in ("layer", "sample shape", "dtype") else "right")
+    for layer in summary["statistics"]:
+        for key, name in (("last", layer["name"]), ("gradient_last", f"gradients/{layer['name']}")):
+            if key not in layer:
+                continue
+            d = layer[key] or {}
+            table.add_row(name, shape_text(layer["sample_shape"]), layer["dtype"], _number(d.get("min")),
+                          _number(d.get("max")), _number(d.get("mean")), _number(d.get("std")),
+                          _percent(d.get("zeros_fraction"), digits=None), str(d.get("nan_count", "")),
+                          str(d.get("inf_count", "")))
+    return table
 
 
 STATUS = {"match": "ok", "values": "DIFFERS", "shape": "SHAPE", "dtype": "DTYPE"}

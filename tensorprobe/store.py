@@ -723,9 +723,11 @@ def open_dump(path, allow_incomplete=False):
     """Open a dump for reading once it is known to be one: HDF5, written by tensorprobe in a
     format this version reads, and complete unless `allow_incomplete`. Returns an open
     h5py.File; anything else raises DumpReadError with a message naming `path`."""
+    from tensorprobe import trainfile
+
     limits.check_regular(path, f"'{path}'", "a dump is an HDF5 file", DumpReadError)
     try:
-        f = h5py.File(path, "r")
+        f = trainfile.open_with_retry(path, "r")  # a training file is written between reads
     except OSError as e:
         if not _is_hdf5(path):
             raise DumpReadError(f"'{path}' is not an HDF5 file") from e
@@ -820,6 +822,11 @@ def _check_dump(f, path, allow_incomplete):
             f"{FORMAT_VERSION} (a newer tensorprobe may read it)"
         )
     _check_storage(f, path)
+    from tensorprobe import trainfile
+
+    if trainfile.is_training(f.attrs):  # ProbeCallback's: a record per step, each whole
+        trainfile.check(f, path)
+        return
     if _plain(f.attrs.get("merge_mode")) == "virtual":
         _check_shards_beside(f, path)
         check_shards(f, path)
@@ -1063,7 +1070,11 @@ def _completeness(attrs):
 def read_summary(path, allow_incomplete=False):
     """What `summary` shows and `dump` prints at its end, as plain Python values: the root
     attributes, the input files, and every dataset of every data group in model order."""
+    from tensorprobe import trainfile
+
     with open_dump(path, allow_incomplete) as f, reading(path):
+        if trainfile.is_training(f.attrs):
+            return {**trainfile.read_summary(f), "attrs": root_attrs(f)}
         return {"attrs": root_attrs(f), "inputs": input_files(f, path), "datasets": datasets(f)}
 
 

@@ -115,7 +115,8 @@ def test_bare_tensorprobe_shows_the_help():
     assert "error:" not in r.stderr
     commands = lines[lines.index("Commands:") + 1:]
     assert sorted(line.split()[0] for line in commands if line.strip()) == sorted(
-        ["compare", "diff", "dump", "layers", "merge", "nanhunt", "plot", "summary", "tensors", "validate"])
+        ["compare", "diff", "dump", "layers", "merge", "nanhunt", "patch", "plot", "run", "summary", "tensors",
+         "validate"])
     assert r.stderr == subprocess.run([BIN, "--help"], capture_output=True, text=True, timeout=60).stdout
 
 

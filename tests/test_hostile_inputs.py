@@ -213,7 +213,8 @@ def test_npz_member_inflating_past_the_ratio_is_refused(cli, model, tmp_path, mo
         info = z.getinfo("v.npy")
     ratio = info.file_size / info.compress_size
     assert ratio > 1000 and os.path.getsize(bomb) < 200_000
-    r = cli("dump", "-m", model / "vec.keras", "-l", "d", "-o", tmp_path / "a.h5", bomb)
+    # in batches of 2**20 rows: the 8 Mi rows in 8 model calls, not 262,144 of the default 32
+    r = cli("dump", "-m", model / "vec.keras", "-l", "d", "-b", 2**20, "-o", tmp_path / "a.h5", bomb)
     assert r.exit_code == 0, r.stderr  # below TENSORPROBE_MAX_UNPACKED (256M) a member inflates as it likes
     monkeypatch.setenv("TENSORPROBE_MAX_UNPACKED", "64M")
     r = cli("dump", "-m", model / "vec.keras", "-l", "d", "-o", tmp_path / "b.h5", bomb)

@@ -88,7 +88,7 @@ def test_one_compiled_graph_for_every_batch_size(zoo):
     x = np.load(zoo["images7.npy"])
     for size in (3, 3, 1, 2):
         assert run([x[:size]])[0].shape == (size, 12)
-    assert run.function.experimental_get_tracing_count() == 1
+    assert run.compiled.last.experimental_get_tracing_count() == 1
 
 
 def test_bad_storage_options(cli, zoo, tmp_path):

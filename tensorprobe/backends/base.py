@@ -15,6 +15,7 @@ and the API ask only this interface; no code above `backends/` asks which format
     backend.input_specs(layers) [InputSpec]: what the input feed checks and prepares
     backend.runner(plan, request) -> (plan, run): run(batch list, labels) -> one array per dataset
     backend.tensor_runner(names, match, start) -> (plan, run) for graph tensors
+    backend.edit_runner(edits, selection, rows) -> (plan, run): outputs with layers edited (Keras)
     backend.replay(origin)     (argument origins, run(values, training)) to recompute one layer output
                                alone from the values it reads, or why it cannot be
     backend.estimate(plan, storage) -> (rows, batch_rows) -> bytes, or None
@@ -213,6 +214,25 @@ class Backend:
         if request.training:
             raise UsageError(f"{errors.name('training')} applies to a Keras model; {self.path} holds only a "
                              f"{self.kind}, which runs as it was saved", argument="training")
+
+    def submodel(self, layers=(), match=None):
+        """A keras.Model returning the chosen layers' outputs (tensorprobe.submodel)."""
+        raise UsageError(f"model: a sub-model is built from a Keras model; '{self.path}' holds a {self.kind}",
+                         argument="model")
+
+    def edit_runner(self, edits, selection, rows, baseline=True):
+        """(plan, run) computing the model's outputs (datasets of the group `outputs`) and the
+        layers `selection` chooses, with `edits` ([(layer name, edits.Edit)]) applied to the
+        layers' outputs before the rest of the model reads them; `run.tally` sums up what the
+        edits changed (and, with `baseline`, how far the outputs moved from the unedited
+        model's). `rows`: the input rows (a patch's dump holds as many). Only a model whose
+        layers tensorprobe calls itself can be edited."""
+        raise UsageError(f"interventions need a Keras model; {self.path} holds only a {self.kind}", argument="edits")
+
+    def patch_runner(self, selection, positions, metric, target_output=None):
+        """A sweep of activation patching over the layers `selection` chooses (Keras: see
+        backends/keras/interventions.Sweep)."""
+        raise UsageError(f"interventions need a Keras model; {self.path} holds only a {self.kind}", argument="edits")
 
     def tensor_runner(self, names, match, start=0):
         """(plan, run) for the graph tensors `names` and those matching `match`: datasets

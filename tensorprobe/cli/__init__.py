@@ -9,6 +9,7 @@ model logic lives here.
   dumps.py     dump, merge: writing dumps
   reading.py   summary, diff, plot: reading dumps
   compare.py   compare: two models on the same inputs
+  interventions.py  run, patch: the model with layers edited; patching sweeps
   numerics.py  nanhunt, validate: non-finite values, dumps replayed against their model
 
 TensorFlow and Keras are imported only inside commands that load a model, so `--help`,
@@ -22,7 +23,7 @@ import click
 
 from tensorprobe import errors
 from tensorprobe.version import __version__
-from tensorprobe.cli import compare, dumps, models, numerics, reading, signals
+from tensorprobe.cli import compare, dumps, interventions, models, numerics, reading, signals
 from tensorprobe.cli.render import error
 
 __all__ = ["cli", "main"]
@@ -88,9 +89,9 @@ def _env_debug():
 @click.option("--debug", is_flag=True, help="Show tracebacks and TensorFlow's own log lines.")
 @click.pass_context
 def cli(ctx, debug):
-    """Look inside Keras models, SavedModels, frozen graphs and TFLite files: list their layers and tensors,
-    dump any layer's activations or any graph tensor to HDF5, summarise, diff and plot dumps,
-    and compare two models layer by layer.
+    """Look inside Keras models, SavedModels, frozen graphs, TFLite and ONNX files: list their
+    layers and tensors, dump any layer's activations or any graph tensor to HDF5, summarise,
+    diff and plot dumps, and compare two models layer by layer.
 
     \b
       tensorprobe layers model.keras
@@ -100,6 +101,7 @@ def cli(ctx, debug):
       tensorprobe summary acts.h5
       tensorprobe diff golden.h5 acts.h5 --atol 1e-4
       tensorprobe compare model.keras saved_model_dir input.npy
+      tensorprobe run -m model.keras input.npy --zero fc1
       tensorprobe nanhunt -m model.keras batch.npy --backward --labels y.npy --loss mse
       tensorprobe validate acts.h5
     """
@@ -108,7 +110,8 @@ def cli(ctx, debug):
 
 
 for _command in (models.layers, models.tensors, dumps.dump, dumps.merge, reading.summary, reading.diff,
-                 reading.plot, compare.compare, numerics.nanhunt, numerics.validate):
+                 reading.plot, compare.compare, interventions.run, interventions.patch, numerics.nanhunt,
+                 numerics.validate):
     cli.add_command(_command)
 
 

@@ -52,7 +52,7 @@ output_options = options.record(
 @click.command()
 @click.argument("inputs", nargs=-1, type=click.Path())
 @click.option("-m", "--model", "model", envvar="TENSORPROBE_MODEL", show_envvar=True,
-              type=click.Path(exists=True), required=True, help="The model: .keras, .h5, .tflite, a SavedModel folder, a frozen graph (.pb, .pbtxt).")
+              type=click.Path(exists=True), required=True, help="The model: .keras, .h5, .tflite, .onnx, a SavedModel folder, a frozen graph (.pb, .pbtxt).")
 @options.selection_options
 @output_options
 @options.job_options
@@ -75,7 +75,7 @@ output_options = options.record(
 @options.model_options
 def dump(inputs, model, selection, output, job, storage, as_json, quiet, fail_on_nonfinite):
     """Compute the outputs of the chosen layers (or graph tensors) for INPUTS and write them
-    to HDF5. The model is a .keras, .h5 or .tflite file, a SavedModel folder or a frozen graph.
+    to HDF5. The model is a .keras, .h5, .tflite or .onnx file, a SavedModel folder or a frozen graph.
 
     INPUTS are .npy, .npz and image files (PNG, JPEG, BMP, GIF), folders (searched
     recursively), quoted glob patterns, @LIST files (one path a line) and - (a .npy on

@@ -15,8 +15,8 @@ from tensorprobe.console import err, out, quiet_native_stderr
 @options.model_options
 def layers(model, as_json, pattern):
     """List every layer of MODEL, nested models expanded into paths. MODEL is a .keras or
-    .h5 file, a SavedModel folder, a frozen graph (.pb, .pbtxt) or a .tflite file; the layers
-    of a graph are its name scopes.
+    .h5 file, a SavedModel folder, a frozen graph (.pb, .pbtxt), a .tflite or an .onnx
+    file; the layers of a graph are its name scopes.
 
     \b
       tensorprobe layers model.keras

@@ -73,12 +73,14 @@ def diff(ctx, a, b, rtol, atol, only, as_json, allow_incomplete):
 @click.option("--channels", metavar="SLICE", help="Channels (units) to show, as a Python slice: 0:16, ::4, 5.")
 @click.option("--hist", is_flag=True, help="A histogram of every value of the layer, all samples.")
 @click.option("--heatmap", is_flag=True, help="Grad-CAM over the input image (needs a dump made with --gradients).")
+@click.option("--over-steps", is_flag=True,
+              help="A training file's (ProbeCallback's) mean, std and zeros fraction of the layer against the step.")
 @click.option("--bins", default=100, show_default=True, type=click.IntRange(1, 100_000), help="Bins of --hist.")
 @click.option("--dpi", default=100, show_default=True, type=click.IntRange(20, 1200), help="Pixels per inch.")
 @click.option("-o", "--output", required=True, type=click.Path(),
               help="The picture to write: .png, .svg or .pdf (by extension; none means PNG).")
 @options.overwrite_option()
-def plot(dump_file, layer, samples, channels, hist, heatmap, bins, dpi, output, overwrite):
+def plot(dump_file, layer, samples, channels, hist, heatmap, over_steps, bins, dpi, output, overwrite):
     """Draw one layer of a dump: its feature maps, units, a histogram or a Grad-CAM heatmap.
 
     (N, H, W, C) layers give a grid of the channel maps of one sample, each scaled to its own
@@ -90,12 +92,14 @@ def plot(dump_file, layer, samples, channels, hist, heatmap, bins, dpi, output, 
       tensorprobe plot acts.h5 --layer fc1 -s 0 -s 1 -o units.svg
       tensorprobe plot acts.h5 --layer block1_conv2 --hist -o hist.png
       tensorprobe plot acts.h5 --layer block3_conv3 --heatmap -o cam.pdf
+      tensorprobe plot probe.h5 --layer conv1 --over-steps -o conv1.png
     """
     from tensorprobe.plot import Request, render
 
-    if hist and heatmap:
-        raise click.UsageError("--hist and --heatmap draw different pictures; give one")
-    kind = "hist" if hist else "heatmap" if heatmap else None
+    given = [name for name, on in (("--hist", hist), ("--heatmap", heatmap), ("--over-steps", over_steps)) if on]
+    if len(given) > 1:
+        raise click.UsageError(f"{' and '.join(given)} draw different pictures; give one")
+    kind = "hist" if hist else "heatmap" if heatmap else "steps" if over_steps else None
     request = Request(dump_file, layer, samples, channels, kind, bins, dpi, output, overwrite)
     signals.terminate_on_sigterm()
     for note in render(request):

@@ -5,6 +5,7 @@
   gradcam.py    Grad-CAM map from an activation and its gradient (NumPy)
   histogram.py  a histogram of every value, two passes in bounded memory (NumPy)
   figures.py    the matplotlib figures (imported lazily) and saving them
+  steps.py      --over-steps: a training file's statistics of one layer against the step
 
 `render(request)` reads what the picture needs, draws it, and writes it atomically. Every
 check that needs no file (format, --channels syntax, option combinations) runs first.
@@ -34,7 +35,7 @@ class Request:
     layer: str
     samples: tuple  # sample rows; () for the default (sample 0)
     channels: str | None  # a Python slice as text, or None for all
-    kind: str | None  # "hist", "heatmap", or None for the layer's natural picture
+    kind: str | None  # "hist", "heatmap", "steps" (--over-steps), or None for the layer's natural picture
     bins: int
     dpi: int
     output: str
@@ -59,7 +60,19 @@ def render(request):
     store.check_output(request.output, request.overwrite)
     figures.matplotlib_figure()  # fail now, not after reading, when the extra is missing
     notes = []
+    if request.kind == "steps":  # a training file (ProbeCallback's): plot/steps.py
+        from tensorprobe.plot.steps import over_steps
+
+        draw = over_steps(request)
+        with store.atomic_output(request.output, request.overwrite) as tmp:
+            figures.save(draw(dpi=request.dpi), tmp, fmt)
+        return notes
     with Dump(request.dump) as dump, dump.reading():
+        from tensorprobe import trainfile
+
+        if trainfile.is_training(dump.file.attrs):  # its rows are steps, not samples
+            raise UsageError(f"'{dump.path}' is a training file (ProbeCallback's): draw a layer's statistics "
+                             "with --over-steps")
         path = dump.resolve(request.layer)
         ds = dump.activations(path)
         if ds.dtype.kind not in "biuf" or ds.ndim < 1 or ds.shape[0] == 0:
@@ -275,5 +288,17 @@ def compare_picture(result, output, overwrite, dpi=100):
 
     fmt = picture_format(output, "plot")
     fig = figures.errors_by_layer(result, dpi)
+    with store.atomic_output(output, overwrite, "plot") as tmp:
+        figures.save(fig, tmp, fmt)
+
+
+def sweep_picture(result, output, overwrite, dpi=100):
+    """`patch --plot FILE`: the recovered fraction of a patching sweep as a heat map, layers
+    down, positions across (figures.patching_heatmap)."""
+    from tensorprobe import store
+    from tensorprobe.plot import figures
+
+    fmt = picture_format(output, "plot")
+    fig = figures.patching_heatmap(result, dpi)
     with store.atomic_output(output, overwrite, "plot") as tmp:
         figures.save(fig, tmp, fmt)

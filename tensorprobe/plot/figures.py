@@ -160,6 +160,32 @@ def heatmap(image, cam, title, dpi):
     return fig
 
 
+def over_steps(steps, panels, title, dpi):
+    """`plot --over-steps`: one panel per statistic [(name, values, gradient values or None)]
+    against the optimizer step, the activation's in blue, its gradient's in orange on its own
+    axis (the two scales differ)."""
+    new = matplotlib_figure()
+    width, panel = 8.0, 1.9
+    height = _tenths(TITLE_INCHES + len(panels) * panel + 0.2)
+    fig = new(width, height, dpi)
+    for i, (name, values, gradient) in enumerate(panels):
+        bottom = (0.5 + (len(panels) - 1 - i) * panel) / height  # the top panel ends 0.35 below the title
+        ax = fig.add_axes((0.9 / width, bottom, 1 - 1.9 / width, (panel - 0.35) / height))
+        marker = "o" if len(steps) <= 50 else None
+        ax.plot(steps, values, color=BLUE, marker=marker, markersize=3, linewidth=1.2)
+        ax.set_ylabel(name.replace("_", " "), fontsize=8, color=BLUE)
+        ax.tick_params(labelsize=7)
+        if gradient is not None:
+            twin = ax.twinx()
+            twin.plot(steps, gradient, color=ORANGE, marker=marker, markersize=3, linewidth=1.2)
+            twin.set_ylabel(f"gradient {name.replace('_', ' ')}", fontsize=8, color=ORANGE)
+            twin.tick_params(labelsize=7)
+        if i == len(panels) - 1:
+            ax.set_xlabel("optimizer step", fontsize=8)
+    _title(fig, title, height)
+    return fig
+
+
 def save(fig, path, fmt):
     """Write `fig` as `fmt` (png, svg, pdf), without a creation date, so the same data gives
     the same file. SVG keeps its text as text (searchable, and smaller than glyph outlines)."""
@@ -223,4 +249,26 @@ def errors_by_layer(result, dpi):
     ax.tick_params(axis="y", labelsize=7)
     ax.legend(fontsize=7, loc="upper left", frameon=False)
     _title(fig, [f"A = {result['a']}", f"B = {result['b']}: {result['samples']} samples"], height)
+    return fig
+
+
+def patching_heatmap(result, dpi):
+    """`patch --plot`: the recovered fraction per layer (rows, model order) and position
+    (columns; one column without --positions), diverging around 0, 1 the clean run's."""
+    import numpy as np
+
+    new = matplotlib_figure()
+    grid = np.asarray(result["recovered"], dtype=float)
+    rows, cols = grid.shape
+    width = _tenths(max(4.0, 2.6 + 0.45 * cols))
+    height = _tenths(max(2.4, 1.4 + 0.3 * rows))
+    fig = new(width, height, dpi)
+    ax = fig.add_axes((2.2 / width, 0.6 / height, 1 - 3.0 / width, 1 - 1.1 / height))
+    limit = max(1.0, float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 1.0)
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
+    ax.set_yticks(range(rows), result["layers"], fontsize=7)
+    ax.set_xticks(range(cols), [str(p) for p in range(cols)] if result["positions"] else ["all"], fontsize=7)
+    ax.set_xlabel("position" if result["positions"] else "")
+    fig.colorbar(image, ax=ax, fraction=0.05, pad=0.02).set_label("recovered", fontsize=8)
+    _title(fig, [f"activation patching: {result['metric']}, {result['samples']} inputs"], height)
     return fig

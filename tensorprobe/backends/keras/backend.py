@@ -69,6 +69,34 @@ class KerasBackend(base.Backend):
                                          request.counts)
         return plan, run
 
+    def submodel(self, layers=(), match=None):
+        if self.signature is not None:  # a Keras 2 SavedModel: its layers run as tf_keras rebuilt them
+            return super().submodel(layers, match)
+        from tensorprobe.backends.keras.submodel import build
+
+        return build(self, layers, match)
+
+    def edit_runner(self, edits, selection, rows, baseline=True):
+        from tensorprobe import probe
+        from tensorprobe.backends.keras import interventions
+
+        graph = self.layer_graph
+        selected = (probe.select(graph, selection.layers, selection.match, selection.all_layers)
+                    if selection.wants_layers else [])
+        plan = interventions.output_plan(graph, selected)
+        found = interventions.sites(graph, edits, rows)
+        run = interventions.edit_function(graph, plan, found, len(graph.outputs), selection.training, baseline,
+                                          self._check())
+        return plan, run
+
+    def patch_runner(self, selection, positions, metric, target_output=None):
+        from tensorprobe import probe
+        from tensorprobe.backends.keras import interventions
+
+        graph = self.layer_graph
+        selected = probe.select(graph, selection.layers, selection.match, selection.all_layers)
+        return interventions.sweep(graph, selected, positions, metric, target_output, self._check())
+
     def replay(self, origin):
         """A node of the walk, called again on the values given (graph.NodeCall): the layer
         object itself, with the model's weights."""

@@ -97,13 +97,23 @@ class Graph:
                 todo.extend(self.reads.get(key, ()))
         return seen
 
-    def evaluate(self, inputs, origins, needed, watch=None, training=False):
+    def evaluate(self, inputs, origins, needed, watch=None, training=False, edit=None, widen=None):
         """The values at `origins` for real input tensors, calling only the `needed` nodes.
 
         `watch(tensor)` is called on each value at `origins` as soon as it exists, before any
         layer reads it (a GradientTape's watch, for gradients with respect to activations).
+        `edit` ({origin: function(tensor) -> tensor}, interventions) replaces the value at each
+        of its origins as soon as it is produced, before `watch` and before any layer reads
+        it: every later layer, and `origins`, get what the function returned. A runtime
+        layer's origin is edited only if its key is among the `needed`.
+
+        `widen` ((tile, node keys), for patching sweeps) lets the edits return more rows than
+        the batch (one block of rows per variant): from there on, a node that reads a widened
+        value reads every other value tiled by `tile(tensor)` too, so the layers before the
+        edit run once on the batch; the nodes `node keys` get all their inputs tiled (a
+        runtime layer's edit inside them then receives widened values).
         """
-        walker = _Walker(self.keras, self.entries, needed, watch, set(origins), training)
+        walker = _Walker(self.keras, self.entries, needed, watch, set(origins), training, edit, widen)
         walker.walk(self.model, inputs)
         for path, traced, parent in walker.overrun[:1]:
             from tensorprobe.errors import UsageError
@@ -269,12 +279,17 @@ def is_layer(keras, operation):
 
 
 class _Walker:
-    def __init__(self, keras, entries, needed=None, watch=None, watched=(), training=False):
+    def __init__(self, keras, entries, needed=None, watch=None, watched=(), training=False, edit=None,
+                 widen=None):
         self.keras = keras
         self.entries = entries
         self.symbolic = needed is None  # the first walk: record everything
         self.needed = needed  # node keys to call; None calls every node
         self.watch, self.watched = watch, watched
+        self.edit = edit or {}  # origin -> function(tensor) -> the tensor every reader gets
+        self.tile, self.widened_at = widen if widen is not None else (None, ())
+        self.wide = {}  # id -> each value that has the widened rows (held, so that no id is reused)
+        self.tiled = {}  # origin -> its value tiled
         self.training = training
         self.reads = {}
         self.calls = {}  # node key -> NodeCall (the symbolic walk)
@@ -283,9 +298,7 @@ class _Walker:
 
     def walk(self, model, inputs):
         """Call the model on `inputs`; return its flat outputs as (tensor, origin)."""
-        fed = [(x, (None, i)) for i, x in enumerate(inputs)]
-        for x, origin in fed:
-            self._watch(x, origin)
+        fed = [(self._produced(x, (None, i)), (None, i)) for i, x in enumerate(inputs)]
         if _nodes_of(self.keras, model) is not None:
             return self.run(model, fed, "", ())
         outputs, _ = self._call_leaf(
@@ -293,9 +306,36 @@ class _Walker:
         )
         return outputs
 
-    def _watch(self, tensor, origin):
+    def _widened(self, arguments, node_key):
+        """A node's arguments, each tiled (`widen`) where another is widened, or the node is
+        one whose inputs are all widened."""
+        if self.tile is None or not (node_key in self.widened_at or self._reads_wide(arguments)):
+            return arguments
+        found = []
+        for x, origin in arguments:
+            if id(x) not in self.wide:
+                if origin not in self.tiled:
+                    self.tiled[origin] = self._mark_wide(self.tile(x))
+                x = self.tiled[origin]
+            found.append((x, origin))
+        return found
+
+    def _reads_wide(self, arguments):
+        return any(id(x) in self.wide for x, _ in arguments)
+
+    def _mark_wide(self, tensor):
+        self.wide[id(tensor)] = tensor
+        return tensor
+
+    def _produced(self, tensor, origin):
+        """The value at `origin` as every reader gets it: edited (`edit`), then watched."""
+        if origin in self.edit:
+            tensor = self.edit[origin](tensor)
+            if self.tile is not None:
+                self._mark_wide(tensor)
         if self.watch is not None and origin in self.watched:
             self.watch(tensor)
+        return tensor
 
     def run(self, container, inputs, prefix, key):
         """Call `container`'s nodes on `inputs`, a flat list of (tensor, origin); return its
@@ -307,7 +347,7 @@ class _Walker:
                 continue  # not needed, or not computable from these inputs (Keras skips it too)
             path = prefix + layer.name
             node_key = key + (position,)
-            arguments = [values[id(t)] for t in node_inputs]
+            arguments = self._widened([values[id(t)] for t in node_inputs], node_key)
             names = None
             if _nodes_of(self.keras, layer) is not None:
                 outputs = self.run(layer, arguments, path + "/", node_key)
@@ -349,10 +389,12 @@ class _Walker:
             result = invoke(values)
         if self.symbolic and not ran and self._runtime_inside(children_prefix):
             self._trace(layer, children_prefix, node_key, values, invoke)
-        outputs = [(x, (node_key, j)) for j, x in enumerate(self._flatten(result))]
+        outputs = [(self._produced(x, (node_key, j)), (node_key, j)) for j, x in enumerate(self._flatten(result))]
+        if self.tile is not None and self._reads_wide(arguments):
+            for x, _ in outputs:
+                self._mark_wide(x)
         for x, origin in outputs:
             self.values[origin] = x
-            self._watch(x, origin)
         names = sorted(result) if isinstance(result, dict) else None
         return outputs, names
 
@@ -420,7 +462,8 @@ class _Walker:
             recorded = [e.layer for e in inside if e.path in chosen]
             with contextlib.ExitStack() as stack:
                 for attention in [t for t, _ in patched if _is_attention(t)]:  # at any depth
-                    stack.enter_context(_attention_scores_computed(attention, recorded, self.watch is not None))
+                    explicit = self.watch is not None or self._edited(attention._softmax, node_key)
+                    stack.enter_context(_attention_scores_computed(attention, recorded, explicit))
                 yield ran
         finally:
             for target, original in reversed(originals):
@@ -428,6 +471,12 @@ class _Walker:
                     del target.call
                 else:
                     target.call = original
+
+    def _edited(self, layer, node_key):
+        """Whether an `edit` replaces an output of a runtime `layer` called inside `node_key`."""
+        n = len(node_key)
+        return any(len(key) == n + 2 and key[:n] == node_key and self.entries[key[n]].layer is layer
+                   for key, _ in self.edit if key is not None)
 
     def _recorder(self, layer, path, node_key, ran, is_node=False):
         """`layer`'s call as plain Python; for the node itself, noting in `ran` the graph it
@@ -474,11 +523,13 @@ class _Walker:
             result = plain(*args, **kwargs)
             key = node_key + (path, count[0])
             count[0] += 1
-            outputs = [(x, (key, j)) for j, x in enumerate(self._flatten(result))]
+            flat = self._flatten(result)
+            outputs = [(self._produced(x, (key, j)), (key, j)) for j, x in enumerate(flat)]
             self.reads[key] = {node_key}
             for x, origin in outputs:
                 self.values[origin] = x
-                self._watch(x, origin)
+            if any((key, j) in self.edit for j in range(len(flat))):  # the caller reads the edited values
+                result = self._packed(result, [x for x, _ in outputs])
             if self.symbolic and _dense(entry, outputs):
                 entry.calls.append(outputs)
                 entry.output_names = sorted(result) if isinstance(result, dict) else None
@@ -491,6 +542,13 @@ class _Walker:
         layer = getattr(history, "operation", None) or getattr(history, "layer", None)
         entry = self.entries.get(prefix + layer.name) if layer is not None else None
         return entry if entry is not None and entry.layer is layer else None
+
+    def _packed(self, structure, flat):
+        if _legacy(self.keras):
+            import tensorflow as tf
+
+            return tf.nest.pack_sequence_as(structure, flat)
+        return self.keras.tree.pack_sequence_as(structure, flat)
 
     def _flatten(self, outputs):
         if _legacy(self.keras):
@@ -610,7 +668,7 @@ def _graph_children(keras, model):
 
 
 @contextlib.contextmanager
-def _attention_scores_computed(layer, recorded, differentiated):
+def _attention_scores_computed(layer, recorded, explicit):
     """Keras internals: MultiHeadAttention computes its attention with one fused
     `ops.dot_product_attention` unless asked for the scores, and then its `softmax` sub-layer
     never runs. While `softmax` is among the `recorded` layers, `_compute_attention` (the
@@ -620,8 +678,9 @@ def _attention_scores_computed(layer, recorded, differentiated):
 
     The layer's output stays the fused one, as Keras computes it (the explicit path differs
     where a query row is fully masked, and so does everything that reads such rows), except
-    when gradients are `differentiated`: then the output is the explicit path's, computed
-    from the recorded scores, so that the gradient with respect to them is the real one.
+    when asked for the `explicit` path (gradients are taken, or an edit replaces the scores):
+    then the output is computed from the recorded scores, so that the gradient with respect
+    to them is the real one and an edited score reaches the output.
     Not done with flash attention, which cannot return scores."""
     if not _is_attention(layer) or layer._softmax not in recorded or layer._flash_attention:
         yield
@@ -633,7 +692,7 @@ def _attention_scores_computed(layer, recorded, differentiated):
             explicit = (*args[:5], True, *args[6:]), kwargs
         else:
             explicit = args, {**kwargs, "return_attention_scores": True}
-        if differentiated:
+        if explicit:
             return compute(*explicit[0], **explicit[1])
         result = compute(*args, **kwargs)
         if result[1] is None:  # fused: compute the scores too, for `softmax` to record

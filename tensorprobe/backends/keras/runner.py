@@ -50,68 +50,110 @@ def extraction_function(graph, plan, target=None, target_origin=None, label_shap
     """
     import tensorflow as tf
 
-    # autograph=False: the walk is plain Python with no tensor-dependent control flow, and
-    # letting AutoGraph convert it (and every function it calls) made tracing VGG16 take 10 s
-    # instead of 0.6 s. A `call` decorated with tf.function (the way to ask for AutoGraph)
-    # is still converted: graph.py runs it through tf.autograph.to_graph.
+    # autograph=False (Compiled): the walk is plain Python with no tensor-dependent control
+    # flow, and letting AutoGraph convert it (and every function it calls) made tracing VGG16
+    # take 10 s instead of 0.6 s. A `call` decorated with tf.function (the way to ask for
+    # AutoGraph) is still converted: graph.py runs it through tf.autograph.to_graph.
     finish = _counter() if counts else _finisher(storage or Storage())
     shared = [s.extra.get(SAME_FOR_EVERY_SAMPLE, False) for s in plan.specs if s.group == "activations"]
-
-    def per_sample(values, inputs):
-        """Values the same for every sample (first axis 1) repeated along the batch."""
-        rows = tf.shape(inputs[0])[0]
-        return [tf.broadcast_to(v, tf.concat([[rows], tf.shape(v)[1:]], 0)) if same else v
-                for v, same in zip(values, shared)]
-
-    specs = [(tuple(t.shape), dtype_name(t.dtype)) for t in graph.inputs]
     extra_specs = []  # the labels'
-    count = len(graph.inputs)
     if target is None:
-        needed = graph.needed(plan.origins)
-
-        def extract(*inputs):
-            values = graph.evaluate(list(inputs), plan.origins, needed, training=training)
-            return [finish(v) for v in per_sample(values, inputs)]
-
+        extract = _forward(graph, plan, shared, finish, training)
     else:
-        origins = plan.origins + [target_origin]
-        needed = graph.needed(origins)
-        score = _score_function(graph, target, target_origin)
+        extract = _backward(graph, plan, shared, finish, training, target, target_origin)
         if target.kind == "loss":  # one label row per sample, of `label_shape`
             extra_specs.append(tf.TensorSpec(shape=(None, *label_shape), dtype=tf.float32, name="labels"))
-
-        def extract(*args):
-            inputs, labels = list(args[:count]), (args[count] if len(args) > count else None)
-            with tf.GradientTape(watch_accessed_variables=False) as tape:
-                values = graph.evaluate(inputs, origins, needed, watch=tape.watch, training=training)
-                activations, output = values[:-1], values[-1]
-                per_sample_score = score(output, labels)
-            grads = tape.gradient(per_sample_score, activations,
-                                  unconnected_gradients=tf.UnconnectedGradients.ZERO)
-            grads = [g for g, same in zip(grads, shared) if not same]
-            return [finish(v) for v in per_sample(activations, inputs) + grads]
-
-    functions = {}  # (the sample shapes, XLA) -> the compiled function
-
-    def compiled(batch, xla):
-        signature = [
-            tf.TensorSpec(shape=_traced_shape(shape, x), dtype=dtype, name=f"input_{i}")
-            for i, ((shape, dtype), x) in enumerate(zip(specs, batch))
-        ] + extra_specs
-        key = (tuple(spec.shape for spec in signature), xla)
-        if key not in functions:
-            function = tf.function(extract, input_signature=signature, jit_compile=xla or None, autograph=False)
-            if check is not None:  # traced here, once: the call below reuses this trace
-                check(function.get_concrete_function())
-            functions[key] = function
-        run.function = functions[key]
-        return run.function
+    compiled = Compiled(extract, graph.inputs, extra_specs, jit, check)
 
     def run(batch, labels=None):
         """One batch: a list of input arrays (and labels) -> a list of arrays."""
-        args = list(batch) + ([labels] if labels is not None else [])
+        return compiled(batch, [labels] if labels is not None else [])
+
+    run.compiled = compiled
+    return run
+
+
+def _per_sample(values, inputs, shared):
+    """Values the same for every sample (first axis 1) repeated along the batch."""
+    import tensorflow as tf
+
+    rows = tf.shape(inputs[0])[0]
+    return [tf.broadcast_to(v, tf.concat([[rows], tf.shape(v)[1:]], 0)) if same else v
+            for v, same in zip(values, shared)]
+
+
+def _forward(graph, plan, shared, finish, training):
+    """inputs -> the plan's values, calling only the layers they depend on."""
+    needed = graph.needed(plan.origins)
+
+    def extract(*inputs):
+        values = graph.evaluate(list(inputs), plan.origins, needed, training=training)
+        return [finish(v) for v in _per_sample(values, inputs, shared)]
+
+    return extract
+
+
+def _backward(graph, plan, shared, finish, training, target, target_origin):
+    """inputs[, labels] -> the plan's activations, then the gradients of the per-sample
+    target with respect to them (none for a value the same for every sample)."""
+    import tensorflow as tf
+
+    origins = plan.origins + [target_origin]
+    needed = graph.needed(origins)
+    score = _score_function(graph, target, target_origin)
+    count = len(graph.inputs)
+
+    def extract(*args):
+        inputs, labels = list(args[:count]), (args[count] if len(args) > count else None)
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            values = graph.evaluate(inputs, origins, needed, watch=tape.watch, training=training)
+            activations, output = values[:-1], values[-1]
+            per_sample_score = score(output, labels)
+        grads = tape.gradient(per_sample_score, activations, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        grads = [g for g, same in zip(grads, shared) if not same]
+        return [finish(v) for v in _per_sample(activations, inputs, shared) + grads]
+
+    return extract
+
+
+class Compiled:
+    """`function(*inputs, *extra)` compiled with tf.function: traced once per shape of the
+    inputs' open axes (the batch axis aside, which stays open), with `extra_specs` (labels,
+    patches) after the inputs; `check(concrete function)` before a trace first runs. A
+    channels-first convolution this device runs only under XLA switches the whole function
+    to XLA (`xla`); `jit` asks for XLA from the start. Calling it runs one batch: arrays in,
+    NumPy arrays out; a batch the model cannot compute is an InputError."""
+
+    def __init__(self, function, inputs, extra_specs=(), jit=False, check=None):
+        self.function, self.extra_specs, self.check = function, list(extra_specs), check
+        self.specs = [(tuple(t.shape), dtype_name(t.dtype)) for t in inputs]
+        self.xla = jit
+        self.traced = {}  # (the sample shapes, XLA) -> the tf.function
+        self.last = None  # the tf.function of the last batch, for inspection
+
+    def _for(self, batch, xla):
+        import tensorflow as tf
+
+        signature = [
+            tf.TensorSpec(shape=_traced_shape(shape, x), dtype=dtype, name=f"input_{i}")
+            for i, ((shape, dtype), x) in enumerate(zip(self.specs, batch))
+        ] + self.extra_specs
+        key = (tuple(spec.shape for spec in signature), xla)
+        if key not in self.traced:
+            function = tf.function(self.function, input_signature=signature, jit_compile=xla or None,
+                                   autograph=False)
+            if self.check is not None:  # traced here, once: the call below reuses this trace
+                self.check(function.get_concrete_function())
+            self.traced[key] = function
+        self.last = self.traced[key]
+        return self.last
+
+    def __call__(self, batch, extra=()):
+        import tensorflow as tf
+
+        args = [*batch, *extra]
         try:
-            function = compiled(batch, run.xla)
+            function = self._for(batch, self.xla)
             try:
                 return [t.numpy() for t in function(*args)]
             except (tf.errors.UnimplementedError, tf.errors.InvalidArgumentError) as e:
@@ -120,17 +162,13 @@ def extraction_function(graph, plan, target=None, target_origin=None, label_shap
                 # compiles the convolutions it knows to be missing there: from now on, compile
                 # the whole function with XLA. Only for such an op: XLA would turn other
                 # errors (an index out of range) into values.
-                if run.xla or not _channels_first_op_failed(function, e):
+                if self.xla or not _channels_first_op_failed(function, e):
                     raise
-                run.xla = True
-                return [t.numpy() for t in compiled(batch, True)(*args)]
+                self.xla = True
+                return [t.numpy() for t in self._for(batch, True)(*args)]
         except (ValueError, tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as e:
             # shapes that do not fit the model (labels against the output, say) surface here
             raise InputError(f"the model could not compute this batch: {tf_error_line(e)}") from e
-
-    run.xla = jit
-    run.function = None  # the compiled tf.function of the last batch, for inspection
-    return run
 
 
 def _traced_shape(shape, batch):
