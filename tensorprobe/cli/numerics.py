@@ -133,8 +133,7 @@ def _verdict(report, key, what):
     culprit = section["culprit"]
     if culprit is not None:
         record = next(r for r in section["layers"] if r["name"] == culprit)
-        first = next(s for s in record["samples"] if s["row"] == section["culprit_first_sample"]) \
-            if any(s["row"] == section["culprit_first_sample"] for s in record["samples"]) else None
+        first = next((s for s in record["samples"] if s["row"] == section["culprit_first_sample"]), None)
         where = f", first in sample {first['row']} ({first['source']})" if first else ""
         if key == "forward":
             return (f"first non-finite: layer '{record['layer']}' ({record['class']}) makes NaN or Inf from "
