@@ -24,6 +24,7 @@ import contextlib
 import logging
 import os
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -315,12 +316,17 @@ def _compute(ray, work, workers, cluster, rows, on_block):
     import ray.data
 
     resources = {"num_cpus": 1}
+    # a worker that dies is restarted, its block tried again, `max_retries` times (Ray Data's own default: forever)
+    retries = {"max_restarts": cluster.max_retries, "max_task_retries": cluster.max_retries}
     if cluster.gpus_per_worker:
         resources["num_gpus"] = cluster.gpus_per_worker
     ds = ray.data.from_items([{"block": k} for k in range(work.blocks)], override_num_blocks=work.blocks)
-    mapped = ds.map_batches(Extractor, fn_constructor_kwargs={"work": work}, batch_size=1,
-                            compute=ray.data.ActorPoolStrategy(size=min(workers, work.blocks)),
-                            max_restarts=cluster.max_retries, max_task_retries=cluster.max_retries, **resources)
+    with warnings.catch_warnings():
+        # Ray 2.60 deprecates remote arguments by keyword but names no other way to give these two
+        warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated")
+        mapped = ds.map_batches(Extractor, fn_constructor_kwargs={"work": work}, batch_size=1,
+                                compute=ray.data.ActorPoolStrategy(size=min(workers, work.blocks)),
+                                **retries, **resources)
     done, rows_done = [], 0
     iterator = iter(mapped.iter_rows())
     try:
