@@ -196,8 +196,9 @@ def run(model, x, named, output, selection, prep, storage, batch_size, cluster, 
     """The dump of `pipeline.run_dump`, on Ray: returns a pipeline.DumpResult of the merged
     `output`. `model`: a path; `model_options`: {custom_objects, unsafe, signature,
     raw_quantized}. `on_block(blocks done, blocks, rows done, rows)` is told each finished
-    block. Ctrl-C (or any failure) stops the Ray job and leaves no output (and no parts folder
-    this run made)."""
+    block. Ctrl-C (or any failure) stops the Ray job and leaves no output, nor the parts folder
+    this run made unless `resume` (then a run again with `resume` computes only the blocks
+    missing)."""
     from tensorprobe import api, pipeline, store
 
     ray = require_ray()
@@ -228,7 +229,7 @@ def run(model, x, named, output, selection, prep, storage, batch_size, cluster, 
 
         merging.merge(paths, output, copy, overwrite)
     except BaseException:
-        if made:
+        if made and not resume:  # with `resume`, the blocks done are kept for the next try
             shutil.rmtree(folder, ignore_errors=True)
         raise
     if copy and made:

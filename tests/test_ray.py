@@ -209,3 +209,33 @@ def test_without_ray_installed(job, tmp_path):
             "except tensorprobe.TensorprobeError as e:\n    print(e)")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert p.stdout == "ray needs Ray Data, which is not installed: pip install 'tensorprobe[ray]'\n", p.stderr
+
+
+def test_extractor_in_a_pipeline_of_ones_own_then_resume(local_ray, job, single, cli, tmp_path):
+    """The documented pipeline: Extractor in map_batches, its parts merged by `tensorprobe merge`;
+    then tensorprobe.ray.dump with `resume` keeps those parts as they are (the same 6 blocks)."""
+    import ray.data
+
+    import tensorprobe.ray
+
+    folder = tmp_path / "acts.h5.parts"
+    ds = ray.data.from_items([{"block": k} for k in range(6)])
+    done = ds.map_batches(tensorprobe.ray.Extractor, batch_size=1,
+                          fn_constructor_kwargs={"model": str(job["model"]), "x": [str(p) for p in job["inputs"]],
+                                                 "folder": str(folder), "blocks": 6, "all_layers": True,
+                                                 "batch_size": 4, "custom_objects": [str(job["custom"])],
+                                                 "unsafe": True},
+                          compute=ray.data.ActorPoolStrategy(size=2))
+    rows = sorted((int(r["block"]), r["path"], int(r["rows"])) for r in done.iter_rows())
+    assert [(k, rows_) for k, _, rows_ in rows] == [(k, 4) for k in range(6)]
+    merged = tmp_path / "merged.h5"
+    result = cli("merge", *[path for _, path, _ in rows], "-o", merged)
+    assert result.exit_code == 0, result.stderr
+    _assert_equal_dumps(single, merged)
+
+    times = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    out = tmp_path / "acts.h5"
+    tensorprobe.ray.dump(job["model"], [str(p) for p in job["inputs"]], out, all_layers=True, batch_size=4,
+                         custom_objects=[job["custom"]], unsafe=True, workers=2, blocks=6, resume=True)
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == times  # kept, not written again
+    _assert_equal_dumps(single, out)
