@@ -51,4 +51,4 @@ def dump(model, x, output, *, address=None, workers=None, gpus_per_worker=None, 
 def _print_block(done, blocks, rows_done, rows):
     import sys
 
-    print(f"ray: {done}/{blocks} blocks, {rows_done}/{rows} rows", file=sys.stderr, flush=True)
+    print(f"ray: {done}/{blocks} blocks, {rows_done:,}/{rows:,} rows", file=sys.stderr, flush=True)

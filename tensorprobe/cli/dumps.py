@@ -142,7 +142,7 @@ def _on_ray(inputs, model, selection, output, job, storage, quiet, ray_run, comm
 
     def on_block(done, blocks, rows_done, rows):
         if not quiet and err.is_terminal:  # progress for people; logs stay clean
-            err.print(f"ray: {done}/{blocks} blocks, {rows_done}/{rows} rows", markup=False, highlight=False)
+            err.print(f"ray: {done}/{blocks} blocks, {rows_done:,}/{rows:,} rows", markup=False, highlight=False)
 
     model_options = {"custom_objects": model.custom_objects, "unsafe": model.unsafe, "signature": model.signature,
                      "raw_quantized": model.raw_quantized}
