@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import h5py
 import numpy as np
@@ -239,3 +240,22 @@ def test_extractor_in_a_pipeline_of_ones_own_then_resume(local_ray, job, single,
                          custom_objects=[job["custom"]], unsafe=True, workers=2, blocks=6, resume=True)
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == times  # kept, not written again
     _assert_equal_dumps(single, out)
+
+
+def test_ctrl_c_stops_the_job_and_leaves_nothing(local_ray, job, tmp_path):
+    """Ctrl-C in the driver while blocks run (here: raised by the progress callback after the
+    first block, where SIGINT lands): no output, no parts folder, no worker left running."""
+    import tensorprobe.ray
+
+    def interrupt(done, blocks, rows_done, rows):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        tensorprobe.ray.dump(job["model"], [str(p) for p in job["inputs"]], tmp_path / "acts.h5", all_layers=True,
+                             batch_size=4, custom_objects=[job["custom"]], unsafe=True, workers=2, blocks=6,
+                             progress=interrupt)
+    assert list(tmp_path.iterdir()) == []
+    deadline = time.monotonic() + 30  # the actors are killed asynchronously: their CPUs come back
+    while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ray.available_resources().get("CPU", 0) == ray.cluster_resources()["CPU"]
