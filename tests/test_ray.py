@@ -125,13 +125,18 @@ def test_single_dump_is_keras(job, single):
     assert sources == [f"{job['inputs'][0]}[{i}]" for i in range(13)] + [f"{job['inputs'][1]}[{i}]" for i in range(11)]
 
 
-def test_ray_dump_equals_single_dump(local_ray, job, single, cli, tmp_path):
+def test_ray_dump_equals_single_dump(local_ray, job, single, cli, tmp_path, monkeypatch):
+    from tensorprobe.console import err
+
+    monkeypatch.setattr(type(err), "is_terminal", property(lambda self: True))  # progress is for terminals
     out = tmp_path / "acts.h5"
     result = cli("dump", "-m", job["model"], "--custom-objects", job["custom"], "--unsafe", "--all", "-b", "4", *job["inputs"],
                  "-o", out, "--ray", "local", "--workers", "2", "--json")
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["samples"] == 24
+    shown = [line for line in result.stderr.splitlines() if line.startswith("ray: ")]
+    assert shown == [f"ray: {k}/6 blocks, {4 * k}/24 rows" for k in range(1, 7)]
     parts = sorted(p.name for p in (tmp_path / "acts.h5.parts").iterdir())
     # 24 rows, batches of 4: 6 batches, so 6 blocks (at most 4 a worker), each of whole batches
     assert parts == [f"part-{k:05d}-of-00006.h5" for k in range(6)]

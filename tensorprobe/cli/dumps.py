@@ -152,7 +152,7 @@ def _on_ray(inputs, model, selection, output, job, storage, quiet, ray_run, comm
             result = distributed.run(model.path, inputs.paths, inputs.named, output.path, selection, inputs.prep,
                                    storage, job.batch_size, ray_run.cluster, model_options=model_options,
                                    copy=ray_run.copy, overwrite=output.overwrite, resume=output.resume,
-                                   attrs={"command": command}, quiet_ray=not debug())
+                                   attrs={"command": command}, on_block=on_block, quiet_ray=not debug())
     return result
 
 
