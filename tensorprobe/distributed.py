@@ -232,8 +232,11 @@ def run(model, x, named, output, selection, prep, storage, batch_size, cluster, 
         if made and not resume:  # with `resume`, the blocks done are kept for the next try
             shutil.rmtree(folder, ignore_errors=True)
         raise
-    if copy and made:
-        shutil.rmtree(folder, ignore_errors=True)
+    if copy:  # the output holds the rows: the parts are no longer needed
+        for path in paths:
+            path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # where it is empty: anything else in it is not ours
     return pipeline.DumpResult(store.read_summary(output), *_outcomes(done))
 
 

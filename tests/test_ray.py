@@ -264,3 +264,19 @@ def test_ctrl_c_stops_the_job_and_leaves_nothing(local_ray, job, tmp_path):
     while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"] and time.monotonic() < deadline:
         time.sleep(0.2)
     assert ray.available_resources().get("CPU", 0) == ray.cluster_resources()["CPU"]
+
+
+@pytest.mark.parametrize("rows, batch, workers, expected", [
+    (24, 4, 2, 6),      # 6 batches: one block each, at most 4 a worker
+    (128, 32, 2, 4),    # boundaries 32, 64, 96: whole batches
+    (1000, 10, 2, 5),   # 8, 7 and 6 blocks would cut batches; 5 (200 rows each) does not
+    (100, 32, 2, 4),    # no count from 4 to 2 falls on batches: 4, values as --shard gives them
+    (0, 32, 3, 1),      # no rows: one empty block
+])
+def test_block_count(rows, batch, workers, expected):
+    from tensorprobe.distributed import block_count
+
+    n = block_count(rows, batch, workers)
+    assert n == expected
+    assert block_count(rows, batch, workers, blocks=7) == 7
+
