@@ -73,7 +73,8 @@ output_options = options.record(
 @options.gradient_options
 @options.signature_option
 @options.model_options
-def dump(inputs, model, selection, output, job, storage, as_json, quiet, fail_on_nonfinite):
+@options.ray_options
+def dump(inputs, model, selection, output, job, storage, as_json, quiet, fail_on_nonfinite, ray_run):
     """Compute the outputs of the chosen layers (or graph tensors) for INPUTS and write them
     to HDF5. The model is a .keras, .h5, .tflite or .onnx file, a SavedModel folder or a frozen graph.
 
@@ -100,6 +101,7 @@ def dump(inputs, model, selection, output, job, storage, as_json, quiet, fail_on
       tensorprobe dump -m model.keras --match 'conv' -o convs.h5 --json input.npy | jq
       tensorprobe dump -m saved_model_dir --tensor-match 'block1_conv2_1/BiasAdd' input.npy
       tensorprobe dump -m model.keras --all --shard 2/8 -o part-2.h5 photos/   # then: merge
+      tensorprobe dump -m model.keras --all -o acts.h5 --ray local --workers 2 photos/
     """
     from tensorprobe import pipeline, store
 
@@ -114,6 +116,11 @@ def dump(inputs, model, selection, output, job, storage, as_json, quiet, fail_on
                       markup=False, highlight=False, soft_wrap=True)
 
     command = ["tensorprobe", *click.get_current_context().find_root().command.argv]
+    if ray_run is not None:
+        result = _on_ray(inputs, model, selection, output, job, storage, quiet, ray_run, command)
+        if result is not None:  # None: interrupted once the output was complete (said so)
+            _report(result, output, as_json, quiet, fail_on_nonfinite)
+        return
     with signals.success_once_written(store, output.path):
         with quiet_native_stderr(not debug()):
             backend = model.open(selection.wants_layers).backend
@@ -122,6 +129,31 @@ def dump(inputs, model, selection, output, job, storage, as_json, quiet, fail_on
                                        resume=output.resume, max_bytes=output.max_bytes,
                                        attrs={"command": command}, on_size=on_size)
         _report(result, output, as_json, quiet, fail_on_nonfinite)
+
+
+def _on_ray(inputs, model, selection, output, job, storage, quiet, ray_run, command):
+    """`dump --ray`: the same dump, in blocks on Ray workers, merged into the output."""
+    from tensorprobe import distributed, store
+
+    distributed.require_ray()
+    for conflict, name in ((output.shard is not None, "--shard"), (output.max_bytes is not None, "--max-bytes")):
+        if conflict:
+            raise click.UsageError(f"{name} cannot be combined with --ray (which shards the rows itself)")
+
+    def on_block(done, blocks, rows_done, rows):
+        if not quiet and err.is_terminal:  # progress for people; logs stay clean
+            err.print(f"ray: {done}/{blocks} blocks, {rows_done:,}/{rows:,} rows", markup=False, highlight=False)
+
+    model_options = {"custom_objects": model.custom_objects, "unsafe": model.unsafe, "signature": model.signature,
+                     "raw_quantized": model.raw_quantized}
+    result = None
+    with signals.success_once_written(store, output.path):
+        with quiet_native_stderr(not debug()):
+            result = distributed.run(model.path, inputs.paths, inputs.named, output.path, selection, inputs.prep,
+                                   storage, job.batch_size, ray_run.cluster, model_options=model_options,
+                                   copy=ray_run.copy, overwrite=output.overwrite, resume=output.resume,
+                                   attrs={"command": command}, on_block=on_block, quiet_ray=not debug())
+    return result
 
 
 def _report(result, output, as_json, quiet, fail_on_nonfinite):

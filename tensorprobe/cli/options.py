@@ -284,6 +284,44 @@ storage_options = record(
 )
 
 
+# ---- where a dump runs: --ray, --workers, --gpus-per-worker, --blocks, --copy -------------
+
+@dataclass(frozen=True)
+class RayRun:
+    """`dump --ray`: the cluster (a distributed.Cluster) and whether the parts are copied."""
+
+    cluster: object
+    copy: bool = False
+
+
+def _ray_run(ray_address, workers, gpus_per_worker, blocks, copy):
+    from tensorprobe.distributed import Cluster
+
+    if ray_address is None:
+        needing = given("workers", "gpus_per_worker", "blocks", "copy")
+        if needing:
+            raise click.UsageError(f"{needing[0]} needs --ray")
+        return None
+    return RayRun(Cluster(ray_address, workers, gpus_per_worker, blocks), copy)
+
+
+# `ray_run`: a RayRun, or None without --ray.
+ray_options = record(
+    "ray_run", _ray_run,
+    click.option("--ray", "ray_address", metavar="ADDRESS",
+                 help="Compute the dump on Ray (auto: a running cluster; local: start one here; or an address), "
+                      "in blocks as --shard splits rows, merged into OUTPUT. Needs tensorprobe[ray]."),
+    click.option("--workers", type=click.IntRange(min=1), metavar="N",
+                 help="With --ray: Ray Data workers, each loading the model once (default: one per node)."),
+    click.option("--gpus-per-worker", type=click.FloatRange(min=0, min_open=True), metavar="G",
+                 help="With --ray: GPUs each worker takes."),
+    click.option("--blocks", type=click.IntRange(min=1), metavar="N",
+                 help="With --ray: blocks of rows (default: 4 per worker, on batch boundaries where possible)."),
+    click.option("--copy", is_flag=True,
+                 help="With --ray: copy the parts into OUTPUT (and remove them) instead of virtual datasets."),
+)
+
+
 # ---- reading dumps ------------------------------------------------------------------------
 
 def dump_file_options(f):
