@@ -689,14 +689,14 @@ def _attention_scores_computed(layer, recorded, explicit):
 
     def with_scores(*args, **kwargs):
         if len(args) > 5:  # (query, key, value, attention_mask, training, return_scores, ...)
-            explicit = (*args[:5], True, *args[6:]), kwargs
+            scored = (*args[:5], True, *args[6:]), kwargs
         else:
-            explicit = args, {**kwargs, "return_attention_scores": True}
+            scored = args, {**kwargs, "return_attention_scores": True}
         if explicit:
-            return compute(*explicit[0], **explicit[1])
+            return compute(*scored[0], **scored[1])
         result = compute(*args, **kwargs)
         if result[1] is None:  # fused: compute the scores too, for `softmax` to record
-            compute(*explicit[0], **explicit[1])
+            compute(*scored[0], **scored[1])
         return result
 
     layer._compute_attention = with_scores
