@@ -38,7 +38,13 @@ def build(backend, layers=(), match=None):
 
 @functools.cache
 def _model_class(keras):
-    """The keras.Model subclass for the module that built the model (Keras 3 or tf_keras)."""
+    """The keras.Model subclass for the module that built the model (Keras 3 or tf_keras).
+    Its methods are never converted by AutoGraph (inside a user's tf.function): the walk is
+    plain Python with no tensor-dependent control flow, as the extraction compiles it
+    (autograph=False), and converting it is slow and, across many models, unreliable."""
+    import tensorflow as tf
+
+    plain = tf.autograph.experimental.do_not_convert
 
     class ProbeSubmodel(keras.Model):
         """{name: tensor} of a model's layers, computed with the model's own layers.
@@ -60,15 +66,18 @@ def _model_class(keras):
             self.output_keys = list(names)
             self.built = True  # the source model's layers are built
 
+        @plain
         def __call__(self, inputs, *args, **kwargs):
             # the inputs are checked here, before Keras' call wraps errors in its own text
             return super().__call__(self._inputs(inputs), *args, **kwargs)
 
+        @plain
         def call(self, inputs, training=False, watch=None):
             values = self._graph.evaluate(list(inputs), self._origins, self._needed, watch=watch,
                                           training=bool(training))
             return dict(zip(self._names, values))
 
+        @plain
         def _inputs(self, inputs):
             import tensorflow as tf
 
