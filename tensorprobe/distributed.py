@@ -46,6 +46,27 @@ def require_ray():
     return ray
 
 
+# A Ray session's sockets live under its temporary folder, and a Unix socket's path may not
+# exceed 107 bytes: a local Ray started under a long TMPDIR (CI machines') cannot start.
+SOCKET_PATH = 107
+SESSION_SOCKET = len("/session_2026-12-03_13-43-01_318384_4194304/sockets/plasma_store")
+
+
+def local_temp_dir():
+    """The temporary folder for a Ray started here: Ray's own (`TMPDIR/ray`) where its socket
+    paths fit, else a short folder of this user's under /tmp."""
+    import tempfile
+
+    default = os.path.join(tempfile.gettempdir(), "ray")
+    if len(os.fsencode(default)) + SESSION_SOCKET <= SOCKET_PATH:
+        return default
+    folder = os.path.join("/tmp", f"tensorprobe-ray-{os.getuid()}")
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    if os.lstat(folder).st_uid != os.getuid():  # another user's, in a shared /tmp: one of our own
+        folder = tempfile.mkdtemp(prefix="tensorprobe-ray-", dir="/tmp")
+    return folder
+
+
 def parts_folder(output):
     """The folder of shard files beside `output` (`acts.h5` -> `acts.h5.parts/`)."""
     output = Path(output)
@@ -290,8 +311,10 @@ def _connected(ray, address, quiet):
                 lg.setLevel(logging.CRITICAL)
             context.enable_progress_bars = False
         if started:
+            starts = address == "local" or (address is None and not os.environ.get("RAY_ADDRESS"))
+            local = {"_temp_dir": local_temp_dir()} if starts else {}
             ray.init(address=address, include_dashboard=False, log_to_driver=not quiet,
-                     logging_level=logging.CRITICAL if quiet else logging.INFO)
+                     logging_level=logging.CRITICAL if quiet else logging.INFO, **local)
         yield
     except ConnectionError as e:
         raise errors.TensorprobeError(f"{errors.name('ray')} {address or 'auto'}: cannot connect: {e}",

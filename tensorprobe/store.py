@@ -285,6 +285,11 @@ def move_into_place(tmp, output, overwrite, argument="output"):
     os.replace(tmp, output)
 
 
+def completed_any():
+    """Whether an output of this run is in place already (the run has succeeded)."""
+    return any(completed(output) for output in list(_commits))
+
+
 def completed(output):
     """Whether `output` is the file this process moved into place there: after an interrupt,
     whether the run had already succeeded."""

@@ -50,7 +50,9 @@ class DieOnce(keras.layers.Layer):
 def local_ray():
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        from tensorprobe.distributed import local_temp_dir
+
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=local_temp_dir())
     yield ray
     if started:
         ray.shutdown()

@@ -10,11 +10,20 @@ from tensorprobe import errors
 from tensorprobe.console import err
 
 
+_late = []  # the signals that came once the output was in place
+
+
 def terminate(signum, frame):
     """SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C (SIGINT), so the partial output is
-    removed; where the store is in use it also remembers the interrupt (store.request_stop)."""
+    removed; where the store is in use it also remembers the interrupt (store.request_stop).
+    Once the output is in place the run has succeeded: the signal is noted and the command
+    finishes (an exception raised then could land inside a library's callback, HDF5's while
+    the summary is read, which turns it into another error)."""
     stop = KeyboardInterrupt if signum == signal.SIGINT else errors.Terminated
     store = sys.modules.get("tensorprobe.store")
+    if store is not None and store.completed_any():
+        _late.append(signum)
+        return
     if store is not None:
         store.request_stop(stop)
     raise stop
@@ -29,6 +38,7 @@ def stop_on_signals(store):
     """Ctrl-C (SIGINT) and SIGTERM stop the command (see terminate), and the store remembers
     it, so that no output is moved into place after an interrupt Python dropped."""
     store.new_run()
+    _late.clear()
     signal.signal(signal.SIGINT, terminate)
     signal.signal(signal.SIGTERM, terminate)
 
@@ -43,6 +53,8 @@ def success_once_written(store, output):
     except KeyboardInterrupt:
         if not store.completed(output):
             raise
+        _late.append(signal.SIGINT)
+    if _late and store.completed(output):
         err.print(f"wrote {output} (interrupted once it was complete)", markup=False, highlight=False,
                   soft_wrap=True)
 
