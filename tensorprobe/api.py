@@ -320,7 +320,7 @@ def progress_bar(console=None):
 # ---- comparing two models --------------------------------------------------------------------
 
 def compare(model_a, model_b, x, *, layers=(), match=None, pairs=None, rtol=None, atol=None, metric=None,
-            batch_size=32, save_a=None, save_b=None, overwrite=False, progress=None, **prepare):
+            error_stat=None, batch_size=32, save_a=None, save_b=None, overwrite=False, progress=None, **prepare):
     """Run two models on the same inputs and compare the layers both have, paired by path:
     what `tensorprobe compare --json` prints (`pairs` in model A's order, each with `status`
     "ok" or "differ"; `first_divergence`, the first pair out of tolerance, or None;
@@ -330,6 +330,11 @@ def compare(model_a, model_b, x, *, layers=(), match=None, pairs=None, rtol=None
     "scaled:X", "snr:DB", "cosine:X" or "allclose" (numpy's rule with `rtol`/`atol`, which
     `rtol`/`atol` alone mean too); None: the default for the two models' precisions (scaled:1e-4
     for float32 against float32, snr:20 where either is quantized or half precision).
+    `rtol`/`atol`: a number, or per-pair rules: "GLOB=VALUE" strings (fnmatch on the pair's
+    path, the first match wins; a plain number is the default) or a {glob: value} dict ("" the
+    default); `error_stat` "elemwise", "max", "mean", "median" or "quantile:Q": what the
+    tolerances apply to (Polygraphy's rule: the statistic of |a - b| <= atol or that of
+    |a - b| / |b| <= rtol; see dumpdiff.py). Both mean "allclose".
     `x`: as `activations` takes it; model B's inputs are fed by name (by position when the
     two models name them differently). `save_a`/`save_b`: also write each model's outputs
     to a dump.
@@ -341,7 +346,7 @@ def compare(model_a, model_b, x, *, layers=(), match=None, pairs=None, rtol=None
 
     prep = preparation(**prepare)
     job = _job(batch_size, progress)
-    criterion = modelcompare.parse_metric(metric, rtol, atol)  # before any model is loaded
+    criterion = modelcompare.parse_metric(metric, rtol, atol, error_stat=error_stat)  # before any model is loaded
     text.regex(match, "match")
     for path, argument in ((save_a, "save_a"), (save_b, "save_b")):
         if path is not None:
@@ -514,9 +519,10 @@ def open_dump(path, allow_incomplete=False):
     return DumpFile(path, allow_incomplete)
 
 
-def diff(a, b, *, rtol=1e-5, atol=1e-8, only=None, allow_incomplete=False):
+def diff(a, b, *, rtol=1e-5, atol=1e-8, only=None, allow_incomplete=False, error_stat=None):
     """Compare two dumps dataset by dataset: what `tensorprobe diff --json` prints (its
-    `match` is True when every dataset matches)."""
+    `match` is True when every dataset matches). `rtol`/`atol` and `error_stat` as `compare`
+    takes them, the globs matched on the dataset's path."""
     from tensorprobe import dumpdiff
 
-    return dumpdiff.diff_dumps(os.fspath(a), os.fspath(b), rtol, atol, only, allow_incomplete)
+    return dumpdiff.diff_dumps(os.fspath(a), os.fspath(b), rtol, atol, only, allow_incomplete, error_stat)
