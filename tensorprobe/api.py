@@ -14,6 +14,7 @@ is one.
     (4, 32, 32, 8)
 """
 
+import dataclasses
 import os
 from collections.abc import Mapping
 
@@ -181,13 +182,15 @@ def activations(model, x, *, layers=(), match=None, all_layers=False, tensors=()
 def dump(model, x, output, *, layers=(), match=None, all_layers=False, tensors=(), tensor_match=None,
          gradients=None, target_output=None, labels=None, training=False, batch_size=32,
          overwrite=False, dtype=None, compression=None, reduce=None, shard=None, resume=False,
-         max_bytes=None, jit=False, progress=None, **prepare):
+         max_bytes=None, jit=False, max_live_bytes=None, progress=None, **prepare):
     """Write the activations of `x` to the HDF5 file `output`, exactly as `tensorprobe dump`
     does (streamed a batch at a time, written atomically, every row checked), and return the
     summary `tensorprobe summary --json` prints. Arguments as `activations`'s, and:
     `dtype` ("float16", ...), `compression` ("gzip:4", "lzf"), `reduce` ("mean", "max"),
     `shard` ("K/N"), `resume`, `max_bytes`, `progress=True` for a progress bar (works in
-    Jupyter).
+    Jupyter); `max_live_bytes` (bytes or "64M"): an ONNX model's tensors come back in chunks
+    whose values for one batch take at most this, one onnxruntime session each (default 1G;
+    other formats refuse it).
 
         >>> summary = tensorprobe.dump("sample_models/transfer.keras", x, "acts.h5",
         ...                            layers=["block1_conv2"])
@@ -202,6 +205,9 @@ def dump(model, x, output, *, layers=(), match=None, all_layers=False, tensors=(
     job = _job(batch_size, progress)
     selection = _selection(layers, match, all_layers, tensors, tensor_match, gradients, target_output, labels,
                            training, jit)
+    if max_live_bytes is not None:
+        size = parse_size(max_live_bytes, "max_live_bytes") if isinstance(max_live_bytes, str) else max_live_bytes
+        selection = dataclasses.replace(selection, max_live_bytes=size)
     store.check_hdf5_name(output, "output")  # as the CLI's --output is checked
     storage = Storage(dtype, reduce, parse_compression(compression) if compression else (None, None))
     if isinstance(max_bytes, str):
