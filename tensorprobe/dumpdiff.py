@@ -43,7 +43,7 @@ from tensorprobe.errors import DumpReadError, TensorprobeError, UsageError
 
 BLOCK_BYTES = 4 << 20  # float64 bytes per side per block, however large a sample; the memory bound
 RTOL, ATOL = 1e-5, 1e-8  # numpy.allclose's
-STAT_ELEMENTS = 1 << 23  # error values a median/quantile keeps, in all (absolute and relative, float64: 128 MiB)
+STAT_ELEMENTS = 1 << 23  # error values medians/quantiles keep, in all (absolute and relative, float64: 64 MiB)
 EPSILON = float(np.finfo(np.float64).eps)  # |b| where b is 0, in the relative error of a statistic
 ERROR_STATS = ("elemwise", "max", "mean", "median", "quantile")
 
@@ -190,15 +190,16 @@ class Tolerances:
 class ValueBudget:
     """How many error values the medians and quantiles of one comparison may still keep."""
 
-    def __init__(self, limit=STAT_ELEMENTS):
-        self.left = limit
+    def __init__(self, limit=None):
+        self.limit = STAT_ELEMENTS if limit is None else limit
+        self.left = self.limit
 
     def take(self, count, path, stat):
         self.left -= count
         if self.left < 0:
             raise TensorprobeError(
                 f"{errors.name('error_stat')} {stat} keeps every error value to be exact, and '{path}' passes "
-                f"the {STAT_ELEMENTS:,} values it may keep in all: compare fewer inputs or layers, or use "
+                f"the {self.limit:,} values it may keep in all: compare fewer inputs or layers, or use "
                 "max or mean (which keep none)")
 
 

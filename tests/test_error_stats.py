@@ -195,7 +195,6 @@ def test_median_refuses_more_values_than_it_may_keep(pair, monkeypatch):
 
     a, b, _ = pair
     monkeypatch.setattr(dumpdiff, "STAT_ELEMENTS", 100)
-    monkeypatch.setattr(dumpdiff.ValueBudget.__init__, "__defaults__", (100,))
     r = run("diff", "--error-stat", "median", "--only", "big", a, b)
     assert r.exit_code == 1
     assert error_line(r) == ("error: --error-stat median keeps every error value to be exact, and 'block/big' "
