@@ -128,7 +128,7 @@ def tolerance_rules(value, argument):
                 raise UsageError(f"{errors.name(argument)} '{value if isinstance(value, str) else text}': "
                                  "expected a number or GLOB=NUMBER", argument=argument) from None
         number = tolerance(number, argument)
-        if glob == "" and isinstance(value, Mapping) or glob is None:
+        if glob is None or (glob == "" and isinstance(value, Mapping)):
             if default is not None:
                 raise UsageError(f"{errors.name(argument)} has two defaults ({default:g} and {number:g}): "
                                  "give one plain number", argument=argument)

@@ -29,16 +29,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tensorprobe.dumpdiff import (ELEMWISE, ErrorStat, RunningDiff, StringDiff, Tolerances, ValueBudget,
-                                  parse_error_stat, tolerance, tolerance_rules)
+from tensorprobe.dumpdiff import (ATOL, ELEMWISE, RTOL, ErrorStat, RunningDiff, StringDiff, Tolerances,
+                                  ValueBudget, parse_error_stat, tolerance_rules)
 from tensorprobe import errors
 from tensorprobe.errors import UsageError
 
 CONTAINER = "/__output__"
 
 
-# numpy.allclose's tolerances: the rule when --rtol/--atol are given alone.
-from tensorprobe.dumpdiff import ATOL, RTOL  # noqa: E402
+# RTOL, ATOL (dumpdiff's): numpy.allclose's tolerances, the rule when --rtol/--atol are given alone.
 # The default criteria, chosen by what the two models compute in (see `default_criterion`).
 FLOAT_SCALED = 1e-4  # float32 vs float32: the largest error within 1e-4 of the layer's largest value
 REDUCED_SNR = 20.0  # int8, float16... on either side: an SNR of at least 20 dB
