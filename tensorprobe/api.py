@@ -14,6 +14,7 @@ is one.
     (4, 32, 32, 8)
 """
 
+import dataclasses
 import os
 from collections.abc import Mapping
 
@@ -181,13 +182,15 @@ def activations(model, x, *, layers=(), match=None, all_layers=False, tensors=()
 def dump(model, x, output, *, layers=(), match=None, all_layers=False, tensors=(), tensor_match=None,
          gradients=None, target_output=None, labels=None, training=False, batch_size=32,
          overwrite=False, dtype=None, compression=None, reduce=None, shard=None, resume=False,
-         max_bytes=None, jit=False, progress=None, **prepare):
+         max_bytes=None, jit=False, max_live_bytes=None, progress=None, **prepare):
     """Write the activations of `x` to the HDF5 file `output`, exactly as `tensorprobe dump`
     does (streamed a batch at a time, written atomically, every row checked), and return the
     summary `tensorprobe summary --json` prints. Arguments as `activations`'s, and:
     `dtype` ("float16", ...), `compression` ("gzip:4", "lzf"), `reduce` ("mean", "max"),
     `shard` ("K/N"), `resume`, `max_bytes`, `progress=True` for a progress bar (works in
-    Jupyter).
+    Jupyter); `max_live_bytes` (bytes or "64M"): an ONNX model's tensors come back in chunks
+    whose values for one batch take at most this, one onnxruntime session each (default 1G;
+    other formats refuse it).
 
         >>> summary = tensorprobe.dump("sample_models/transfer.keras", x, "acts.h5",
         ...                            layers=["block1_conv2"])
@@ -202,6 +205,9 @@ def dump(model, x, output, *, layers=(), match=None, all_layers=False, tensors=(
     job = _job(batch_size, progress)
     selection = _selection(layers, match, all_layers, tensors, tensor_match, gradients, target_output, labels,
                            training, jit)
+    if max_live_bytes is not None:
+        size = parse_size(max_live_bytes, "max_live_bytes") if isinstance(max_live_bytes, str) else max_live_bytes
+        selection = dataclasses.replace(selection, max_live_bytes=size)
     store.check_hdf5_name(output, "output")  # as the CLI's --output is checked
     storage = Storage(dtype, reduce, parse_compression(compression) if compression else (None, None))
     if isinstance(max_bytes, str):
@@ -320,7 +326,7 @@ def progress_bar(console=None):
 # ---- comparing two models --------------------------------------------------------------------
 
 def compare(model_a, model_b, x, *, layers=(), match=None, pairs=None, rtol=None, atol=None, metric=None,
-            batch_size=32, save_a=None, save_b=None, overwrite=False, progress=None, **prepare):
+            error_stat=None, batch_size=32, save_a=None, save_b=None, overwrite=False, progress=None, **prepare):
     """Run two models on the same inputs and compare the layers both have, paired by path:
     what `tensorprobe compare --json` prints (`pairs` in model A's order, each with `status`
     "ok" or "differ"; `first_divergence`, the first pair out of tolerance, or None;
@@ -330,6 +336,11 @@ def compare(model_a, model_b, x, *, layers=(), match=None, pairs=None, rtol=None
     "scaled:X", "snr:DB", "cosine:X" or "allclose" (numpy's rule with `rtol`/`atol`, which
     `rtol`/`atol` alone mean too); None: the default for the two models' precisions (scaled:1e-4
     for float32 against float32, snr:20 where either is quantized or half precision).
+    `rtol`/`atol`: a number, or per-pair rules: "GLOB=VALUE" strings (fnmatch on the pair's
+    path, the first match wins; a plain number is the default) or a {glob: value} dict ("" the
+    default); `error_stat` "elemwise", "max", "mean", "median" or "quantile:Q": what the
+    tolerances apply to (Polygraphy's rule: the statistic of |a - b| <= atol or that of
+    |a - b| / |b| <= rtol; see dumpdiff.py). Both mean "allclose".
     `x`: as `activations` takes it; model B's inputs are fed by name (by position when the
     two models name them differently). `save_a`/`save_b`: also write each model's outputs
     to a dump.
@@ -341,7 +352,7 @@ def compare(model_a, model_b, x, *, layers=(), match=None, pairs=None, rtol=None
 
     prep = preparation(**prepare)
     job = _job(batch_size, progress)
-    criterion = modelcompare.parse_metric(metric, rtol, atol)  # before any model is loaded
+    criterion = modelcompare.parse_metric(metric, rtol, atol, error_stat=error_stat)  # before any model is loaded
     text.regex(match, "match")
     for path, argument in ((save_a, "save_a"), (save_b, "save_b")):
         if path is not None:
@@ -514,9 +525,10 @@ def open_dump(path, allow_incomplete=False):
     return DumpFile(path, allow_incomplete)
 
 
-def diff(a, b, *, rtol=1e-5, atol=1e-8, only=None, allow_incomplete=False):
+def diff(a, b, *, rtol=1e-5, atol=1e-8, only=None, allow_incomplete=False, error_stat=None):
     """Compare two dumps dataset by dataset: what `tensorprobe diff --json` prints (its
-    `match` is True when every dataset matches)."""
+    `match` is True when every dataset matches). `rtol`/`atol` and `error_stat` as `compare`
+    takes them, the globs matched on the dataset's path."""
     from tensorprobe import dumpdiff
 
-    return dumpdiff.diff_dumps(os.fspath(a), os.fspath(b), rtol, atol, only, allow_incomplete)
+    return dumpdiff.diff_dumps(os.fspath(a), os.fspath(b), rtol, atol, only, allow_incomplete, error_stat)

@@ -29,15 +29,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tensorprobe.dumpdiff import RunningDiff, StringDiff
+from tensorprobe.dumpdiff import (ATOL, ELEMWISE, RTOL, ErrorStat, RunningDiff, StringDiff, Tolerances,
+                                  ValueBudget, parse_error_stat, tolerance_rules)
 from tensorprobe import errors
 from tensorprobe.errors import UsageError
 
 CONTAINER = "/__output__"
 
 
-# numpy.allclose's tolerances: the rule when --rtol/--atol are given alone.
-RTOL, ATOL = 1e-5, 1e-8
+# RTOL, ATOL (dumpdiff's): numpy.allclose's tolerances, the rule when --rtol/--atol are given alone.
 # The default criteria, chosen by what the two models compute in (see `default_criterion`).
 FLOAT_SCALED = 1e-4  # float32 vs float32: the largest error within 1e-4 of the layer's largest value
 REDUCED_SNR = 20.0  # int8, float16... on either side: an SNR of at least 20 dB
@@ -59,18 +59,31 @@ class Criterion:
     rtol: float = RTOL
     atol: float = ATOL
     reason: str = "given"
+    rtol_rules: tuple = ()  # allclose's ((glob, rtol), ...) per pair path, the first match wins
+    atol_rules: tuple = ()
+    stat: ErrorStat = ELEMWISE  # what allclose's tolerances apply to (dumpdiff's module docstring)
 
     def __str__(self):
         return self.kind if self.value is None else f"{self.kind}:{self.value:g}"
 
+    @property
+    def tolerances(self):
+        return Tolerances(self.rtol, self.atol, self.rtol_rules, self.atol_rules, self.stat)
+
     def describe(self):
         """'scaled:0.0001 (max |A - B| <= X max |B|; the default for A float32, B float32)'."""
         what = f"rtol {self.rtol:g}, atol {self.atol:g}" if self.kind == "allclose" else str(self)
+        if self.tolerances.custom:
+            rule = KINDS[self.kind] if self.stat == ELEMWISE else (
+                f"{self.stat} of |A - B| <= atol or {self.stat} of |A - B| / |B| <= rtol")
+            return f"{what}, {self.tolerances.describe()} ({rule}; {self.reason})"
         return f"{what} ({KINDS[self.kind]}; {self.reason})"
 
     def passes(self, record):
         if record["nonfinite_mismatches"]:  # NaN on one side, or unlike infinities: never within
             return False
+        if self.kind == "allclose" and self.stat != ELEMWISE:
+            return record["within_stat"]
         if self.kind == "snr":
             return record["snr_db"] is not None and record["snr_db"] >= self.value
         if self.kind == "cosine":
@@ -96,23 +109,21 @@ def _threshold(text, argument):
     return value
 
 
-def tolerance(value, argument):
-    """An rtol/atol value (`argument`, errors.name: --rtol in the CLI): a finite number >= 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise UsageError(f"{errors.name(argument)} {value!r}: expected a finite number >= 0", argument=argument)
-    return float(value)
-
-
-def parse_metric(text, rtol=None, atol=None, argument="metric"):
+def parse_metric(text, rtol=None, atol=None, argument="metric", error_stat=None):
     """The criterion the user gave, or None for the default by the models' precisions (see
     `default_criterion`): 'allclose' (numpy's rule with rtol/atol), 'scaled:X', 'snr:DB',
-    'cosine:X'; --rtol/--atol alone mean 'allclose'. Checked before any model is loaded."""
-    rtol = None if rtol is None else tolerance(rtol, "rtol")
-    atol = None if atol is None else tolerance(atol, "atol")
+    'cosine:X'; --rtol/--atol alone mean 'allclose'. `rtol`/`atol` may be rules per pair
+    path (dumpdiff.tolerance_rules), `error_stat` what they apply to (dumpdiff.parse_error_stat),
+    which means 'allclose' too. Checked before any model is loaded."""
+    rtol_default, rtol_rules = tolerance_rules(rtol, "rtol")
+    atol_default, atol_rules = tolerance_rules(atol, "atol")
+    stat = ELEMWISE if error_stat is None else parse_error_stat(error_stat)
+    rtol = None if rtol is None or (rtol_default is None and not rtol_rules) else rtol
+    atol = None if atol is None or (atol_default is None and not atol_rules) else atol
     if isinstance(text, Criterion):
         return text
     if text is None:
-        if rtol is None and atol is None:
+        if rtol is None and atol is None and error_stat is None:
             return None
         text = "allclose"
     if not isinstance(text, str):
@@ -120,13 +131,18 @@ def parse_metric(text, rtol=None, atol=None, argument="metric"):
     text = text.strip()
     kind = text.partition(":")[0]
     if text == "allclose":
-        return Criterion("allclose", rtol=RTOL if rtol is None else rtol, atol=ATOL if atol is None else atol)
+        return Criterion("allclose", rtol=RTOL if rtol_default is None else rtol_default,
+                         atol=ATOL if atol_default is None else atol_default,
+                         rtol_rules=rtol_rules, atol_rules=atol_rules, stat=stat)
     if kind not in KINDS or kind == "allclose" or ":" not in text:
         raise UsageError(f"{errors.name(argument)} '{text}': expected allclose, scaled:X (e.g. scaled:1e-4), "
                          "snr:DB (e.g. snr:30) or cosine:X (e.g. cosine:0.999)", argument=argument)
     if rtol is not None or atol is not None:
         raise UsageError(f"{errors.name('rtol')}/{errors.name('atol')} set the allclose rule, "
                          f"{errors.name(argument)} '{text}' another: give one", argument=argument)
+    if error_stat is not None:
+        raise UsageError(f"{errors.name('error_stat')} sets what the allclose rule's tolerances apply to, "
+                         f"{errors.name(argument)} '{text}' another rule: give one", argument=argument)
     return Criterion(kind, _threshold(text, argument))
 
 
@@ -149,8 +165,8 @@ class Agreement(RunningDiff):
     """RunningDiff (errors, tolerance, worst element) plus the sums behind the mean absolute
     error, the cosine similarity and the SNR, over the finite pairs of elements."""
 
-    def __init__(self, shape, rtol, atol):
-        super().__init__(shape, rtol, atol)
+    def __init__(self, shape, rtol, atol, stat=None, budget=None, path=None):
+        super().__init__(shape, rtol, atol, stat, budget, path)
         self.count = 0
         self.sum_abs = self.sum_ab = self.sum_aa = self.sum_bb = self.sum_err2 = 0.0
         self.max_abs_b = 0.0  # the largest finite |b|: the layer's scale
@@ -337,6 +353,9 @@ class Comparison:
     def __init__(self, matched, rows, criterion):
         self.matched, self.rows = matched, rows
         self.rtol, self.atol, self.criterion = criterion.rtol, criterion.atol, criterion
+        # allclose's tolerances per pair and what they apply to; other criteria keep the defaults
+        self.tolerances = criterion.tolerances if criterion.kind == "allclose" else Tolerances(self.rtol, self.atol)
+        self.budget = ValueBudget()  # the error values every pair's median/quantile keeps, in all
         self.agreements = [None] * len(matched)
         self.layouts = [None] * len(matched)
         self.shapes = [None] * len(matched)  # (A's sample shape, B's) where they cannot be compared
@@ -348,7 +367,7 @@ class Comparison:
         if self.move is None:  # the layout the two models differ by, from the pairs whose shapes say it
             notes = {aligned(values_a[i], values_b[j])[2] for i, j, _ in self.matched} - {None}
             self.move = notes.pop() if len(notes) == 1 else False
-        for k, (i, j, _) in enumerate(self.matched):
+        for k, (i, j, name) in enumerate(self.matched):
             a, b, layout = aligned(values_a[i], values_b[j], self.move or None)
             n = len(a)
             if a.shape != b.shape:
@@ -356,7 +375,7 @@ class Comparison:
                 continue
             if self.agreements[k] is None:
                 kind = StringAgreement if _is_string(a) or _is_string(b) else Agreement
-                self.agreements[k] = kind((self.rows, *b.shape[1:]), self.rtol, self.atol)
+                self.agreements[k] = self.tolerances.running(kind, (self.rows, *b.shape[1:]), name, self.budget)
                 self.layouts[k] = layout
             self.agreements[k].update(a, b, self.start)
         self.start += n or 0
@@ -370,6 +389,9 @@ class Comparison:
         records = []
         for k, (_, _, name) in enumerate(self.matched):
             record = {"path": name}
+            if self.tolerances.custom:
+                rtol, atol = self.tolerances.at(name)
+                record.update({"error_stat": str(self.tolerances.stat), "rtol": rtol, "atol": atol})
             if self.shapes[k] is not None:
                 record.update({"status": "shape", "shape_a": self.shapes[k][0], "shape_b": self.shapes[k][1]})
             else:
@@ -384,6 +406,8 @@ class Comparison:
                     "nonfinite_mismatches": result["nonfinite_mismatches"],
                     "worst_sample": worst["sample"] if worst else None,
                     "worst_position": worst["position"] if worst else None,
+                    **({"stat_abs_error": result["stat_abs_error"], "stat_rel_error": result["stat_rel_error"]}
+                       if "within_stat" in result else {}),
                     "status": "ok" if self._passes(self.agreements[k], result) else "differ",
                 })
                 if self.layouts[k] is not None:

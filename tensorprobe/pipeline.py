@@ -58,6 +58,7 @@ class Selection:
     labels: object = None  # a .npy path or an array, for loss:NAME
     training: bool = False
     jit: bool = False
+    max_live_bytes: int | None = None  # ONNX: the tensors one session returns for a batch, at most (bytes)
 
     @property
     def wants_layers(self):
@@ -78,6 +79,10 @@ class Selection:
                 f"{errors.name('all_layers')}, {errors.name('tensors')} NAME or {errors.name('tensor_match')} REGEX")
         regex(self.match, "match")
         regex(self.tensor_match, "tensor_match")
+        if self.max_live_bytes is not None and (isinstance(self.max_live_bytes, bool) or
+                                                not isinstance(self.max_live_bytes, int) or self.max_live_bytes < 1):
+            raise errors.UsageError(f"{errors.name('max_live_bytes')} {self.max_live_bytes!r}: expected a size of at "
+                                    "least 1 byte", argument="max_live_bytes")
         if self.gradients is None:
             if self.labels is not None or self.target_output is not None:
                 raise errors.UsageError(
@@ -125,7 +130,8 @@ def extraction(backend, selection, storage, feed, counts=False):
     from tensorprobe.backends.base import RunRequest
 
     plan = extract = labels = estimate = None
-    backend.check(RunRequest(storage))  # a graph's values are stored as computed: refused first
+    # a graph's values are stored as computed, a Keras model's come together: refused first
+    backend.check(RunRequest(storage, max_live_bytes=selection.max_live_bytes))
     if selection.wants_tensors and (storage.dtype or storage.reduce):
         # graph tensors are stored as computed: say so rather than record options not applied
         option = "dtype" if storage.dtype else "reduce"
@@ -135,7 +141,8 @@ def extraction(backend, selection, storage, feed, counts=False):
     if selection.wants_layers:
         graph = backend.layer_graph
         plan = probe.plan(graph, probe.select(graph, selection.layers, selection.match, selection.all_layers))
-        request = RunRequest(storage, selection.training, selection.jit, counts=counts)
+        request = RunRequest(storage, selection.training, selection.jit, counts=counts,
+                             max_live_bytes=selection.max_live_bytes)
         if selection.gradients is not None:
             request.target = probe.parse_target(selection.gradients)
             request.target_output = selection.target_output
@@ -147,7 +154,8 @@ def extraction(backend, selection, storage, feed, counts=False):
         estimate = backend.estimate(plan, storage)
     if selection.wants_tensors:
         start = len(plan.specs) if plan is not None else 0
-        tensor_plan, run_tensors = backend.tensor_runner(selection.tensors, selection.tensor_match, start)
+        tensor_plan, run_tensors = backend.tensor_runner(selection.tensors, selection.tensor_match, start,
+                                                         selection.max_live_bytes)
         if plan is None:
             plan, extract = tensor_plan, run_tensors
         else:
@@ -455,6 +463,7 @@ def run_compare(model_a, model_b, x, named, prep, job, *, layers=(), match=None,
         "a": a.path, "b": b.path, "samples": sink.rows,
         "skipped": [{"path": path, "reason": reason} for path, reason in skipped],
         "metric": str(criterion), "rtol": criterion.rtol, "atol": criterion.atol,
+        **(criterion.tolerances.summary() if criterion.tolerances.custom else {}),
         "criterion": criterion.describe(), "precision": precisions,
         "inputs": [{"a": inputs_a[k]["name"], "b": spec["name"]} for k, spec in zip(order, inputs_b)],
         "inputs_by_position": inputs_note,

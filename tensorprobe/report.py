@@ -439,7 +439,11 @@ def print_diff(console, result):
 
 def diff_table(result):
     a, b = result["a"], result["b"]
-    table = Table(title=f"A = {a}, B = {b}: rtol {result['rtol']:g}, atol {result['atol']:g}",
+    title = f"A = {a}, B = {b}: rtol {result['rtol']:g}, atol {result['atol']:g}"
+    if "error_stat" in result:  # --error-stat or per-dataset --rtol/--atol given
+        rules = [f"--rtol {r}" for r in result["rtol_rules"]] + [f"--atol {r}" for r in result["atol_rules"]]
+        title = ", ".join([title, f"{result['error_stat']} error", *rules])
+    table = Table(title=title,
                   box=box.SIMPLE_HEAD, title_justify="left")
     for name in ("dataset", "shape", "dtype", "max abs err", "max rel err", "outside tol",
                  "worst at (sample, position)", "A", "B", "status"):

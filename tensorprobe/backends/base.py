@@ -127,6 +127,7 @@ class RunRequest:
     target_output: str | None = None
     label_shape: tuple | None = None
     counts: bool = False
+    max_live_bytes: int | None = None  # the values one run holds for one batch, at most (Backend.CHUNKS)
 
     @property
     def transforms_storage(self):
@@ -194,7 +195,7 @@ class Backend:
         counts (`request.counts`) are taken in NumPy from each batch's values as they come
         back, one batch in memory at a time."""
         self.check(request)
-        run = self.tensor_graph.extraction_function(plan.origins)
+        run = self.extraction(plan.origins, request.max_live_bytes)
         if request.counts:
             from tensorprobe import stats
 
@@ -214,6 +215,22 @@ class Backend:
         if request.training:
             raise UsageError(f"{errors.name('training')} applies to a Keras model; {self.path} holds only a "
                              f"{self.kind}, which runs as it was saved", argument="training")
+        self.check_chunks(request.max_live_bytes)
+
+    # Whether the backend computes its values in chunks bounded by `max_live_bytes` (ONNX:
+    # one onnxruntime session per chunk of tensors); the others refuse the option.
+    CHUNKS = False
+
+    def check_chunks(self, max_live_bytes):
+        if max_live_bytes is not None and not self.CHUNKS:
+            raise UsageError(f"{errors.name('max_live_bytes')} bounds the tensors an ONNX model returns at once; "
+                             f"{self.path} holds a {self.kind}, whose values are computed together",
+                             argument="max_live_bytes")
+
+    def extraction(self, names, max_live_bytes=None):
+        """The tensor graph's extraction function for the tensors `names` (a backend that
+        CHUNKS bounds each chunk's values by `max_live_bytes`)."""
+        return self.tensor_graph.extraction_function(names)
 
     def submodel(self, layers=(), match=None):
         """A keras.Model returning the chosen layers' outputs (tensorprobe.submodel)."""
@@ -234,14 +251,16 @@ class Backend:
         backends/keras/interventions.Sweep)."""
         raise UsageError(f"interventions need a Keras model; {self.path} holds only a {self.kind}", argument="edits")
 
-    def tensor_runner(self, names, match, start=0):
+    def tensor_runner(self, names, match, start=0, max_live_bytes=None):
         """(plan, run) for the graph tensors `names` and those matching `match`: datasets
-        under /tensors, their `order` from `start`, each with the layer it belongs to."""
+        under /tensors, their `order` from `start`, each with the layer it belongs to;
+        `max_live_bytes`: see CHUNKS."""
         from tensorprobe.backends import tensors
 
+        self.check_chunks(max_live_bytes)
         graph = self.tensor_graph
         plan = tensors.plan(graph, tensors.select(graph, names, match), self.layer_of, start)
-        return plan, graph.extraction_function(plan.origins)
+        return plan, self.extraction(plan.origins, max_live_bytes)
 
     def layer_of(self, tensor_name):
         """The path of the layer a graph tensor belongs to ('' for none)."""

@@ -20,20 +20,24 @@ def _pairing(ctx, param, values):
     return tuple(pairs)
 
 
-def _criterion(rtol, atol, metric):
+def _criterion(rtol, atol, metric, error_stat):
     from tensorprobe import modelcompare
 
-    return modelcompare.parse_metric(metric, rtol, atol)  # None: the default for the models' precisions
+    # None: the default for the models' precisions
+    return modelcompare.parse_metric(metric, rtol or None, atol or None, error_stat=error_stat)
 
 
 # `criterion`: a modelcompare.Criterion (or None), checked before any model is loaded.
 criterion_options = options.record(
     "criterion", _criterion,
-    click.option("--rtol", type=float, callback=options.tolerance,
+    click.option("--rtol", multiple=True, metavar="[GLOB=]VALUE",
                  help="Judge by numpy's rule |a - b| <= atol + rtol * |b| (B is the reference), with this rtol "
-                      "(default 1e-5 when only --atol is given)."),
-    click.option("--atol", type=float, callback=options.tolerance,
-                 help="The same rule with this atol (default 1e-8 when only --rtol is given)."),
+                      "(default 1e-5 when only --atol is given); GLOB=VALUE for the pairs whose path matches "
+                      "GLOB (fnmatch; the first match wins). Repeatable."),
+    click.option("--atol", multiple=True, metavar="[GLOB=]VALUE",
+                 help="The same rule with this atol (default 1e-8 when only --rtol is given); GLOB=VALUE as "
+                      "for --rtol. Repeatable."),
+    options.error_stat_option("pair"),
     click.option("--metric", metavar="CRITERION",
                  help="scaled:X (max |A - B| <= X max |B|), snr:DB, cosine:X or allclose. Default: scaled:1e-4 "
                       "for two float32 models, snr:20 where either is quantized or half precision."),

@@ -65,6 +65,9 @@ output_options = options.record(
 @click.option("--raw-quantized", is_flag=True,
               help="TFLite: store quantized tensors as their integers, not dequantized float32.")
 @click.option("--max-bytes", metavar="SIZE", help="Refuse a dump larger than SIZE (e.g. 500M, 2G).")
+@click.option("--max-live-bytes", metavar="SIZE",
+              help="ONNX: compute the tensors in chunks whose values for one batch take at most SIZE, one "
+                   "onnxruntime session each (default 1G).")
 @click.option("--shard", metavar="K/N", envvar="TENSORPROBE_SHARD", show_envvar=True,
               help="Dump only shard K (from 0) of N: rows [K*R//N, (K+1)*R//N) of the R input rows.")
 @click.option("--resume", is_flag=True,
@@ -74,7 +77,7 @@ output_options = options.record(
 @options.signature_option
 @options.model_options
 @options.ray_options
-def dump(inputs, model, selection, output, job, storage, as_json, quiet, fail_on_nonfinite, ray_run):
+def dump(inputs, model, selection, output, job, storage, as_json, quiet, fail_on_nonfinite, max_live_bytes, ray_run):
     """Compute the outputs of the chosen layers (or graph tensors) for INPUTS and write them
     to HDF5. The model is a .keras, .h5, .tflite or .onnx file, a SavedModel folder or a frozen graph.
 
@@ -103,8 +106,12 @@ def dump(inputs, model, selection, output, job, storage, as_json, quiet, fail_on
       tensorprobe dump -m model.keras --all --shard 2/8 -o part-2.h5 photos/   # then: merge
       tensorprobe dump -m model.keras --all -o acts.h5 --ray local --workers 2 photos/
     """
-    from tensorprobe import pipeline, store
+    import dataclasses
 
+    from tensorprobe import pipeline, store, text
+
+    if max_live_bytes is not None:
+        selection = dataclasses.replace(selection, max_live_bytes=text.parse_size(max_live_bytes, "max_live_bytes"))
     selection.check(inputs.prep.skip_bad)
     output.check()
     signals.runner_limits()  # before TensorFlow starts its threads

@@ -98,6 +98,15 @@ def tolerance(ctx, param, value):
     return value
 
 
+def error_stat_option(what):
+    """--error-stat: what the tolerances apply to (dumpdiff.parse_error_stat checks it)."""
+    return click.option(
+        "--error-stat", metavar="STAT",
+        help=f"What --rtol/--atol apply to: elemwise (each element, the default), or max, mean, median or "
+             f"quantile:Q of each {what}'s errors: within when that statistic of |a - b| <= atol or of "
+             f"|a - b| / |b| <= rtol (Polygraphy's --check-error-stat).")
+
+
 def overwrite_option(help="Replace the output file if it exists."):
     return click.option("--overwrite", is_flag=True, help=help)
 

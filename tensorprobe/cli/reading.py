@@ -32,15 +32,19 @@ def summary(file, as_json, allow_incomplete):
 @click.command()
 @click.argument("a", type=click.Path(exists=True, dir_okay=False))
 @click.argument("b", type=click.Path(exists=True, dir_okay=False))
-@click.option("--rtol", default=1e-5, show_default=True, type=float, callback=options.tolerance,
-              help="Relative tolerance: values match when |a - b| <= atol + rtol * |b|.")
-@click.option("--atol", default=1e-8, show_default=True, type=float, callback=options.tolerance,
-              help="Absolute tolerance (numpy.allclose's default and rule).")
+@click.option("--rtol", multiple=True, metavar="[GLOB=]VALUE",
+              help="Relative tolerance: values match when |a - b| <= atol + rtol * |b| (default 1e-05); "
+                   "GLOB=VALUE for the datasets whose path matches GLOB (fnmatch; the first match wins). "
+                   "Repeatable.")
+@click.option("--atol", multiple=True, metavar="[GLOB=]VALUE",
+              help="Absolute tolerance (numpy.allclose's default and rule: 1e-08); GLOB=VALUE as for --rtol. "
+                   "Repeatable.")
+@options.error_stat_option("dataset")
 @click.option("--only", metavar="REGEX", help="Compare only the datasets whose path matches REGEX (re.search).")
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as one JSON object to stdout.")
 @options.dump_file_options
 @click.pass_context
-def diff(ctx, a, b, rtol, atol, only, as_json, allow_incomplete):
+def diff(ctx, a, b, rtol, atol, error_stat, only, as_json, allow_incomplete):
     """Compare two dumps dataset by dataset and name the first dataset, in model order, that
     differs. Exit status 0 when everything matches, 1 when anything differs or is missing.
 
@@ -53,7 +57,8 @@ def diff(ctx, a, b, rtol, atol, only, as_json, allow_incomplete):
     """
     from tensorprobe import dumpdiff, report
 
-    result = dumpdiff.diff_dumps(a, b, rtol, atol, only, allow_incomplete)
+    result = dumpdiff.diff_dumps(a, b, rtol or dumpdiff.RTOL, atol or dumpdiff.ATOL, only, allow_incomplete,
+                                 error_stat)
     for path, side in ((a, "a"), (b, "b")):
         if not result["complete"][side]:
             warn_incomplete(path)

@@ -51,7 +51,8 @@ class KerasBackend(base.Backend):
     # ---- running ---------------------------------------------------------------------------
 
     def check(self, request):
-        """A Keras model honours every request."""
+        """A Keras model honours every request but max_live_bytes (its values come together)."""
+        self.check_chunks(request.max_live_bytes)
 
     def runner(self, plan, request):
         from tensorprobe import probe

@@ -56,6 +56,13 @@ class OnnxBackend(base.Backend):
         found.notes = list(graph.notes)
         return found
 
+    CHUNKS = True  # tensors in chunks, one session each (runner.py)
+
+    def extraction(self, names, max_live_bytes=None):
+        from tensorprobe.backends.onnx.runner import extraction_function
+
+        return extraction_function(self.tensor_graph, list(names), max_live_bytes)
+
     def layer_of(self, tensor_name):
         op = self.tensor_graph.op_of.get(tensor_name)
         return self.layer_graph.layer_of_op.get(op, "") if op is not None else ""

@@ -24,7 +24,7 @@ import numpy as np
 from tensorprobe.errors import InputError, ModelLoadError
 from tensorprobe.text import first_line, shape_text
 
-MAX_LIVE_BYTES = 1 << 30  # the values one session returns for one batch, at most (a chunk)
+MAX_LIVE_BYTES = 1 << 30  # the values one session returns for one batch, at most (a chunk): --max-live-bytes
 
 
 def ort_errors():
