@@ -376,8 +376,7 @@ def test_cli_patch_writes_the_sweep_and_refuses_usage_errors(cli, models, tmp_pa
         assert list(f["sweep/layers"].asstr()[:]) == ["ln1", "ffn"]
         np.testing.assert_allclose(f["sweep/prob"][:], api["mean"], rtol=1e-6)
         assert f.attrs["metric"] == "prob:1"
-    pytest.importorskip("matplotlib")
-    result = cli(*args, "-l", "ffn", "--metric", "l2", "--plot", picture)
+    result = cli(*args, "-l", "ffn", "--metric", "l2", "--plot", picture)  # matplotlib: the test extra's
     assert result.exit_code == 0, result.stderr
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "ffn" in result.stderr and f"wrote {picture}" in result.stderr

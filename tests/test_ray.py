@@ -12,10 +12,9 @@ import time
 import h5py
 import numpy as np
 import pytest
+import ray  # the test extra installs it: a missing Ray fails here, it is not skipped
 
 from conftest import ROOT, error_line
-
-ray = pytest.importorskip("ray")
 
 # A layer that kills its worker process the first time it runs while MARKER exists (the
 # marker is removed first, so exactly one try of one block dies): a worker that dies, for real.
