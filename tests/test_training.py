@@ -166,8 +166,7 @@ def test_open_dump_reads_a_training_file_by_hdf5_path(trained):
 
 
 def test_plot_over_steps(trained, cli, tmp_path):
-    pytest.importorskip("matplotlib")
-    picture = tmp_path / "hidden.png"
+    picture = tmp_path / "hidden.png"  # matplotlib: the test extra installs it
     result = cli("plot", trained["path"], "--layer", "hidden", "--over-steps", "-o", picture)
     assert result.exit_code == 0, result.stderr
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -186,7 +185,6 @@ def test_plot_over_steps(trained, cli, tmp_path):
 def test_plot_over_steps_refuses_a_dump(trained, cli, tmp_path):
     import tensorprobe
 
-    pytest.importorskip("matplotlib")
     acts = tmp_path / "acts.h5"
     tensorprobe.dump(trained["model"], trained["x"], acts, layers=["hidden"])
     result = cli("plot", acts, "--layer", "hidden", "--over-steps", "-o", tmp_path / "p.png")
